@@ -1,0 +1,2049 @@
+#!/usr/bin/env python3
+"""s3_bulk_transfer: copy every object of one S3 bucket (or prefix) to another, across accounts,
+streaming through memory only, resumable after any interruption.
+
+How the data moves
+------------------
+    ListObjectsV2 on the source (source credentials), in key order, a bounded window ahead
+      -> include/exclude filters, key mapping (destination prefix + key minus source prefix)
+      -> plan: below --multipart-threshold one GET then one PUT;
+               at or above it CreateMultipartUpload, ranged GETs of one part each (If-Match the
+               listed ETag) feeding UploadPart, then CompleteMultipartUpload
+      -> a pool of --max-workers threads; every part and every small object is one unit of work,
+         so the parts of one large object spread across the whole pool
+      -> the progress store: a watermark in key order, the few keys done beyond it, failed keys,
+         and every multipart upload in flight -> transfer_progress.json (atomic rewrite, every 2 s)
+
+Promises
+--------
+* No object byte ever touches the local disk: bodies live in memory between GET and PUT.
+* Memory bound: at most --max-workers units of object data in flight, where a unit is one part
+  (--chunk-size, raised only when an object would otherwise need more than 10,000 parts) or one
+  object below the multipart threshold. About max_workers x unit size, plus Python's own ~100 MiB.
+* Every GET'd body of a plain single-part source object is checked against its MD5 ETag, and every
+  PUT and UploadPart carries Content-MD5, so S3 rejects a body damaged on the way up.
+* Rerunning the same command resumes: finished keys are not copied again, half-done multipart
+  uploads continue with only their missing parts (ListParts is the authority).
+
+Sections, in the order data moves
+---------------------------------
+ 1. Limits, exit codes and errors
+ 2. Configuration and credentials
+ 3. Connecting to each side (clients, region detection, preflight checks, error wording)
+ 4. Listing and planning (filters, key mapping, part plan)
+ 5. Moving bodies (the BodyTransport interface and its boto3 implementation)
+ 6. The transfer engine (scheduling, small objects, multipart objects, retries)
+ 7. Progress and resume (ProgressStore, the progress file)
+ 8. Reporting (log, live status line, final report)
+ 9. Command line (argparse, main)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import random
+import re
+import signal
+import stat
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, TypeVar
+
+import boto3
+import botocore.credentials
+import botocore.exceptions
+import botocore.session
+from botocore.config import Config
+
+try:  # urllib3 is botocore's HTTP layer; its protocol error is what a reset mid-body raises.
+    from urllib3.exceptions import ProtocolError as _Urllib3ProtocolError
+except ImportError:  # pragma: no cover - urllib3 always comes with botocore
+    _Urllib3ProtocolError = ConnectionError  # type: ignore[misc,assignment]
+
+LOG = logging.getLogger("s3_bulk_transfer")
+T = TypeVar("T")
+
+# =============================================================================================
+# 1. Limits, exit codes and errors
+# =============================================================================================
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+MIN_PART_SIZE = 5 * MiB  # S3: every part but the last must be at least 5 MiB
+MAX_PART_SIZE = 5 * GiB  # S3: no part may exceed 5 GiB
+MAX_PARTS = 10_000  # S3: at most 10,000 parts per multipart upload
+MAX_SINGLE_PUT_SIZE = 5 * GiB  # S3: PutObject takes at most 5 GiB
+MAX_KEY_BYTES = 1024  # S3: keys are at most 1,024 bytes of UTF-8
+
+DEFAULT_CHUNK_SIZE = 8 * MiB
+DEFAULT_MAX_WORKERS = 10
+DEFAULT_MULTIPART_THRESHOLD = 100 * MiB
+DEFAULT_PROGRESS_FILE = "transfer_progress.json"
+DEFAULT_LOG_FILE = "s3_transfer.log"
+DEFAULT_CREDENTIALS_FILE = "source_credentials.json"
+DEFAULT_STATUS_INTERVAL = 10.0
+MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows past any sane EC2 size
+
+PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
+LISTING_WINDOW = 2_000  # listed objects buffered ahead of the workers
+BODY_ATTEMPTS = 5  # tries for one GET/PUT whose body broke mid-transfer
+OBJECT_ATTEMPTS = 3  # whole-object restarts when the source changes under us
+DENIALS_BEFORE_STOP = 3  # AccessDenied on an action never yet allowed, this many times, stops the run
+TICK_SECONDS = 0.2  # how often the main thread redraws status and considers saving progress
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """exit codes:
+  0    every selected object was copied (or was already done)
+  1    the run finished but some objects failed; they are listed, and a rerun retries them
+  2    usage, configuration or preflight error, or a failure that dooms every request
+       (bad or expired credentials, missing bucket, missing permission); rerun to resume
+  130  interrupted (Ctrl-C or SIGTERM); progress saved, rerun the same command to resume"""
+
+
+class ConfigurationError(Exception):
+    """A mistake in the command line, a file or the environment, found before any copying.
+
+    The message is a sentence for a person: what is wrong and what to do.
+    """
+
+
+class FatalTransferError(Exception):
+    """A failure that dooms every further request (bad credentials, missing bucket or permission)."""
+
+
+class ObjectFailure(Exception):
+    """One object could not be copied; the rest of the run carries on."""
+
+
+class SourceChanged(Exception):
+    """The source object changed while it was being copied (If-Match failed): copy it again whole."""
+
+
+class StopRequested(Exception):
+    """The run is stopping (Ctrl-C): abandon this unit of work without marking anything."""
+
+
+class BodyMismatch(Exception):
+    """A downloaded body does not match what the source says it is (length or MD5)."""
+
+
+# =============================================================================================
+# 2. Configuration and credentials
+# =============================================================================================
+
+_SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
+
+
+def parse_size(text: str) -> int:
+    """Parse '8388608', '8MiB', '16MB' or '1.5G' into bytes.
+
+    Units are binary whether or not the 'i' is written, as in the AWS CLI's s3 settings
+    (multipart_chunksize = 16MB means 16 MiB): people who type 5MB mean S3's 5 MiB minimum.
+    """
+    match = _SIZE_PATTERN.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size: use bytes or a unit such as 8MiB, 16MB, 1GiB")
+    number, unit, _, _ = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def format_size(size: float) -> str:
+    """Human-readable binary size: 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix. A non-empty prefix always ends in '/', as a folder does in
+    `aws s3 cp --recursive` and rclone: s3://b/photos means the keys under photos/."""
+
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3Location":
+        if not uri.startswith("s3://"):
+            raise ConfigurationError(f"{uri!r} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX.")
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", bucket):
+            raise ConfigurationError(
+                f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 lowercase "
+                "letters, digits, dots and hyphens."
+            )
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return cls(bucket=bucket, prefix=prefix)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterRule:
+    """One --include or --exclude glob, matched against the key relative to the source prefix."""
+
+    include: bool
+    pattern: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SideSettings:
+    """How to reach one side (source or destination). Secrets are kept out of repr()."""
+
+    side: str  # "source" or "destination", used in every message about this side
+    origin: str  # where the credentials come from, for messages: a file, a profile, the default chain
+    profile: Optional[str] = None
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+    access_key_id: Optional[str] = dataclasses.field(default=None, repr=False)
+    secret_access_key: Optional[str] = dataclasses.field(default=None, repr=False)
+    session_token: Optional[str] = dataclasses.field(default=None, repr=False)
+    role_arn: Optional[str] = None
+    external_id: Optional[str] = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    """Everything one run needs, validated once when built from the command line."""
+
+    source: S3Location
+    destination: S3Location
+    source_side: SideSettings
+    destination_side: SideSettings
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_workers: int = DEFAULT_MAX_WORKERS
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+    filters: tuple[FilterRule, ...] = ()
+    storage_class: Optional[str] = None
+    sse: Optional[str] = None
+    sse_kms_key_id: Optional[str] = None
+    dry_run: bool = False
+    restart: bool = False
+    progress_file: Path = Path(DEFAULT_PROGRESS_FILE)
+    log_file: Path = Path(DEFAULT_LOG_FILE)
+    status_interval: float = DEFAULT_STATUS_INTERVAL
+    quiet: bool = False
+    verbose: bool = False
+
+    def job_identity(self) -> dict[str, Any]:
+        """What makes two runs the same job: a progress file is only ever reused for the same one."""
+        return {
+            "source": str(self.source),
+            "destination": str(self.destination),
+            "source_endpoint_url": self.source_side.endpoint_url,
+            "destination_endpoint_url": self.destination_side.endpoint_url,
+            "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
+        }
+
+    def memory_bound(self) -> str:
+        return (
+            f"about {self.max_workers} workers x {format_size(max(self.chunk_size, 1))} = "
+            f"{format_size(self.max_workers * max(self.chunk_size, self.multipart_threshold - 1))} of object data "
+            f"at most (each worker holds one part, or one object below the "
+            f"{format_size(self.multipart_threshold)} threshold)"
+        )
+
+
+CREDENTIAL_FILE_FIELDS = {
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "region",
+    "endpoint_url",
+    "role_arn",
+    "external_id",
+}
+
+
+def load_credentials_file(path: Path) -> dict[str, str]:
+    """Read and check the source credentials JSON; warn, as ssh does, when others can read it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"The source credentials file {path} does not exist: create it from "
+            "source_credentials.json.example, or omit --source-credentials to use the default credential chain."
+        ) from None
+    except OSError as error:
+        raise ConfigurationError(f"The source credentials file {path} cannot be read ({error.strerror}).") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigurationError(
+            f"The source credentials file {path} is not valid JSON (line {error.lineno}, column {error.colno}: "
+            f"{error.msg}); compare it with source_credentials.json.example."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"The source credentials file {path} must hold a JSON object with named fields.")
+    unknown = sorted(set(data) - CREDENTIAL_FILE_FIELDS)
+    if unknown:
+        raise ConfigurationError(
+            f"The source credentials file {path} has unknown field(s) {', '.join(unknown)}; "
+            f"the known fields are {', '.join(sorted(CREDENTIAL_FILE_FIELDS))}."
+        )
+    not_text = sorted(name for name, value in data.items() if not isinstance(value, str))
+    if not_text:
+        raise ConfigurationError(f"In the source credentials file {path}, {', '.join(not_text)} must be text.")
+    values = {name: value.strip() for name, value in data.items() if value.strip()}
+    if ("aws_access_key_id" in values) != ("aws_secret_access_key" in values):
+        raise ConfigurationError(
+            f"The source credentials file {path} must give both aws_access_key_id and aws_secret_access_key, "
+            "or neither (to use the default credential chain with role_arn)."
+        )
+    if "aws_session_token" in values and "aws_access_key_id" not in values:
+        raise ConfigurationError(f"The source credentials file {path} has a session token without keys.")
+    if not values.get("aws_access_key_id") and not values.get("role_arn"):
+        raise ConfigurationError(
+            f"The source credentials file {path} gives neither keys nor a role_arn: fill in "
+            "aws_access_key_id and aws_secret_access_key."
+        )
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        LOG.warning(
+            "The source credentials file %s can be read by other users (mode %o): run chmod 600 %s.",
+            path, stat.S_IMODE(mode), path,
+        )
+    return values
+
+
+def source_side_settings(args: argparse.Namespace) -> SideSettings:
+    """The source side: an explicit or default credentials file, else a profile, else the default chain."""
+    path = args.source_credentials
+    if path is None and Path(DEFAULT_CREDENTIALS_FILE).is_file() and not args.source_profile:
+        path = DEFAULT_CREDENTIALS_FILE
+    if path is None:
+        origin = f"profile {args.source_profile}" if args.source_profile else "the default credential chain"
+        return SideSettings(
+            side="source", origin=origin, profile=args.source_profile,
+            endpoint_url=args.source_endpoint_url, region=args.source_region,
+        )
+    values = load_credentials_file(Path(path))
+    return SideSettings(
+        side="source",
+        origin=f"the credentials file {path}",
+        profile=args.source_profile,
+        endpoint_url=args.source_endpoint_url or values.get("endpoint_url"),
+        region=args.source_region or values.get("region"),
+        access_key_id=values.get("aws_access_key_id"),
+        secret_access_key=values.get("aws_secret_access_key"),
+        session_token=values.get("aws_session_token"),
+        role_arn=values.get("role_arn"),
+        external_id=values.get("external_id"),
+    )
+
+
+def destination_side_settings(args: argparse.Namespace) -> SideSettings:
+    """The destination side: the default chain (on EC2, the instance role) unless a profile is named."""
+    origin = f"profile {args.dest_profile}" if args.dest_profile else "the default credential chain"
+    return SideSettings(
+        side="destination", origin=origin, profile=args.dest_profile,
+        endpoint_url=args.dest_endpoint_url, region=args.dest_region,
+    )
+
+
+def build_session(settings: SideSettings) -> boto3.Session:
+    """A boto3 session for one side; with a role_arn, credentials refresh by themselves.
+
+    A transfer of terabytes outlives the one-hour default of an assumed role, so the role is
+    assumed through botocore's RefreshableCredentials, which renews shortly before expiry.
+    """
+    try:
+        if settings.access_key_id:
+            base = boto3.Session(
+                aws_access_key_id=settings.access_key_id,
+                aws_secret_access_key=settings.secret_access_key,
+                aws_session_token=settings.session_token,
+                region_name=settings.region,
+            )
+        else:
+            base = boto3.Session(profile_name=settings.profile, region_name=settings.region)
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigurationError(
+            f"The {settings.side} profile {settings.profile!r} is not in ~/.aws/config or ~/.aws/credentials."
+        ) from None
+    if not settings.role_arn:
+        return base
+    sts = base.client("sts", region_name=settings.region)
+    session_name = f"s3-bulk-transfer-{os.getpid()}"
+
+    def assume() -> dict[str, str]:
+        request = {"RoleArn": settings.role_arn, "RoleSessionName": session_name}
+        if settings.external_id:
+            request["ExternalId"] = settings.external_id
+        try:
+            credentials = sts.assume_role(**request)["Credentials"]
+        except botocore.exceptions.ClientError as error:
+            raise FatalTransferError(
+                f"Could not assume the {settings.side} role {settings.role_arn} with {settings.origin}: "
+                f"{error.response.get('Error', {}).get('Message', error)}. Check the role's trust policy "
+                "and external_id."
+            ) from None
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }
+
+    refreshing = botocore.credentials.RefreshableCredentials.create_from_metadata(
+        metadata=assume(), refresh_using=assume, method="assume-role"
+    )
+    core = botocore.session.get_session()
+    core._credentials = refreshing  # botocore's documented way to plug in custom refreshing credentials
+    return boto3.Session(botocore_session=core, region_name=settings.region)
+
+
+# =============================================================================================
+# 3. Connecting to each side
+# =============================================================================================
+
+CREDENTIAL_ERROR_CODES = {
+    "InvalidAccessKeyId": "the access key is not known to S3",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    "ExpiredToken": "the credentials have expired: refresh them and rerun to resume",
+    "ExpiredTokenException": "the credentials have expired: refresh them and rerun to resume",
+    "TokenRefreshRequired": "the credentials have expired: refresh them and rerun to resume",
+    "InvalidToken": "the session token is not valid",
+    "AccountProblem": "the AWS account has a problem that stops S3 from answering",
+    "AllAccessDisabled": "all access to this resource has been disabled",
+}
+DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+MISSING_BUCKET_CODES = {"NoSuchBucket"}
+RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    _Urllib3ProtocolError,
+    ConnectionError,
+    BodyMismatch,
+)
+
+
+def error_code(error: BaseException) -> str:
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
+    """One sentence naming the side, the bucket, the action and what to do about it."""
+    where = f"s3://{bucket}/{key}" if key else f"bucket {bucket}"
+    code = error_code(error)
+    if code in CREDENTIAL_ERROR_CODES:
+        return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
+    if code in DENIED_CODES:
+        return (
+            f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
+            f"grant {action} to them (see the README's IAM policies)."
+        )
+    if code in MISSING_BUCKET_CODES or (code in {"404", "NotFound"} and not key):
+        return f"The {side.side} bucket {bucket} does not exist (or is not reachable at this endpoint and region)."
+    if code == "InvalidObjectState":
+        return (
+            f"{where} is archived (GLACIER or DEEP_ARCHIVE) and not restored: restore it "
+            "(aws s3api restore-object) and rerun to copy it."
+        )
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
+    if isinstance(error, botocore.exceptions.ClientError):
+        message = error.response.get("Error", {}).get("Message") or code
+        return f"{action} on {where} ({side.side}) failed: {code}: {message}"
+    return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
+
+
+def is_fatal_error(error: BaseException) -> bool:
+    """Errors that no other object would escape: bad, expired or missing credentials, missing bucket."""
+    return (
+        error_code(error) in CREDENTIAL_ERROR_CODES
+        or error_code(error) in MISSING_BUCKET_CODES
+        or isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError))
+    )
+
+
+def explicit_endpoint(settings: SideSettings) -> Optional[str]:
+    """The endpoint URL this side will use when it is not AWS: our flag, else botocore's env vars."""
+    return settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: str, max_workers: int) -> Any:
+    """An S3 client tuned for many threads.
+
+    The pool is sized to the workers plus a few for bookkeeping calls: botocore's default of 10
+    throws connections away under load ("Connection pool is full"). Standard retries with 10
+    attempts ride out SlowDown. Request checksums are left to our Content-MD5 (computed anyway for
+    verification) instead of a second CRC32 pass over every body.
+    """
+    config = Config(
+        region_name=region,
+        max_pool_connections=max_workers + 4,
+        retries={"mode": "standard", "max_attempts": 10},
+        connect_timeout=10,
+        read_timeout=120,
+        tcp_keepalive=True,
+        request_checksum_calculation="when_required",
+        # A custom endpoint (MinIO, SeaweedFS, a proxy) rarely serves virtual-hosted bucket names.
+        s3={"addressing_mode": "path"} if explicit_endpoint(settings) else None,
+    )
+    return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+
+def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str) -> str:
+    """The bucket's region, from the x-amz-bucket-region header S3 sends even on 301 and 403 answers."""
+    if settings.region:
+        return settings.region
+    probe = make_s3_client(session, settings, region="us-east-1", max_workers=1)
+    try:
+        response = probe.head_bucket(Bucket=bucket)
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    except botocore.exceptions.ClientError as error:
+        headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    except botocore.exceptions.BotoCoreError:
+        headers = {}
+    return headers.get("x-amz-bucket-region") or session.region_name or "us-east-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """A connected side: its settings, its client and its bucket."""
+
+    settings: SideSettings
+    client: Any
+    bucket: str
+    region: str
+
+
+def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, must_list_prefix: Optional[str]) -> Side:
+    """Build the client and prove the bucket is there and usable, before anything is copied."""
+    session = build_session(settings)
+    try:
+        region = detect_bucket_region(session, settings, bucket)
+        client = make_s3_client(session, settings, region=region, max_workers=max_workers)
+        action = "s3:ListBucket"
+        client.head_bucket(Bucket=bucket)
+        if must_list_prefix is not None:
+            client.list_objects_v2(Bucket=bucket, Prefix=must_list_prefix, MaxKeys=1)
+    except FatalTransferError as error:
+        raise ConfigurationError(str(error)) from None
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        raise ConfigurationError(explain_error(error, side=settings, bucket=bucket, action=action)) from None
+    LOG.info("%s: bucket %s in region %s, credentials from %s", settings.side, bucket, region, settings.origin)
+    return Side(settings=settings, client=client, bucket=bucket, region=region)
+
+
+# =============================================================================================
+# 4. Listing and planning
+# =============================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceObject:
+    """One source object as listed (or as HEAD told us after a change)."""
+
+    key: str
+    size: int
+    etag: str
+    storage_class: str = "STANDARD"
+
+
+@dataclasses.dataclass(frozen=True)
+class PartRange:
+    """One part of a multipart copy: its 1-based number and inclusive byte range."""
+
+    number: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+def is_selected(relative_key: str, rules: Iterable[FilterRule]) -> bool:
+    """aws s3 semantics: everything is included, then each rule in order may flip it; the last match wins.
+    '*' matches across '/' too, as in aws s3."""
+    selected = True
+    for rule in rules:
+        if fnmatch.fnmatchcase(relative_key, rule.pattern):
+            selected = rule.include
+    return selected
+
+
+def map_destination_key(source_key: str, source: S3Location, destination: S3Location) -> str:
+    """Destination prefix + (source key minus source prefix)."""
+    if not source_key.startswith(source.prefix):
+        raise ValueError(f"key {source_key!r} is not under the source prefix {source.prefix!r}")
+    return destination.prefix + source_key[len(source.prefix):]
+
+
+def choose_part_size(object_size: int, requested: int) -> int:
+    """The part size for an object: the requested chunk size, raised (to a whole MiB) only when the
+    object would otherwise need more than 10,000 parts; never below 5 MiB nor above 5 GiB."""
+    part_size = max(requested, MIN_PART_SIZE)
+    if math.ceil(object_size / part_size) > MAX_PARTS:
+        part_size = math.ceil(object_size / MAX_PARTS / MiB) * MiB
+    if part_size > MAX_PART_SIZE:
+        raise ValueError(
+            f"an object of {object_size:,} bytes needs parts over 5 GiB to fit S3's 10,000-part limit; "
+            "S3 cannot store it"
+        )
+    return part_size
+
+
+def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
+    """Split [0, object_size) into parts of part_size bytes; only the last may be shorter."""
+    if object_size == 0:
+        return [PartRange(1, 0, -1)]
+    return [
+        PartRange(number, start, min(start + part_size, object_size) - 1)
+        for number, start in enumerate(range(0, object_size, part_size), start=1)
+    ]
+
+
+def list_source_objects(client: Any, location: S3Location, start_after: Optional[str]) -> Iterator[SourceObject]:
+    """Stream the source listing in key order, one page in memory at a time."""
+    request: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.prefix}
+    if start_after:
+        request["StartAfter"] = start_after
+    for page in client.get_paginator("list_objects_v2").paginate(**request):
+        for entry in page.get("Contents", ()):
+            yield SourceObject(
+                key=entry["Key"], size=entry["Size"], etag=entry["ETag"],
+                storage_class=entry.get("StorageClass", "STANDARD"),
+            )
+
+
+class ListingWindow:
+    """Runs the listing in its own thread, at most `window` objects ahead of the scheduler, so the
+    workers never wait for a ListObjectsV2 round trip and a bucket of 100 million keys uses the
+    same memory as one of a thousand."""
+
+    _END = object()
+
+    def __init__(self, objects: Iterator[SourceObject], *, window: int, stopping: threading.Event) -> None:
+        self._objects = objects
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=window)
+        self._stopping = stopping
+        self._thread = threading.Thread(target=self._run, name="lister", daemon=True)
+        self._thread.start()
+
+    def _offer(self, item: Any) -> bool:
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=TICK_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._objects:
+                if not self._offer(item):
+                    return
+            self._offer(self._END)
+        except BaseException as error:  # handed to the scheduler, which raises it on the main thread
+            self._offer(error)
+
+    def next(self, on_wait: Callable[[], None]) -> Optional[SourceObject]:
+        """The next listed object, None at the end of the listing or when stopping."""
+        while not self._stopping.is_set():
+            try:
+                item = self._queue.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                on_wait()
+                continue
+            if item is self._END:
+                return None
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        return None
+
+
+# =============================================================================================
+# 5. Moving bodies: the BodyTransport interface
+# =============================================================================================
+
+PRESERVED_HEADERS = (
+    "ContentType",
+    "ContentEncoding",
+    "ContentDisposition",
+    "ContentLanguage",
+    "CacheControl",
+    "Expires",
+    "WebsiteRedirectLocation",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectAttributes:
+    """What travels with the bytes: the headers a user would otherwise lose silently, user metadata
+    and tags (URL-encoded, as PutObject's Tagging parameter takes them)."""
+
+    headers: dict[str, Any]
+    metadata: dict[str, str]
+    tagging: str = ""
+
+    @classmethod
+    def from_response(cls, response: dict[str, Any], tags: list[dict[str, str]]) -> "ObjectAttributes":
+        return cls(
+            headers={name: response[name] for name in PRESERVED_HEADERS if response.get(name)},
+            metadata=dict(response.get("Metadata") or {}),
+            tagging=urllib.parse.urlencode([(tag["Key"], tag["Value"]) for tag in tags]),
+        )
+
+    def upload_arguments(self, config: TransferConfig) -> dict[str, Any]:
+        """Keyword arguments for PutObject / CreateMultipartUpload."""
+        arguments: dict[str, Any] = dict(self.headers)
+        arguments["Metadata"] = self.metadata
+        if self.tagging:
+            arguments["Tagging"] = self.tagging
+        if config.storage_class:
+            arguments["StorageClass"] = config.storage_class
+        if config.sse:
+            arguments["ServerSideEncryption"] = config.sse
+        if config.sse_kms_key_id:
+            arguments["SSEKMSKeyId"] = config.sse_kms_key_id
+        return arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchedObject:
+    """A whole small object in memory, with what GetObject said about it."""
+
+    body: bytes
+    etag: str
+    response: dict[str, Any]
+
+
+class BodyTransport(Protocol):
+    """The only calls that move object bodies. Scheduling, progress and integrity never look past
+    this interface, so a second implementation (awscrt, issue #7) can replace it whole."""
+
+    def get_object(self, bucket: str, key: str) -> FetchedObject: ...
+
+    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes: ...
+
+    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str: ...
+
+    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
+                    content_md5: str) -> str: ...
+
+
+def read_exact(response: dict[str, Any], expected: int) -> bytes:
+    """Read a GetObject body whole, insisting on the length S3 promised: a short body is retried."""
+    body = response["Body"].read()
+    if len(body) != expected:
+        raise BodyMismatch(f"expected {expected} bytes, received {len(body)}")
+    return body
+
+
+class Boto3Transport:
+    """BodyTransport over two boto3 clients: GETs with the source's, PUTs with the destination's."""
+
+    def __init__(self, source_client: Any, destination_client: Any) -> None:
+        self._source = source_client
+        self._destination = destination_client
+
+    def get_object(self, bucket: str, key: str) -> FetchedObject:
+        response = self._source.get_object(Bucket=bucket, Key=key)
+        body = read_exact(response, response["ContentLength"])
+        return FetchedObject(body=body, etag=response["ETag"], response=response)
+
+    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
+        response = self._source.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={part.start}-{part.end}", IfMatch=if_match
+        )
+        return read_exact(response, part.size)
+
+    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str:
+        return self._destination.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentMD5=content_md5, **arguments
+        )["ETag"]
+
+    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
+                    content_md5: str) -> str:
+        return self._destination.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body, ContentMD5=content_md5
+        )["ETag"]
+
+
+def content_md5(body: bytes) -> tuple[str, str]:
+    """(hex, base64) MD5 of a body: hex to compare with ETags, base64 for the Content-MD5 header."""
+    digest = hashlib.md5(body).digest()  # noqa: S324 - integrity, not security: it is S3's own ETag
+    return digest.hex(), base64.b64encode(digest).decode("ascii")
+
+
+def plain_md5_etag(etag: str, response: dict[str, Any]) -> Optional[str]:
+    """The MD5 an ETag stands for, or None when it is not one (multipart, SSE-KMS, SSE-C)."""
+    value = etag.strip('"')
+    if "-" in value or len(value) != 32:
+        return None
+    if response.get("ServerSideEncryption") == "aws:kms" or response.get("SSECustomerAlgorithm"):
+        return None
+    return value
+
+
+# =============================================================================================
+# 6. The transfer engine
+# =============================================================================================
+
+
+class PermissionBreaker:
+    """Turns repeated AccessDenied on an action that has never once been allowed into a stop.
+
+    One object may be denied on its own (a KMS key, an object ACL); an action denied again and again
+    with no success at all means the credentials lack it, and every further object would fail too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._allowed: set[str] = set()
+        self._denials: collections.Counter[str] = collections.Counter()
+
+    def allowed(self, action: str) -> None:
+        if action not in self._allowed:
+            with self._lock:
+                self._allowed.add(action)
+
+    def denied(self, action: str) -> bool:
+        """Record a denial; True when the run should stop."""
+        with self._lock:
+            if action in self._allowed:
+                return False
+            self._denials[action] += 1
+            return self._denials[action] >= DENIALS_BEFORE_STOP
+
+
+class MultipartCopy:
+    """One large object in flight: its upload, its part plan, and the parts already uploaded.
+
+    Whoever creates the upload registers it here; `abandon` is the single place that aborts it, so
+    no failure path can leave parts behind (the s3transfer pattern).
+    """
+
+    def __init__(self, source: SourceObject, destination_key: str, upload_id: str, part_size: int,
+                 completed: dict[int, str]) -> None:
+        self.source = source
+        self.destination_key = destination_key
+        self.upload_id = upload_id
+        self.part_size = part_size
+        self.parts = plan_parts(source.size, part_size)
+        self.completed = dict(completed)
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self.abandoned = False
+
+    def missing_parts(self) -> list[PartRange]:
+        return [part for part in self.parts if part.number not in self.completed]
+
+    def part_done(self, number: int, etag: str) -> bool:
+        """Record a part; True for the caller that finished the last one (it completes the upload)."""
+        with self._lock:
+            self.completed[number] = etag
+            return not self.abandoned and len(self.completed) == len(self.parts)
+
+    def claim_abandon(self) -> bool:
+        """True for the first caller only: exactly one abort per upload."""
+        with self._lock:
+            if self.abandoned:
+                return False
+            self.abandoned = True
+            return True
+
+
+class TransferEngine:
+    """Schedules units of work (small objects, parts) onto a bounded pool and settles each object.
+
+    The main thread lists, plans and submits; workers move bodies and report to the ProgressStore;
+    only the main thread writes the progress file. A semaphore of max_workers permits, taken
+    before submitting a unit and given back when it ends, is what bounds memory.
+    """
+
+    def __init__(self, config: TransferConfig, *, source: Side, destination: Side, transport: BodyTransport,
+                 progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event) -> None:
+        self.config = config
+        self.source = source
+        self.destination = destination
+        self.transport = transport
+        self.progress = progress
+        self.status = status
+        self.stopping = stopping
+        self.permissions = PermissionBreaker()
+        self.fatal: Optional[FatalTransferError] = None
+        self._slots = threading.BoundedSemaphore(config.max_workers)
+        self._pool = concurrent.futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="worker")
+        self._in_flight: set[concurrent.futures.Future[None]] = set()
+        self._in_flight_lock = threading.Lock()
+        self._restarts: "queue.SimpleQueue[tuple[SourceObject, int]]" = queue.SimpleQueue()
+
+    # -- the scheduler (main thread) -------------------------------------------------------
+
+    def run(self, listing: ListingWindow, retry_keys: Iterable[str]) -> None:
+        try:
+            for key in retry_keys:
+                if self._should_stop():
+                    break
+                retried = self._head_for_retry(key)
+                if retried is not None:
+                    self._schedule(retried, attempt=1)
+            while not self._should_stop():
+                self._drain_restarts()
+                listed = listing.next(self.tick)
+                if listed is None:
+                    if not self._should_stop():
+                        self.progress.listing_finished()
+                        self.status.listing_complete = True
+                    break
+                self.status.listed(listed.size)
+                if self.progress.is_done_beyond_watermark(listed.key):
+                    self.progress.listed(listed.key, already_done=True)
+                    continue
+                self.progress.listed(listed.key)
+                self._schedule(listed, attempt=1)
+            self._wait_for_in_flight()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.fatal is not None:
+            raise self.fatal
+
+    def tick(self) -> None:
+        self.status.tick()
+        self.progress.save_if_due(self.status.summary())
+
+    def _should_stop(self) -> bool:
+        return self.stopping.is_set() or self.fatal is not None
+
+    def _wait_for_in_flight(self) -> None:
+        while True:
+            self._drain_restarts()
+            with self._in_flight_lock:
+                pending = set(self._in_flight)
+            if not pending and (self._restarts.empty() or self._should_stop()):
+                return
+            concurrent.futures.wait(pending, timeout=TICK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
+            self.tick()
+
+    def _drain_restarts(self) -> None:
+        while not self._should_stop():
+            try:
+                changed, attempt = self._restarts.get_nowait()
+            except queue.Empty:
+                return
+            fresh = self._head_for_retry(changed.key)
+            if fresh is not None:
+                self._schedule(fresh, attempt=attempt)
+
+    def _head_for_retry(self, key: str) -> Optional[SourceObject]:
+        """A failed or changed key, as it is now: None (and settled) when it is gone or unreadable."""
+        try:
+            head = self.source.client.head_object(Bucket=self.source.bucket, Key=key)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in {"404", "NoSuchKey", "NotFound"}:
+                LOG.info("%s no longer exists in the source; nothing to copy", json.dumps(key, ensure_ascii=False))
+                self.progress.vanished(key)
+                return None
+            self._settle_failure(key, error, action="s3:GetObject", side=self.source)
+            return None
+        return SourceObject(key=key, size=head["ContentLength"], etag=head["ETag"],
+                            storage_class=head.get("StorageClass", "STANDARD"))
+
+    def _acquire_slot(self) -> bool:
+        while not self._slots.acquire(timeout=TICK_SECONDS):
+            self.tick()
+            if self._should_stop():
+                return False
+        if self._should_stop():
+            self._slots.release()
+            return False
+        return True
+
+    def _submit(self, work: Callable[[], None]) -> bool:
+        if not self._acquire_slot():
+            return False
+        future = self._pool.submit(work)
+        with self._in_flight_lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._unit_finished)
+        return True
+
+    def _unit_finished(self, future: "concurrent.futures.Future[None]") -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(future)
+        self._slots.release()
+
+    def _schedule(self, listed: SourceObject, *, attempt: int) -> None:
+        destination_key = map_destination_key(listed.key, self.config.source, self.config.destination)
+        if len(destination_key.encode("utf-8")) > MAX_KEY_BYTES:
+            self._settle_failure(listed.key, ObjectFailure(
+                f"the destination key would be {len(destination_key.encode('utf-8'))} bytes, over S3's "
+                f"{MAX_KEY_BYTES}-byte limit; use a shorter destination prefix"))
+            return
+        if listed.size < self.config.multipart_threshold:
+            self._submit(lambda: self._guarded(listed, attempt, self._copy_small_object, listed, destination_key))
+            return
+        try:
+            job = self._start_multipart(listed, destination_key)
+        except (SourceChanged, StopRequested) as error:
+            self._handle_unit_error(listed, attempt, error)
+            return
+        except Exception as error:  # noqa: BLE001 - settled as this object's failure, never swallowed
+            self._handle_unit_error(listed, attempt, error, action="s3:CreateMultipartUpload")
+            return
+        missing = job.missing_parts()
+        if not missing:  # every part survived a previous run: only the completion is left
+            self._submit(lambda: self._guarded(listed, attempt, self._complete_multipart, job))
+            return
+        for part in missing:
+            if not self._submit(lambda part=part: self._guarded(listed, attempt, self._copy_part, job, part)):
+                return
+
+    def _guarded(self, listed: SourceObject, attempt: int, work: Callable[..., None], *args: Any) -> None:
+        """Run one unit; turn whatever it raises into the object's outcome. Never lets an error vanish."""
+        if self._should_stop():
+            return
+        self.status.worker_busy(+1)
+        try:
+            work(*args)
+        except Exception as error:  # noqa: BLE001 - every error becomes an outcome, see _handle_unit_error
+            job = args[0] if args and isinstance(args[0], MultipartCopy) else None
+            self._handle_unit_error(listed, attempt, error, job=job)
+        finally:
+            self.status.worker_busy(-1)
+
+    def _handle_unit_error(self, listed: SourceObject, attempt: int, error: BaseException, *,
+                           job: Optional[MultipartCopy] = None, action: str = "") -> None:
+        """Settle one failed unit. The first failing part of a multipart object aborts its upload and
+        settles the object; failures of its sibling parts that were already in flight change nothing."""
+        if isinstance(error, StopRequested):
+            return  # left as it is: the upload stays recorded, the key stays pending, a rerun resumes
+        restart = isinstance(error, SourceChanged) or error_code(error) == "NoSuchUpload"
+        if job is not None and not self._abandon(job, "the source object changed during the copy" if restart
+                                                 else str(error)):
+            return
+        if restart and attempt < OBJECT_ATTEMPTS:
+            LOG.warning("%s changed during the copy (or its upload vanished); copying it again whole",
+                        json.dumps(listed.key, ensure_ascii=False))
+            self._restarts.put((listed, attempt + 1))
+            return
+        if restart:
+            error = ObjectFailure(f"the source object kept changing during {OBJECT_ATTEMPTS} attempts to copy it")
+        side = self.destination if getattr(error, "side", None) == "destination" else self.source
+        self._settle_failure(listed.key, error, action=getattr(error, "action", "") or action, side=side)
+
+    def _settle_failure(self, key: str, error: BaseException, *, action: str = "",
+                        side: Optional[Side] = None) -> None:
+        """Record the failure of one object, or stop the run if no object could succeed either."""
+        side = side or self.source
+        if isinstance(error, FatalTransferError):
+            self._stop_run(error)
+            return
+        if isinstance(error, ObjectFailure):
+            reason = str(error)
+        else:
+            reason = explain_error(error, side=side.settings, bucket=side.bucket, action=action or "the copy",
+                                   key=key if side is self.source else "")
+            if is_fatal_error(error) or (error_code(error) in DENIED_CODES and self.permissions.denied(action)):
+                self._stop_run(FatalTransferError(reason))
+                if error_code(error) not in DENIED_CODES:
+                    return  # no key is to blame for expired credentials or a missing bucket
+        if not isinstance(error, (ObjectFailure, botocore.exceptions.ClientError)):
+            LOG.debug("unexpected error for %r", key, exc_info=error)
+        LOG.error("FAILED %s: %s", json.dumps(key, ensure_ascii=False), reason)
+        self.progress.mark_failed(key, reason)
+        self.status.object_failed()
+
+    def _stop_run(self, error: FatalTransferError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+
+    # -- small objects (workers) -----------------------------------------------------------
+
+    def _copy_small_object(self, listed: SourceObject, destination_key: str) -> None:
+        started = time.monotonic()
+        fetched = self._with_body_retries(
+            lambda: self._fetch_verified(listed.key), what=f"GET {listed.key}", action="s3:GetObject",
+            side=self.source,
+        )
+        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0))
+        attributes = ObjectAttributes.from_response(fetched.response, tags)
+        _, md5_base64 = content_md5(fetched.body)
+        self._with_body_retries(
+            lambda: self.transport.put_object(
+                self.destination.bucket, destination_key, fetched.body, content_md5=md5_base64,
+                arguments=attributes.upload_arguments(self.config),
+            ),
+            what=f"PUT {destination_key}", action="s3:PutObject", side=self.destination,
+        )
+        self._object_done(listed.key, len(fetched.body), started)
+
+    def _fetch_verified(self, key: str) -> FetchedObject:
+        fetched = self.transport.get_object(self.source.bucket, key)
+        expected = plain_md5_etag(fetched.etag, fetched.response)
+        if expected is not None:
+            actual, _ = content_md5(fetched.body)
+            if actual != expected:
+                raise BodyMismatch(f"integrity mismatch: MD5 of the downloaded body is {actual}, ETag says {expected}")
+        return fetched
+
+    def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
+        """The object's tags. GetObject says how many there are (no header means none), which saves
+        a request per untagged object; HeadObject does not, so tag_count=None means ask."""
+        if tag_count == 0:
+            return []
+        try:
+            tags = self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key)["TagSet"]
+        except botocore.exceptions.ClientError as error:
+            _annotate(error, action="s3:GetObjectTagging", side="source")
+            raise
+        self.permissions.allowed("s3:GetObjectTagging")
+        return tags
+
+    # -- large objects ---------------------------------------------------------------------
+
+    def _start_multipart(self, listed: SourceObject, destination_key: str) -> MultipartCopy:
+        """Resume the recorded upload for this key if it still fits the source, else create one.
+
+        Runs on the main thread: it costs two or three requests per object of 100 MiB or more.
+        """
+        try:
+            part_size = choose_part_size(listed.size, self.config.chunk_size)
+        except ValueError as error:
+            raise ObjectFailure(str(error)) from None
+        if part_size != self.config.chunk_size:
+            LOG.info("%s: %s needs %s parts to stay within 10,000 parts (asked for %s); memory bound rises to "
+                     "%d x %s", json.dumps(listed.key, ensure_ascii=False), format_size(listed.size),
+                     format_size(part_size), format_size(self.config.chunk_size), self.config.max_workers,
+                     format_size(part_size))
+        record = self.progress.upload_for(listed.key)
+        if record is not None:
+            resumed = self._resume_multipart(listed, destination_key, part_size, record)
+            if resumed is not None:
+                return resumed
+        try:
+            head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in {"PreconditionFailed", "412"}:
+                raise SourceChanged() from None
+            _annotate(error, action="s3:GetObject", side="source")
+            raise
+        tags = self._tags_if_any(listed.key, None)
+        arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
+        try:
+            upload_id = self.destination.client.create_multipart_upload(
+                Bucket=self.destination.bucket, Key=destination_key, **arguments
+            )["UploadId"]
+        except botocore.exceptions.ClientError as error:
+            _annotate(error, action="s3:PutObject", side="destination")
+            raise
+        self.permissions.allowed("s3:PutObject")
+        job = MultipartCopy(listed, destination_key, upload_id, part_size, completed={})
+        # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
+        self.progress.record_upload(listed, job)
+        self.progress.save(self.status.summary())
+        LOG.info("started multipart upload of %s (%s, %d parts of %s)", json.dumps(listed.key, ensure_ascii=False),
+                 format_size(listed.size), len(job.parts), format_size(part_size))
+        return job
+
+    def _resume_multipart(self, listed: SourceObject, destination_key: str, part_size: int,
+                          record: dict[str, Any]) -> Optional[MultipartCopy]:
+        """Continue a recorded upload with only its missing parts; ListParts, not our file, says which
+        parts S3 has. None when the upload cannot be continued (it is then aborted)."""
+        job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], completed={})
+        if (record.get("source_etag") != listed.etag or record.get("size") != listed.size
+                or record.get("part_size") != part_size or record.get("destination_key") != destination_key):
+            self._abandon(job, "the source object or the part size changed since the upload began")
+            return None
+        planned = {part.number: part.size for part in job.parts}
+        try:
+            paginator = self.destination.client.get_paginator("list_parts")
+            for page in paginator.paginate(Bucket=self.destination.bucket, Key=destination_key,
+                                           UploadId=job.upload_id):
+                for part in page.get("Parts", ()):
+                    if planned.get(part["PartNumber"]) == part["Size"]:
+                        job.completed[part["PartNumber"]] = part["ETag"]
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) == "NoSuchUpload":
+                LOG.info("the recorded upload for %s no longer exists; starting it again",
+                         json.dumps(listed.key, ensure_ascii=False))
+                self.progress.forget_upload(listed.key)
+                return None
+            _annotate(error, action="s3:ListMultipartUploadParts", side="destination")
+            raise
+        LOG.info("resuming multipart upload of %s: %d of %d parts already uploaded",
+                 json.dumps(listed.key, ensure_ascii=False), len(job.completed), len(job.parts))
+        self.progress.record_upload(listed, job)
+        return job
+
+    def _copy_part(self, job: MultipartCopy, part: PartRange) -> None:
+        if job.abandoned:
+            return
+        body = self._with_body_retries(
+            lambda: self._get_part(job, part), what=f"GET part {part.number} of {job.source.key}",
+            action="s3:GetObject", side=self.source,
+        )
+        _, md5_base64 = content_md5(body)
+        etag = self._with_body_retries(
+            lambda: self.transport.upload_part(
+                self.destination.bucket, job.destination_key, upload_id=job.upload_id,
+                part_number=part.number, body=body, content_md5=md5_base64,
+            ),
+            what=f"UploadPart {part.number} of {job.destination_key}", action="s3:PutObject", side=self.destination,
+        )
+        self.status.bytes_moved_by_part(part.size)
+        self.progress.record_part(job.source.key, part.number, etag)
+        if job.part_done(part.number, etag):
+            self._complete_multipart(job)
+
+    def _get_part(self, job: MultipartCopy, part: PartRange) -> bytes:
+        try:
+            return self.transport.get_range(self.source.bucket, job.source.key, part, if_match=job.source.etag)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in {"PreconditionFailed", "412"}:
+                raise SourceChanged() from None
+            raise
+
+    def _complete_multipart(self, job: MultipartCopy) -> None:
+        """Check the parts against the plan, then complete: never a short or stitched object."""
+        numbers = sorted(job.completed)
+        if numbers != [part.number for part in job.parts]:
+            raise ObjectFailure(f"only {len(numbers)} of {len(job.parts)} parts were uploaded")
+        try:
+            self.destination.client.complete_multipart_upload(
+                Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": job.completed[n]} for n in numbers]},
+            )
+        except botocore.exceptions.ClientError as error:
+            _annotate(error, action="s3:PutObject", side="destination")
+            raise
+        self.progress.forget_upload(job.source.key)
+        self._object_done(job.source.key, job.source.size, job.started, counted_bytes=0)
+
+    def _abandon(self, job: MultipartCopy, reason: str) -> bool:
+        """Abort the upload and forget it: the one clean-up every failure path runs. True for the
+        caller that did it, False if the job was already abandoned."""
+        if not job.claim_abandon():
+            return False
+        try:
+            self.destination.client.abort_multipart_upload(
+                Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id
+            )
+            LOG.info("aborted multipart upload of %s: %s", json.dumps(job.source.key, ensure_ascii=False), reason)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            if error_code(error) != "NoSuchUpload":
+                LOG.warning("could not abort the multipart upload %s of %s (%s); a lifecycle rule "
+                            "AbortIncompleteMultipartUpload on the destination bucket will clean it up",
+                            job.upload_id, json.dumps(job.destination_key, ensure_ascii=False),
+                            error_code(error) or error)
+        self.progress.forget_upload(job.source.key)
+        return True
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _object_done(self, key: str, size: int, started: float, *, counted_bytes: Optional[int] = None) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.progress.mark_done(key, size)
+        self.status.object_done(size, bytes_moved=size if counted_bytes is None else counted_bytes)
+        self.permissions.allowed("s3:GetObject")
+        self.permissions.allowed("s3:PutObject")
+        LOG.info("copied %s %s in %.2f s (%s/s)", json.dumps(key, ensure_ascii=False), format_size(size), elapsed,
+                 format_size(size / elapsed))
+
+    def _with_body_retries(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
+        """Retry errors botocore does not: a body broken after the headers arrived, or a body that
+        does not match its ETag. Exponential backoff with jitter; stops early when the run stops."""
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            if self.stopping.is_set():
+                raise StopRequested()
+            try:
+                return operation()
+            except RETRYABLE_BODY_ERRORS as error:
+                if attempt == BODY_ATTEMPTS:
+                    raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {error}") from error
+                self.status.retried()
+                delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
+                LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
+                            BODY_ATTEMPTS)
+                if self.stopping.wait(delay):
+                    raise StopRequested() from error
+            except botocore.exceptions.ClientError as error:
+                _annotate(error, action=action, side=side.settings.side)
+                raise
+        raise AssertionError("unreachable")
+
+
+def _annotate(error: botocore.exceptions.ClientError, *, action: str, side: str) -> None:
+    """Tag a ClientError with the action and side it came from (the innermost call knows best), so the
+    message a person reads names them; the caller then re-raises it."""
+    if not getattr(error, "action", ""):
+        error.action = action  # type: ignore[attr-defined]
+        error.side = side  # type: ignore[attr-defined]
+
+
+# =============================================================================================
+# 7. Progress and resume
+# =============================================================================================
+
+PROGRESS_FORMAT = "s3-bulk-transfer progress, version 1"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file so that it is valid at every instant, even after kill -9 or a power cut:
+    write a temporary file in the same directory, fsync it, rename it over, fsync the directory."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:  # mkstemp made it mode 0600
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def read_progress_file(path: Path) -> Optional[dict[str, Any]]:
+    """The saved progress, None when there is none; a damaged file is an error, never ignored."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ConfigurationError(f"The progress file {path} cannot be read ({error.strerror}).") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigurationError(
+            f"The progress file {path} is not valid JSON (line {error.lineno}: {error.msg}); it may have been cut "
+            "short by a full disk. It was left untouched: move it aside, or rerun with --restart to discard it "
+            "and start over."
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT or not isinstance(data.get("resume"), dict):
+        raise ConfigurationError(
+            f"The progress file {path} was not written by this tool (or by an incompatible version). It was left "
+            "untouched: point --progress-file elsewhere, or rerun with --restart to discard it."
+        )
+    return data
+
+
+class ProgressStore:
+    """What is done, in a form that does not grow with the bucket.
+
+    Listing is in key order, so completion is a watermark ("every key up to and including K is done
+    or failed") plus the few keys done beyond it while an earlier key is still in flight; failed
+    keys with their reasons; and every multipart upload in flight with its parts. Workers report
+    here under a lock; only the main thread writes the file.
+    """
+
+    def __init__(self, path: Path, job: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
+        saved = saved or {}
+        resume = saved.get("resume", {})
+        totals = saved.get("summary", {})
+        self.path = path
+        self.job = job
+        self._lock = threading.RLock()
+        self._watermark: Optional[str] = resume.get("watermark")
+        self._done_beyond: set[str] = set(resume.get("done_beyond_watermark", ()))
+        self._failed: dict[str, str] = dict(resume.get("failed", {}))
+        self._uploads: dict[str, dict[str, Any]] = dict(resume.get("multipart_uploads", {}))
+        self._listing_complete = False
+        self._pending: collections.OrderedDict[str, bool] = collections.OrderedDict()  # key -> accounted for
+        self._objects_done = int(totals.get("objects_done", 0))
+        self._bytes_done = int(totals.get("bytes_done", 0))
+        self._first_started = totals.get("first_started_at") or _utc_now()
+        self._state = "running"
+        self._last_save = 0.0
+        self._dirty = True
+
+    @classmethod
+    def open(cls, path: Path, job: dict[str, Any], *, restart: bool) -> "ProgressStore":
+        """Load the progress of this job, refusing a file that belongs to another one."""
+        saved = None if restart and not path.exists() else read_progress_file(path) if not restart else None
+        if saved is not None and saved.get("job") != job:
+            theirs = saved.get("job", {})
+            raise ConfigurationError(
+                f"The progress file {path} belongs to another job ({theirs.get('source')} -> "
+                f"{theirs.get('destination')}, filters {theirs.get('filters')}), not to this one ({job['source']} -> "
+                f"{job['destination']}, filters {job['filters']}). Use another --progress-file for this job, or "
+                "rerun with --restart to discard that progress and start over."
+            )
+        return cls(path, job, saved)
+
+    # -- what workers and the scheduler report ---------------------------------------------
+
+    @property
+    def watermark(self) -> Optional[str]:
+        return self._watermark
+
+    def retry_keys(self) -> list[str]:
+        """Failed keys the listing will not see again (at or before the watermark): retried first."""
+        with self._lock:
+            return sorted(key for key in self._failed if self._watermark is not None and key <= self._watermark)
+
+    def is_done_beyond_watermark(self, key: str) -> bool:
+        with self._lock:
+            return key in self._done_beyond
+
+    def listed(self, key: str, *, already_done: bool = False) -> None:
+        with self._lock:
+            self._pending[key] = already_done
+            self._advance()
+
+    def mark_done(self, key: str, size: int) -> None:
+        with self._lock:
+            self._objects_done += 1
+            self._bytes_done += size
+            self._failed.pop(key, None)
+            if key in self._pending:
+                self._pending[key] = True
+                self._done_beyond.add(key)
+                self._advance()
+            self._dirty = True
+
+    def mark_failed(self, key: str, reason: str) -> None:
+        with self._lock:
+            self._failed[key] = reason
+            self._settle(key)
+
+    def vanished(self, key: str) -> None:
+        """A key deleted from the source since it was listed or failed: nothing left to do for it."""
+        with self._lock:
+            self._failed.pop(key, None)
+            self._settle(key)
+
+    def listing_finished(self) -> None:
+        with self._lock:
+            self._listing_complete = True
+            self._dirty = True
+
+    def _settle(self, key: str) -> None:
+        if key in self._pending:
+            self._pending[key] = True
+            self._advance()
+        self._dirty = True
+
+    def _advance(self) -> None:
+        while self._pending:
+            key, accounted = next(iter(self._pending.items()))
+            if not accounted:
+                return
+            self._pending.popitem(last=False)
+            self._done_beyond.discard(key)
+            self._watermark = key
+            self._dirty = True
+
+    # -- multipart uploads in flight -------------------------------------------------------
+
+    def upload_for(self, key: str) -> Optional[dict[str, Any]]:
+        with self._lock:
+            record = self._uploads.get(key)
+            return dict(record) if record else None
+
+    def record_upload(self, source: SourceObject, job: MultipartCopy) -> None:
+        with self._lock:
+            self._uploads[source.key] = {
+                "upload_id": job.upload_id,
+                "destination_key": job.destination_key,
+                "source_etag": source.etag,
+                "size": source.size,
+                "part_size": job.part_size,
+                "parts": {str(number): etag for number, etag in sorted(job.completed.items())},
+            }
+            self._dirty = True
+
+    def record_part(self, key: str, number: int, etag: str) -> None:
+        with self._lock:
+            if key in self._uploads:
+                self._uploads[key]["parts"][str(number)] = etag
+                self._dirty = True
+
+    def forget_upload(self, key: str) -> None:
+        with self._lock:
+            if self._uploads.pop(key, None) is not None:
+                self._dirty = True
+
+    def uploads(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {key: dict(record) for key, record in self._uploads.items()}
+
+    def failures(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._failed)
+
+    # -- the file --------------------------------------------------------------------------
+
+    def finish(self, state: str, this_run: dict[str, Any]) -> None:
+        with self._lock:
+            self._state = state
+        self.save(this_run)
+
+    def save_if_due(self, this_run: dict[str, Any]) -> None:
+        if self._dirty and time.monotonic() - self._last_save >= PROGRESS_SAVE_INTERVAL:
+            self.save(this_run)
+
+    def save(self, this_run: dict[str, Any]) -> None:
+        with self._lock:
+            document = self._document(this_run)
+            self._dirty = False
+            self._last_save = time.monotonic()
+        write_atomically(self.path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+    def _document(self, this_run: dict[str, Any]) -> dict[str, Any]:
+        """Summary first, so `cat transfer_progress.json` reads top-down; resume state after."""
+        return {
+            "format": PROGRESS_FORMAT,
+            "summary": {
+                "state": self._state,
+                "source": self.job["source"],
+                "destination": self.job["destination"],
+                "objects_done": self._objects_done,
+                "bytes_done": self._bytes_done,
+                "bytes_done_human": format_size(self._bytes_done),
+                "objects_failed": len(self._failed),
+                "multipart_uploads_in_flight": len(self._uploads),
+                "this_run": this_run,
+                "first_started_at": self._first_started,
+                "updated_at": _utc_now(),
+            },
+            "job": self.job,
+            "resume": {
+                "listing_complete": self._listing_complete,
+                "watermark": self._watermark,
+                "done_beyond_watermark": sorted(self._done_beyond),
+                "failed": dict(sorted(self._failed.items())),
+                "multipart_uploads": self._uploads,
+            },
+        }
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def discard_progress(path: Path, destination: Side) -> None:
+    """--restart: abort the uploads the old progress file was keeping for resume, then remove it,
+    so starting over orphans nothing."""
+    try:
+        saved = read_progress_file(path)
+    except ConfigurationError:
+        saved = None
+    for key, record in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
+        try:
+            destination.client.abort_multipart_upload(
+                Bucket=destination.bucket, Key=record["destination_key"], UploadId=record["upload_id"]
+            )
+            LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
+            LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
+                        json.dumps(key, ensure_ascii=False), error_code(error) or error)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        LOG.info("--restart: discarded the progress file %s", path)
+
+
+# =============================================================================================
+# 8. Reporting
+# =============================================================================================
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class StatusReporter:
+    """Counts what this run did and shows it: a line redrawn in place on a terminal (like rclone -P),
+    plain summary lines every --status-interval seconds otherwise, and both in the log."""
+
+    def __init__(self, *, max_workers: int, interval: float, live: bool, plain: bool,
+                 stream: Any = sys.stdout) -> None:
+        self._lock = threading.Lock()
+        self._max_workers = max_workers
+        self._interval = interval
+        self._live = live
+        self._plain = plain
+        self._stream = stream
+        self._started = time.monotonic()
+        self._last_line = self._started
+        self._last_draw = 0.0
+        self._drawn = False
+        self.objects_listed = self.bytes_listed = 0
+        self.objects_done = self.bytes_done = self.bytes_moved = 0
+        self.objects_failed = self.retries = self.busy = 0
+        self.listing_complete = False
+
+    # counters, called from any thread
+    def listed(self, size: int) -> None:
+        with self._lock:
+            self.objects_listed += 1
+            self.bytes_listed += size
+
+    def object_done(self, size: int, *, bytes_moved: int) -> None:
+        with self._lock:
+            self.objects_done += 1
+            self.bytes_done += size
+            self.bytes_moved += bytes_moved
+
+    def bytes_moved_by_part(self, size: int) -> None:
+        with self._lock:
+            self.bytes_moved += size
+
+    def object_failed(self) -> None:
+        with self._lock:
+            self.objects_failed += 1
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def worker_busy(self, delta: int) -> None:
+        with self._lock:
+            self.busy += delta
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self._started, 1e-6)
+
+    def summary(self) -> dict[str, Any]:
+        """This run's figures, as the progress file's summary shows them."""
+        with self._lock:
+            rate = self.bytes_moved / self.elapsed()
+            remaining = max(self.bytes_listed - self.bytes_moved, 0)
+            eta = format_duration(remaining / rate) if self.listing_complete and rate > 0 else None
+            return {
+                "objects_listed": self.objects_listed,
+                "bytes_listed": self.bytes_listed,
+                "objects_done": self.objects_done,
+                "bytes_done": self.bytes_done,
+                "objects_failed": self.objects_failed,
+                "retries": self.retries,
+                "elapsed": format_duration(self.elapsed()),
+                "rate": f"{format_size(rate)}/s",
+                "eta": eta if self.listing_complete else "listing not finished",
+            }
+
+    def status_line(self) -> str:
+        figures = self.summary()
+        listed = f"{figures['objects_listed']:,}" + ("" if self.listing_complete else "+")
+        return (
+            f"{figures['objects_done']:,}/{listed} objects, {format_size(figures['bytes_done'])}/"
+            f"{format_size(figures['bytes_listed'])}, {figures['rate']}, ETA {figures['eta'] or '-'}, "
+            f"workers {self.busy}/{self._max_workers} busy, {figures['objects_failed']} failed, "
+            f"{figures['retries']} retries"
+        )
+
+    # display, called from the main thread
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._live and now - self._last_draw >= 0.5:
+            self._draw(self.status_line())
+            self._last_draw = now
+        if now - self._last_line >= self._interval:
+            self._last_line = now
+            line = self.status_line()
+            LOG.info("status: %s", line)
+            if self._plain:
+                print(line, file=self._stream, flush=True)
+
+    def _draw(self, line: str) -> None:
+        with self._lock:
+            self._stream.write("\r\x1b[2K" + line)
+            self._stream.flush()
+            self._drawn = True
+
+    def clear(self) -> None:
+        """Erase the live line so another message can be printed cleanly (it is redrawn on the next tick)."""
+        with self._lock:
+            if self._drawn:
+                self._stream.write("\r\x1b[2K")
+                self._stream.flush()
+                self._drawn = False
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records for the person at the terminal, printed above the live status line."""
+
+    def __init__(self, status: Optional[StatusReporter] = None) -> None:
+        super().__init__()
+        self.status = status
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.status is not None:
+            self.status.clear()
+        prefix = "error: " if record.levelno >= logging.ERROR else "warning: " if record.levelno >= logging.WARNING else ""
+        print(prefix + record.getMessage(), file=sys.stderr, flush=True)
+
+
+def final_report(*, state: str, status: StatusReporter, progress: ProgressStore, config: TransferConfig) -> str:
+    failures = progress.failures()
+    figures = status.summary()
+    lines = [
+        f"Transfer {state} after {figures['elapsed']}: {status.objects_done:,} objects "
+        f"({format_size(status.bytes_done)}) copied in this run, {len(failures):,} failed, "
+        f"average {figures['rate']}.",
+        f"All runs of this job: {progress._objects_done:,} objects ({format_size(progress._bytes_done)}) copied.",
+    ]
+    if failures:
+        lines.append(f"Failed objects ({len(failures):,}); rerun the same command to retry them:")
+        lines += [f"  {json.dumps(key, ensure_ascii=False)}: {reason}" for key, reason in list(failures.items())[:20]]
+        if len(failures) > 20:
+            lines.append(f"  ... and {len(failures) - 20:,} more, all listed in {config.progress_file} "
+                         f"(resume.failed) and {config.log_file}.")
+    uploads = progress.uploads()
+    if uploads:
+        lines.append(f"{len(uploads)} multipart upload(s) kept for resume; rerun the same command to finish them.")
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# 9. Command line
+# =============================================================================================
+
+
+def size_argument(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class FilterAction(argparse.Action):
+    """--include and --exclude share one ordered list, because the last matching rule wins."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        rules = list(getattr(namespace, "filters", None) or [])
+        rules.append(FilterRule(include=option_string == "--include", pattern=values))
+        namespace.filters = rules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3_bulk_transfer.py",
+        description=(
+            "Copy every object under s3://SOURCE[/prefix] to s3://DEST[/prefix], across AWS accounts, streaming "
+            "through memory (never disk). Rerun the same command to resume. Memory: about max-workers x chunk-size "
+            "of object data in flight (objects below the multipart threshold count whole)."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", help="s3://BUCKET[/PREFIX] to copy from")
+    parser.add_argument("destination", help="s3://BUCKET[/PREFIX] to copy to")
+    creds = parser.add_argument_group("credentials and endpoints")
+    creds.add_argument("--source-credentials", metavar="PATH",
+                       help="JSON file with the source account's aws_access_key_id, aws_secret_access_key and "
+                            "optional aws_session_token, region, endpoint_url, role_arn, external_id "
+                            f"(default: ./{DEFAULT_CREDENTIALS_FILE} if present, else the default credential chain)")
+    creds.add_argument("--source-profile", metavar="NAME", help="AWS profile for the source side")
+    creds.add_argument("--dest-profile", metavar="NAME",
+                       help="AWS profile for the destination (default: the default chain, e.g. the instance role)")
+    creds.add_argument("--source-endpoint-url", metavar="URL", help="S3 endpoint for the source (default: AWS)")
+    creds.add_argument("--dest-endpoint-url", metavar="URL", help="S3 endpoint for the destination (default: AWS)")
+    creds.add_argument("--source-region", metavar="REGION", help="source bucket region (default: detected)")
+    creds.add_argument("--dest-region", metavar="REGION", help="destination bucket region (default: detected)")
+    tuning = parser.add_argument_group("speed and memory")
+    tuning.add_argument("--chunk-size", type=size_argument, default=DEFAULT_CHUNK_SIZE, metavar="BYTES",
+                        help="part size for multipart objects, 5MiB to 5GiB, e.g. 8388608, 8MiB, 16MB (binary units); "
+                             "raised per object when needed to stay within 10,000 parts (default: 8MiB)")
+    tuning.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, metavar="N",
+                        help=f"parallel transfers, 1 to {MAX_WORKERS_LIMIT} (default: {DEFAULT_MAX_WORKERS})")
+    tuning.add_argument("--multipart-threshold", type=size_argument, default=DEFAULT_MULTIPART_THRESHOLD,
+                        metavar="BYTES", help="objects this size or larger are copied in parts (default: 100MiB)")
+    selection = parser.add_argument_group("what to copy")
+    selection.add_argument("--include", action=FilterAction, metavar="GLOB", dest="filters",
+                           help="copy keys (relative to the source prefix) matching GLOB; repeatable")
+    selection.add_argument("--exclude", action=FilterAction, metavar="GLOB", dest="filters",
+                           help="skip keys matching GLOB; repeatable; the last matching --include/--exclude wins")
+    selection.add_argument("--storage-class", metavar="CLASS",
+                           help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
+    selection.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
+    selection.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms")
+    state = parser.add_argument_group("progress, logging and output")
+    state.add_argument("--progress-file", type=Path, default=Path(DEFAULT_PROGRESS_FILE), metavar="PATH",
+                       help=f"resume state (default: {DEFAULT_PROGRESS_FILE})")
+    state.add_argument("--log-file", type=Path, default=Path(DEFAULT_LOG_FILE), metavar="PATH",
+                       help=f"appended log, one line per object (default: {DEFAULT_LOG_FILE})")
+    state.add_argument("--status-interval", type=float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
+                       help="seconds between summary lines in the log and on non-terminal output (default: 10)")
+    state.add_argument("--dry-run", action="store_true",
+                       help="list and plan only: print counts, bytes, multipart objects, already done and the "
+                            "memory bound; writes nothing to S3 and leaves the progress file alone")
+    state.add_argument("--restart", action="store_true",
+                       help="discard an existing progress file (aborting its unfinished uploads) and start over")
+    verbosity = state.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="print every object, log debug detail")
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> TransferConfig:
+    """Turn parsed arguments into a validated TransferConfig; every rule a person can break is here."""
+    source = S3Location.parse(args.source)
+    destination = S3Location.parse(args.destination)
+    if not MIN_PART_SIZE <= args.chunk_size <= MAX_PART_SIZE:
+        raise ConfigurationError(
+            f"--chunk-size {args.chunk_size:,} is outside S3's part size limits: use 5MiB to 5GiB (e.g. 8MiB)."
+        )
+    if not 1 <= args.max_workers <= MAX_WORKERS_LIMIT:
+        raise ConfigurationError(f"--max-workers must be between 1 and {MAX_WORKERS_LIMIT}, not {args.max_workers}.")
+    if not 1 <= args.multipart_threshold <= MAX_SINGLE_PUT_SIZE:
+        raise ConfigurationError("--multipart-threshold must be between 1 byte and 5GiB (S3's largest single PUT).")
+    if args.sse_kms_key_id and args.sse != "aws:kms":
+        raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
+    if args.status_interval <= 0:
+        raise ConfigurationError("--status-interval must be a positive number of seconds.")
+    for option, path in (("--progress-file", args.progress_file), ("--log-file", args.log_file)):
+        if not path.parent.resolve().is_dir():
+            raise ConfigurationError(f"The directory {path.parent} for {option} does not exist: create it first.")
+    source_side = source_side_settings(args)
+    destination_side = destination_side_settings(args)
+    same_place = (source_side.endpoint_url or None) == (destination_side.endpoint_url or None)
+    if same_place and source.bucket == destination.bucket and (
+        source.prefix.startswith(destination.prefix) or destination.prefix.startswith(source.prefix)
+    ):
+        raise ConfigurationError(
+            f"{source} and {destination} overlap: copying a prefix onto itself or into itself would copy its own "
+            "copies. Choose a destination outside the source prefix."
+        )
+    return TransferConfig(
+        source=source, destination=destination, source_side=source_side, destination_side=destination_side,
+        chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
+        filters=tuple(args.filters or ()), storage_class=args.storage_class, sse=args.sse,
+        sse_kms_key_id=args.sse_kms_key_id, dry_run=args.dry_run, restart=args.restart,
+        progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
+        quiet=args.quiet, verbose=args.verbose,
+    )
+
+
+def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logging.Handler:
+    """The log file (owner-only, appended) gets everything; the console gets warnings and errors
+    (every object with -v, errors only with -q)."""
+    if not args.log_file.parent.resolve().is_dir():
+        raise ConfigurationError(f"The directory {args.log_file.parent} for --log-file does not exist: create it first.")
+    os.close(os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    file_handler = logging.FileHandler(args.log_file, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    file_handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    console.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING)
+    LOG.setLevel(logging.DEBUG)
+    LOG.propagate = False
+    LOG.addHandler(file_handler)
+    LOG.addHandler(console)
+    return file_handler
+
+
+def selected_objects(objects: Iterable[SourceObject], config: TransferConfig) -> Iterator[SourceObject]:
+    """Apply --include/--exclude to the listing; listing errors stop the run with a clear sentence."""
+    try:
+        for listed in objects:
+            if is_selected(listed.key[len(config.source.prefix):], config.filters):
+                yield listed
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        if isinstance(error, RETRYABLE_BODY_ERRORS):
+            raise FatalTransferError(f"Listing the source failed after botocore's retries: {error}. "
+                                     "Rerun to resume.") from None
+        raise FatalTransferError(explain_error(error, side=config.source_side, bucket=config.source.bucket,
+                                               action="s3:ListBucket")) from None
+
+
+def report_dry_run(config: TransferConfig, source: Side) -> int:
+    """List and plan without writing anything: what would be copied, and what it costs in memory."""
+    saved = read_progress_file(config.progress_file) if not config.restart else None
+    if saved is not None and saved.get("job") != config.job_identity():
+        saved = None
+    resume = (saved or {}).get("resume", {})
+    watermark, done_beyond, failed = resume.get("watermark"), set(resume.get("done_beyond_watermark", ())), \
+        set(resume.get("failed", {}))
+    counts: collections.Counter[str] = collections.Counter()
+    largest_unit = 0
+    listing = selected_objects(list_source_objects(source.client, config.source, None), config)
+    for listed in listing:
+        done = listed.key in done_beyond or (watermark is not None and listed.key <= watermark
+                                             and listed.key not in failed)
+        if done:
+            counts["done"] += 1
+            counts["done_bytes"] += listed.size
+            continue
+        counts["objects"] += 1
+        counts["bytes"] += listed.size
+        if listed.size >= config.multipart_threshold:
+            try:
+                part_size = choose_part_size(listed.size, config.chunk_size)
+            except ValueError as error:
+                counts["too_large"] += 1
+                print(f"  cannot copy {json.dumps(listed.key, ensure_ascii=False)}: {error}")
+                continue
+            counts["multipart"] += 1
+            counts["multipart_bytes"] += listed.size
+            counts["parts"] += math.ceil(listed.size / part_size)
+            largest_unit = max(largest_unit, part_size)
+        else:
+            largest_unit = max(largest_unit, listed.size)
+        if config.verbose:
+            print(f"  {json.dumps(listed.key, ensure_ascii=False)} -> "
+                  f"{json.dumps(map_destination_key(listed.key, config.source, config.destination), ensure_ascii=False)}"
+                  f" ({format_size(listed.size)})")
+    print(f"Dry run: {config.source} -> {config.destination}; nothing was written to S3 and "
+          f"{config.progress_file} was not touched.")
+    print(f"  to copy:      {counts['objects']:,} objects, {format_size(counts['bytes'])}")
+    print(f"  multipart:    {counts['multipart']:,} objects ({format_size(counts['multipart_bytes'])}, "
+          f"{counts['parts']:,} parts); single PUT: {counts['objects'] - counts['multipart'] - counts['too_large']:,}")
+    print(f"  already done: {counts['done']:,} objects, {format_size(counts['done_bytes'])} "
+          f"(per {config.progress_file})")
+    if counts["too_large"]:
+        print(f"  cannot copy:  {counts['too_large']:,} objects too large for S3")
+    print(f"  memory bound: {config.max_workers} workers x {format_size(max(largest_unit, 0))} largest unit = "
+          f"{format_size(config.max_workers * largest_unit)} of object data in flight, plus Python's own")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[], None]) -> Iterator[None]:
+    """First Ctrl-C or SIGTERM: stop scheduling, let in-flight units finish, save, exit 130.
+    A second Ctrl-C: save progress and leave at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if stopping.is_set() and signum == signal.SIGINT:
+            on_second_interrupt()
+            os._exit(EXIT_INTERRUPTED)
+        stopping.set()
+        LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
+    """Connect both sides, then copy everything not yet done, saving progress as it goes."""
+    source = connect_side(config.source_side, config.source.bucket, max_workers=config.max_workers,
+                          must_list_prefix=config.source.prefix)
+    destination = connect_side(config.destination_side, config.destination.bucket,
+                               max_workers=config.max_workers, must_list_prefix=None)
+    if config.dry_run:
+        return report_dry_run(config, source)
+    if config.restart:
+        discard_progress(config.progress_file, destination)
+    progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)
+    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s; memory bound %s", config.source,
+             config.destination, config.max_workers, format_size(config.chunk_size),
+             format_size(config.multipart_threshold), config.memory_bound())
+    progress.save(status.summary())
+    stopping = threading.Event()
+    engine = TransferEngine(config, source=source, destination=destination,
+                            transport=Boto3Transport(source.client, destination.client),
+                            progress=progress, status=status, stopping=stopping)
+    listing = ListingWindow(
+        selected_objects(list_source_objects(source.client, config.source, progress.watermark), config),
+        window=LISTING_WINDOW, stopping=stopping,
+    )
+    with stop_on_signals(stopping, lambda: progress.finish("interrupted", status.summary())):
+        try:
+            engine.run(listing, progress.retry_keys())
+            interrupted = stopping.is_set()
+        except FatalTransferError as error:
+            stopping.set()
+            status.clear()
+            progress.finish("stopped", status.summary())
+            LOG.error("%s", error)
+            LOG.info("%s", final_report(state="stopped", status=status, progress=progress, config=config))
+            return EXIT_USAGE
+        finally:
+            stopping.set()  # lets the lister thread go
+    if interrupted:
+        state, code = "interrupted", EXIT_INTERRUPTED
+    elif progress.failures():
+        state, code = "finished with failures", EXIT_SOME_FAILED
+    else:
+        state, code = "complete", EXIT_OK
+    progress.finish(state, status.summary())
+    status.clear()
+    report = final_report(state=state, status=status, progress=progress, config=config)
+    LOG.info("%s", report)
+    if not config.quiet or code != EXIT_OK:
+        print(report, file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Parse the command line, run the transfer, and map the outcome to an exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # argparse has printed its usage message
+        return int(exit_request.code or 0)
+    live = sys.stdout.isatty() and not args.quiet
+    status = StatusReporter(max_workers=max(args.max_workers, 1), interval=args.status_interval, live=live,
+                            plain=not live and not args.quiet)
+    console = ConsoleHandler(status)
+    file_handler: Optional[logging.Handler] = None
+    try:
+        file_handler = configure_logging(args, console)
+        config = build_config(args)
+        return run_transfer(config, status)
+    except ConfigurationError as error:
+        if file_handler is None:
+            print(f"error: {error}", file=sys.stderr)
+        else:
+            LOG.error("%s", error)
+        return EXIT_USAGE
+    finally:
+        status.clear()
+        for handler in (console, file_handler):
+            if handler is not None:
+                LOG.removeHandler(handler)
+                handler.close()
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

