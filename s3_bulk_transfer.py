@@ -194,7 +194,7 @@ class S3Location:
         if not uri.startswith("s3://"):
             raise ConfigurationError(f"{uri!r} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX.")
         bucket, _, prefix = uri[len("s3://"):].partition("/")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", bucket):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
             raise ConfigurationError(
                 f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 lowercase "
                 "letters, digits, dots and hyphens."
@@ -242,6 +242,7 @@ class TransferConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_workers: int = DEFAULT_MAX_WORKERS
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+    memory_limit: int = DEFAULT_MAX_WORKERS * DEFAULT_CHUNK_SIZE
     filters: tuple[FilterRule, ...] = ()
     storage_class: Optional[str] = None
     sse: Optional[str] = None
@@ -266,10 +267,9 @@ class TransferConfig:
 
     def memory_bound(self) -> str:
         return (
-            f"about {self.max_workers} workers x {format_size(max(self.chunk_size, 1))} = "
-            f"{format_size(self.max_workers * max(self.chunk_size, self.multipart_threshold - 1))} of object data "
-            f"at most (each worker holds one part, or one object below the "
-            f"{format_size(self.multipart_threshold)} threshold)"
+            f"at most {self.max_workers} units and {format_size(self.memory_limit)} of object data in flight "
+            f"(a unit is one part or one object below the {format_size(self.multipart_threshold)} threshold; "
+            "a single unit larger than the limit runs alone)"
         )
 
 
@@ -436,6 +436,7 @@ CREDENTIAL_ERROR_CODES = {
     "AccountProblem": "the AWS account has a problem that stops S3 from answering",
     "AllAccessDisabled": "all access to this resource has been disabled",
 }
+ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
 DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 MISSING_BUCKET_CODES = {"NoSuchBucket"}
 RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
@@ -823,6 +824,38 @@ def plain_md5_etag(etag: str, response: dict[str, Any]) -> Optional[str]:
 # =============================================================================================
 
 
+class MemoryBudget:
+    """Bounds what is in flight: at most `max_units` units of work and `capacity` bytes of bodies.
+
+    A unit larger than the whole budget (an object just under the multipart threshold, or a part
+    raised past the chunk size for a huge object) waits until nothing else is in flight, then runs
+    alone: memory never exceeds max(capacity, the largest single unit).
+    """
+
+    def __init__(self, capacity: int, *, max_units: int) -> None:
+        self._capacity = capacity
+        self._max_units = max_units
+        self._used = 0
+        self._units = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, cost: int, *, timeout: float) -> bool:
+        with self._changed:
+            fits = lambda: self._units < self._max_units and (  # noqa: E731
+                self._used + cost <= self._capacity or self._units == 0)
+            if not self._changed.wait_for(fits, timeout=timeout):
+                return False
+            self._used += cost
+            self._units += 1
+            return True
+
+    def release(self, cost: int) -> None:
+        with self._changed:
+            self._used -= cost
+            self._units -= 1
+            self._changed.notify_all()
+
+
 class PermissionBreaker:
     """Turns repeated AccessDenied on an action that has never once been allowed into a stop.
 
@@ -905,7 +938,7 @@ class TransferEngine:
         self.stopping = stopping
         self.permissions = PermissionBreaker()
         self.fatal: Optional[FatalTransferError] = None
-        self._slots = threading.BoundedSemaphore(config.max_workers)
+        self._budget = MemoryBudget(config.memory_limit, max_units=config.max_workers)
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="worker")
         self._in_flight: set[concurrent.futures.Future[None]] = set()
         self._in_flight_lock = threading.Lock()
@@ -982,29 +1015,26 @@ class TransferEngine:
         return SourceObject(key=key, size=head["ContentLength"], etag=head["ETag"],
                             storage_class=head.get("StorageClass", "STANDARD"))
 
-    def _acquire_slot(self) -> bool:
-        while not self._slots.acquire(timeout=TICK_SECONDS):
+    def _submit(self, work: Callable[[], None], *, cost: int) -> bool:
+        """Hand one unit to the pool once a worker and `cost` bytes of the memory budget are free;
+        False (nothing submitted) when the run stops while waiting."""
+        while not self._budget.acquire(cost, timeout=TICK_SECONDS):
             self.tick()
             if self._should_stop():
                 return False
         if self._should_stop():
-            self._slots.release()
-            return False
-        return True
-
-    def _submit(self, work: Callable[[], None]) -> bool:
-        if not self._acquire_slot():
+            self._budget.release(cost)
             return False
         future = self._pool.submit(work)
         with self._in_flight_lock:
             self._in_flight.add(future)
-        future.add_done_callback(self._unit_finished)
+        future.add_done_callback(lambda finished: self._unit_finished(finished, cost))
         return True
 
-    def _unit_finished(self, future: "concurrent.futures.Future[None]") -> None:
+    def _unit_finished(self, future: "concurrent.futures.Future[None]", cost: int) -> None:
         with self._in_flight_lock:
             self._in_flight.discard(future)
-        self._slots.release()
+        self._budget.release(cost)
 
     def _schedule(self, listed: SourceObject, *, attempt: int) -> None:
         destination_key = map_destination_key(listed.key, self.config.source, self.config.destination)
@@ -1014,7 +1044,8 @@ class TransferEngine:
                 f"{MAX_KEY_BYTES}-byte limit; use a shorter destination prefix"))
             return
         if listed.size < self.config.multipart_threshold:
-            self._submit(lambda: self._guarded(listed, attempt, self._copy_small_object, listed, destination_key))
+            self._submit(lambda: self._guarded(listed, attempt, self._copy_small_object, listed, destination_key),
+                         cost=listed.size)
             return
         try:
             job = self._start_multipart(listed, destination_key)
@@ -1026,10 +1057,11 @@ class TransferEngine:
             return
         missing = job.missing_parts()
         if not missing:  # every part survived a previous run: only the completion is left
-            self._submit(lambda: self._guarded(listed, attempt, self._complete_multipart, job))
+            self._submit(lambda: self._guarded(listed, attempt, self._complete_multipart, job), cost=0)
             return
         for part in missing:
-            if not self._submit(lambda part=part: self._guarded(listed, attempt, self._copy_part, job, part)):
+            if not self._submit(lambda part=part: self._guarded(listed, attempt, self._copy_part, job, part),
+                                cost=part.size):
                 return
 
     def _guarded(self, listed: SourceObject, attempt: int, work: Callable[..., None], *args: Any) -> None:
@@ -1145,10 +1177,10 @@ class TransferEngine:
         except ValueError as error:
             raise ObjectFailure(str(error)) from None
         if part_size != self.config.chunk_size:
-            LOG.info("%s: %s needs %s parts to stay within 10,000 parts (asked for %s); memory bound rises to "
-                     "%d x %s", json.dumps(listed.key, ensure_ascii=False), format_size(listed.size),
-                     format_size(part_size), format_size(self.config.chunk_size), self.config.max_workers,
-                     format_size(part_size))
+            LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
+                        "limit at once (raise --memory-limit to copy more of them in parallel)",
+                        json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
+                        max(self.config.memory_limit // part_size, 1), format_size(self.config.memory_limit))
         record = self.progress.upload_for(listed.key)
         if record is not None:
             resumed = self._resume_multipart(listed, destination_key, part_size, record)
@@ -1161,6 +1193,10 @@ class TransferEngine:
                 raise SourceChanged() from None
             _annotate(error, action="s3:GetObject", side="source")
             raise
+        if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES and 'ongoing-request="false"' not in head.get(
+                "Restore", ""):
+            raise ObjectFailure(f"it is archived in {head['StorageClass']} and not restored: restore it "
+                                "(aws s3api restore-object) and rerun to copy it")
         tags = self._tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
         try:
@@ -1761,8 +1797,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="s3_bulk_transfer.py",
         description=(
             "Copy every object under s3://SOURCE[/prefix] to s3://DEST[/prefix], across AWS accounts, streaming "
-            "through memory (never disk). Rerun the same command to resume. Memory: about max-workers x chunk-size "
-            "of object data in flight (objects below the multipart threshold count whole)."
+            "through memory (never disk). Rerun the same command to resume. Memory: object data in flight never "
+            "exceeds --memory-limit (default max-workers x chunk-size), except one part or object larger than that, "
+            "which is copied alone."
         ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1787,6 +1824,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "raised per object when needed to stay within 10,000 parts (default: 8MiB)")
     tuning.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, metavar="N",
                         help=f"parallel transfers, 1 to {MAX_WORKERS_LIMIT} (default: {DEFAULT_MAX_WORKERS})")
+    tuning.add_argument("--memory-limit", type=size_argument, metavar="BYTES",
+                        help="most object data held in memory at once (default: max-workers x chunk-size); a single "
+                             "part or object larger than this is copied alone")
     tuning.add_argument("--multipart-threshold", type=size_argument, default=DEFAULT_MULTIPART_THRESHOLD,
                         metavar="BYTES", help="objects this size or larger are copied in parts (default: 100MiB)")
     selection = parser.add_argument_group("what to copy")
@@ -1826,6 +1866,9 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         )
     if not 1 <= args.max_workers <= MAX_WORKERS_LIMIT:
         raise ConfigurationError(f"--max-workers must be between 1 and {MAX_WORKERS_LIMIT}, not {args.max_workers}.")
+    memory_limit = args.memory_limit if args.memory_limit is not None else args.max_workers * args.chunk_size
+    if memory_limit < MIN_PART_SIZE:
+        raise ConfigurationError("--memory-limit must be at least 5MiB, S3's smallest part.")
     if not 1 <= args.multipart_threshold <= MAX_SINGLE_PUT_SIZE:
         raise ConfigurationError("--multipart-threshold must be between 1 byte and 5GiB (S3's largest single PUT).")
     if args.sse_kms_key_id and args.sse != "aws:kms":
@@ -1848,6 +1891,7 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
     return TransferConfig(
         source=source, destination=destination, source_side=source_side, destination_side=destination_side,
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
+        memory_limit=memory_limit,
         filters=tuple(args.filters or ()), storage_class=args.storage_class, sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id, dry_run=args.dry_run, restart=args.restart,
         progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
@@ -1932,8 +1976,9 @@ def report_dry_run(config: TransferConfig, source: Side) -> int:
           f"(per {config.progress_file})")
     if counts["too_large"]:
         print(f"  cannot copy:  {counts['too_large']:,} objects too large for S3")
-    print(f"  memory bound: {config.max_workers} workers x {format_size(max(largest_unit, 0))} largest unit = "
-          f"{format_size(config.max_workers * largest_unit)} of object data in flight, plus Python's own")
+    print(f"  memory bound: {format_size(max(config.memory_limit, largest_unit))} of object data in flight "
+          f"({config.max_workers} workers, --memory-limit {format_size(config.memory_limit)}, largest single unit "
+          f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
     return EXIT_OK
 
 

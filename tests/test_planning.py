@@ -1,0 +1,126 @@
+"""Unit tests for the pure rules: sizes, URIs, part planning, filters and key mapping."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import s3_bulk_transfer as tool  # noqa: E402
+
+MiB, GiB, TiB = tool.MiB, tool.GiB, tool.TiB
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8388608", 8 * MiB),
+        ("8MiB", 8 * MiB),
+        ("16MB", 16 * MiB),  # binary, as in the AWS CLI's s3 settings
+        ("5m", 5 * MiB),
+        ("1.5GiB", int(1.5 * GiB)),
+        (" 2 G ", 2 * GiB),
+    ],
+)
+def test_parse_size_accepts_bytes_and_units(text: str, expected: int) -> None:
+    assert tool.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "eight", "8XB", "-5MiB", "5 MiBs"])
+def test_parse_size_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a size"):
+        tool.parse_size(text)
+
+
+def test_s3_location_treats_a_prefix_as_a_folder() -> None:
+    assert tool.S3Location.parse("s3://bucket") == tool.S3Location("bucket", "")
+    assert tool.S3Location.parse("s3://bucket/") == tool.S3Location("bucket", "")
+    assert tool.S3Location.parse("s3://bucket/photos") == tool.S3Location("bucket", "photos/")
+    assert tool.S3Location.parse("s3://bucket/a/b/") == tool.S3Location("bucket", "a/b/")
+
+
+@pytest.mark.parametrize("uri", ["http://bucket", "bucket/key", "s3://", "s3://Bad_Bucket", "s3://ab"])
+def test_s3_location_rejects_what_is_not_an_s3_uri(uri: str) -> None:
+    with pytest.raises(tool.ConfigurationError):
+        tool.S3Location.parse(uri)
+
+
+def test_plan_covers_every_byte_once_with_a_short_last_part() -> None:
+    size = 3 * 5 * MiB + 123
+    parts = tool.plan_parts(size, 5 * MiB)
+    assert [part.number for part in parts] == [1, 2, 3, 4]
+    assert parts[0].start == 0 and parts[-1].end == size - 1
+    assert all(later.start == earlier.end + 1 for earlier, later in zip(parts, parts[1:]))
+    assert [part.size for part in parts] == [5 * MiB] * 3 + [123]
+
+
+def test_plan_of_an_exact_multiple_has_no_empty_tail() -> None:
+    parts = tool.plan_parts(4 * 8 * MiB, 8 * MiB)
+    assert len(parts) == 4 and all(part.size == 8 * MiB for part in parts)
+
+
+def test_plan_of_an_empty_object_is_one_empty_part() -> None:
+    assert [part.size for part in tool.plan_parts(0, 8 * MiB)] == [0]
+
+
+def test_part_size_is_the_chunk_size_while_it_fits_ten_thousand_parts() -> None:
+    assert tool.choose_part_size(100 * GiB // 2, 8 * MiB) == 8 * MiB
+    assert tool.choose_part_size(10_000 * 8 * MiB, 8 * MiB) == 8 * MiB
+
+
+def test_part_size_grows_for_a_five_tib_object() -> None:
+    part_size = tool.choose_part_size(5 * TiB, 8 * MiB)
+    assert part_size % MiB == 0
+    assert math.ceil(5 * TiB / part_size) <= tool.MAX_PARTS
+    assert part_size - MiB < 5 * TiB / tool.MAX_PARTS  # the smallest whole-MiB size that fits
+    assert tool.MIN_PART_SIZE <= part_size <= tool.MAX_PART_SIZE
+    assert len(tool.plan_parts(5 * TiB, part_size)) <= tool.MAX_PARTS
+
+
+def test_part_size_reaches_the_largest_object_s3_can_hold() -> None:
+    largest = tool.MAX_PARTS * tool.MAX_PART_SIZE
+    assert tool.choose_part_size(largest, 8 * MiB) == tool.MAX_PART_SIZE
+    with pytest.raises(ValueError, match="10,000-part limit"):
+        tool.choose_part_size(largest + 1, 8 * MiB)
+
+
+def test_part_size_never_goes_below_the_s3_minimum() -> None:
+    assert tool.choose_part_size(200 * MiB, 1 * MiB) == tool.MIN_PART_SIZE
+
+
+def test_filters_follow_aws_s3_rules_last_match_wins() -> None:
+    rules = [
+        tool.FilterRule(include=False, pattern="*"),
+        tool.FilterRule(include=True, pattern="*.jpg"),
+        tool.FilterRule(include=False, pattern="tmp/*"),
+    ]
+    assert tool.is_selected("a/b.jpg", rules)
+    assert not tool.is_selected("a/b.png", rules)
+    assert not tool.is_selected("tmp/c.jpg", rules)
+    assert tool.is_selected("anything", [])
+    assert not tool.is_selected("logs/x.log", [tool.FilterRule(include=False, pattern="*.log")])
+
+
+def test_star_matches_across_slashes_as_in_aws_s3() -> None:
+    assert tool.is_selected("deep/er/file.txt", [tool.FilterRule(False, "*"), tool.FilterRule(True, "*.txt")])
+
+
+def test_key_mapping_replaces_the_source_prefix_with_the_destination_prefix() -> None:
+    source = tool.S3Location("src", "data/2024/")
+    assert tool.map_destination_key("data/2024/a/b.txt", source, tool.S3Location("dst", "")) == "a/b.txt"
+    assert tool.map_destination_key("data/2024/a/b.txt", source, tool.S3Location("dst", "archive/")) == \
+        "archive/a/b.txt"
+    assert tool.map_destination_key("data/2024/x//y/", source, tool.S3Location("dst", "z/")) == "z/x//y/"
+    with pytest.raises(ValueError):
+        tool.map_destination_key("other/key", source, tool.S3Location("dst", ""))
+
+
+def test_plain_md5_etags_are_recognised_and_others_are_not() -> None:
+    md5 = '"d41d8cd98f00b204e9800998ecf8427e"'
+    assert tool.plain_md5_etag(md5, {}) == md5.strip('"')
+    assert tool.plain_md5_etag('"d41d8cd98f00b204e9800998ecf8427e-3"', {}) is None
+    assert tool.plain_md5_etag(md5, {"ServerSideEncryption": "aws:kms"}) is None
+    assert tool.plain_md5_etag(md5, {"SSECustomerAlgorithm": "AES256"}) is None
