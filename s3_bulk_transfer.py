@@ -273,6 +273,25 @@ class TransferConfig:
         )
 
 
+def read_json_file(path: Path, *, what: str, when_invalid: str) -> Any:
+    """Parse a JSON file, turning every way it can be unreadable into a sentence for a person.
+    A missing file raises FileNotFoundError: what that means depends on the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"The {what} {path} cannot be read ({getattr(error, 'strerror', None) or error}).") \
+            from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigurationError(
+            f"The {what} {path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+            f"{when_invalid}"
+        ) from None
+
+
 CREDENTIAL_FILE_FIELDS = {
     "aws_access_key_id",
     "aws_secret_access_key",
@@ -287,20 +306,12 @@ CREDENTIAL_FILE_FIELDS = {
 def load_credentials_file(path: Path) -> dict[str, str]:
     """Read and check the source credentials JSON; warn, as ssh does, when others can read it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_json_file(path, what="source credentials file",
+                              when_invalid="compare it with source_credentials.json.example.")
     except FileNotFoundError:
         raise ConfigurationError(
             f"The source credentials file {path} does not exist: create it from "
             "source_credentials.json.example, or omit --source-credentials to use the default credential chain."
-        ) from None
-    except OSError as error:
-        raise ConfigurationError(f"The source credentials file {path} cannot be read ({error.strerror}).") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigurationError(
-            f"The source credentials file {path} is not valid JSON (line {error.lineno}, column {error.colno}: "
-            f"{error.msg}); compare it with source_credentials.json.example."
         ) from None
     if not isinstance(data, dict):
         raise ConfigurationError(f"The source credentials file {path} must hold a JSON object with named fields.")
@@ -1321,10 +1332,9 @@ class TransferEngine:
 
     def _with_body_retries(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
         """Retry errors botocore does not: a body broken after the headers arrived, or a body that
-        does not match its ETag. Exponential backoff with jitter; stops early when the run stops."""
+        does not match its ETag. Exponential backoff with jitter. A unit already started is let
+        finish when the run stops (Ctrl-C), but it is not retried then."""
         for attempt in range(1, BODY_ATTEMPTS + 1):
-            if self.stopping.is_set():
-                raise StopRequested()
             try:
                 return operation()
             except RETRYABLE_BODY_ERRORS as error:
@@ -1381,19 +1391,11 @@ def write_atomically(path: Path, text: str) -> None:
 def read_progress_file(path: Path) -> Optional[dict[str, Any]]:
     """The saved progress, None when there is none; a damaged file is an error, never ignored."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_json_file(path, what="progress file", when_invalid=(
+            "it may have been cut short by a full disk. It was left untouched: move it aside, or rerun with "
+            "--restart to discard it and start over."))
     except FileNotFoundError:
         return None
-    except OSError as error:
-        raise ConfigurationError(f"The progress file {path} cannot be read ({error.strerror}).") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigurationError(
-            f"The progress file {path} is not valid JSON (line {error.lineno}: {error.msg}); it may have been cut "
-            "short by a full disk. It was left untouched: move it aside, or rerun with --restart to discard it "
-            "and start over."
-        ) from None
     if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT or not isinstance(data.get("resume"), dict):
         raise ConfigurationError(
             f"The progress file {path} was not written by this tool (or by an incompatible version). It was left "
@@ -1434,7 +1436,7 @@ class ProgressStore:
     @classmethod
     def open(cls, path: Path, job: dict[str, Any], *, restart: bool) -> "ProgressStore":
         """Load the progress of this job, refusing a file that belongs to another one."""
-        saved = None if restart and not path.exists() else read_progress_file(path) if not restart else None
+        saved = None if restart else read_progress_file(path)
         if saved is not None and saved.get("job") != job:
             theirs = saved.get("job", {})
             raise ConfigurationError(
@@ -1547,6 +1549,11 @@ class ProgressStore:
             return dict(self._failed)
 
     # -- the file --------------------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        """Objects and bytes done over every run of this job."""
+        with self._lock:
+            return self._objects_done, self._bytes_done
 
     def finish(self, state: str, this_run: dict[str, Any]) -> None:
         with self._lock:
@@ -1684,7 +1691,10 @@ class StatusReporter:
         with self._lock:
             rate = self.bytes_moved / self.elapsed()
             remaining = max(self.bytes_listed - self.bytes_moved, 0)
-            eta = format_duration(remaining / rate) if self.listing_complete and rate > 0 else None
+            if not self.listing_complete:
+                eta = "listing not finished"
+            else:
+                eta = format_duration(remaining / rate) if rate > 0 else "unknown"
             return {
                 "objects_listed": self.objects_listed,
                 "bytes_listed": self.bytes_listed,
@@ -1694,15 +1704,16 @@ class StatusReporter:
                 "retries": self.retries,
                 "elapsed": format_duration(self.elapsed()),
                 "rate": f"{format_size(rate)}/s",
-                "eta": eta if self.listing_complete else "listing not finished",
+                "eta": eta,
             }
 
     def status_line(self) -> str:
         figures = self.summary()
         listed = f"{figures['objects_listed']:,}" + ("" if self.listing_complete else "+")
+        eta = figures["eta"] if self.listing_complete else "after listing"
         return (
-            f"{figures['objects_done']:,}/{listed} objects, {format_size(figures['bytes_done'])}/"
-            f"{format_size(figures['bytes_listed'])}, {figures['rate']}, ETA {figures['eta'] or '-'}, "
+            f"{figures['objects_done']:,}/{listed} objects, {format_size(self.bytes_moved)}/"
+            f"{format_size(figures['bytes_listed'])}, {figures['rate']}, ETA {eta}, "
             f"workers {self.busy}/{self._max_workers} busy, {figures['objects_failed']} failed, "
             f"{figures['retries']} retries"
         )
@@ -1752,11 +1763,12 @@ class ConsoleHandler(logging.Handler):
 def final_report(*, state: str, status: StatusReporter, progress: ProgressStore, config: TransferConfig) -> str:
     failures = progress.failures()
     figures = status.summary()
+    objects_done, bytes_done = progress.totals()
     lines = [
         f"Transfer {state} after {figures['elapsed']}: {status.objects_done:,} objects "
         f"({format_size(status.bytes_done)}) copied in this run, {len(failures):,} failed, "
         f"average {figures['rate']}.",
-        f"All runs of this job: {progress._objects_done:,} objects ({format_size(progress._bytes_done)}) copied.",
+        f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
     ]
     if failures:
         lines.append(f"Failed objects ({len(failures):,}); rerun the same command to retry them:")
@@ -2072,6 +2084,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         file_handler = configure_logging(args, console)
         config = build_config(args)
         return run_transfer(config, status)
+    except KeyboardInterrupt:
+        print("Interrupted before any copying began; nothing was changed.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ConfigurationError as error:
         if file_handler is None:
             print(f"error: {error}", file=sys.stderr)

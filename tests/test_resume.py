@@ -1,0 +1,650 @@
+"""Resume and interrupt behaviour of the CLI, end to end against moto.
+
+Every test runs ``s3_bulk_transfer.py`` as a subprocess, interrupts it (SIGINT,
+a second SIGINT, SIGKILL) at a point it recognises from the log file, the
+progress file or the destination server, and then checks what a rerun does:
+that nothing already done is copied again, that a half-done multipart upload
+continues with only its missing parts, that the destination ends up identical
+to the source, and that no multipart upload is left behind (each one bills
+storage on AWS).
+
+moto is slow in ways that help here: it reads the whole source object for
+every ranged GET, so a 40 MiB object copied in 5 MiB parts takes long enough
+to be interrupted half-way without any sleep-and-hope. Nothing asserts on
+timing; waits have deadlines and fail with the tool's log tail.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from botocore.client import BaseClient
+
+from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
+
+TOOL = Path(__file__).resolve().parent.parent / "s3_bulk_transfer.py"
+
+KIB = 1024
+MIB = 1024 * KIB
+PART_SIZE = 5 * MIB
+BIG_KEY = "b/big-object.bin"
+
+WAIT_SECONDS = 60.0  # deadline for any one condition while the tool runs
+RUN_SECONDS = 120.0  # deadline for a whole run of the tool
+POLL_SECONDS = 0.02
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------------------
+# Running the tool
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ToolJob:
+    """One transfer job (source bucket -> destination bucket) with its progress and log files.
+
+    Every run of the same ToolJob uses the same command line, as a person rerunning
+    "the same command" would; the log file is appended to across runs.
+    """
+
+    buckets: MotoBuckets
+    workdir: Path
+    env: dict[str, str]
+    extra_args: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    runs: int = 0
+
+    def __post_init__(self) -> None:
+        self.credentials = self.workdir / "source-credentials.json"
+        self.credentials.write_text(
+            json.dumps(
+                {
+                    "aws_access_key_id": "testing",
+                    "aws_secret_access_key": "testing",
+                    "endpoint_url": self.buckets.endpoint_url,
+                }
+            )
+        )
+        self.credentials.chmod(0o600)
+        self.progress_path = self.workdir / "progress.json"
+        self.log_path = self.workdir / "transfer.log"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            str(TOOL),
+            f"s3://{self.buckets.source}",
+            f"s3://{self.buckets.dest}",
+            "--source-credentials",
+            str(self.credentials),
+            "--dest-endpoint-url",
+            self.buckets.endpoint_url,
+            "--progress-file",
+            str(self.progress_path),
+            "--log-file",
+            str(self.log_path),
+            "--chunk-size",
+            "5MiB",
+            "--multipart-threshold",
+            "6MiB",
+            "--max-workers",
+            "2",
+            *self.extra_args,
+        ]
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start a run in the background; its stdout and stderr go to files of their own."""
+        self.runs += 1
+        stdout = open(self.workdir / f"run{self.runs}.stdout", "wb")  # noqa: SIM115 - closed below
+        stderr = open(self.workdir / f"run{self.runs}.stderr", "wb")  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env=self.env,
+                cwd=self.workdir,
+                # Its own session: a Ctrl-C typed at pytest must not reach it, only our signals.
+                start_new_session=True,
+            )
+        finally:
+            stdout.close()
+            stderr.close()
+        self.processes.append(process)
+        return process
+
+    def wait(self, process: subprocess.Popen[bytes]) -> int:
+        try:
+            return process.wait(timeout=RUN_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"the tool did not finish within {RUN_SECONDS:.0f} s\n{self.diagnostics()}")
+
+    def run(self) -> int:
+        """Run to the end; the exit code."""
+        return self.wait(self.start())
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_text(self, since: int = 0) -> str:
+        """The log from byte offset ``since`` on (the lines a later run appended)."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as handle:
+            handle.seek(since)
+            return handle.read().decode("utf-8", errors="replace")
+
+    def progress(self) -> dict[str, Any]:
+        """The progress file as it is on disk now (must be valid JSON)."""
+        return json.loads(self.progress_path.read_text(encoding="utf-8"))
+
+    def diagnostics(self) -> str:
+        """The tail of the log and of the last run's stderr, for failure messages."""
+        log_tail = "\n".join(self.log_text().splitlines()[-40:])
+        stderr_path = self.workdir / f"run{self.runs}.stderr"
+        stderr_tail = stderr_path.read_text(errors="replace")[-3000:] if stderr_path.exists() else ""
+        return f"--- log tail ---\n{log_tail}\n--- stderr of run {self.runs} ---\n{stderr_tail}"
+
+    def wait_for(self, process: subprocess.Popen[bytes], condition: Callable[[], T], what: str,
+                 timeout: float = WAIT_SECONDS) -> T:
+        """Poll ``condition`` until it returns something truthy, which is returned.
+
+        Fails if the tool exits first or the deadline passes; both mean the scenario
+        the test wanted to set up did not happen.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if process.poll() is not None:
+                pytest.fail(f"the tool exited (code {process.returncode}) before {what}\n{self.diagnostics()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{self.diagnostics()}")
+            time.sleep(POLL_SECONDS)
+
+    def kill_leftovers(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def make_job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ToolJob]]:
+    """Build the ToolJob of this test's buckets; kills any run a failed test left behind."""
+    jobs: list[ToolJob] = []
+
+    def make(*extra_args: str) -> ToolJob:
+        job = ToolJob(moto_buckets, tmp_path, tool_env, list(extra_args))
+        jobs.append(job)
+        return job
+
+    yield make
+    for job in jobs:
+        job.kill_leftovers()
+
+
+# ----------------------------------------------------------------------------------------
+# Reading the log
+# ----------------------------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder()
+_COPIED = re.compile(r" INFO copied ")
+_STARTED = re.compile(r" INFO started multipart upload of ")
+_RESUMING = re.compile(r" INFO resuming multipart upload of ")
+_ABORTED = re.compile(r" INFO aborted multipart upload of ")
+
+
+def keys_after(pattern: re.Pattern[str], text: str) -> list[str]:
+    """The JSON-encoded key that follows ``pattern`` on each log line where it occurs, in order."""
+    keys = []
+    for line in text.splitlines():
+        match = pattern.search(line)
+        if match:
+            key, _ = _DECODER.raw_decode(line, match.end())
+            keys.append(key)
+    return keys
+
+
+def copied_keys(text: str) -> list[str]:
+    """Keys of the ``copied "KEY" SIZE in S s`` lines, in log order (duplicates kept)."""
+    return keys_after(_COPIED, text)
+
+
+def resume_lines(text: str) -> dict[str, tuple[int, int]]:
+    """key -> (parts already uploaded, parts in all) from the ``resuming multipart upload`` lines."""
+    found = {}
+    for line in text.splitlines():
+        match = _RESUMING.search(line)
+        if match:
+            key, end = _DECODER.raw_decode(line, match.end())
+            counts = re.match(r": (\d+) of (\d+) parts already uploaded", line[end:])
+            assert counts, f"unexpected resume line: {line}"
+            found[key] = (int(counts.group(1)), int(counts.group(2)))
+    return found
+
+
+# ----------------------------------------------------------------------------------------
+# Source data and server-side checks
+# ----------------------------------------------------------------------------------------
+
+
+def put_objects(client: BaseClient, bucket: str, objects: dict[str, bytes]) -> None:
+    """Upload objects in parallel, each with headers and metadata (some with tags) to carry over."""
+
+    def put(item: tuple[int, tuple[str, bytes]]) -> None:
+        index, (key, body) = item
+        extra: dict[str, Any] = {}
+        if index % 3 == 0:
+            extra["Tagging"] = f"batch=b{index % 5}&kind=test"
+        if index % 4 == 0:
+            extra["CacheControl"] = "max-age=3600"
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/octet-stream" if index % 2 else "text/plain; charset=utf-8",
+            Metadata={"index": str(index), "origin": "test-resume"},
+            **extra,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, enumerate(sorted(objects.items()))))
+
+
+def mixed_objects(seed: int, *, big_size: int = 40 * MIB, before: int = 40, after: int = 20) -> dict[str, bytes]:
+    """Small objects (64 KiB - 1 MiB) before and after one multipart-sized object, in key order.
+
+    The ones before are copied before the multipart upload starts, so an interrupt
+    during it finds some objects already copied; a few keys after it are non-ASCII
+    (their UTF-8 byte order must agree with the watermark's order).
+    """
+    rng = random.Random(seed)
+    objects = {f"a/small-{i:03d}": rng.randbytes(rng.randint(64 * KIB, MIB)) for i in range(before)}
+    objects[BIG_KEY] = rng.randbytes(big_size)
+    tails = [f"c/small-{i:03d}" for i in range(after - 3)] + ["c/zé-1", "c/ü-2", "c/日本-3"]
+    objects.update({key: rng.randbytes(rng.randint(64 * KIB, MIB)) for key in tails})
+    return objects
+
+
+def upload_parts(client: BaseClient, bucket: str, key: str, upload_id: str) -> dict[int, str]:
+    """Part number -> ETag of an open multipart upload, as ListParts tells."""
+    parts: dict[int, str] = {}
+    for page in client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id):
+        for part in page.get("Parts", ()):
+            parts[part["PartNumber"]] = part["ETag"]
+    return parts
+
+
+def open_upload_ids(client: BaseClient, bucket: str, key: str) -> list[str]:
+    return [upload["UploadId"] for upload in incomplete_uploads(client, bucket) if upload["Key"] == key]
+
+
+def parts_on_server(client: BaseClient, bucket: str, key: str) -> Callable[[], dict[int, str] | None]:
+    """A condition: the parts of the (single) open upload of ``key`` once it has at least one."""
+
+    def condition() -> dict[int, str] | None:
+        ids = open_upload_ids(client, bucket, key)
+        if len(ids) != 1:
+            return None
+        return upload_parts(client, bucket, key, ids[0]) or None
+
+    return condition
+
+
+def md5_of(body: bytes) -> str:
+    return hashlib.md5(body).hexdigest()  # noqa: S324 - content comparison
+
+
+def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str]:
+    """The keys a progress file counts as done: at or below the watermark and not failed, or
+    listed as done beyond it."""
+    resume = progress["resume"]
+    watermark = resume["watermark"]
+    failed = set(resume["failed"])
+    beyond = set(resume["done_beyond_watermark"])
+    return {
+        key for key in keys
+        if key in beyond or (watermark is not None and key <= watermark and key not in failed)
+    }
+
+
+def assert_fully_copied(job: ToolJob) -> None:
+    """The destination equals the source (bytes, headers, metadata, tags) and nothing is left open."""
+    client, buckets = job.buckets.client, job.buckets
+    assert object_snapshot(client, buckets.dest) == object_snapshot(client, buckets.source)
+    assert incomplete_uploads(client, buckets.dest) == []
+    final = job.progress()
+    assert final["summary"]["state"] == "complete"
+    assert final["resume"]["listing_complete"] is True
+    assert final["resume"]["multipart_uploads"] == {}
+    assert final["resume"]["failed"] == {}
+
+
+def interrupt_during_multipart(job: ToolJob, *, min_copied: int = 1) -> tuple[int, dict[int, str]]:
+    """Start a run and send SIGINT once some objects are copied and the multipart upload of
+    BIG_KEY has some parts but is not complete. Returns (exit code, parts seen before the signal)."""
+    client, dest = job.buckets.client, job.buckets.dest
+    process = job.start()
+    job.wait_for(process, lambda: len(copied_keys(job.log_text())) >= min_copied,
+                 f"{min_copied} copied objects in the log")
+    job.wait_for(process, lambda: _STARTED.search(job.log_text()), "the multipart upload to start")
+    seen = job.wait_for(process, parts_on_server(client, dest, BIG_KEY), "a part of the multipart upload")
+    assert BIG_KEY not in copied_keys(job.log_text()), "the multipart object finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    return job.wait(process), seen
+
+
+# ----------------------------------------------------------------------------------------
+# 1. SIGINT partway through, then a rerun
+# ----------------------------------------------------------------------------------------
+
+
+def test_sigint_then_rerun_resumes_without_recopying(make_job: Callable[..., ToolJob]) -> None:
+    job = make_job()
+    client, buckets = job.buckets.client, job.buckets
+    objects = mixed_objects(seed=1)
+    put_objects(client, buckets.source, objects)
+
+    code, _ = interrupt_during_multipart(job, min_copied=5)
+    assert code == 130, job.diagnostics()
+
+    after_run1 = job.progress()
+    assert after_run1["summary"]["state"] == "interrupted"
+    assert after_run1["resume"]["listing_complete"] is False
+    run1_log_size = job.log_size()
+    run1_copied = copied_keys(job.log_text())
+    assert run1_copied and BIG_KEY not in run1_copied
+    assert len(run1_copied) == len(set(run1_copied))
+
+    # The upload in flight is recorded, still open on the server, and the file knows its parts.
+    record = after_run1["resume"]["multipart_uploads"][BIG_KEY]
+    assert record["destination_key"] == BIG_KEY
+    assert record["size"] == len(objects[BIG_KEY])
+    assert record["part_size"] == PART_SIZE
+    assert open_upload_ids(client, buckets.dest, BIG_KEY) == [record["upload_id"]]
+    server_parts = upload_parts(client, buckets.dest, BIG_KEY, record["upload_id"])
+    total_parts = -(-len(objects[BIG_KEY]) // PART_SIZE)
+    assert 0 < len(server_parts) < total_parts
+    assert {int(number): etag for number, etag in record["parts"].items()} == server_parts
+    # Everything the log says was copied counts as done in the file.
+    assert set(run1_copied) <= done_per_progress_file(after_run1, sorted(objects))
+
+    assert job.run() == 0, job.diagnostics()
+
+    run2_log = job.log_text(since=run1_log_size)
+    run2_copied = copied_keys(run2_log)
+    assert not set(run2_copied) & set(run1_copied), "objects copied in run 1 were copied again"
+    assert sorted(run2_copied) == sorted(set(objects) - set(run1_copied))
+    assert resume_lines(run2_log)[BIG_KEY] == (len(server_parts), total_parts)
+    assert_fully_copied(job)
+    head = client.head_object(Bucket=buckets.dest, Key=BIG_KEY)
+    assert head["ETag"].strip('"').endswith(f"-{total_parts}")
+
+
+# ----------------------------------------------------------------------------------------
+# 2. SIGKILL partway through a multipart object, then a rerun
+# ----------------------------------------------------------------------------------------
+
+
+def test_sigkill_then_rerun_copies_exactly_what_the_file_does_not_count_done(
+    make_job: Callable[..., ToolJob],
+) -> None:
+    job = make_job()
+    client, buckets = job.buckets.client, job.buckets
+    objects = mixed_objects(seed=2)
+    put_objects(client, buckets.source, objects)
+
+    process = job.start()
+    job.wait_for(process, lambda: len(copied_keys(job.log_text())) >= 5, "5 copied objects in the log")
+    job.wait_for(process, parts_on_server(client, buckets.dest, BIG_KEY), "a part of the multipart upload")
+    process.send_signal(signal.SIGKILL)
+    assert job.wait(process) == -signal.SIGKILL
+
+    on_disk = job.progress()  # the file as the kill left it: must be valid JSON
+    assert on_disk["summary"]["state"] == "running"
+    done = done_per_progress_file(on_disk, sorted(objects))
+    assert done, "the progress file recorded nothing done before the kill"
+    assert BIG_KEY in on_disk["resume"]["multipart_uploads"], "the upload in flight was not recorded"
+    run1_log_size = job.log_size()
+
+    assert job.run() == 0, job.diagnostics()
+
+    run2_log = job.log_text(since=run1_log_size)
+    run2_copied = copied_keys(run2_log)
+    assert len(run2_copied) == len(set(run2_copied)), "an object was copied twice in one run"
+    assert set(run2_copied) == set(objects) - done
+    assert_fully_copied(job)
+
+
+# ----------------------------------------------------------------------------------------
+# 3. The progress file is always valid JSON and does not grow with the bucket
+# ----------------------------------------------------------------------------------------
+
+
+def watch_progress_file(job: ToolJob) -> dict[str, Any]:
+    """Run the job to the end while reading its progress file every ~20 ms.
+
+    Returns the exit code, how many reads parsed, every read that did not parse, the
+    largest size seen, and the states seen.
+    """
+    reads = 0
+    bad: list[str] = []
+    largest = 0
+    states: set[str] = set()
+    process = job.start()
+    while True:
+        finished = process.poll() is not None
+        try:
+            text = job.progress_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = None
+        if text is not None:
+            largest = max(largest, len(text.encode("utf-8")))
+            try:
+                states.add(json.loads(text)["summary"]["state"])
+                reads += 1
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                bad.append(f"{error}: {text[:200]!r}")
+        if finished:
+            break
+        time.sleep(POLL_SECONDS)
+    return {"code": job.wait(process), "reads": reads, "bad": bad, "largest": largest, "states": states}
+
+
+def test_progress_file_is_always_valid_and_bounded(
+    moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Long keys, so that a file listing every done key would be unmistakably large.
+    padding = "x" * 60
+    results = {}
+    for count in (100, 400):
+        # A bucket pair of its own per size (moto_buckets' names plus a suffix).
+        buckets = MotoBuckets(source=f"{moto_buckets.source}-{count}", dest=f"{moto_buckets.dest}-{count}",
+                              client=moto_buckets.client, endpoint_url=moto_buckets.endpoint_url)
+        for bucket in (buckets.source, buckets.dest):
+            buckets.client.create_bucket(Bucket=bucket)
+        keys = [f"objects/{i:05d}-{padding}" for i in range(count)]
+        put_objects(buckets.client, buckets.source, {key: os.urandom(1 * KIB) for key in keys})
+        workdir = tmp_path / f"job-{count}"
+        workdir.mkdir()
+        job = ToolJob(buckets, workdir, tool_env)
+        try:
+            results[count] = watch_progress_file(job)
+        finally:
+            job.kill_leftovers()
+        result = results[count]
+        assert result["code"] == 0, job.diagnostics()
+        assert result["bad"] == [], f"unparsable progress file reads: {result['bad'][:3]}"
+        assert result["reads"] >= 10
+        assert "running" in result["states"]
+        final = job.progress()
+        assert final["summary"]["state"] == "complete"
+        assert final["summary"]["objects_done"] == count
+        assert final["resume"]["listing_complete"] is True
+        assert final["resume"]["watermark"] == keys[-1]
+        assert final["resume"]["done_beyond_watermark"] == []
+        assert final["resume"]["multipart_uploads"] == {}
+        assert object_snapshot(buckets.client, buckets.dest) == object_snapshot(buckets.client, buckets.source)
+
+    # 400 keys of 70 bytes would be 28 KB on their own; the whole file stays far below that,
+    # and four times the objects add at most a little (counters, a few keys beyond the watermark).
+    assert results[400]["largest"] < 12 * KIB, results
+    assert results[400]["largest"] - results[100]["largest"] < 2 * KIB, results
+
+
+# ----------------------------------------------------------------------------------------
+# 4. A multipart upload resumes with only its missing parts
+# ----------------------------------------------------------------------------------------
+
+
+def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[..., ToolJob]) -> None:
+    job = make_job()
+    client, buckets = job.buckets.client, job.buckets
+    body = random.Random(4).randbytes(40 * MIB)
+    put_objects(client, buckets.source, {BIG_KEY: body})
+    total_parts = 8
+
+    process = job.start()
+
+    def recorded_upload_id() -> str | None:
+        try:
+            record = job.progress()["resume"]["multipart_uploads"].get(BIG_KEY)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return record["upload_id"] if record else None
+
+    upload_id = job.wait_for(process, recorded_upload_id, "the upload to be recorded in the progress file")
+    job.wait_for(process, lambda: upload_parts(client, buckets.dest, BIG_KEY, upload_id),
+                 "ListParts to show a part")
+    process.send_signal(signal.SIGINT)
+    assert job.wait(process) == 130, job.diagnostics()
+
+    parts_before = upload_parts(client, buckets.dest, BIG_KEY, upload_id)
+    assert 0 < len(parts_before) < total_parts
+    record = job.progress()["resume"]["multipart_uploads"][BIG_KEY]
+    assert record["upload_id"] == upload_id
+    assert {int(number): etag for number, etag in record["parts"].items()} == parts_before
+    run1_log_size = job.log_size()
+
+    assert job.run() == 0, job.diagnostics()
+
+    run2_log = job.log_text(since=run1_log_size)
+    assert resume_lines(run2_log) == {BIG_KEY: (len(parts_before), total_parts)}
+    assert keys_after(_STARTED, run2_log) == []  # continued, not started again
+    assert copied_keys(run2_log) == [BIG_KEY]
+    head = client.head_object(Bucket=buckets.dest, Key=BIG_KEY)
+    assert head["ETag"].strip('"').endswith(f"-{total_parts}")
+    assert head["ContentLength"] == len(body)
+    assert_fully_copied(job)
+    assert object_snapshot(client, buckets.dest)[BIG_KEY]["md5"] == md5_of(body)
+
+
+# ----------------------------------------------------------------------------------------
+# 5. The source object changes between runs
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["rewritten", "shrunk_below_threshold", "deleted"])
+def test_source_changed_between_runs_discards_the_old_upload(
+    make_job: Callable[..., ToolJob], change: str
+) -> None:
+    job = make_job()
+    client, buckets = job.buckets.client, job.buckets
+    objects = mixed_objects(seed=5, big_size=30 * MIB, before=4, after=4)
+    put_objects(client, buckets.source, objects)
+
+    code, _ = interrupt_during_multipart(job)
+    assert code == 130, job.diagnostics()
+    old_upload_id = job.progress()["resume"]["multipart_uploads"][BIG_KEY]["upload_id"]
+    assert open_upload_ids(client, buckets.dest, BIG_KEY) == [old_upload_id]
+    run1_log_size = job.log_size()
+
+    new_body = b""
+    if change == "rewritten":  # another multipart-sized object: new ETag, new size
+        new_body = random.Random(55).randbytes(35 * MIB)
+    elif change == "shrunk_below_threshold":  # now copied with one PUT, not in parts
+        new_body = random.Random(56).randbytes(1 * MIB)
+    if change == "deleted":
+        client.delete_object(Bucket=buckets.source, Key=BIG_KEY)
+    else:
+        client.put_object(Bucket=buckets.source, Key=BIG_KEY, Body=new_body, Metadata={"version": "2"})
+
+    assert job.run() == 0, job.diagnostics()
+
+    run2_log = job.log_text(since=run1_log_size)
+    # The old upload is gone (aborted), whatever became of the source object.
+    assert incomplete_uploads(client, buckets.dest) == [], (
+        f"multipart upload(s) left open after the source object was {change}"
+    )
+    assert BIG_KEY not in resume_lines(run2_log)
+    assert_fully_copied(job)
+    if change == "deleted":
+        assert BIG_KEY not in copied_keys(run2_log)
+        assert "Contents" not in client.list_objects_v2(Bucket=buckets.dest, Prefix=BIG_KEY)
+        return
+    assert BIG_KEY in copied_keys(run2_log)
+    dest_snapshot = object_snapshot(client, buckets.dest, prefix=BIG_KEY)
+    assert dest_snapshot[BIG_KEY]["md5"] == md5_of(new_body)
+    assert dest_snapshot[BIG_KEY]["metadata"] == {"version": "2"}
+    if change == "rewritten":
+        assert BIG_KEY in keys_after(_ABORTED, run2_log)
+        assert BIG_KEY in keys_after(_STARTED, run2_log)  # a new upload, copied whole
+        head = client.head_object(Bucket=buckets.dest, Key=BIG_KEY)
+        assert head["ETag"].strip('"').endswith("-7")
+
+
+# ----------------------------------------------------------------------------------------
+# 6. A second Ctrl-C leaves at once
+# ----------------------------------------------------------------------------------------
+
+
+def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[..., ToolJob]) -> None:
+    # Eight workers on twelve parts: after the first Ctrl-C the tool waits for eight ranged GETs,
+    # each of which makes moto read the whole 60 MiB object, so the second Ctrl-C finds it still
+    # finishing the parts in flight.
+    job = make_job("--max-workers", "8")
+    client, buckets = job.buckets.client, job.buckets
+    rng = random.Random(6)
+    objects = {BIG_KEY: rng.randbytes(60 * MIB), "c/after-1": rng.randbytes(100 * KIB),
+               "c/after-2": rng.randbytes(100 * KIB)}
+    put_objects(client, buckets.source, objects)
+
+    process = job.start()
+    job.wait_for(process, lambda: _STARTED.search(job.log_text()), "the multipart upload to start")
+    process.send_signal(signal.SIGINT)
+    job.wait_for(process, lambda: "Interrupted: finishing the parts in flight" in job.log_text(),
+                 "the first Ctrl-C to be handled")
+    process.send_signal(signal.SIGINT)
+    assert job.wait(process) == 130, job.diagnostics()
+
+    progress = job.progress()  # valid JSON
+    assert progress["summary"]["state"] == "interrupted"
+    # It left without draining: the orderly exit's final report was never written.
+    assert "Transfer interrupted after" not in job.log_text(), "the second Ctrl-C did not exit at once"
+    record = progress["resume"]["multipart_uploads"][BIG_KEY]
+    assert open_upload_ids(client, buckets.dest, BIG_KEY) == [record["upload_id"]]
+
+    # And the job still resumes to a complete, identical copy.
+    assert job.run() == 0, job.diagnostics()
+    assert_fully_copied(job)
