@@ -558,16 +558,16 @@ class Side:
     region: str
 
 
-def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, must_list_prefix: Optional[str]) -> Side:
+def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_prefix: str) -> Side:
     """Build the client and prove the bucket is there and usable, before anything is copied."""
     session = build_session(settings)
     try:
         region = detect_bucket_region(session, settings, bucket)
         client = make_s3_client(session, settings, region=region, max_workers=max_workers)
         action = "s3:ListBucket"
-        client.head_bucket(Bucket=bucket)
-        if must_list_prefix is not None:
-            client.list_objects_v2(Bucket=bucket, Prefix=must_list_prefix, MaxKeys=1)
+        # ListObjectsV2 rather than HeadBucket: a HEAD answer has no body, so a wrong secret key would
+        # arrive as a bare 403 and be mistaken for a missing permission.
+        client.list_objects_v2(Bucket=bucket, Prefix=list_prefix, MaxKeys=1)
     except FatalTransferError as error:
         raise ConfigurationError(str(error)) from None
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
@@ -980,6 +980,11 @@ class TransferEngine:
                 self.progress.listed(listed.key)
                 self._schedule(listed, attempt=1)
             self._wait_for_in_flight()
+            if self.status.listing_complete and not self._should_stop():
+                # Every listed key is settled, so an upload still recorded belongs to a key that was
+                # deleted from the source (or filtered away) since an earlier run: nothing will finish it.
+                for key in self.progress.uploads():
+                    self._abort_recorded_upload(key, "the source object no longer exists")
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self.fatal is not None:
@@ -1055,6 +1060,7 @@ class TransferEngine:
                 f"{MAX_KEY_BYTES}-byte limit; use a shorter destination prefix"))
             return
         if listed.size < self.config.multipart_threshold:
+            self._abort_recorded_upload(listed.key, "the source object is now below the multipart threshold")
             self._submit(lambda: self._guarded(listed, attempt, self._copy_small_object, listed, destination_key),
                          cost=listed.size)
             return
@@ -1301,23 +1307,31 @@ class TransferEngine:
         self._object_done(job.source.key, job.source.size, job.started, counted_bytes=0)
 
     def _abandon(self, job: MultipartCopy, reason: str) -> bool:
-        """Abort the upload and forget it: the one clean-up every failure path runs. True for the
-        caller that did it, False if the job was already abandoned."""
+        """Abort the job's upload and forget it: the one clean-up every failure path runs. True for
+        the caller that did it, False if the job was already abandoned."""
         if not job.claim_abandon():
             return False
+        self._abort_upload(job.source.key, job.destination_key, job.upload_id, reason)
+        return True
+
+    def _abort_upload(self, source_key: str, destination_key: str, upload_id: str, reason: str) -> None:
         try:
             self.destination.client.abort_multipart_upload(
-                Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id
+                Bucket=self.destination.bucket, Key=destination_key, UploadId=upload_id
             )
-            LOG.info("aborted multipart upload of %s: %s", json.dumps(job.source.key, ensure_ascii=False), reason)
+            LOG.info("aborted multipart upload of %s: %s", json.dumps(source_key, ensure_ascii=False), reason)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             if error_code(error) != "NoSuchUpload":
                 LOG.warning("could not abort the multipart upload %s of %s (%s); a lifecycle rule "
                             "AbortIncompleteMultipartUpload on the destination bucket will clean it up",
-                            job.upload_id, json.dumps(job.destination_key, ensure_ascii=False),
-                            error_code(error) or error)
-        self.progress.forget_upload(job.source.key)
-        return True
+                            upload_id, json.dumps(destination_key, ensure_ascii=False), error_code(error) or error)
+        self.progress.forget_upload(source_key)
+
+    def _abort_recorded_upload(self, source_key: str, reason: str) -> None:
+        """Abort an upload a previous run kept for resume that can no longer be continued."""
+        record = self.progress.upload_for(source_key)
+        if record is not None:
+            self._abort_upload(source_key, record["destination_key"], record["upload_id"], reason)
 
     # -- shared ----------------------------------------------------------------------------
 
@@ -1565,11 +1579,11 @@ class ProgressStore:
             self.save(this_run)
 
     def save(self, this_run: dict[str, Any]) -> None:
-        with self._lock:
-            document = self._document(this_run)
+        with self._lock:  # serialised under the lock: workers add parts to the dicts being written
+            text = json.dumps(self._document(this_run), indent=2, ensure_ascii=False) + "\n"
             self._dirty = False
             self._last_save = time.monotonic()
-        write_atomically(self.path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        write_atomically(self.path, text)
 
     def _document(self, this_run: dict[str, Any]) -> dict[str, Any]:
         """Summary first, so `cat transfer_progress.json` reads top-down; resume state after."""
@@ -2020,9 +2034,9 @@ def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[],
 def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     """Connect both sides, then copy everything not yet done, saving progress as it goes."""
     source = connect_side(config.source_side, config.source.bucket, max_workers=config.max_workers,
-                          must_list_prefix=config.source.prefix)
+                          list_prefix=config.source.prefix)
     destination = connect_side(config.destination_side, config.destination.bucket,
-                               max_workers=config.max_workers, must_list_prefix=None)
+                               max_workers=config.max_workers, list_prefix=config.destination.prefix)
     if config.dry_run:
         return report_dry_run(config, source)
     if config.restart:

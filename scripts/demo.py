@@ -60,7 +60,11 @@ HEADER_PROFILES: list[dict[str, Any]] = [
     {"ContentType": "application/json", "CacheControl": "no-cache, max-age=0"},
     {"ContentType": "image/png", "ContentDisposition": 'attachment; filename="picture.png"'},
     {"ContentType": "text/csv", "ContentEncoding": "gzip"},
-    {"ContentType": "text/html", "ContentLanguage": "de-DE", "Expires": datetime(2031, 1, 2, 3, 4, 5, tzinfo=timezone.utc)},
+    {
+        "ContentType": "text/html",
+        "ContentLanguage": "de-DE",
+        "Expires": datetime(2031, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    },
     {"ContentType": "application/octet-stream"},
 ]
 PREFIXES = ["logs/2024/12", "images/thumbnails", "exports/csv", "reports"]
@@ -188,7 +192,7 @@ def transfer_command(server: SeaweedServer) -> list[str]:
         "--progress-file", str(work / "transfer_progress.json"),
         "--log-file", str(work / "s3_transfer.log"),
         "--max-workers", str(TRANSFER_WORKERS),
-    ]
+    ]  # fmt: skip
 
 
 def differences(source: dict[str, dict[str, Any]], dest: dict[str, dict[str, Any]]) -> list[str]:
@@ -227,7 +231,10 @@ def main() -> int:
         admin = server.client(server.admin)
         dataset = build_dataset()
         total = sum(item.size for item in dataset)
-        print(f"Uploading {len(dataset)} objects ({total / MIB:.1f} MiB) to s3://{SOURCE_BUCKET} as the admin ...", flush=True)
+        print(
+            f"Uploading {len(dataset)} objects ({total / MIB:.1f} MiB) to s3://{SOURCE_BUCKET} as the admin ...",
+            flush=True,
+        )
         upload_started = time.monotonic()
         fill_source(admin, dataset)
         print(f"  done in {time.monotonic() - upload_started:.1f} s")

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from s3servers import Identity, MotoBuckets, MotoServer, SeaweedServer, find_weed, s3_client
 
 # moto accepts any keys; these are the ones its documentation suggests.

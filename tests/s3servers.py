@@ -13,6 +13,7 @@ Two servers stand in for AWS S3, both bound to 127.0.0.1 only:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -305,9 +306,7 @@ class SeaweedServer:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"weed server exited with code {self._process.returncode}:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"weed server exited with code {self._process.returncode}:\n{self.log_tail()}")
             try:
                 probe.list_buckets()
                 return
@@ -335,10 +334,8 @@ class SeaweedServer:
         /tmp whatever the flags and TMPDIR say, and never removes them; this
         instance's are removed here by their port numbers.
         """
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._process.wait()
         for server, port in self._grpc_ports.items():
             Path(f"/tmp/seaweedfs-{server}-grpc-{port}.sock").unlink(missing_ok=True)

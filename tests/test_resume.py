@@ -505,7 +505,8 @@ def test_progress_file_is_always_valid_and_bounded(
         assert final["resume"]["watermark"] == keys[-1]
         assert final["resume"]["done_beyond_watermark"] == []
         assert final["resume"]["multipart_uploads"] == {}
-        assert object_snapshot(buckets.client, buckets.dest) == object_snapshot(buckets.client, buckets.source)
+        listed = buckets.client.get_paginator("list_objects_v2").paginate(Bucket=buckets.dest)
+        assert [entry["Key"] for page in listed for entry in page.get("Contents", ())] == keys
 
     # 400 keys of 70 bytes would be 28 KB on their own; the whole file stays far below that,
     # and four times the objects add at most a little (counters, a few keys beyond the watermark).

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
-
 from s3servers import (
     DEST_BUCKET,
     SOURCE_BUCKET,
@@ -103,9 +102,7 @@ def test_seaweed_source_reads_source_and_nothing_else(seaweed: SeaweedServer, so
     assert keys == [source_object]
     assert source.get_object(Bucket=SOURCE_BUCKET, Key=source_object, Range="bytes=0-2")["Body"].read() == b"pay"
     assert source.head_object(Bucket=SOURCE_BUCKET, Key=source_object)["Metadata"] == {"k": "v"}
-    assert source.get_object_tagging(Bucket=SOURCE_BUCKET, Key=source_object)["TagSet"] == [
-        {"Key": "t", "Value": "1"}
-    ]
+    assert source.get_object_tagging(Bucket=SOURCE_BUCKET, Key=source_object)["TagSet"] == [{"Key": "t", "Value": "1"}]
     # Read-only on its own bucket, tags included ...
     assert_denied(lambda: source.put_object(Bucket=SOURCE_BUCKET, Key=source_object, Body=b"x"))
     assert_denied(lambda: source.delete_object(Bucket=SOURCE_BUCKET, Key=source_object))
@@ -136,9 +133,7 @@ def run_tagged_multipart_upload(client: BaseClient, key: str) -> None:
         Bucket=DEST_BUCKET,
         Key=key,
         UploadId=upload_id,
-        MultipartUpload={
-            "Parts": [{"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 2, "ETag": last["ETag"]}]
-        },
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 2, "ETag": last["ETag"]}]},
     )
 
 
@@ -146,9 +141,7 @@ def test_seaweed_dest_writes_dest_but_cannot_read_source(seaweed: SeaweedServer,
     dest = seaweed.client(seaweed.dest)
     prefix = unique_prefix()
     dest.head_bucket(Bucket=DEST_BUCKET)
-    dest.put_object(
-        Bucket=DEST_BUCKET, Key=prefix + "small", Body=b"small", Metadata={"m": "2"}, Tagging="t=small"
-    )
+    dest.put_object(Bucket=DEST_BUCKET, Key=prefix + "small", Body=b"small", Metadata={"m": "2"}, Tagging="t=small")
     run_tagged_multipart_upload(dest, prefix + "large")
     aborted = dest.create_multipart_upload(Bucket=DEST_BUCKET, Key=prefix + "aborted")["UploadId"]
     dest.abort_multipart_upload(Bucket=DEST_BUCKET, Key=prefix + "aborted", UploadId=aborted)

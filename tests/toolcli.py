@@ -54,6 +54,7 @@ def run_tool(args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.C
     """Run the CLI with ``args`` and return its exit code, stdout and stderr."""
     return subprocess.run(
         [sys.executable, str(TOOL), *args],
+        check=False,
         env=env,
         cwd=cwd,
         capture_output=True,
