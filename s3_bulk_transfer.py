@@ -207,6 +207,21 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
+def canonical_endpoint(url: Optional[str]) -> Optional[str]:
+    """One spelling per endpoint (case, default port, trailing slash), so that two spellings of the
+    same server are recognised as one when checking for overlap or matching a progress file."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    default_port = {"http": 80, "https": 443}.get(scheme)
+    port = f":{parts.port}" if parts.port and parts.port != default_port else ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    return f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
+
+
 @dataclasses.dataclass(frozen=True)
 class FilterRule:
     """One --include or --exclude glob, matched against the key relative to the source prefix."""
@@ -260,8 +275,8 @@ class TransferConfig:
         return {
             "source": str(self.source),
             "destination": str(self.destination),
-            "source_endpoint_url": self.source_side.endpoint_url,
-            "destination_endpoint_url": self.destination_side.endpoint_url,
+            "source_endpoint_url": canonical_endpoint(self.source_side.endpoint_url),
+            "destination_endpoint_url": canonical_endpoint(self.destination_side.endpoint_url),
             "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
         }
 
@@ -1906,7 +1921,7 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
             raise ConfigurationError(f"The directory {path.parent} for {option} does not exist: create it first.")
     source_side = source_side_settings(args)
     destination_side = destination_side_settings(args)
-    same_place = (source_side.endpoint_url or None) == (destination_side.endpoint_url or None)
+    same_place = canonical_endpoint(source_side.endpoint_url) == canonical_endpoint(destination_side.endpoint_url)
     if same_place and source.bucket == destination.bucket and (
         source.prefix.startswith(destination.prefix) or destination.prefix.startswith(source.prefix)
     ):

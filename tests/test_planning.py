@@ -124,3 +124,11 @@ def test_plain_md5_etags_are_recognised_and_others_are_not() -> None:
     assert tool.plain_md5_etag('"d41d8cd98f00b204e9800998ecf8427e-3"', {}) is None
     assert tool.plain_md5_etag(md5, {"ServerSideEncryption": "aws:kms"}) is None
     assert tool.plain_md5_etag(md5, {"SSECustomerAlgorithm": "AES256"}) is None
+
+
+def test_two_spellings_of_one_endpoint_are_recognised_as_the_same_server() -> None:
+    assert tool.canonical_endpoint("http://127.0.0.1:9000/") == tool.canonical_endpoint("HTTP://127.0.0.1:9000")
+    assert tool.canonical_endpoint("https://S3.example.com:443") == "https://s3.example.com"
+    assert tool.canonical_endpoint("http://[::1]:9000/") == "http://[::1]:9000"
+    assert tool.canonical_endpoint("http://127.0.0.1:9000") != tool.canonical_endpoint("http://127.0.0.1:9001")
+    assert tool.canonical_endpoint(None) is None and tool.canonical_endpoint("") is None
