@@ -949,8 +949,8 @@ class TransferEngine:
     """Schedules units of work (small objects, parts) onto a bounded pool and settles each object.
 
     The main thread lists, plans and submits; workers move bodies and report to the ProgressStore;
-    only the main thread writes the progress file. A semaphore of max_workers permits, taken
-    before submitting a unit and given back when it ends, is what bounds memory.
+    only the main thread writes the progress file. The MemoryBudget, taken before a unit is
+    submitted and given back when it ends, is what bounds memory: never the whole listing queued.
     """
 
     def __init__(self, config: TransferConfig, *, source: Side, destination: Side, transport: BodyTransport,
@@ -964,6 +964,7 @@ class TransferEngine:
         self.stopping = stopping
         self.permissions = PermissionBreaker()
         self.fatal: Optional[FatalTransferError] = None
+        self._stop_announced = False
         self._budget = MemoryBudget(config.memory_limit, max_units=config.max_workers)
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="worker")
         self._in_flight: set[concurrent.futures.Future[None]] = set()
@@ -1006,6 +1007,9 @@ class TransferEngine:
             raise self.fatal
 
     def tick(self) -> None:
+        if self.stopping.is_set() and not self._stop_announced:
+            self._stop_announced = True
+            LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
         self.status.tick()
         self.progress.save_if_due(self.status.summary())
 
@@ -1092,6 +1096,8 @@ class TransferEngine:
             self._submit(lambda: self._guarded(listed, attempt, self._complete_multipart, job), cost=0)
             return
         for part in missing:
+            if job.abandoned:  # a part already failed and settled the object
+                return
             if not self._submit(lambda part=part: self._guarded(listed, attempt, self._copy_part, job, part),
                                 cost=part.size):
                 return
@@ -1146,7 +1152,7 @@ class TransferEngine:
                 if error_code(error) not in DENIED_CODES:
                     return  # no key is to blame for expired credentials or a missing bucket
         if not isinstance(error, (ObjectFailure, botocore.exceptions.ClientError)):
-            LOG.debug("unexpected error for %r", key, exc_info=error)
+            LOG.info("unexpected error for %s", json.dumps(key, ensure_ascii=False), exc_info=error)
         LOG.error("FAILED %s: %s", json.dumps(key, ensure_ascii=False), reason)
         self.progress.mark_failed(key, reason)
         self.status.object_failed()
@@ -1669,7 +1675,7 @@ class StatusReporter:
 
     def __init__(self, *, max_workers: int, interval: float, live: bool, plain: bool,
                  stream: Any = sys.stdout) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by the second-Ctrl-C handler, which saves a summary
         self._max_workers = max_workers
         self._interval = interval
         self._live = live
@@ -2032,11 +2038,13 @@ def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[],
         return
 
     def handle(signum: int, frame: Any) -> None:
+        # Python runs this on the main thread between any two bytecodes, perhaps in the middle of a
+        # print or a log call: so no buffered I/O here. The main loop announces the stop.
         if stopping.is_set() and signum == signal.SIGINT:
+            os.write(2, b"\nSecond Ctrl-C: saving progress and quitting now.\n")
             on_second_interrupt()
             os._exit(EXIT_INTERRUPTED)
         stopping.set()
-        LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
 
     previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
