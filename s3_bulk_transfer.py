@@ -31,11 +31,12 @@ Sections, in the order data moves
  2. Configuration and credentials
  3. Connecting to each side (clients, region detection, preflight checks, error wording)
  4. Listing and planning (filters, key mapping, part plan)
- 5. Moving bodies (the BodyTransport interface and its boto3 implementation)
+ 5. Moving bodies and proving them (the BodyTransport interface, ETag checks)
  6. The transfer engine (scheduling, small objects, multipart objects, retries)
  7. Progress and resume (ProgressStore, the progress file)
- 8. Reporting (log, live status line, final report)
- 9. Command line (argparse, main)
+ 8. Comparing source and destination (merge join: --verify, --verify-only, --skip-existing)
+ 9. Reporting (log, live status line, final report)
+10. Command line (argparse, main)
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows pa
 
 PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
 LISTING_WINDOW = 2_000  # listed objects buffered ahead of the workers
+LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ETag) up to 4 x --chunk-size
 BODY_ATTEMPTS = 5  # tries for one GET/PUT whose body broke mid-transfer
 OBJECT_ATTEMPTS = 3  # whole-object restarts when the source changes under us
 DENIALS_BEFORE_STOP = 3  # AccessDenied on an action never yet allowed, this many times, stops the run
@@ -264,6 +266,10 @@ class TransferConfig:
     sse_kms_key_id: Optional[str] = None
     dry_run: bool = False
     restart: bool = False
+    verify: bool = False
+    verify_only: bool = False
+    skip_existing: bool = False
+    report_file: Optional[Path] = None
     progress_file: Path = Path(DEFAULT_PROGRESS_FILE)
     log_file: Path = Path(DEFAULT_LOG_FILE)
     status_interval: float = DEFAULT_STATUS_INTERVAL
@@ -597,13 +603,14 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
 
 
 @dataclasses.dataclass(frozen=True)
-class SourceObject:
-    """One source object as listed (or as HEAD told us after a change)."""
+class ListedObject:
+    """One object as listed (or as HEAD told us after a change)."""
 
     key: str
     size: int
     etag: str
     storage_class: str = "STANDARD"
+    last_modified: Optional[datetime.datetime] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -660,16 +667,16 @@ def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
     ]
 
 
-def list_source_objects(client: Any, location: S3Location, start_after: Optional[str]) -> Iterator[SourceObject]:
-    """Stream the source listing in key order, one page in memory at a time."""
+def list_objects(client: Any, location: S3Location, start_after: Optional[str]) -> Iterator[ListedObject]:
+    """Stream a listing in key order, one page in memory at a time."""
     request: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.prefix}
     if start_after:
         request["StartAfter"] = start_after
     for page in client.get_paginator("list_objects_v2").paginate(**request):
         for entry in page.get("Contents", ()):
-            yield SourceObject(
+            yield ListedObject(
                 key=entry["Key"], size=entry["Size"], etag=entry["ETag"],
-                storage_class=entry.get("StorageClass", "STANDARD"),
+                storage_class=entry.get("StorageClass", "STANDARD"), last_modified=entry.get("LastModified"),
             )
 
 
@@ -680,7 +687,7 @@ class ListingWindow:
 
     _END = object()
 
-    def __init__(self, objects: Iterator[SourceObject], *, window: int, stopping: threading.Event) -> None:
+    def __init__(self, objects: Iterator[ListedObject], *, window: int, stopping: threading.Event) -> None:
         self._objects = objects
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=window)
         self._stopping = stopping
@@ -705,7 +712,7 @@ class ListingWindow:
         except BaseException as error:  # handed to the scheduler, which raises it on the main thread
             self._offer(error)
 
-    def next(self, on_wait: Callable[[], None]) -> Optional[SourceObject]:
+    def next(self, on_wait: Callable[[], None]) -> Optional[ListedObject]:
         """The next listed object, None at the end of the listing or when stopping."""
         while not self._stopping.is_set():
             try:
@@ -722,7 +729,7 @@ class ListingWindow:
 
 
 # =============================================================================================
-# 5. Moving bodies: the BodyTransport interface
+# 5. Moving bodies and proving them: the BodyTransport interface, ETag checks
 # =============================================================================================
 
 PRESERVED_HEADERS = (
@@ -845,6 +852,87 @@ def plain_md5_etag(etag: str, response: dict[str, Any]) -> Optional[str]:
     return value
 
 
+def equal_part_layout(size: int, parts_count: int, first: int, last: int) -> Optional[tuple[int, ...]]:
+    """The source's part sizes, from its first and last part, when they describe equal parts and a
+    shorter last one (as every S3 tool uploads); None when they cannot, so nothing is assumed."""
+    if parts_count < 1 or first <= 0 or last <= 0 or last > first:
+        return None
+    if (parts_count - 1) * first + last != size:
+        return None
+    return (first,) * (parts_count - 1) + (last,)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegrityCheck:
+    """How one object's bytes are proven equal to the source's before it is completed.
+
+    method: "md5" (the ETag is the MD5 of the whole body), "etag" (the ETag is the MD5 of the part
+    MD5s, checked along the source's part boundaries) or "size-only" (nothing to check against;
+    `reason` says why). expected is what the downloaded bytes must hash to, as S3 writes it.
+    """
+
+    method: str
+    expected: str = ""
+    source_part_sizes: tuple[int, ...] = ()
+    reason: str = ""
+
+
+class OrderedDigest:
+    """Hashes the parts of one object in order, along the source's part boundaries, whatever order
+    the workers finish in: the MD5 of the whole body, or S3's MD5-of-part-MD5s.
+
+    A worker whose part is not next waits here with its body (already counted in the memory
+    budget) until the parts before it are hashed; parts are submitted in order, so the part it
+    waits for is always in flight.
+    """
+
+    def __init__(self, source_part_sizes: tuple[int, ...]) -> None:
+        self._sizes = source_part_sizes
+        self._index = 0
+        self._left = source_part_sizes[0]
+        self._current = hashlib.md5()  # noqa: S324 - S3's ETag algorithm, not security
+        self._part_digests: list[bytes] = []
+        self._next = 1
+        self._turn = threading.Condition()
+
+    def update(self, body: bytes) -> None:
+        """Feed the next bytes of the object (no ordering: the caller feeds them in order)."""
+        view = memoryview(body)
+        while len(view):
+            take = min(self._left, len(view))
+            self._current.update(view[:take])
+            self._left -= take
+            view = view[take:]
+            if self._left == 0 and self._index + 1 < len(self._sizes):
+                self._part_digests.append(self._current.digest())
+                self._index += 1
+                self._left = self._sizes[self._index]
+                self._current = hashlib.md5()  # noqa: S324
+
+    def feed(self, number: int, body: bytes, *, cancelled: Callable[[], bool]) -> None:
+        """Feed our part `number` once every part before it has been fed."""
+        with self._turn:
+            while self._next != number:
+                if cancelled():
+                    raise StopRequested()
+                self._turn.wait(TICK_SECONDS)
+        self.update(body)
+        with self._turn:
+            self._next = number + 1
+            self._turn.notify_all()
+
+    def result(self) -> str:
+        """The ETag the bytes fed so far make, without quotes: hex MD5, or hex MD5 of MD5s + '-N'."""
+        if len(self._sizes) == 1:
+            return self._current.hexdigest()
+        combined = hashlib.md5(b"".join(self._part_digests) + self._current.digest())  # noqa: S324
+        return f"{combined.hexdigest()}-{len(self._sizes)}"
+
+
+class IntegrityMismatch(Exception):
+    """The bytes downloaded do not hash to the source's ETag: never completed, copied again whole."""
+
+
 # =============================================================================================
 # 6. The transfer engine
 # =============================================================================================
@@ -915,9 +1003,11 @@ class MultipartCopy:
     no failure path can leave parts behind (the s3transfer pattern).
     """
 
-    def __init__(self, source: SourceObject, destination_key: str, upload_id: str, part_size: int,
-                 completed: dict[int, str]) -> None:
+    def __init__(self, source: ListedObject, destination_key: str, upload_id: str, part_size: int,
+                 completed: dict[int, str], check: Optional[IntegrityCheck] = None) -> None:
         self.source = source
+        self.check = check or IntegrityCheck("size-only", reason="no checksum was planned")
+        self.digest = OrderedDigest(self.check.source_part_sizes) if self.check.method != "size-only" else None
         self.destination_key = destination_key
         self.upload_id = upload_id
         self.part_size = part_size
@@ -931,7 +1021,7 @@ class MultipartCopy:
         return [part for part in self.parts if part.number not in self.completed]
 
     def part_done(self, number: int, etag: str) -> bool:
-        """Record a part; True for the caller that finished the last one (it completes the upload)."""
+        """Record an uploaded part; True when every part is uploaded (and the job still stands)."""
         with self._lock:
             self.completed[number] = etag
             return not self.abandoned and len(self.completed) == len(self.parts)
@@ -969,7 +1059,7 @@ class TransferEngine:
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="worker")
         self._in_flight: set[concurrent.futures.Future[None]] = set()
         self._in_flight_lock = threading.Lock()
-        self._restarts: "queue.SimpleQueue[tuple[SourceObject, int]]" = queue.SimpleQueue()
+        self._restarts: "queue.SimpleQueue[tuple[ListedObject, int]]" = queue.SimpleQueue()
 
     # -- the scheduler (main thread) -------------------------------------------------------
 
@@ -1036,7 +1126,7 @@ class TransferEngine:
             if fresh is not None:
                 self._schedule(fresh, attempt=attempt)
 
-    def _head_for_retry(self, key: str) -> Optional[SourceObject]:
+    def _head_for_retry(self, key: str) -> Optional[ListedObject]:
         """A failed or changed key, as it is now: None (and settled) when it is gone or unreadable."""
         try:
             head = self.source.client.head_object(Bucket=self.source.bucket, Key=key)
@@ -1047,7 +1137,7 @@ class TransferEngine:
                 return None
             self._settle_failure(key, error, action="s3:GetObject", side=self.source)
             return None
-        return SourceObject(key=key, size=head["ContentLength"], etag=head["ETag"],
+        return ListedObject(key=key, size=head["ContentLength"], etag=head["ETag"],
                             storage_class=head.get("StorageClass", "STANDARD"))
 
     def _submit(self, work: Callable[[], None], *, cost: int) -> bool:
@@ -1071,7 +1161,7 @@ class TransferEngine:
             self._in_flight.discard(future)
         self._budget.release(cost)
 
-    def _schedule(self, listed: SourceObject, *, attempt: int) -> None:
+    def _schedule(self, listed: ListedObject, *, attempt: int) -> None:
         destination_key = map_destination_key(listed.key, self.config.source, self.config.destination)
         if len(destination_key.encode("utf-8")) > MAX_KEY_BYTES:
             self._settle_failure(listed.key, ObjectFailure(
@@ -1091,18 +1181,25 @@ class TransferEngine:
         except Exception as error:  # noqa: BLE001 - settled as this object's failure, never swallowed
             self._handle_unit_error(listed, attempt, error, action="s3:CreateMultipartUpload")
             return
-        missing = job.missing_parts()
-        if not missing:  # every part survived a previous run: only the completion is left
+        if job.digest is None and not job.missing_parts():  # every part survived a previous run
             self._submit(lambda: self._guarded(listed, attempt, self._complete_multipart, job), cost=0)
             return
-        for part in missing:
+        # In part order, so that the part the OrderedDigest waits for is always in flight. A part a
+        # previous run uploaded is read again only when the digest needs its bytes.
+        for part in job.parts:
             if job.abandoned:  # a part already failed and settled the object
                 return
-            if not self._submit(lambda part=part: self._guarded(listed, attempt, self._copy_part, job, part),
+            if part.number not in job.completed:
+                work = self._copy_part
+            elif job.digest is not None:
+                work = self._hash_uploaded_part
+            else:
+                continue
+            if not self._submit(lambda work=work, part=part: self._guarded(listed, attempt, work, job, part),
                                 cost=part.size):
                 return
 
-    def _guarded(self, listed: SourceObject, attempt: int, work: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, listed: ListedObject, attempt: int, work: Callable[..., None], *args: Any) -> None:
         """Run one unit; turn whatever it raises into the object's outcome. Never lets an error vanish."""
         if self._should_stop():
             return
@@ -1115,23 +1212,28 @@ class TransferEngine:
         finally:
             self.status.worker_busy(-1)
 
-    def _handle_unit_error(self, listed: SourceObject, attempt: int, error: BaseException, *,
+    def _handle_unit_error(self, listed: ListedObject, attempt: int, error: BaseException, *,
                            job: Optional[MultipartCopy] = None, action: str = "") -> None:
         """Settle one failed unit. The first failing part of a multipart object aborts its upload and
         settles the object; failures of its sibling parts that were already in flight change nothing."""
         if isinstance(error, StopRequested):
             return  # left as it is: the upload stays recorded, the key stays pending, a rerun resumes
-        restart = isinstance(error, SourceChanged) or error_code(error) == "NoSuchUpload"
-        if job is not None and not self._abandon(job, "the source object changed during the copy" if restart
-                                                 else str(error)):
+        if isinstance(error, IntegrityMismatch):
+            why = str(error)
+        elif isinstance(error, SourceChanged):
+            why = "the source object changed during the copy (If-Match failed); it is read again at its new version"
+        elif error_code(error) == "NoSuchUpload":
+            why = "the multipart upload disappeared from the destination"
+        else:
+            why = ""
+        if job is not None and not self._abandon(job, why or str(error)):
             return
-        if restart and attempt < OBJECT_ATTEMPTS:
-            LOG.warning("%s changed during the copy (or its upload vanished); copying it again whole",
-                        json.dumps(listed.key, ensure_ascii=False))
+        if why and attempt < OBJECT_ATTEMPTS:
+            LOG.warning("%s: %s; copying it again whole", json.dumps(listed.key, ensure_ascii=False), why)
             self._restarts.put((listed, attempt + 1))
             return
-        if restart:
-            error = ObjectFailure(f"the source object kept changing during {OBJECT_ATTEMPTS} attempts to copy it")
+        if why:
+            error = ObjectFailure(f"{why} (after {OBJECT_ATTEMPTS} attempts)")
         side = self.destination if getattr(error, "side", None) == "destination" else self.source
         self._settle_failure(listed.key, error, action=getattr(error, "action", "") or action, side=side)
 
@@ -1163,9 +1265,9 @@ class TransferEngine:
 
     # -- small objects (workers) -----------------------------------------------------------
 
-    def _copy_small_object(self, listed: SourceObject, destination_key: str) -> None:
+    def _copy_small_object(self, listed: ListedObject, destination_key: str) -> None:
         started = time.monotonic()
-        fetched = self._with_body_retries(
+        fetched, check = self._with_body_retries(
             lambda: self._fetch_verified(listed.key), what=f"GET {listed.key}", action="s3:GetObject",
             side=self.source,
         )
@@ -1179,16 +1281,45 @@ class TransferEngine:
             ),
             what=f"PUT {destination_key}", action="s3:PutObject", side=self.destination,
         )
-        self._object_done(listed.key, len(fetched.body), started)
+        self._object_done(listed.key, len(fetched.body), started, check)
 
-    def _fetch_verified(self, key: str) -> FetchedObject:
+    def _fetch_verified(self, key: str) -> tuple[FetchedObject, IntegrityCheck]:
+        """GET a whole object and check its bytes against its ETag; a mismatch is retried as a
+        damaged body would be."""
         fetched = self.transport.get_object(self.source.bucket, key)
-        expected = plain_md5_etag(fetched.etag, fetched.response)
-        if expected is not None:
-            actual, _ = content_md5(fetched.body)
-            if actual != expected:
-                raise BodyMismatch(f"integrity mismatch: MD5 of the downloaded body is {actual}, ETag says {expected}")
-        return fetched
+        check = self._integrity_check(key, fetched.etag, fetched.response, len(fetched.body))
+        if check.method != "size-only":
+            digest = OrderedDigest(check.source_part_sizes)
+            digest.update(fetched.body)
+            if digest.result() != check.expected:
+                raise BodyMismatch(f"integrity mismatch: the downloaded bytes hash to {digest.result()}, "
+                                   f"the source ETag says {check.expected}")
+        return fetched, check
+
+    def _integrity_check(self, key: str, etag: str, response: dict[str, Any], size: int) -> IntegrityCheck:
+        """What the object's bytes can be checked against: its MD5 ETag, or for an object uploaded
+        in parts, its MD5-of-MD5s along the part layout that HeadObject(PartNumber) reveals."""
+        plain = plain_md5_etag(etag, response)
+        if plain is not None:
+            return IntegrityCheck("md5", plain, (max(size, 1),))
+        value = etag.strip('"')
+        if response.get("ServerSideEncryption") == "aws:kms" or response.get("SSECustomerAlgorithm"):
+            return IntegrityCheck("size-only", reason="its ETag is not an MD5 (SSE-KMS or SSE-C encryption)")
+        if not re.fullmatch(r"[0-9a-f]{32}-\d+", value):
+            return IntegrityCheck("size-only", reason=f"its ETag {etag} is in no format S3 documents")
+        parts_count = int(value.split("-")[1])
+        # No If-Match here: moto answers HeadObject(PartNumber) with the part's own ETag and so fails
+        # it. A version that changed since is caught anyway: its sizes would not add up, or the
+        # If-Match of the ranged GETs fails, or the bytes do not hash to this ETag.
+        first = self.source.client.head_object(Bucket=self.source.bucket, Key=key, PartNumber=1)
+        last = first if parts_count == 1 else self.source.client.head_object(
+            Bucket=self.source.bucket, Key=key, PartNumber=parts_count)
+        layout = equal_part_layout(size, int(first.get("PartsCount") or parts_count), first["ContentLength"],
+                                   last["ContentLength"])
+        if layout is None or len(layout) != parts_count:
+            return IntegrityCheck("size-only", reason="the source's parts are of unequal sizes, so its ETag "
+                                                      "cannot be recomputed without reading every part's size")
+        return IntegrityCheck("etag", value, layout)
 
     def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
         """The object's tags. GetObject says how many there are (no header means none), which saves
@@ -1205,27 +1336,16 @@ class TransferEngine:
 
     # -- large objects ---------------------------------------------------------------------
 
-    def _start_multipart(self, listed: SourceObject, destination_key: str) -> MultipartCopy:
+    def _start_multipart(self, listed: ListedObject, destination_key: str) -> MultipartCopy:
         """Resume the recorded upload for this key if it still fits the source, else create one.
 
-        Runs on the main thread: it costs two or three requests per object of 100 MiB or more.
+        Runs on the main thread: it costs a few requests per object of 100 MiB or more. When the
+        source was itself uploaded in parts of a size that fits the memory budget, the copy uses the
+        same part boundaries, so the destination's ETag comes out identical to the source's.
         """
         try:
-            part_size = choose_part_size(listed.size, self.config.chunk_size)
-        except ValueError as error:
-            raise ObjectFailure(str(error)) from None
-        if part_size != self.config.chunk_size:
-            LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
-                        "limit at once (raise --memory-limit to copy more of them in parallel)",
-                        json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
-                        max(self.config.memory_limit // part_size, 1), format_size(self.config.memory_limit))
-        record = self.progress.upload_for(listed.key)
-        if record is not None:
-            resumed = self._resume_multipart(listed, destination_key, part_size, record)
-            if resumed is not None:
-                return resumed
-        try:
             head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag)
+            check = self._integrity_check(listed.key, head["ETag"], head, head["ContentLength"])
         except botocore.exceptions.ClientError as error:
             if error_code(error) in {"PreconditionFailed", "412"}:
                 raise SourceChanged() from None
@@ -1235,6 +1355,12 @@ class TransferEngine:
                 "Restore", ""):
             raise ObjectFailure(f"it is archived in {head['StorageClass']} and not restored: restore it "
                                 "(aws s3api restore-object) and rerun to copy it")
+        part_size = self._part_size_for(listed, check)
+        record = self.progress.upload_for(listed.key)
+        if record is not None:
+            resumed = self._resume_multipart(listed, destination_key, part_size, record, check)
+            if resumed is not None:
+                return resumed
         tags = self._tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
         try:
@@ -1245,19 +1371,39 @@ class TransferEngine:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
         self.permissions.allowed("s3:PutObject")
-        job = MultipartCopy(listed, destination_key, upload_id, part_size, completed={})
+        job = MultipartCopy(listed, destination_key, upload_id, part_size, completed={}, check=check)
         # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
         self.progress.record_upload(listed, job)
         self.progress.save(self.status.summary())
-        LOG.info("started multipart upload of %s (%s, %d parts of %s)", json.dumps(listed.key, ensure_ascii=False),
-                 format_size(listed.size), len(job.parts), format_size(part_size))
+        LOG.info("started multipart upload of %s (%s, %d parts of %s, verified by %s)",
+                 json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), len(job.parts),
+                 format_size(part_size), check.method)
         return job
 
-    def _resume_multipart(self, listed: SourceObject, destination_key: str, part_size: int,
-                          record: dict[str, Any]) -> Optional[MultipartCopy]:
+    def _part_size_for(self, listed: ListedObject, check: IntegrityCheck) -> int:
+        """The source's own part size when it fits the budget (ETag kept), else our chunk size,
+        raised if needed to stay within 10,000 parts."""
+        source_part = check.source_part_sizes[0] if check.method == "etag" else 0
+        if MIN_PART_SIZE <= source_part <= min(LAYOUT_PART_LIMIT_CHUNKS * self.config.chunk_size,
+                                               max(self.config.memory_limit, self.config.chunk_size)):
+            return source_part
+        try:
+            part_size = choose_part_size(listed.size, self.config.chunk_size)
+        except ValueError as error:
+            raise ObjectFailure(str(error)) from None
+        if part_size != self.config.chunk_size:
+            LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
+                        "limit at once (raise --memory-limit to copy more of them in parallel)",
+                        json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
+                        max(self.config.memory_limit // part_size, 1), format_size(self.config.memory_limit))
+        return part_size
+
+    def _resume_multipart(self, listed: ListedObject, destination_key: str, part_size: int,
+                          record: dict[str, Any], check: IntegrityCheck) -> Optional[MultipartCopy]:
         """Continue a recorded upload with only its missing parts; ListParts, not our file, says which
         parts S3 has. None when the upload cannot be continued (it is then aborted)."""
-        job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], completed={})
+        job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], completed={},
+                            check=check)
         if (record.get("source_etag") != listed.etag or record.get("size") != listed.size
                 or record.get("part_size") != part_size or record.get("destination_key") != destination_key):
             self._abandon(job, "the source object or the part size changed since the upload began")
@@ -1300,7 +1446,27 @@ class TransferEngine:
         )
         self.status.bytes_moved_by_part(part.size)
         self.progress.record_part(job.source.key, part.number, etag)
-        if job.part_done(part.number, etag):
+        all_uploaded = job.part_done(part.number, etag)
+        if job.digest is not None:
+            self._feed_digest(job, part, body)
+        elif all_uploaded:
+            self._complete_multipart(job)
+
+    def _hash_uploaded_part(self, job: MultipartCopy, part: PartRange) -> None:
+        """A part a previous run uploaded: read it again only to hash it (the digest cannot be saved)."""
+        if job.abandoned:
+            return
+        body = self._with_body_retries(
+            lambda: self._get_part(job, part), what=f"GET part {part.number} of {job.source.key}",
+            action="s3:GetObject", side=self.source,
+        )
+        self._feed_digest(job, part, body)
+
+    def _feed_digest(self, job: MultipartCopy, part: PartRange, body: bytes) -> None:
+        """Hash the part in its turn; whoever hashes the last part completes the upload."""
+        assert job.digest is not None
+        job.digest.feed(part.number, body, cancelled=lambda: job.abandoned or self._should_stop())
+        if part.number == len(job.parts):
             self._complete_multipart(job)
 
     def _get_part(self, job: MultipartCopy, part: PartRange) -> bytes:
@@ -1316,6 +1482,9 @@ class TransferEngine:
         numbers = sorted(job.completed)
         if numbers != [part.number for part in job.parts]:
             raise ObjectFailure(f"only {len(numbers)} of {len(job.parts)} parts were uploaded")
+        if job.digest is not None and job.digest.result() != job.check.expected:
+            raise IntegrityMismatch(f"integrity mismatch: the downloaded bytes hash to {job.digest.result()}, "
+                                    f"the source ETag says {job.check.expected}")
         try:
             self.destination.client.complete_multipart_upload(
                 Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
@@ -1325,7 +1494,7 @@ class TransferEngine:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
         self.progress.forget_upload(job.source.key)
-        self._object_done(job.source.key, job.source.size, job.started, counted_bytes=0)
+        self._object_done(job.source.key, job.source.size, job.started, job.check, counted_bytes=0)
 
     def _abandon(self, job: MultipartCopy, reason: str) -> bool:
         """Abort the job's upload and forget it: the one clean-up every failure path runs. True for
@@ -1356,14 +1525,17 @@ class TransferEngine:
 
     # -- shared ----------------------------------------------------------------------------
 
-    def _object_done(self, key: str, size: int, started: float, *, counted_bytes: Optional[int] = None) -> None:
+    def _object_done(self, key: str, size: int, started: float, check: IntegrityCheck, *,
+                     counted_bytes: Optional[int] = None) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
         self.progress.mark_done(key, size)
-        self.status.object_done(size, bytes_moved=size if counted_bytes is None else counted_bytes)
+        self.status.object_done(size, bytes_moved=size if counted_bytes is None else counted_bytes,
+                                verified_by=check.method)
         self.permissions.allowed("s3:GetObject")
         self.permissions.allowed("s3:PutObject")
-        LOG.info("copied %s %s in %.2f s (%s/s)", json.dumps(key, ensure_ascii=False), format_size(size), elapsed,
-                 format_size(size / elapsed))
+        verified = f"verified by {check.method}" + (f" because {check.reason}" if check.reason else "")
+        LOG.info("copied %s %s in %.2f s (%s/s), %s", json.dumps(key, ensure_ascii=False), format_size(size),
+                 elapsed, format_size(size / elapsed), verified)
 
     def _with_body_retries(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
         """Retry errors botocore does not: a body broken after the headers arrived, or a body that
@@ -1552,7 +1724,7 @@ class ProgressStore:
             record = self._uploads.get(key)
             return dict(record) if record else None
 
-    def record_upload(self, source: SourceObject, job: MultipartCopy) -> None:
+    def record_upload(self, source: ListedObject, job: MultipartCopy) -> None:
         with self._lock:
             self._uploads[source.key] = {
                 "upload_id": job.upload_id,
@@ -1660,7 +1832,180 @@ def discard_progress(path: Path, destination: Side) -> None:
 
 
 # =============================================================================================
-# 8. Reporting
+# 8. Comparing source and destination: --verify, --verify-only, --skip-existing
+# =============================================================================================
+
+MATCH = "match"
+MATCH_SIZE_ONLY = "match by size only"
+MISSING = "missing"
+SIZE_MISMATCH = "size mismatch"
+ETAG_MISMATCH = "etag mismatch"
+DESTINATION_ONLY = "destination only"
+DISCREPANCIES = (MISSING, SIZE_MISMATCH, ETAG_MISMATCH)
+
+
+def merge_join(source: Iterator[ListedObject], source_prefix: str, destination: Iterator[ListedObject],
+               destination_prefix: str) -> Iterator[tuple[str, Optional[ListedObject], Optional[ListedObject]]]:
+    """Walk two key-ordered listings together by key relative to their prefixes, in constant memory:
+    (relative key, source object or None, destination object or None). Both listings are in UTF-8
+    byte order, which is Python's str order, and a common prefix does not change it."""
+    source_item = next(source, None)
+    destination_item = next(destination, None)
+    while source_item is not None or destination_item is not None:
+        source_key = source_item.key[len(source_prefix):] if source_item is not None else None
+        destination_key = destination_item.key[len(destination_prefix):] if destination_item is not None else None
+        if destination_key is None or (source_key is not None and source_key < destination_key):
+            yield source_key, source_item, None  # type: ignore[misc]
+            source_item = next(source, None)
+        elif source_key is None or destination_key < source_key:
+            yield destination_key, None, destination_item
+            destination_item = next(destination, None)
+        else:
+            yield source_key, source_item, destination_item
+            source_item = next(source, None)
+            destination_item = next(destination, None)
+
+
+def etag_fingerprint(etag: str, head: dict[str, Any], first_part_size: Optional[int]) -> Optional[tuple[Any, ...]]:
+    """What an ETag proves about the bytes, in a form two objects can be compared by: the MD5, or the
+    MD5-of-MD5s with its part layout. None when it proves nothing (SSE-KMS, SSE-C)."""
+    plain = plain_md5_etag(etag, head)
+    if plain is not None:
+        return ("md5", plain)
+    value = etag.strip('"')
+    if head.get("ServerSideEncryption") == "aws:kms" or head.get("SSECustomerAlgorithm") or "-" not in value:
+        return None
+    return ("parts", value, first_part_size)
+
+
+class ObjectComparer:
+    """Decides whether a destination object holds the same bytes as its source object, from the
+    listings when the ETags agree, else with HeadObject on both (a few requests per differing pair)."""
+
+    def __init__(self, source: Side, destination: Side) -> None:
+        self._sides = (source, destination)
+
+    def compare(self, source: ListedObject, destination: ListedObject) -> tuple[str, str]:
+        """(verdict, detail): MATCH, MATCH_SIZE_ONLY (detail says why), SIZE_MISMATCH or ETAG_MISMATCH."""
+        if source.size != destination.size:
+            return SIZE_MISMATCH, f"source {source.size:,} bytes, destination {destination.size:,} bytes"
+        if source.etag == destination.etag:
+            return MATCH, ""
+        fingerprints = [self._fingerprint(side, listed) for side, listed in zip(self._sides, (source, destination))]
+        if None in fingerprints:
+            return MATCH_SIZE_ONLY, "an ETag is not an MD5 (SSE-KMS or SSE-C)"
+        if fingerprints[0][0] != fingerprints[1][0] or fingerprints[0][2:] != fingerprints[1][2:]:
+            return MATCH_SIZE_ONLY, "the objects were uploaded with different part layouts"
+        return ETAG_MISMATCH, f"source ETag {source.etag}, destination ETag {destination.etag}"
+
+    def _fingerprint(self, side: Side, listed: ListedObject) -> Optional[tuple[Any, ...]]:
+        head = side.client.head_object(Bucket=side.bucket, Key=listed.key)
+        first_part_size = None
+        if "-" in listed.etag:
+            first_part_size = side.client.head_object(Bucket=side.bucket, Key=listed.key,
+                                                      PartNumber=1)["ContentLength"]
+        return etag_fingerprint(listed.etag, head, first_part_size)
+
+
+def objects_to_copy(config: TransferConfig, source: Side, destination: Side, start_after: Optional[str],
+                    status: "StatusReporter") -> Iterator[ListedObject]:
+    """--skip-existing: the source objects the destination lacks or holds different; the others are
+    skipped. Where the ETags cannot be compared (different part layouts, SSE-KMS), a destination object
+    of the same size at least as new as the source counts as copied, as `aws s3 sync` decides."""
+    comparer = ObjectComparer(source, destination)
+    destination_start = (map_destination_key(start_after, config.source, config.destination)
+                         if start_after else None)
+    joined = merge_join(
+        selected_objects(list_objects(source.client, config.source, start_after), config),
+        config.source.prefix,
+        selected_objects(list_objects(destination.client, config.destination, destination_start), config,
+                         side="destination"),
+        config.destination.prefix,
+    )
+    for _, source_object, destination_object in joined:
+        if source_object is None:
+            continue
+        if destination_object is not None:
+            verdict, _ = comparer.compare(source_object, destination_object)
+            newer = (destination_object.last_modified or datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+                     ) >= (source_object.last_modified or datetime.datetime.max.replace(tzinfo=datetime.timezone.utc))
+            if verdict == MATCH or (verdict == MATCH_SIZE_ONLY and newer):
+                status.skipped()
+                continue
+        yield source_object
+
+
+def audit(config: TransferConfig, source: Side, destination: Side) -> int:
+    """--verify / --verify-only: compare both sides in one merge join and report; exit 1 on any
+    missing or differing object (destination-only keys are reported but are not a discrepancy)."""
+    comparer = ObjectComparer(source, destination)
+    counts: collections.Counter[str] = collections.Counter()
+    shown = 0
+    report = AuditReportFile(config.report_file)
+    joined = merge_join(
+        selected_objects(list_objects(source.client, config.source, None), config), config.source.prefix,
+        selected_objects(list_objects(destination.client, config.destination, None), config, side="destination"),
+        config.destination.prefix,
+    )
+    try:
+        for relative_key, source_object, destination_object in joined:
+            if source_object is None:
+                verdict, detail = DESTINATION_ONLY, "not in the source"
+            elif destination_object is None:
+                verdict, detail = MISSING, "not in the destination"
+            else:
+                verdict, detail = comparer.compare(source_object, destination_object)
+            counts[verdict] += 1
+            if verdict in (MATCH, MATCH_SIZE_ONLY):
+                continue
+            entry = {"key": relative_key, "problem": verdict, "detail": detail}
+            report.write(entry)
+            if shown < 20 and not config.quiet:
+                shown += 1
+                print(f"  {verdict}: {json.dumps(relative_key, ensure_ascii=False)} ({detail})")
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        raise FatalTransferError(f"The comparison stopped: {error}. Rerun it.") from None
+    finally:
+        summary = {name: counts[name] for name in (MATCH, MATCH_SIZE_ONLY, MISSING, SIZE_MISMATCH, ETAG_MISMATCH,
+                                                   DESTINATION_ONLY)}
+        report.close(config, summary)
+    problems = sum(counts[name] for name in DISCREPANCIES)
+    message = (f"Verify {config.source} -> {config.destination}: {counts[MATCH]:,} identical by ETag, "
+               f"{counts[MATCH_SIZE_ONLY]:,} equal in size (ETags not comparable), {counts[MISSING]:,} missing, "
+               f"{counts[SIZE_MISMATCH]:,} size mismatches, {counts[ETAG_MISMATCH]:,} ETag mismatches, "
+               f"{counts[DESTINATION_ONLY]:,} only in the destination.")
+    if config.report_file:
+        message += f" Full report: {config.report_file}."
+    LOG.info("%s", message)
+    print(message, file=sys.stdout if problems == 0 else sys.stderr)
+    return EXIT_SOME_FAILED if problems else EXIT_OK
+
+
+class AuditReportFile:
+    """The --report JSON file, written as the comparison goes (discrepancies first, the summary last),
+    so a comparison of 100 million keys never holds its findings in memory."""
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self._handle = path.open("w", encoding="utf-8") if path else None
+        self._first = True
+        if self._handle:
+            self._handle.write('{\n  "discrepancies": [')
+
+    def write(self, entry: dict[str, str]) -> None:
+        if self._handle:
+            self._handle.write(("\n    " if self._first else ",\n    ") + json.dumps(entry, ensure_ascii=False))
+            self._first = False
+
+    def close(self, config: TransferConfig, summary: dict[str, int]) -> None:
+        if self._handle:
+            self._handle.write(f"\n  ],\n  \"source\": {json.dumps(str(config.source))},\n"
+                               f"  \"destination\": {json.dumps(str(config.destination))},\n"
+                               f"  \"summary\": {json.dumps(summary)}\n}}\n")
+            self._handle.close()
+
+
+# =============================================================================================
+# 9. Reporting
 # =============================================================================================
 
 
@@ -1687,7 +2032,8 @@ class StatusReporter:
         self._drawn = False
         self.objects_listed = self.bytes_listed = 0
         self.objects_done = self.bytes_done = self.bytes_moved = 0
-        self.objects_failed = self.retries = self.busy = 0
+        self.objects_failed = self.objects_skipped = self.retries = self.busy = 0
+        self.verified: collections.Counter[str] = collections.Counter()
         self.listing_complete = False
 
     # counters, called from any thread
@@ -1696,15 +2042,20 @@ class StatusReporter:
             self.objects_listed += 1
             self.bytes_listed += size
 
-    def object_done(self, size: int, *, bytes_moved: int) -> None:
+    def object_done(self, size: int, *, bytes_moved: int, verified_by: str) -> None:
         with self._lock:
             self.objects_done += 1
             self.bytes_done += size
             self.bytes_moved += bytes_moved
+            self.verified[verified_by] += 1
 
     def bytes_moved_by_part(self, size: int) -> None:
         with self._lock:
             self.bytes_moved += size
+
+    def skipped(self) -> None:
+        with self._lock:
+            self.objects_skipped += 1
 
     def object_failed(self) -> None:
         with self._lock:
@@ -1736,6 +2087,8 @@ class StatusReporter:
                 "objects_done": self.objects_done,
                 "bytes_done": self.bytes_done,
                 "objects_failed": self.objects_failed,
+                "objects_skipped_as_identical": self.objects_skipped,
+                "verified": {method: self.verified[method] for method in ("md5", "etag", "size-only")},
                 "retries": self.retries,
                 "elapsed": format_duration(self.elapsed()),
                 "rate": f"{format_size(rate)}/s",
@@ -1803,6 +2156,10 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         f"Transfer {state} after {figures['elapsed']}: {status.objects_done:,} objects "
         f"({format_size(status.bytes_done)}) copied in this run, {len(failures):,} failed, "
         f"average {figures['rate']}.",
+        *([f"Skipped {status.objects_skipped:,} objects already identical in the destination."]
+          if status.objects_skipped else []),
+        "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
+                                                   figures["verified"].items()) + ".",
         f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
     ]
     if failures:
@@ -1818,7 +2175,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
 
 
 # =============================================================================================
-# 9. Command line
+# 10. Command line
 # =============================================================================================
 
 
@@ -1895,6 +2252,18 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--dry-run", action="store_true",
                        help="list and plan only: print counts, bytes, multipart objects, already done and the "
                             "memory bound; writes nothing to S3 and leaves the progress file alone")
+    audit_group = parser.add_argument_group("integrity and audit")
+    audit_group.add_argument("--verify", action="store_true",
+                             help="after copying, compare source and destination (as --verify-only) and exit 1 "
+                                  "on any difference")
+    audit_group.add_argument("--verify-only", action="store_true",
+                             help="copy nothing: compare both listings in key order and report missing objects, "
+                                  "size and ETag mismatches and destination-only keys; exit 1 on a discrepancy")
+    audit_group.add_argument("--skip-existing", action="store_true",
+                             help="copy only objects the destination lacks or holds different (same size and "
+                                  "ETag, or same size and newer where ETags are not comparable, counts as done)")
+    audit_group.add_argument("--report", type=Path, metavar="PATH",
+                             help="write the comparison of --verify/--verify-only to PATH as JSON")
     state.add_argument("--restart", action="store_true",
                        help="discard an existing progress file (aborting its unfinished uploads) and start over")
     verbosity = state.add_mutually_exclusive_group()
@@ -1922,7 +2291,8 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
     if args.status_interval <= 0:
         raise ConfigurationError("--status-interval must be a positive number of seconds.")
-    for option, path in (("--progress-file", args.progress_file), ("--log-file", args.log_file)):
+    for option, path in (("--progress-file", args.progress_file), ("--log-file", args.log_file),
+                         ("--report", args.report or args.log_file)):
         if not path.parent.resolve().is_dir():
             raise ConfigurationError(f"The directory {path.parent} for {option} does not exist: create it first.")
     source_side = source_side_settings(args)
@@ -1941,6 +2311,8 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         memory_limit=memory_limit,
         filters=tuple(args.filters or ()), storage_class=args.storage_class, sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id, dry_run=args.dry_run, restart=args.restart,
+        verify=args.verify, verify_only=args.verify_only, skip_existing=args.skip_existing,
+        report_file=args.report,
         progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
         quiet=args.quiet, verbose=args.verbose,
     )
@@ -1963,17 +2335,21 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     return file_handler
 
 
-def selected_objects(objects: Iterable[SourceObject], config: TransferConfig) -> Iterator[SourceObject]:
-    """Apply --include/--exclude to the listing; listing errors stop the run with a clear sentence."""
+def selected_objects(objects: Iterable[ListedObject], config: TransferConfig, *,
+                     side: str = "source") -> Iterator[ListedObject]:
+    """Apply --include/--exclude to a listing of either side (keys relative to that side's prefix);
+    listing errors stop the run with a clear sentence."""
+    location, settings = ((config.source, config.source_side) if side == "source"
+                          else (config.destination, config.destination_side))
     try:
         for listed in objects:
-            if is_selected(listed.key[len(config.source.prefix):], config.filters):
+            if is_selected(listed.key[len(location.prefix):], config.filters):
                 yield listed
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         if isinstance(error, RETRYABLE_BODY_ERRORS):
-            raise FatalTransferError(f"Listing the source failed after botocore's retries: {error}. "
+            raise FatalTransferError(f"Listing the {side} failed after botocore's retries: {error}. "
                                      "Rerun to resume.") from None
-        raise FatalTransferError(explain_error(error, side=config.source_side, bucket=config.source.bucket,
+        raise FatalTransferError(explain_error(error, side=settings, bucket=location.bucket,
                                                action="s3:ListBucket")) from None
 
 
@@ -1987,7 +2363,7 @@ def report_dry_run(config: TransferConfig, source: Side) -> int:
         set(resume.get("failed", {}))
     counts: collections.Counter[str] = collections.Counter()
     largest_unit = 0
-    listing = selected_objects(list_source_objects(source.client, config.source, None), config)
+    listing = selected_objects(list_objects(source.client, config.source, None), config)
     for listed in listing:
         done = listed.key in done_beyond or (watermark is not None and listed.key <= watermark
                                              and listed.key not in failed)
@@ -2062,6 +2438,8 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
                                max_workers=config.max_workers, list_prefix=config.destination.prefix)
     if config.dry_run:
         return report_dry_run(config, source)
+    if config.verify_only:
+        return audit(config, source, destination)
     if config.restart:
         discard_progress(config.progress_file, destination)
     progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)
@@ -2073,10 +2451,11 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     engine = TransferEngine(config, source=source, destination=destination,
                             transport=Boto3Transport(source.client, destination.client),
                             progress=progress, status=status, stopping=stopping)
-    listing = ListingWindow(
-        selected_objects(list_source_objects(source.client, config.source, progress.watermark), config),
-        window=LISTING_WINDOW, stopping=stopping,
-    )
+    if config.skip_existing:
+        to_copy = objects_to_copy(config, source, destination, progress.watermark, status)
+    else:
+        to_copy = selected_objects(list_objects(source.client, config.source, progress.watermark), config)
+    listing = ListingWindow(to_copy, window=LISTING_WINDOW, stopping=stopping)
     with stop_on_signals(stopping, lambda: progress.finish("interrupted", status.summary())):
         try:
             engine.run(listing, progress.retry_keys())
@@ -2102,6 +2481,8 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     LOG.info("%s", report)
     if not config.quiet or code != EXIT_OK:
         print(report, file=sys.stdout if code == EXIT_OK else sys.stderr)
+    if code == EXIT_OK and config.verify:
+        return audit(config, source, destination)
     return code
 
 
