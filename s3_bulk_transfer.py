@@ -478,6 +478,7 @@ RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ConnectionClosedError,
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.FlexibleChecksumError,  # botocore's own check of a GET body against its CRC
     _Urllib3ProtocolError,
     ConnectionError,
     BodyMismatch,
@@ -1546,7 +1547,8 @@ class TransferEngine:
                 return operation()
             except RETRYABLE_BODY_ERRORS as error:
                 if attempt == BODY_ATTEMPTS:
-                    raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {error}") from error
+                    kind = "integrity mismatch: " if isinstance(error, botocore.exceptions.FlexibleChecksumError) else ""
+                    raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{error}") from error
                 self.status.retried()
                 delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
                 LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,

@@ -192,6 +192,7 @@ def transfer_command(server: SeaweedServer) -> list[str]:
         "--progress-file", str(work / "transfer_progress.json"),
         "--log-file", str(work / "s3_transfer.log"),
         "--max-workers", str(TRANSFER_WORKERS),
+        "--verify", "--report", str(work / "verify_report.json"),
     ]  # fmt: skip
 
 
