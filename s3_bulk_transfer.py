@@ -1433,10 +1433,7 @@ class TransferEngine:
     def _copy_part(self, job: MultipartCopy, part: PartRange) -> None:
         if job.abandoned:
             return
-        body = self._with_body_retries(
-            lambda: self._get_part(job, part), what=f"GET part {part.number} of {job.source.key}",
-            action="s3:GetObject", side=self.source,
-        )
+        body = self._download_part(job, part)
         _, md5_base64 = content_md5(body)
         etag = self._with_body_retries(
             lambda: self.transport.upload_part(
@@ -1457,11 +1454,7 @@ class TransferEngine:
         """A part a previous run uploaded: read it again only to hash it (the digest cannot be saved)."""
         if job.abandoned:
             return
-        body = self._with_body_retries(
-            lambda: self._get_part(job, part), what=f"GET part {part.number} of {job.source.key}",
-            action="s3:GetObject", side=self.source,
-        )
-        self._feed_digest(job, part, body)
+        self._feed_digest(job, part, self._download_part(job, part))
 
     def _feed_digest(self, job: MultipartCopy, part: PartRange, body: bytes) -> None:
         """Hash the part in its turn; whoever hashes the last part completes the upload."""
@@ -1469,6 +1462,12 @@ class TransferEngine:
         job.digest.feed(part.number, body, cancelled=lambda: job.abandoned or self._should_stop())
         if part.number == len(job.parts):
             self._complete_multipart(job)
+
+    def _download_part(self, job: MultipartCopy, part: PartRange) -> bytes:
+        return self._with_body_retries(
+            lambda: self._get_part(job, part), what=f"GET part {part.number} of {job.source.key}",
+            action="s3:GetObject", side=self.source,
+        )
 
     def _get_part(self, job: MultipartCopy, part: PartRange) -> bytes:
         try:
@@ -1547,7 +1546,8 @@ class TransferEngine:
                 return operation()
             except RETRYABLE_BODY_ERRORS as error:
                 if attempt == BODY_ATTEMPTS:
-                    kind = "integrity mismatch: " if isinstance(error, botocore.exceptions.FlexibleChecksumError) else ""
+                    crc_failed = isinstance(error, botocore.exceptions.FlexibleChecksumError)
+                    kind = "integrity mismatch: " if crc_failed else ""
                     raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{error}") from error
                 self.status.retried()
                 delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
@@ -2146,7 +2146,8 @@ class ConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if self.status is not None:
             self.status.clear()
-        prefix = "error: " if record.levelno >= logging.ERROR else "warning: " if record.levelno >= logging.WARNING else ""
+        prefix = ("error: " if record.levelno >= logging.ERROR
+                  else "warning: " if record.levelno >= logging.WARNING else "")
         print(prefix + record.getMessage(), file=sys.stderr, flush=True)
 
 
@@ -2324,7 +2325,8 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     """The log file (owner-only, appended) gets everything; the console gets warnings and errors
     (every object with -v, errors only with -q)."""
     if not args.log_file.parent.resolve().is_dir():
-        raise ConfigurationError(f"The directory {args.log_file.parent} for --log-file does not exist: create it first.")
+        raise ConfigurationError(
+            f"The directory {args.log_file.parent} for --log-file does not exist: create it first.")
     os.close(os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     file_handler = logging.FileHandler(args.log_file, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -2389,9 +2391,9 @@ def report_dry_run(config: TransferConfig, source: Side) -> int:
         else:
             largest_unit = max(largest_unit, listed.size)
         if config.verbose:
+            destination_key = map_destination_key(listed.key, config.source, config.destination)
             print(f"  {json.dumps(listed.key, ensure_ascii=False)} -> "
-                  f"{json.dumps(map_destination_key(listed.key, config.source, config.destination), ensure_ascii=False)}"
-                  f" ({format_size(listed.size)})")
+                  f"{json.dumps(destination_key, ensure_ascii=False)} ({format_size(listed.size)})")
     print(f"Dry run: {config.source} -> {config.destination}; nothing was written to S3 and "
           f"{config.progress_file} was not touched.")
     print(f"  to copy:      {counts['objects']:,} objects, {format_size(counts['bytes'])}")
