@@ -1928,7 +1928,12 @@ def objects_to_copy(config: TransferConfig, source: Side, destination: Side, sta
         if source_object is None:
             continue
         if destination_object is not None:
-            verdict, _ = comparer.compare(source_object, destination_object)
+            try:
+                verdict, _ = comparer.compare(source_object, destination_object)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+                raise FatalTransferError(
+                    f"--skip-existing could not compare {json.dumps(source_object.key, ensure_ascii=False)} with "
+                    f"the destination (HeadObject on both sides needs s3:GetObject): {error}") from None
             newer = (destination_object.last_modified or datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
                      ) >= (source_object.last_modified or datetime.datetime.max.replace(tzinfo=datetime.timezone.utc))
             if verdict == MATCH or (verdict == MATCH_SIZE_ONLY and newer):
@@ -2509,6 +2514,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted before any copying began; nothing was changed.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except FatalTransferError as error:  # from a comparison (--verify, --verify-only)
+        LOG.error("%s", error)
+        return EXIT_USAGE
     except ConfigurationError as error:
         if file_handler is None:
             print(f"error: {error}", file=sys.stderr)
