@@ -1,0 +1,93 @@
+"""Unit tests for the integrity arithmetic (S3's ETag algorithms, part layouts) and the merge join."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import s3_bulk_transfer as tool  # noqa: E402
+
+MiB = tool.MiB
+
+
+def s3_multipart_etag(body: bytes, part_size: int) -> str:
+    """S3's ETag of a multipart upload, written out the plain way to check the tool's against."""
+    digests = [hashlib.md5(body[start:start + part_size]).digest() for start in range(0, len(body), part_size)]
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+def test_whole_object_md5_is_the_same_however_the_bytes_are_fed() -> None:
+    body = os.urandom(3 * MiB + 17)
+    digest = tool.OrderedDigest((len(body),))
+    for start in range(0, len(body), 1_000_003):
+        digest.update(body[start:start + 1_000_003])
+    assert digest.result() == hashlib.md5(body).hexdigest()
+
+
+def test_composite_etag_is_recomputed_along_source_boundaries_from_other_sized_chunks() -> None:
+    body = os.urandom(2 * 5 * MiB + 123)
+    layout = tool.equal_part_layout(len(body), 3, 5 * MiB, 123)
+    assert layout == (5 * MiB, 5 * MiB, 123)
+    digest = tool.OrderedDigest(layout)
+    for start in range(0, len(body), 3 * MiB):  # our parts do not line up with the source's
+        digest.update(body[start:start + 3 * MiB])
+    assert digest.result() == s3_multipart_etag(body, 5 * MiB)
+
+
+def test_parts_finishing_out_of_order_are_hashed_in_order() -> None:
+    body = os.urandom(4 * MiB)
+    parts = [body[index * MiB:(index + 1) * MiB] for index in range(4)]
+    digest = tool.OrderedDigest((len(body),))
+    threads = [threading.Thread(target=digest.feed, args=(number, parts[number - 1]),
+                                kwargs={"cancelled": lambda: False}) for number in (4, 2, 3, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert digest.result() == hashlib.md5(body).hexdigest()
+
+
+def test_a_waiting_part_gives_up_when_its_job_is_cancelled() -> None:
+    digest = tool.OrderedDigest((2 * MiB,))
+    with pytest.raises(tool.StopRequested):
+        digest.feed(2, b"x" * MiB, cancelled=lambda: True)
+
+
+@pytest.mark.parametrize(
+    ("size", "count", "first", "last"),
+    [
+        (10 * MiB, 3, 5 * MiB, 1),  # sizes do not add up
+        (11 * MiB, 2, 5 * MiB, 6 * MiB),  # last part larger than the others
+        (10 * MiB, 0, 5 * MiB, 5 * MiB),
+    ],
+)
+def test_layouts_that_do_not_describe_equal_parts_are_refused(size: int, count: int, first: int, last: int) -> None:
+    assert tool.equal_part_layout(size, count, first, last) is None
+
+
+def listed(key: str) -> tool.ListedObject:
+    return tool.ListedObject(key=key, size=1, etag='"e"')
+
+
+def test_merge_join_pairs_keys_relative_to_each_prefix() -> None:
+    source = iter([listed("a/1"), listed("a/2"), listed("a/4"), listed("a/é")])
+    destination = iter([listed("copy/0"), listed("copy/2"), listed("copy/3"), listed("copy/é")])
+    joined = [(key, s is not None, d is not None) for key, s, d in tool.merge_join(source, "a/", destination, "copy/")]
+    assert joined == [
+        ("0", False, True),
+        ("1", True, False),
+        ("2", True, True),
+        ("3", False, True),
+        ("4", True, False),
+        ("é", True, True),
+    ]
+
+
+def test_merge_join_of_empty_listings_is_empty() -> None:
+    assert list(tool.merge_join(iter([]), "", iter([]), "")) == []
