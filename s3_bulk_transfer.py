@@ -550,7 +550,7 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
         tcp_keepalive=True,
         request_checksum_calculation="when_required",
         # A custom endpoint (MinIO, SeaweedFS, a proxy) rarely serves virtual-hosted bucket names.
-        s3={"addressing_mode": "path"} if explicit_endpoint(settings) else None,
+        s3={"addressing_style": "path"} if explicit_endpoint(settings) else None,
     )
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
 
@@ -877,6 +877,12 @@ class IntegrityCheck:
     source_part_sizes: tuple[int, ...] = ()
     reason: str = ""
 
+    def new_digest(self) -> Optional["OrderedDigest"]:
+        """A fresh digest computing what `expected` is, or None when there is nothing to compute."""
+        if self.method == "size-only":
+            return None
+        return OrderedDigest(self.source_part_sizes, composite=self.method == "etag")
+
 
 class OrderedDigest:
     """Hashes the parts of one object in order, along the source's part boundaries, whatever order
@@ -887,8 +893,9 @@ class OrderedDigest:
     waits for is always in flight.
     """
 
-    def __init__(self, source_part_sizes: tuple[int, ...]) -> None:
+    def __init__(self, source_part_sizes: tuple[int, ...], *, composite: bool) -> None:
         self._sizes = source_part_sizes
+        self._composite = composite  # an upload of one part still has an MD5-of-MD5s ETag ("...-1")
         self._index = 0
         self._left = source_part_sizes[0]
         self._current = hashlib.md5()  # noqa: S324 - S3's ETag algorithm, not security
@@ -924,7 +931,7 @@ class OrderedDigest:
 
     def result(self) -> str:
         """The ETag the bytes fed so far make, without quotes: hex MD5, or hex MD5 of MD5s + '-N'."""
-        if len(self._sizes) == 1:
+        if not self._composite:
             return self._current.hexdigest()
         combined = hashlib.md5(b"".join(self._part_digests) + self._current.digest())  # noqa: S324
         return f"{combined.hexdigest()}-{len(self._sizes)}"
@@ -1008,7 +1015,7 @@ class MultipartCopy:
                  completed: dict[int, str], check: Optional[IntegrityCheck] = None) -> None:
         self.source = source
         self.check = check or IntegrityCheck("size-only", reason="no checksum was planned")
-        self.digest = OrderedDigest(self.check.source_part_sizes) if self.check.method != "size-only" else None
+        self.digest = self.check.new_digest()
         self.destination_key = destination_key
         self.upload_id = upload_id
         self.part_size = part_size
@@ -1290,7 +1297,7 @@ class TransferEngine:
         fetched = self.transport.get_object(self.source.bucket, key)
         check = self._integrity_check(key, fetched.etag, fetched.response, len(fetched.body))
         if check.method != "size-only":
-            digest = OrderedDigest(check.source_part_sizes)
+            digest = check.new_digest()
             digest.update(fetched.body)
             if digest.result() != check.expected:
                 raise BodyMismatch(f"integrity mismatch: the downloaded bytes hash to {digest.result()}, "

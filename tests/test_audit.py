@@ -154,6 +154,24 @@ def test_verify_only_exits_0_when_the_destination_merely_has_more(job: ToolJob, 
     assert not job.progress_file.exists()
 
 
+def test_verify_only_compares_only_the_selected_keys_on_both_sides(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    """--include/--exclude select on both sides by relative key: an excluded key is neither missing
+    nor extra."""
+    client = plain_client(moto_buckets.endpoint_url)
+    src, dst = moto_buckets.source, moto_buckets.dest
+    upload(client, src, "keep.txt", b"kept")
+    upload(client, dst, "keep.txt", b"kept")
+    upload(client, src, "debug.log", b"never copied")
+    upload(client, dst, "old.log", b"left over")
+    upload(client, dst, "keep-extra.txt", b"extra")
+
+    result = job.run(f"s3://{src}", f"s3://{dst}", "--verify-only", "--exclude", "*.log", *THRESHOLD)
+
+    assert result.returncode == 0, describe(result)
+    assert summary_line(f"s3://{src}/", f"s3://{dst}/", identical=1, extra=1) in result.stdout, describe(result)
+    assert "log" not in result.stdout.replace(str(job.log_file), ""), describe(result)
+
+
 def test_verify_only_stops_with_one_clear_sentence_when_a_comparison_is_refused(
     job: ToolJob, moto_buckets: MotoBuckets, tmp_path: Path
 ) -> None:

@@ -24,7 +24,7 @@ def s3_multipart_etag(body: bytes, part_size: int) -> str:
 
 def test_whole_object_md5_is_the_same_however_the_bytes_are_fed() -> None:
     body = os.urandom(3 * MiB + 17)
-    digest = tool.OrderedDigest((len(body),))
+    digest = tool.OrderedDigest((len(body),), composite=False)
     for start in range(0, len(body), 1_000_003):
         digest.update(body[start:start + 1_000_003])
     assert digest.result() == hashlib.md5(body).hexdigest()
@@ -34,16 +34,24 @@ def test_composite_etag_is_recomputed_along_source_boundaries_from_other_sized_c
     body = os.urandom(2 * 5 * MiB + 123)
     layout = tool.equal_part_layout(len(body), 3, 5 * MiB, 123)
     assert layout == (5 * MiB, 5 * MiB, 123)
-    digest = tool.OrderedDigest(layout)
+    digest = tool.OrderedDigest(layout, composite=True)
     for start in range(0, len(body), 3 * MiB):  # our parts do not line up with the source's
         digest.update(body[start:start + 3 * MiB])
     assert digest.result() == s3_multipart_etag(body, 5 * MiB)
 
 
+def test_an_upload_of_one_part_has_a_composite_etag_too() -> None:
+    body = os.urandom(MiB + 5)
+    digest = tool.OrderedDigest((len(body),), composite=True)
+    digest.update(body)
+    assert digest.result() == s3_multipart_etag(body, len(body))
+    assert digest.result().endswith("-1")
+
+
 def test_parts_finishing_out_of_order_are_hashed_in_order() -> None:
     body = os.urandom(4 * MiB)
     parts = [body[index * MiB:(index + 1) * MiB] for index in range(4)]
-    digest = tool.OrderedDigest((len(body),))
+    digest = tool.OrderedDigest((len(body),), composite=False)
     threads = [threading.Thread(target=digest.feed, args=(number, parts[number - 1]),
                                 kwargs={"cancelled": lambda: False}) for number in (4, 2, 3, 1)]
     for thread in threads:
@@ -54,7 +62,7 @@ def test_parts_finishing_out_of_order_are_hashed_in_order() -> None:
 
 
 def test_a_waiting_part_gives_up_when_its_job_is_cancelled() -> None:
-    digest = tool.OrderedDigest((2 * MiB,))
+    digest = tool.OrderedDigest((2 * MiB,), composite=False)
     with pytest.raises(tool.StopRequested):
         digest.feed(2, b"x" * MiB, cancelled=lambda: True)
 

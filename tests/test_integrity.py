@@ -236,3 +236,54 @@ def test_a_damaged_body_caught_by_botocores_crc32_is_retried_and_never_written(
     assert sorted(object_snapshot(moto_buckets.client, dst)) == ["clean/a.txt"]
     assert target in read_progress(job.progress_file)["resume"]["failed"]
     assert proxy.counts.corrupted == 5, (proxy.counts, job.log_text())  # retried as a damaged body
+
+
+# -- sources uploaded in a single part ------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1 * MIB + 7, 16 * MIB + 7], ids=["below-threshold", "above-threshold"])
+def test_a_source_uploaded_as_one_multipart_part_is_verified_by_etag(
+    size: int, job: ToolJob, moto_buckets: MotoBuckets
+) -> None:
+    """A multipart upload of a single part has the ETag MD5(MD5(body))-1, not MD5(body): what
+    `aws s3 cp - s3://...` (a stream from stdin) or any SDK's streaming upload leaves for an object
+    smaller than one part. Nothing is wrong with such an object; it must copy and verify."""
+    client = plain_client(moto_buckets.endpoint_url)
+    src, dst = moto_buckets.source, moto_buckets.dest
+    data = body(size, seed=31)
+    source_etag = upload_parts(client, src, "one-part.bin", data, [size])
+    assert source_etag == multipart_etag(data, size)  # "...-1"
+    assert source_etag.endswith("-1")
+
+    result = job.run(f"s3://{src}", f"s3://{dst}", *THRESHOLD)
+
+    assert result.returncode == 0, describe(result)
+    assert object_snapshot(moto_buckets.client, dst)["one-part.bin"]["md5"] == md5_hex(data)
+    assert verified_by(job.log_text()) == {"one-part.bin": "etag"}
+    assert read_progress(job.progress_file)["summary"]["this_run"]["verified"] == {"md5": 0, "etag": 1,
+                                                                                    "size-only": 0}
+
+
+def test_sse_kms_sources_are_copied_verified_by_size_only(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    """An SSE-KMS object's ETag is not an MD5 on AWS (moto happens to send one anyway): nothing to
+    check the bytes against, so the copy says so instead of pretending."""
+    client = plain_client(moto_buckets.endpoint_url)
+    src, dst = moto_buckets.source, moto_buckets.dest
+    data = {"kms/small.txt": body(10 * KIB, seed=41), "kms/large.bin": body(16 * MIB, seed=42)}
+    for key, value in data.items():
+        client.put_object(Bucket=src, Key=key, Body=value, ServerSideEncryption="aws:kms")
+    assert client.head_object(Bucket=src, Key="kms/small.txt")["ServerSideEncryption"] == "aws:kms"
+
+    result = job.run(f"s3://{src}", f"s3://{dst}", *THRESHOLD)
+
+    assert result.returncode == 0, describe(result)
+    destination = object_snapshot(moto_buckets.client, dst)
+    assert {key: entry["md5"] for key, entry in destination.items()} == {k: md5_hex(v) for k, v in data.items()}
+    log = job.log_text()
+    assert verified_by(log) == {"kms/small.txt": "size-only", "kms/large.bin": "size-only"}
+    for key in data:
+        line = next(line for line in log.splitlines() if f' INFO copied "{key}"' in line)
+        assert line.endswith("verified by size-only because its ETag is not an MD5 (SSE-KMS or SSE-C encryption)")
+    expected = {"md5": 0, "etag": 0, "size-only": 2}
+    assert verified_line(expected) in result.stdout, describe(result)
+    assert read_progress(job.progress_file)["summary"]["this_run"]["verified"] == expected
