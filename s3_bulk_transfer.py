@@ -1371,6 +1371,7 @@ class TransferEngine:
                 return resumed
         tags = self._tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
+        self._abort_unrecorded_uploads(destination_key)
         try:
             upload_id = self.destination.client.create_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, **arguments
@@ -1508,27 +1509,43 @@ class TransferEngine:
         the caller that did it, False if the job was already abandoned."""
         if not job.claim_abandon():
             return False
-        self._abort_upload(job.source.key, job.destination_key, job.upload_id, reason)
+        self._abort_upload(job.destination_key, job.upload_id, reason)
+        self.progress.forget_upload(job.source.key)
         return True
 
-    def _abort_upload(self, source_key: str, destination_key: str, upload_id: str, reason: str) -> None:
+    def _abort_upload(self, destination_key: str, upload_id: str, reason: str) -> None:
         try:
             self.destination.client.abort_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, UploadId=upload_id
             )
-            LOG.info("aborted multipart upload of %s: %s", json.dumps(source_key, ensure_ascii=False), reason)
+            LOG.info("aborted multipart upload of %s: %s", json.dumps(destination_key, ensure_ascii=False), reason)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             if error_code(error) != "NoSuchUpload":
                 LOG.warning("could not abort the multipart upload %s of %s (%s); a lifecycle rule "
                             "AbortIncompleteMultipartUpload on the destination bucket will clean it up",
                             upload_id, json.dumps(destination_key, ensure_ascii=False), error_code(error) or error)
-        self.progress.forget_upload(source_key)
+
+    def _abort_unrecorded_uploads(self, destination_key: str) -> None:
+        """Abort unfinished uploads of exactly this key that no progress file knows: a kill -9 between
+        CreateMultipartUpload and the progress save that follows it leaves one, and the object is
+        about to be written anyway. Best effort: without s3:ListBucketMultipartUploads, skip it."""
+        try:
+            listing = self.destination.client.list_multipart_uploads(Bucket=self.destination.bucket,
+                                                                     Prefix=destination_key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
+            return
+        for upload in listing.get("Uploads", ()):
+            if upload["Key"] == destination_key:
+                self._abort_upload(destination_key, upload["UploadId"],
+                                   "an unfinished upload of the same key that no progress file records")
 
     def _abort_recorded_upload(self, source_key: str, reason: str) -> None:
         """Abort an upload a previous run kept for resume that can no longer be continued."""
         record = self.progress.upload_for(source_key)
         if record is not None:
-            self._abort_upload(source_key, record["destination_key"], record["upload_id"], reason)
+            self._abort_upload(record["destination_key"], record["upload_id"], reason)
+            self.progress.forget_upload(source_key)
 
     # -- shared ----------------------------------------------------------------------------
 

@@ -364,3 +364,21 @@ def test_a_single_worker_copies_small_and_multipart_objects(job: ToolJob, moto_b
     assert object_snapshot(client, moto_buckets.dest) == object_snapshot(client, moto_buckets.source)
     assert incomplete_uploads(client, moto_buckets.dest) == []
 
+
+
+def test_an_upload_orphaned_before_its_progress_save_is_cleaned_up(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    # A kill -9 between CreateMultipartUpload and the progress save right after it leaves an upload
+    # that no progress file records; it is made here by hand, since that instant cannot be hit on purpose.
+    client = moto_buckets.client
+    put(client, moto_buckets.source, "big", body(2 * CHUNK_SIZE + 7, seed=3))
+    orphan = client.create_multipart_upload(Bucket=moto_buckets.dest, Key="copy/big")["UploadId"]
+    client.upload_part(Bucket=moto_buckets.dest, Key="copy/big", UploadId=orphan, PartNumber=1,
+                       Body=body(CHUNK_SIZE, seed=4))
+
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}/copy")
+
+    assert result.returncode == 0, describe(result)
+    assert object_snapshot(client, moto_buckets.dest, "copy/")["copy/big"]["md5"] == \
+        object_snapshot(client, moto_buckets.source)["big"]["md5"]
+    assert incomplete_uploads(client, moto_buckets.dest) == []
+    assert "no progress file records" in job.log_text()
