@@ -64,6 +64,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, TypeVar
 
@@ -796,7 +797,7 @@ class BodyTransport(Protocol):
     def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str: ...
 
     def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
-                    content_md5: str) -> str: ...
+                    content_md5: str, checksum: dict[str, str]) -> str: ...
 
 
 def read_exact(response: dict[str, Any], expected: int) -> bytes:
@@ -815,7 +816,7 @@ class Boto3Transport:
         self._destination = destination_client
 
     def get_object(self, bucket: str, key: str) -> FetchedObject:
-        response = self._source.get_object(Bucket=bucket, Key=key)
+        response = self._source.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         body = read_exact(response, response["ContentLength"])
         return FetchedObject(body=body, etag=response["ETag"], response=response)
 
@@ -831,9 +832,10 @@ class Boto3Transport:
         )["ETag"]
 
     def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
-                    content_md5: str) -> str:
+                    content_md5: str, checksum: dict[str, str]) -> str:
         return self._destination.upload_part(
-            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body, ContentMD5=content_md5
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body, ContentMD5=content_md5,
+            **checksum,
         )["ETag"]
 
 
@@ -863,49 +865,101 @@ def equal_part_layout(size: int, parts_count: int, first: int, last: int) -> Opt
     return (first,) * (parts_count - 1) + (last,)
 
 
+CHECKSUM_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")  # S3's additional checksums
+FULL_OBJECT_MULTIPART_ALGORITHMS = {"CRC64NVME", "CRC32C", "CRC32"}  # S3 combines only CRCs of parts
+
+
+def _crc_functions() -> dict[str, tuple[Callable[[Any, int], int], int]]:
+    """CRC algorithm -> (incremental function, width in bytes). CRC32C and CRC64NVME come from awscrt
+    (boto3[crt]); without it, objects carrying them are checked by their ETag alone."""
+    functions: dict[str, tuple[Callable[[Any, int], int], int]] = {"CRC32": (zlib.crc32, 4)}
+    try:
+        from awscrt import checksums
+    except ImportError:
+        return functions
+    functions["CRC32C"] = (checksums.crc32c, 4)
+    functions["CRC64NVME"] = (checksums.crc64nvme, 8)
+    return functions
+
+
+CRC_FUNCTIONS = _crc_functions()
+
+
+class ChecksumHasher:
+    """One of S3's additional checksum algorithms, with hashlib's update() and digest()."""
+
+    def __init__(self, algorithm: str) -> None:
+        self._hash = hashlib.new(algorithm.lower()) if algorithm in ("SHA1", "SHA256") else None
+        self._crc, self._width = CRC_FUNCTIONS.get(algorithm, (zlib.crc32, 4))
+        self._value = 0
+
+    def update(self, data: Any) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+        else:
+            self._value = self._crc(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._hash.digest() if self._hash is not None else self._value.to_bytes(self._width, "big")
+
+
+def checksum_of(algorithm: str, body: bytes) -> str:
+    """A body's checksum as S3 writes it in a Checksum<ALGORITHM> header: base64."""
+    hasher = ChecksumHasher(algorithm)
+    hasher.update(body)
+    return base64.b64encode(hasher.digest()).decode("ascii")
+
+
 @dataclasses.dataclass(frozen=True)
-class IntegrityCheck:
-    """How one object's bytes are proven equal to the source's before it is completed.
+class SourceChecksum:
+    """The additional checksum S3 keeps for a source object: algorithm, value as S3 returns it
+    (base64, ending in -N when composite), and whether it is composite (a checksum of part checksums)."""
 
-    method: "md5" (the ETag is the MD5 of the whole body), "etag" (the ETag is the MD5 of the part
-    MD5s, checked along the source's part boundaries) or "size-only" (nothing to check against;
-    `reason` says why). expected is what the downloaded bytes must hash to, as S3 writes it.
-    """
+    algorithm: str
+    value: str
+    composite: bool
 
-    method: str
-    expected: str = ""
-    source_part_sizes: tuple[int, ...] = ()
-    reason: str = ""
 
-    def new_digest(self) -> Optional["OrderedDigest"]:
-        """A fresh digest computing what `expected` is, or None when there is nothing to compute."""
-        if self.method == "size-only":
+def find_source_checksum(response: dict[str, Any], etag: str) -> Optional[SourceChecksum]:
+    """The additional checksum a GetObject or HeadObject with ChecksumMode=ENABLED reported, when this
+    build can compute it."""
+    for algorithm in CHECKSUM_ALGORITHMS:
+        value = response.get(f"Checksum{algorithm}")
+        if not value:
+            continue
+        if algorithm not in CRC_FUNCTIONS and algorithm not in ("SHA1", "SHA256"):
             return None
-        return OrderedDigest(self.source_part_sizes, composite=self.method == "etag")
+        kind = response.get("ChecksumType")
+        if kind is None:
+            # moto leaves ChecksumType out, and its HeadObject drops the "-N" of a composite value:
+            # believe the value only where it cannot be misread.
+            if "-" in value:
+                kind = "COMPOSITE"
+            elif "-" not in etag:
+                kind = "FULL_OBJECT"
+            else:
+                return None
+        return SourceChecksum(algorithm, value, composite=kind == "COMPOSITE")
+    return None
 
 
-class OrderedDigest:
-    """Hashes the parts of one object in order, along the source's part boundaries, whatever order
-    the workers finish in: the MD5 of the whole body, or S3's MD5-of-part-MD5s.
+class LayoutHash:
+    """One algorithm over one object: of the whole body, or S3's composite form, the hash of the
+    concatenated hashes of the source's parts (its multipart ETag, or a composite checksum)."""
 
-    A worker whose part is not next waits here with its body (already counted in the memory
-    budget) until the parts before it are hashed; parts are submitted in order, so the part it
-    waits for is always in flight.
-    """
-
-    def __init__(self, source_part_sizes: tuple[int, ...], *, composite: bool) -> None:
-        self._sizes = source_part_sizes
-        self._composite = composite  # an upload of one part still has an MD5-of-MD5s ETag ("...-1")
+    def __init__(self, make: Callable[[], Any], part_sizes: tuple[int, ...], *, composite: bool) -> None:
+        self._make = make
+        self._sizes = part_sizes
+        self._composite = composite
         self._index = 0
-        self._left = source_part_sizes[0]
-        self._current = hashlib.md5()  # noqa: S324 - S3's ETag algorithm, not security
+        self._left = part_sizes[0] if composite else 0
+        self._current = make()
         self._part_digests: list[bytes] = []
-        self._next = 1
-        self._turn = threading.Condition()
 
-    def update(self, body: bytes) -> None:
-        """Feed the next bytes of the object (no ordering: the caller feeds them in order)."""
-        view = memoryview(body)
+    def update(self, view: memoryview) -> None:
+        if not self._composite:
+            self._current.update(view)
+            return
         while len(view):
             take = min(self._left, len(view))
             self._current.update(view[:take])
@@ -915,7 +969,37 @@ class OrderedDigest:
                 self._part_digests.append(self._current.digest())
                 self._index += 1
                 self._left = self._sizes[self._index]
-                self._current = hashlib.md5()  # noqa: S324
+                self._current = self._make()
+
+    def value(self) -> tuple[bytes, str]:
+        """The digest, and the "-N" suffix S3 writes after a composite one (an upload of one part too)."""
+        if not self._composite:
+            return self._current.digest(), ""
+        combined = self._make()
+        combined.update(b"".join(self._part_digests) + self._current.digest())
+        return combined.digest(), f"-{len(self._sizes)}"
+
+
+class OrderedDigest:
+    """Hashes the parts of one object in order, whatever order the workers finish in: the ETag
+    (MD5, or MD5 of part MD5s) and the source's additional checksum, if it has one.
+
+    A worker whose part is not next waits here with its body (already counted in the memory
+    budget) until the parts before it are hashed; parts are submitted in order, so the part it
+    waits for is always in flight.
+    """
+
+    def __init__(self, etag: Optional[LayoutHash], checksum: Optional[LayoutHash]) -> None:
+        self._etag = etag
+        self._checksum = checksum
+        self._next = 1
+        self._turn = threading.Condition()
+
+    def update(self, body: bytes) -> None:
+        """Feed the next bytes of the object (no ordering: the caller feeds them in order)."""
+        for layout_hash in (self._etag, self._checksum):
+            if layout_hash is not None:
+                layout_hash.update(memoryview(body))
 
     def feed(self, number: int, body: bytes, *, cancelled: Callable[[], bool]) -> None:
         """Feed our part `number` once every part before it has been fed."""
@@ -929,12 +1013,71 @@ class OrderedDigest:
             self._next = number + 1
             self._turn.notify_all()
 
-    def result(self) -> str:
+    def etag(self) -> str:
         """The ETag the bytes fed so far make, without quotes: hex MD5, or hex MD5 of MD5s + '-N'."""
-        if not self._composite:
-            return self._current.hexdigest()
-        combined = hashlib.md5(b"".join(self._part_digests) + self._current.digest())  # noqa: S324
-        return f"{combined.hexdigest()}-{len(self._sizes)}"
+        assert self._etag is not None
+        digest, suffix = self._etag.value()
+        return digest.hex() + suffix
+
+    def checksum(self) -> str:
+        """The additional checksum the bytes fed so far make, as S3 writes it."""
+        assert self._checksum is not None
+        digest, suffix = self._checksum.value()
+        return base64.b64encode(digest).decode("ascii") + suffix
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegrityCheck:
+    """How one object's bytes are proven equal to the source's before it is completed.
+
+    method, the strongest check there is: "md5" (the ETag is the MD5 of the whole body), "etag"
+    (the ETag is the MD5 of the part MD5s, checked along the source's part boundaries), "checksum"
+    (the ETag proves nothing, as with SSE-KMS, but the source has an additional checksum) or
+    "size-only" (`reason` says why). An additional checksum is checked too whenever there is one.
+    """
+
+    method: str
+    expected: str = ""  # the ETag the bytes must make, without quotes ("" unless md5 or etag)
+    source_part_sizes: tuple[int, ...] = ()
+    checksum: Optional[SourceChecksum] = None
+    reason: str = ""
+
+    def new_digest(self) -> Optional[OrderedDigest]:
+        """A fresh digest computing what is expected, or None when there is nothing to compute."""
+        sizes = self.source_part_sizes or (1,)
+        etag = LayoutHash(hashlib.md5, sizes, composite=self.method == "etag") if self.expected else None
+        checksum = None
+        if self.checksum is not None:
+            algorithm = self.checksum.algorithm
+            checksum = LayoutHash(lambda: ChecksumHasher(algorithm), sizes, composite=self.checksum.composite)
+        return OrderedDigest(etag, checksum) if etag or checksum else None
+
+    @property
+    def checksum_algorithm(self) -> Optional[str]:
+        return self.checksum.algorithm if self.checksum else None
+
+    @property
+    def full_object_checksum(self) -> bool:
+        """Whether the copy keeps a full-object checksum, as the source has: only CRCs of parts combine."""
+        return (self.checksum is not None and not self.checksum.composite
+                and self.checksum.algorithm in FULL_OBJECT_MULTIPART_ALGORITHMS)
+
+    def multipart_checksum_arguments(self) -> dict[str, str]:
+        """CreateMultipartUpload arguments that make the destination keep the source's algorithm."""
+        if self.checksum is None:
+            return {}
+        return {"ChecksumAlgorithm": self.checksum.algorithm,
+                "ChecksumType": "FULL_OBJECT" if self.full_object_checksum else "COMPOSITE"}
+
+    def mismatch(self, digest: OrderedDigest) -> Optional[str]:
+        """What does not match, as a sentence with both values; None when everything does."""
+        if self.expected and digest.etag() != self.expected:
+            return (f"integrity mismatch: the downloaded bytes hash to {digest.etag()}, "
+                    f"the source ETag says {self.expected}")
+        if self.checksum is not None and digest.checksum() != self.checksum.value:
+            return (f"integrity mismatch: the downloaded bytes have {self.checksum.algorithm} {digest.checksum()}, "
+                    f"the source says {self.checksum.value}")
+        return None
 
 
 class IntegrityMismatch(Exception):
@@ -1021,17 +1164,21 @@ class MultipartCopy:
         self.part_size = part_size
         self.parts = plan_parts(source.size, part_size)
         self.completed = dict(completed)
+        self.part_checksums: dict[int, str] = {}  # our parts' checksums, when the source has one
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self.abandoned = False
 
+
     def missing_parts(self) -> list[PartRange]:
         return [part for part in self.parts if part.number not in self.completed]
 
-    def part_done(self, number: int, etag: str) -> bool:
+    def part_done(self, number: int, etag: str, checksum: Optional[str]) -> bool:
         """Record an uploaded part; True when every part is uploaded (and the job still stands)."""
         with self._lock:
             self.completed[number] = etag
+            if checksum is not None:
+                self.part_checksums[number] = checksum
             return not self.abandoned and len(self.completed) == len(self.parts)
 
     def claim_abandon(self) -> bool:
@@ -1280,54 +1427,73 @@ class TransferEngine:
             side=self.source,
         )
         tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0))
-        attributes = ObjectAttributes.from_response(fetched.response, tags)
+        arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(self.config)
+        if check.checksum is not None:
+            # Sent with its value, S3 checks the body against it and keeps the source's algorithm.
+            algorithm = check.checksum.algorithm
+            arguments.update({"ChecksumAlgorithm": algorithm,
+                              f"Checksum{algorithm}": checksum_of(algorithm, fetched.body)})
         _, md5_base64 = content_md5(fetched.body)
         self._with_body_retries(
             lambda: self.transport.put_object(
-                self.destination.bucket, destination_key, fetched.body, content_md5=md5_base64,
-                arguments=attributes.upload_arguments(self.config),
+                self.destination.bucket, destination_key, fetched.body, content_md5=md5_base64, arguments=arguments,
             ),
             what=f"PUT {destination_key}", action="s3:PutObject", side=self.destination,
         )
         self._object_done(listed.key, len(fetched.body), started, check)
 
     def _fetch_verified(self, key: str) -> tuple[FetchedObject, IntegrityCheck]:
-        """GET a whole object and check its bytes against its ETag; a mismatch is retried as a
-        damaged body would be."""
+        """GET a whole object and check its bytes against its ETag and checksum; a mismatch is
+        retried as a damaged body would be."""
         fetched = self.transport.get_object(self.source.bucket, key)
         check = self._integrity_check(key, fetched.etag, fetched.response, len(fetched.body))
-        if check.method != "size-only":
-            digest = check.new_digest()
+        digest = check.new_digest()
+        if digest is not None:
             digest.update(fetched.body)
-            if digest.result() != check.expected:
-                raise BodyMismatch(f"integrity mismatch: the downloaded bytes hash to {digest.result()}, "
-                                   f"the source ETag says {check.expected}")
+            mismatch = check.mismatch(digest)
+            if mismatch:
+                raise BodyMismatch(mismatch)
         return fetched, check
 
     def _integrity_check(self, key: str, etag: str, response: dict[str, Any], size: int) -> IntegrityCheck:
         """What the object's bytes can be checked against: its MD5 ETag, or for an object uploaded
-        in parts, its MD5-of-MD5s along the part layout that HeadObject(PartNumber) reveals."""
+        in parts, its MD5-of-MD5s along the part layout that HeadObject(PartNumber) reveals; and its
+        additional checksum, if it has one (the only proof when SSE-KMS makes the ETag opaque)."""
+        value = etag.strip('"')
+        checksum = find_source_checksum(response, value)
         plain = plain_md5_etag(etag, response)
         if plain is not None:
-            return IntegrityCheck("md5", plain, (max(size, 1),))
-        value = etag.strip('"')
-        if response.get("ServerSideEncryption") == "aws:kms" or response.get("SSECustomerAlgorithm"):
-            return IntegrityCheck("size-only", reason="its ETag is not an MD5 (SSE-KMS or SSE-C encryption)")
-        if not re.fullmatch(r"[0-9a-f]{32}-\d+", value):
-            return IntegrityCheck("size-only", reason=f"its ETag {etag} is in no format S3 documents")
-        parts_count = int(value.split("-")[1])
-        # No If-Match here: moto answers HeadObject(PartNumber) with the part's own ETag and so fails
-        # it. A version that changed since is caught anyway: its sizes would not add up, or the
-        # If-Match of the ranged GETs fails, or the bytes do not hash to this ETag.
+            return IntegrityCheck("md5", plain, (max(size, 1),), checksum)
+        encrypted = response.get("ServerSideEncryption") == "aws:kms" or bool(response.get("SSECustomerAlgorithm"))
+        counted = re.search(r"-(\d+)$", checksum.value if checksum and checksum.composite else value)
+        layout = self._part_layout(key, size, int(counted.group(1))) if counted else None
+        if checksum is not None and checksum.composite and layout is None:
+            checksum = None  # a composite checksum cannot be recomputed without the part layout
+        if not encrypted and re.fullmatch(r"[0-9a-f]{32}-\d+", value) and layout is not None:
+            return IntegrityCheck("etag", value, layout, checksum)
+        if checksum is not None:
+            return IntegrityCheck("checksum", "", layout or (), checksum)
+        if encrypted:
+            return IntegrityCheck("size-only", reason="its ETag is not an MD5 (SSE-KMS or SSE-C encryption) and "
+                                                      "it has no additional checksum")
+        if layout is None and re.fullmatch(r"[0-9a-f]{32}-\d+", value):
+            return IntegrityCheck("size-only", reason="the source's parts are of unequal sizes, so its ETag "
+                                                      "cannot be recomputed without reading every part's size")
+        return IntegrityCheck("size-only", reason=f"its ETag {etag} is in no format S3 documents")
+
+    def _part_layout(self, key: str, size: int, parts_count: int) -> Optional[tuple[int, ...]]:
+        """The source's part sizes, from HeadObject(PartNumber) of its first and last part.
+
+        No If-Match here: moto answers HeadObject(PartNumber) with the part's own ETag and so fails
+        it. A version that changed since is caught anyway: its sizes would not add up, or the
+        If-Match of the ranged GETs fails, or the bytes do not hash to the ETag.
+        """
         first = self.source.client.head_object(Bucket=self.source.bucket, Key=key, PartNumber=1)
         last = first if parts_count == 1 else self.source.client.head_object(
             Bucket=self.source.bucket, Key=key, PartNumber=parts_count)
         layout = equal_part_layout(size, int(first.get("PartsCount") or parts_count), first["ContentLength"],
                                    last["ContentLength"])
-        if layout is None or len(layout) != parts_count:
-            return IntegrityCheck("size-only", reason="the source's parts are of unequal sizes, so its ETag "
-                                                      "cannot be recomputed without reading every part's size")
-        return IntegrityCheck("etag", value, layout)
+        return layout if layout is not None and len(layout) == parts_count else None
 
     def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
         """The object's tags. GetObject says how many there are (no header means none), which saves
@@ -1352,7 +1518,8 @@ class TransferEngine:
         same part boundaries, so the destination's ETag comes out identical to the source's.
         """
         try:
-            head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag)
+            head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag,
+                                                  ChecksumMode="ENABLED")
             check = self._integrity_check(listed.key, head["ETag"], head, head["ContentLength"])
         except botocore.exceptions.ClientError as error:
             if error_code(error) in {"PreconditionFailed", "412"}:
@@ -1374,7 +1541,7 @@ class TransferEngine:
         self._abort_unrecorded_uploads(destination_key)
         try:
             upload_id = self.destination.client.create_multipart_upload(
-                Bucket=self.destination.bucket, Key=destination_key, **arguments
+                Bucket=self.destination.bucket, Key=destination_key, **arguments, **check.multipart_checksum_arguments()
             )["UploadId"]
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:PutObject", side="destination")
@@ -1414,17 +1581,22 @@ class TransferEngine:
         job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], completed={},
                             check=check)
         if (record.get("source_etag") != listed.etag or record.get("size") != listed.size
-                or record.get("part_size") != part_size or record.get("destination_key") != destination_key):
+                or record.get("part_size") != part_size or record.get("destination_key") != destination_key
+                or record.get("checksum_algorithm") != check.checksum_algorithm):
             self._abandon(job, "the source object or the part size changed since the upload began")
             return None
         planned = {part.number: part.size for part in job.parts}
+        checksum_field = f"Checksum{check.checksum_algorithm}" if check.checksum_algorithm else None
         try:
             paginator = self.destination.client.get_paginator("list_parts")
             for page in paginator.paginate(Bucket=self.destination.bucket, Key=destination_key,
                                            UploadId=job.upload_id):
                 for part in page.get("Parts", ()):
-                    if planned.get(part["PartNumber"]) == part["Size"]:
-                        job.completed[part["PartNumber"]] = part["ETag"]
+                    if planned.get(part["PartNumber"]) != part["Size"]:
+                        continue
+                    if checksum_field is not None and not part.get(checksum_field):
+                        continue  # uploaded without the checksum the completion needs: upload it again
+                    job.part_done(part["PartNumber"], part["ETag"], part.get(checksum_field or ""))
         except botocore.exceptions.ClientError as error:
             if error_code(error) == "NoSuchUpload":
                 LOG.info("the recorded upload for %s no longer exists; starting it again",
@@ -1443,16 +1615,18 @@ class TransferEngine:
             return
         body = self._download_part(job, part)
         _, md5_base64 = content_md5(body)
+        algorithm = job.check.checksum_algorithm
+        checksum = {f"Checksum{algorithm}": checksum_of(algorithm, body)} if algorithm else {}
         etag = self._with_body_retries(
             lambda: self.transport.upload_part(
                 self.destination.bucket, job.destination_key, upload_id=job.upload_id,
-                part_number=part.number, body=body, content_md5=md5_base64,
+                part_number=part.number, body=body, content_md5=md5_base64, checksum=checksum,
             ),
             what=f"UploadPart {part.number} of {job.destination_key}", action="s3:PutObject", side=self.destination,
         )
         self.status.bytes_moved_by_part(part.size)
         self.progress.record_part(job.source.key, part.number, etag)
-        all_uploaded = job.part_done(part.number, etag)
+        all_uploaded = job.part_done(part.number, etag, next(iter(checksum.values()), None))
         if job.digest is not None:
             self._feed_digest(job, part, body)
         elif all_uploaded:
@@ -1490,13 +1664,22 @@ class TransferEngine:
         numbers = sorted(job.completed)
         if numbers != [part.number for part in job.parts]:
             raise ObjectFailure(f"only {len(numbers)} of {len(job.parts)} parts were uploaded")
-        if job.digest is not None and job.digest.result() != job.check.expected:
-            raise IntegrityMismatch(f"integrity mismatch: the downloaded bytes hash to {job.digest.result()}, "
-                                    f"the source ETag says {job.check.expected}")
+        mismatch = job.check.mismatch(job.digest) if job.digest is not None else None
+        if mismatch:
+            raise IntegrityMismatch(mismatch)
+        parts: list[dict[str, Any]] = [{"PartNumber": n, "ETag": job.completed[n]} for n in numbers]
+        checksum: dict[str, str] = {}
+        algorithm = job.check.checksum_algorithm
+        if algorithm:
+            for part in parts:
+                part[f"Checksum{algorithm}"] = job.part_checksums[part["PartNumber"]]
+            if job.check.full_object_checksum and job.check.checksum is not None:
+                # S3 combines the part CRCs and refuses to complete if they do not make this value.
+                checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": job.check.checksum.value}
         try:
             self.destination.client.complete_multipart_upload(
                 Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": job.completed[n]} for n in numbers]},
+                MultipartUpload={"Parts": parts}, **checksum,
             )
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:PutObject", side="destination")
@@ -1558,6 +1741,8 @@ class TransferEngine:
         self.permissions.allowed("s3:GetObject")
         self.permissions.allowed("s3:PutObject")
         verified = f"verified by {check.method}" + (f" because {check.reason}" if check.reason else "")
+        if check.checksum is not None and check.method != "checksum":
+            verified += f" and {check.checksum.algorithm}"
         LOG.info("copied %s %s in %.2f s (%s/s), %s", json.dumps(key, ensure_ascii=False), format_size(size),
                  elapsed, format_size(size / elapsed), verified)
 
@@ -1758,6 +1943,7 @@ class ProgressStore:
                 "source_etag": source.etag,
                 "size": source.size,
                 "part_size": job.part_size,
+                "checksum_algorithm": job.check.checksum_algorithm,
                 "parts": {str(number): etag for number, etag in sorted(job.completed.items())},
             }
             self._dirty = True
@@ -2119,7 +2305,7 @@ class StatusReporter:
                 "bytes_done": self.bytes_done,
                 "objects_failed": self.objects_failed,
                 "objects_skipped_as_identical": self.objects_skipped,
-                "verified": {method: self.verified[method] for method in ("md5", "etag", "size-only")},
+                "verified": {method: self.verified[method] for method in ("md5", "etag", "checksum", "size-only")},
                 "retries": self.retries,
                 "elapsed": format_duration(self.elapsed()),
                 "rate": f"{format_size(rate)}/s",

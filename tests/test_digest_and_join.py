@@ -22,47 +22,51 @@ def s3_multipart_etag(body: bytes, part_size: int) -> str:
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
+def md5_digest(part_sizes: tuple[int, ...], *, composite: bool) -> tool.OrderedDigest:
+    return tool.OrderedDigest(tool.LayoutHash(hashlib.md5, part_sizes, composite=composite), None)
+
+
 def test_whole_object_md5_is_the_same_however_the_bytes_are_fed() -> None:
     body = os.urandom(3 * MiB + 17)
-    digest = tool.OrderedDigest((len(body),), composite=False)
+    digest = md5_digest((len(body),), composite=False)
     for start in range(0, len(body), 1_000_003):
         digest.update(body[start:start + 1_000_003])
-    assert digest.result() == hashlib.md5(body).hexdigest()
+    assert digest.etag() == hashlib.md5(body).hexdigest()
 
 
 def test_composite_etag_is_recomputed_along_source_boundaries_from_other_sized_chunks() -> None:
     body = os.urandom(2 * 5 * MiB + 123)
     layout = tool.equal_part_layout(len(body), 3, 5 * MiB, 123)
     assert layout == (5 * MiB, 5 * MiB, 123)
-    digest = tool.OrderedDigest(layout, composite=True)
+    digest = md5_digest(layout, composite=True)
     for start in range(0, len(body), 3 * MiB):  # our parts do not line up with the source's
         digest.update(body[start:start + 3 * MiB])
-    assert digest.result() == s3_multipart_etag(body, 5 * MiB)
+    assert digest.etag() == s3_multipart_etag(body, 5 * MiB)
 
 
 def test_an_upload_of_one_part_has_a_composite_etag_too() -> None:
     body = os.urandom(MiB + 5)
-    digest = tool.OrderedDigest((len(body),), composite=True)
+    digest = md5_digest((len(body),), composite=True)
     digest.update(body)
-    assert digest.result() == s3_multipart_etag(body, len(body))
-    assert digest.result().endswith("-1")
+    assert digest.etag() == s3_multipart_etag(body, len(body))
+    assert digest.etag().endswith("-1")
 
 
 def test_parts_finishing_out_of_order_are_hashed_in_order() -> None:
     body = os.urandom(4 * MiB)
     parts = [body[index * MiB:(index + 1) * MiB] for index in range(4)]
-    digest = tool.OrderedDigest((len(body),), composite=False)
+    digest = md5_digest((len(body),), composite=False)
     threads = [threading.Thread(target=digest.feed, args=(number, parts[number - 1]),
                                 kwargs={"cancelled": lambda: False}) for number in (4, 2, 3, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
-    assert digest.result() == hashlib.md5(body).hexdigest()
+    assert digest.etag() == hashlib.md5(body).hexdigest()
 
 
 def test_a_waiting_part_gives_up_when_its_job_is_cancelled() -> None:
-    digest = tool.OrderedDigest((2 * MiB,), composite=False)
+    digest = md5_digest((2 * MiB,), composite=False)
     with pytest.raises(tool.StopRequested):
         digest.feed(2, b"x" * MiB, cancelled=lambda: True)
 
@@ -99,3 +103,39 @@ def test_merge_join_pairs_keys_relative_to_each_prefix() -> None:
 
 def test_merge_join_of_empty_listings_is_empty() -> None:
     assert list(tool.merge_join(iter([]), "", iter([]), "")) == []
+
+
+def s3_composite_checksum(algorithm: str, body: bytes, part_size: int) -> str:
+    """S3's composite checksum written out the plain way: the checksum of the part checksums."""
+    import base64
+    parts = [base64.b64decode(tool.checksum_of(algorithm, body[start:start + part_size]))
+             for start in range(0, len(body), part_size)]
+    return f"{tool.checksum_of(algorithm, b''.join(parts))}-{len(parts)}"
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "SHA256", "SHA1"])
+def test_checksums_full_and_composite_along_the_source_layout(algorithm: str) -> None:
+    import base64
+    import zlib
+    body = os.urandom(2 * 5 * MiB + 99)
+    layout = (5 * MiB, 5 * MiB, 99)
+    if algorithm == "CRC32":
+        assert tool.checksum_of("CRC32", body) == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    for composite in (False, True):
+        check = tool.IntegrityCheck("checksum", "", layout, tool.SourceChecksum(algorithm, "", composite))
+        digest = check.new_digest()
+        assert digest is not None
+        for start in range(0, len(body), 3 * MiB):
+            digest.update(body[start:start + 3 * MiB])
+        expected = s3_composite_checksum(algorithm, body, 5 * MiB) if composite else tool.checksum_of(algorithm, body)
+        assert digest.checksum() == expected
+
+
+def test_source_checksums_are_believed_only_where_they_cannot_be_misread() -> None:
+    assert tool.find_source_checksum({"ChecksumCRC32": "AAAA", "ChecksumType": "FULL_OBJECT"}, "abc-3") == \
+        tool.SourceChecksum("CRC32", "AAAA", composite=False)
+    assert tool.find_source_checksum({"ChecksumSHA256": "AAAA-3"}, "abc-3").composite
+    assert tool.find_source_checksum({"ChecksumCRC32": "AAAA"}, "abc") == tool.SourceChecksum("CRC32", "AAAA", False)
+    # moto's HeadObject: a composite value without its -N and no type: not to be trusted.
+    assert tool.find_source_checksum({"ChecksumCRC32": "AAAA"}, "abc-3") is None
+    assert tool.find_source_checksum({}, "abc") is None
