@@ -1587,6 +1587,7 @@ class TransferEngine:
             return None
         planned = {part.number: part.size for part in job.parts}
         checksum_field = f"Checksum{check.checksum_algorithm}" if check.checksum_algorithm else None
+        recorded_checksums = record.get("part_checksums") or {}
         try:
             paginator = self.destination.client.get_paginator("list_parts")
             for page in paginator.paginate(Bucket=self.destination.bucket, Key=destination_key,
@@ -1594,9 +1595,12 @@ class TransferEngine:
                 for part in page.get("Parts", ()):
                     if planned.get(part["PartNumber"]) != part["Size"]:
                         continue
-                    if checksum_field is not None and not part.get(checksum_field):
-                        continue  # uploaded without the checksum the completion needs: upload it again
-                    job.part_done(part["PartNumber"], part["ETag"], part.get(checksum_field or ""))
+                    # The completion names each part's checksum: ListParts has it on S3 (moto omits it),
+                    # and our own record has what we sent.
+                    part_checksum = part.get(checksum_field or "") or recorded_checksums.get(str(part["PartNumber"]))
+                    if checksum_field is not None and not part_checksum:
+                        continue  # its checksum is nowhere to be found: upload it again
+                    job.part_done(part["PartNumber"], part["ETag"], part_checksum if checksum_field else None)
         except botocore.exceptions.ClientError as error:
             if error_code(error) == "NoSuchUpload":
                 LOG.info("the recorded upload for %s no longer exists; starting it again",
@@ -1625,8 +1629,9 @@ class TransferEngine:
             what=f"UploadPart {part.number} of {job.destination_key}", action="s3:PutObject", side=self.destination,
         )
         self.status.bytes_moved_by_part(part.size)
-        self.progress.record_part(job.source.key, part.number, etag)
-        all_uploaded = job.part_done(part.number, etag, next(iter(checksum.values()), None))
+        part_checksum = next(iter(checksum.values()), None)
+        self.progress.record_part(job.source.key, part.number, etag, part_checksum)
+        all_uploaded = job.part_done(part.number, etag, part_checksum)
         if job.digest is not None:
             self._feed_digest(job, part, body)
         elif all_uploaded:
@@ -1945,13 +1950,16 @@ class ProgressStore:
                 "part_size": job.part_size,
                 "checksum_algorithm": job.check.checksum_algorithm,
                 "parts": {str(number): etag for number, etag in sorted(job.completed.items())},
+                "part_checksums": {str(number): value for number, value in sorted(job.part_checksums.items())},
             }
             self._dirty = True
 
-    def record_part(self, key: str, number: int, etag: str) -> None:
+    def record_part(self, key: str, number: int, etag: str, checksum: Optional[str]) -> None:
         with self._lock:
             if key in self._uploads:
                 self._uploads[key]["parts"][str(number)] = etag
+                if checksum is not None:
+                    self._uploads[key].setdefault("part_checksums", {})[str(number)] = checksum
                 self._dirty = True
 
     def forget_upload(self, key: str) -> None:
@@ -2052,8 +2060,9 @@ MATCH_SIZE_ONLY = "match by size only"
 MISSING = "missing"
 SIZE_MISMATCH = "size mismatch"
 ETAG_MISMATCH = "etag mismatch"
+CHECKSUM_MISMATCH = "checksum mismatch"
 DESTINATION_ONLY = "destination only"
-DISCREPANCIES = (MISSING, SIZE_MISMATCH, ETAG_MISMATCH)
+DISCREPANCIES = (MISSING, SIZE_MISMATCH, ETAG_MISMATCH, CHECKSUM_MISMATCH)
 
 
 def merge_join(source: Iterator[ListedObject], source_prefix: str, destination: Iterator[ListedObject],
@@ -2078,45 +2087,52 @@ def merge_join(source: Iterator[ListedObject], source_prefix: str, destination: 
             destination_item = next(destination, None)
 
 
-def etag_fingerprint(etag: str, head: dict[str, Any], first_part_size: Optional[int]) -> Optional[tuple[Any, ...]]:
-    """What an ETag proves about the bytes, in a form two objects can be compared by: the MD5, or the
-    MD5-of-MD5s with its part layout. None when it proves nothing (SSE-KMS, SSE-C)."""
-    plain = plain_md5_etag(etag, head)
-    if plain is not None:
-        return ("md5", plain)
-    value = etag.strip('"')
-    if head.get("ServerSideEncryption") == "aws:kms" or head.get("SSECustomerAlgorithm") or "-" not in value:
-        return None
-    return ("parts", value, first_part_size)
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """What HeadObject says about an object's bytes, in a form two objects can be compared by."""
+
+    layout: tuple[Any, ...]  # ("whole",), or ("parts", first part size) for an object uploaded in parts
+    etag_is_a_hash: bool  # False under SSE-KMS or SSE-C, where the ETag proves nothing
+    checksum: Optional[SourceChecksum]
 
 
 class ObjectComparer:
-    """Decides whether a destination object holds the same bytes as its source object, from the
-    listings when the ETags agree, else with HeadObject on both (a few requests per differing pair)."""
+    """Decides whether a destination object holds the same bytes as its source object: from the
+    listings when the ETags agree, else with HeadObject on both (a few requests per differing pair),
+    by the ETags where their layouts match, or by an additional checksum both objects keep."""
 
     def __init__(self, source: Side, destination: Side) -> None:
         self._sides = (source, destination)
 
     def compare(self, source: ListedObject, destination: ListedObject) -> tuple[str, str]:
-        """(verdict, detail): MATCH, MATCH_SIZE_ONLY (detail says why), SIZE_MISMATCH or ETAG_MISMATCH."""
+        """(verdict, detail): MATCH, MATCH_SIZE_ONLY (detail says why), SIZE_MISMATCH, ETAG_MISMATCH
+        or CHECKSUM_MISMATCH."""
         if source.size != destination.size:
             return SIZE_MISMATCH, f"source {source.size:,} bytes, destination {destination.size:,} bytes"
         if source.etag == destination.etag:
             return MATCH, ""
-        fingerprints = [self._fingerprint(side, listed) for side, listed in zip(self._sides, (source, destination))]
-        if None in fingerprints:
-            return MATCH_SIZE_ONLY, "an ETag is not an MD5 (SSE-KMS or SSE-C)"
-        if fingerprints[0][0] != fingerprints[1][0] or fingerprints[0][2:] != fingerprints[1][2:]:
-            return MATCH_SIZE_ONLY, "the objects were uploaded with different part layouts"
-        return ETAG_MISMATCH, f"source ETag {source.etag}, destination ETag {destination.etag}"
+        theirs, ours = (self._fingerprint(side, listed) for side, listed in zip(self._sides, (source, destination)))
+        same_layout = theirs.layout == ours.layout
+        if theirs.etag_is_a_hash and ours.etag_is_a_hash and same_layout:
+            return ETAG_MISMATCH, f"source ETag {source.etag}, destination ETag {destination.etag}"
+        first, second = theirs.checksum, ours.checksum
+        if (first is not None and second is not None and first.algorithm == second.algorithm
+                and first.composite == second.composite and (same_layout or not first.composite)):
+            if first.value == second.value:
+                return MATCH, ""
+            return CHECKSUM_MISMATCH, f"source {first.algorithm} {first.value}, destination {second.value}"
+        if not (theirs.etag_is_a_hash and ours.etag_is_a_hash):
+            return MATCH_SIZE_ONLY, "an ETag is not an MD5 (SSE-KMS or SSE-C) and there is no common checksum"
+        return MATCH_SIZE_ONLY, "the objects were uploaded with different part layouts and share no checksum"
 
-    def _fingerprint(self, side: Side, listed: ListedObject) -> Optional[tuple[Any, ...]]:
-        head = side.client.head_object(Bucket=side.bucket, Key=listed.key)
-        first_part_size = None
+    def _fingerprint(self, side: Side, listed: ListedObject) -> Fingerprint:
+        head = side.client.head_object(Bucket=side.bucket, Key=listed.key, ChecksumMode="ENABLED")
+        layout: tuple[Any, ...] = ("whole",)
         if "-" in listed.etag:
-            first_part_size = side.client.head_object(Bucket=side.bucket, Key=listed.key,
-                                                      PartNumber=1)["ContentLength"]
-        return etag_fingerprint(listed.etag, head, first_part_size)
+            layout = ("parts", side.client.head_object(Bucket=side.bucket, Key=listed.key,
+                                                        PartNumber=1)["ContentLength"])
+        encrypted = head.get("ServerSideEncryption") == "aws:kms" or bool(head.get("SSECustomerAlgorithm"))
+        return Fingerprint(layout, not encrypted, find_source_checksum(head, listed.etag))
 
 
 def objects_to_copy(config: TransferConfig, source: Side, destination: Side, start_after: Optional[str],
@@ -2184,13 +2200,14 @@ def audit(config: TransferConfig, source: Side, destination: Side) -> int:
         raise FatalTransferError(f"The comparison stopped: {error}. Rerun it.") from None
     finally:
         summary = {name: counts[name] for name in (MATCH, MATCH_SIZE_ONLY, MISSING, SIZE_MISMATCH, ETAG_MISMATCH,
-                                                   DESTINATION_ONLY)}
+                                                   CHECKSUM_MISMATCH, DESTINATION_ONLY)}
         report.close(config, summary)
     problems = sum(counts[name] for name in DISCREPANCIES)
-    message = (f"Verify {config.source} -> {config.destination}: {counts[MATCH]:,} identical by ETag, "
+    message = (f"Verify {config.source} -> {config.destination}: {counts[MATCH]:,} identical by ETag or checksum, "
                f"{counts[MATCH_SIZE_ONLY]:,} equal in size (ETags not comparable), {counts[MISSING]:,} missing, "
                f"{counts[SIZE_MISMATCH]:,} size mismatches, {counts[ETAG_MISMATCH]:,} ETag mismatches, "
-               f"{counts[DESTINATION_ONLY]:,} only in the destination.")
+               f"{counts[CHECKSUM_MISMATCH]:,} checksum mismatches, {counts[DESTINATION_ONLY]:,} only in the "
+               "destination.")
     if config.report_file:
         message += f" Full report: {config.report_file}."
     LOG.info("%s", message)

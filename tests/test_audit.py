@@ -257,7 +257,7 @@ def test_skip_existing_copies_only_what_changed_or_is_new(job: ToolJob, moto_buc
     this_run = read_progress(job.progress_file)["summary"]["this_run"]
     assert this_run["objects_skipped_as_identical"] == 3
     assert this_run["objects_done"] == 2
-    assert this_run["verified"] == {"md5": 2, "etag": 0, "size-only": 0}
+    assert this_run["verified"] == {"md5": 2, "etag": 0, "checksum": 0, "size-only": 0}
     assert object_snapshot(moto_buckets.client, dst) == object_snapshot(moto_buckets.client, src)
     assert incomplete_uploads(moto_buckets.client, dst) == []
 

@@ -55,7 +55,7 @@ def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> 
 
 def verified_line(counts: dict[str, int]) -> str:
     return (f"Verified before completing: {counts['md5']} by md5, {counts['etag']} by etag, "
-            f"{counts['size-only']} by size-only.")
+            f"{counts.get('checksum', 0)} by checksum, {counts['size-only']} by size-only.")
 
 
 # -- every layout, verified and copied byte for byte ------------------------------------------
@@ -127,7 +127,7 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
     unequal_line = next(line for line in log.splitlines() if ' INFO copied "f/unequal-parts.bin"' in line)
     assert "verified by size-only because the source's parts are of unequal sizes" in unequal_line
 
-    expected = {"md5": 3, "etag": 3, "size-only": 1}
+    expected = {"md5": 3, "etag": 3, "checksum": 0, "size-only": 1}
     assert verified_line(expected) in result.stdout, describe(result)
     summary = read_progress(job.progress_file)["summary"]
     assert summary["this_run"]["verified"] == expected
@@ -210,9 +210,9 @@ def test_a_body_damaged_in_transit_is_never_written(
         assert "(after 3 attempts)" in failed_lines[0]
 
     summary = read_progress(job.progress_file)["summary"]
-    assert summary["this_run"]["verified"] == {"md5": 1, "etag": 1, "size-only": 0}
+    assert summary["this_run"]["verified"] == {"md5": 1, "etag": 1, "checksum": 0, "size-only": 0}
     assert summary["multipart_uploads_in_flight"] == 0
-    assert verified_line({"md5": 1, "etag": 1, "size-only": 0}) in result.stderr, describe(result)
+    assert verified_line({"md5": 1, "etag": 1, "checksum": 0, "size-only": 0}) in result.stderr, describe(result)
 
 
 def test_a_damaged_body_caught_by_botocores_crc32_is_retried_and_never_written(
@@ -260,7 +260,7 @@ def test_a_source_uploaded_as_one_multipart_part_is_verified_by_etag(
     assert result.returncode == 0, describe(result)
     assert object_snapshot(moto_buckets.client, dst)["one-part.bin"]["md5"] == md5_hex(data)
     assert verified_by(job.log_text()) == {"one-part.bin": "etag"}
-    assert read_progress(job.progress_file)["summary"]["this_run"]["verified"] == {"md5": 0, "etag": 1,
+    assert read_progress(job.progress_file)["summary"]["this_run"]["verified"] == {"md5": 0, "etag": 1, "checksum": 0,
                                                                                     "size-only": 0}
 
 
@@ -283,7 +283,8 @@ def test_sse_kms_sources_are_copied_verified_by_size_only(job: ToolJob, moto_buc
     assert verified_by(log) == {"kms/small.txt": "size-only", "kms/large.bin": "size-only"}
     for key in data:
         line = next(line for line in log.splitlines() if f' INFO copied "{key}"' in line)
-        assert line.endswith("verified by size-only because its ETag is not an MD5 (SSE-KMS or SSE-C encryption)")
-    expected = {"md5": 0, "etag": 0, "size-only": 2}
+        assert line.endswith("verified by size-only because its ETag is not an MD5 (SSE-KMS or SSE-C encryption) "
+                             "and it has no additional checksum")
+    expected = {"md5": 0, "etag": 0, "checksum": 0, "size-only": 2}
     assert verified_line(expected) in result.stdout, describe(result)
     assert read_progress(job.progress_file)["summary"]["this_run"]["verified"] == expected

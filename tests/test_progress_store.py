@@ -86,12 +86,13 @@ def test_multipart_uploads_in_flight_are_recorded_and_forgotten(tmp_path: Path) 
     source = tool.ListedObject(key="big", size=20 * tool.MiB, etag='"abc-2"')
     job = tool.MultipartCopy(source, "big", "upload-1", 8 * tool.MiB, completed={})
     store.record_upload(source, job)
-    store.record_part("big", 2, '"e2"')
+    store.record_part("big", 2, '"e2"', "AAAAAA==")
     store.save({})
     record = new_store(tmp_path).upload_for("big")
     assert record is not None
     assert record["upload_id"] == "upload-1" and record["part_size"] == 8 * tool.MiB
     assert record["parts"] == {"2": '"e2"'}
+    assert record["part_checksums"] == {"2": "AAAAAA=="}
     store.forget_upload("big")
     store.save({})
     assert new_store(tmp_path).upload_for("big") is None
