@@ -35,16 +35,16 @@ def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> 
 
 
 def summary_line(source: str, destination: str, *, identical: int = 0, size_only: int = 0, missing: int = 0,
-                 size: int = 0, etag: int = 0, extra: int = 0) -> str:
-    return (f"Verify {source} -> {destination}: {identical} identical by ETag, {size_only} equal in size (ETags "
-            f"not comparable), {missing} missing, {size} size mismatches, {etag} ETag mismatches, {extra} only in "
-            "the destination.")
+                 size: int = 0, etag: int = 0, checksum: int = 0, extra: int = 0) -> str:
+    return (f"Verify {source} -> {destination}: {identical} identical by ETag or checksum, {size_only} equal in size "
+            f"(ETags not comparable), {missing} missing, {size} size mismatches, {etag} ETag mismatches, {checksum} "
+            f"checksum mismatches, {extra} only in the destination.")
 
 
 def report_summary(*, identical: int = 0, size_only: int = 0, missing: int = 0, size: int = 0, etag: int = 0,
-                   extra: int = 0) -> dict[str, int]:
+                   checksum: int = 0, extra: int = 0) -> dict[str, int]:
     return {"match": identical, "match by size only": size_only, "missing": missing, "size mismatch": size,
-            "etag mismatch": etag, "destination only": extra}
+            "etag mismatch": etag, "checksum mismatch": checksum, "destination only": extra}
 
 
 def everything(buckets: MotoBuckets) -> dict[str, Any]:
