@@ -839,10 +839,9 @@ class Boto3Transport:
         )["ETag"]
 
 
-def content_md5(body: bytes) -> tuple[str, str]:
-    """(hex, base64) MD5 of a body: hex to compare with ETags, base64 for the Content-MD5 header."""
-    digest = hashlib.md5(body).digest()  # noqa: S324 - integrity, not security: it is S3's own ETag
-    return digest.hex(), base64.b64encode(digest).decode("ascii")
+def content_md5(body: bytes) -> str:
+    """The Content-MD5 header for a body (base64), with which S3 rejects a body damaged on the way up."""
+    return base64.b64encode(hashlib.md5(body).digest()).decode("ascii")  # noqa: S324 - S3's integrity header
 
 
 def plain_md5_etag(etag: str, response: dict[str, Any]) -> Optional[str]:
@@ -1433,7 +1432,7 @@ class TransferEngine:
             algorithm = check.checksum.algorithm
             arguments.update({"ChecksumAlgorithm": algorithm,
                               f"Checksum{algorithm}": checksum_of(algorithm, fetched.body)})
-        _, md5_base64 = content_md5(fetched.body)
+        md5_base64 = content_md5(fetched.body)
         self._with_body_retries(
             lambda: self.transport.put_object(
                 self.destination.bucket, destination_key, fetched.body, content_md5=md5_base64, arguments=arguments,
@@ -1618,7 +1617,7 @@ class TransferEngine:
         if job.abandoned:
             return
         body = self._download_part(job, part)
-        _, md5_base64 = content_md5(body)
+        md5_base64 = content_md5(body)
         algorithm = job.check.checksum_algorithm
         checksum = {f"Checksum{algorithm}": checksum_of(algorithm, body)} if algorithm else {}
         etag = self._with_body_retries(
