@@ -5,10 +5,14 @@ streaming through memory only, resumable after any interruption.
 How the data moves
 ------------------
     ListObjectsV2 on the source (source credentials), in key order, a bounded window ahead
-      -> include/exclude filters, key mapping (destination prefix + key minus source prefix)
+      -> include/exclude filters, --shard (a stable hash of the key), key mapping (destination
+         prefix + key minus source prefix)
       -> plan: below --multipart-threshold one GET then one PUT;
                at or above it CreateMultipartUpload, ranged GETs of one part each (If-Match the
-               listed ETag) feeding UploadPart, then CompleteMultipartUpload
+               listed ETag) feeding UploadPart, then CompleteMultipartUpload;
+               or, when the destination's keys may read the source (--copy-mode), the same plan
+               with CopyObject and UploadPartCopy: S3 moves the bytes, none pass through here
+      -> --max-bandwidth: one token bucket before every GET, shared by all workers
       -> a pool of --max-workers threads; every part and every small object is one unit of work,
          so the parts of one large object spread across the whole pool
       -> the progress store: a watermark in key order, the few keys done beyond it, failed keys,
@@ -114,6 +118,8 @@ OBJECT_ATTEMPTS = 3  # whole-object restarts when the source changes under us
 DENIALS_BEFORE_STOP = 3  # AccessDenied on an action never yet allowed, this many times, stops the run
 TICK_SECONDS = 0.2  # how often the main thread redraws status and considers saving progress
 
+COPY_MODES = ("auto", "stream", "server-side")
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -175,6 +181,17 @@ def parse_size(text: str) -> int:
     return int(float(number) * _SIZE_UNITS[unit.lower()])
 
 
+def parse_rate(text: str) -> int:
+    """Parse a bandwidth such as '100MB/s', '1.5GiB/s' or '50M' into bytes per second (binary units,
+    as parse_size)."""
+    stripped = text.strip()
+    per_second = stripped[:-2] if stripped.lower().endswith("/s") else stripped
+    rate = parse_size(per_second)
+    if rate <= 0:
+        raise ValueError(f"{text!r} is not a positive rate")
+    return rate
+
+
 def format_size(size: float) -> str:
     """Human-readable binary size: 1.5 GiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -234,6 +251,61 @@ class FilterRule:
 
 
 @dataclasses.dataclass(frozen=True)
+class Shard:
+    """--shard I/N: this process copies only the keys whose stable hash falls in shard I (0-based) of N,
+    so N machines split one job with no coordination and no key is copied twice."""
+
+    index: int
+    count: int
+
+    def owns(self, relative_key: str) -> bool:
+        return shard_of(relative_key, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+SHARD_INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")  # AWS Batch, Kubernetes Jobs
+
+
+def shard_of(relative_key: str, count: int) -> int:
+    """The shard a key belongs to: a hash of its UTF-8 bytes (not Python's hash(), which is salted per
+    process), taken relative to the prefix so the source and destination listings agree."""
+    digest = hashlib.blake2b(relative_key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def parse_shard(text: str, environment: dict[str, str]) -> Shard:
+    """'I/N' with 0 <= I < N, or 'auto/N', which takes I from AWS Batch's or a Kubernetes indexed Job's
+    array index variable."""
+    index_text, slash, count_text = text.partition("/")
+    if not slash or not count_text.isdigit() or int(count_text) < 1:
+        raise ConfigurationError(f"--shard {text!r} is not I/N: write e.g. 0/3 for the first of three shards, "
+                                 "or auto/3 to take I from AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX.")
+    count = int(count_text)
+    if index_text == "auto":
+        found = [(name, environment[name]) for name in SHARD_INDEX_VARIABLES if environment.get(name)]
+        if not found:
+            raise ConfigurationError(f"--shard auto/{count} needs the shard index in AWS_BATCH_JOB_ARRAY_INDEX "
+                                     "(an AWS Batch array job) or JOB_COMPLETION_INDEX (a Kubernetes indexed "
+                                     f"Job); neither is set. Give the index yourself: --shard 0/{count}.")
+        name, index_text = found[0]
+        if not index_text.isdigit():
+            raise ConfigurationError(f"{name}={index_text!r} is not a shard index (a whole number).")
+    if not index_text.isdigit() or not 0 <= int(index_text) < count:
+        raise ConfigurationError(f"--shard {text!r}: the index must be a whole number from 0 to {count - 1}.")
+    return Shard(int(index_text), count)
+
+
+def shard_file_name(path: Path, shard: Optional[Shard]) -> Path:
+    """The state file of one shard: transfer_progress.json -> transfer_progress.shard-1-of-3.json,
+    so shards sharing a directory never share a file."""
+    if shard is None or shard.count == 1:
+        return path
+    return path.with_name(f"{path.stem}.shard-{shard.index}-of-{shard.count}{path.suffix}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SideSettings:
     """How to reach one side (source or destination). Secrets are kept out of repr()."""
 
@@ -249,6 +321,12 @@ class SideSettings:
     external_id: Optional[str] = dataclasses.field(default=None, repr=False)
 
 
+def on_one_endpoint(first: SideSettings, second: SideSettings) -> bool:
+    """Both sides talk to one S3 service: the only case where S3 can copy server-side, and where
+    a source and destination can overlap."""
+    return canonical_endpoint(first.endpoint_url) == canonical_endpoint(second.endpoint_url)
+
+
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
     """Everything one run needs, validated once when built from the command line."""
@@ -262,6 +340,9 @@ class TransferConfig:
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
     memory_limit: int = DEFAULT_MAX_WORKERS * DEFAULT_CHUNK_SIZE
     filters: tuple[FilterRule, ...] = ()
+    shard: Optional[Shard] = None
+    copy_mode: str = "auto"
+    max_bandwidth: Optional[int] = None  # bytes per second of object data through this machine
     storage_class: Optional[str] = None
     sse: Optional[str] = None
     sse_kms_key_id: Optional[str] = None
@@ -285,6 +366,7 @@ class TransferConfig:
             "source_endpoint_url": canonical_endpoint(self.source_side.endpoint_url),
             "destination_endpoint_url": canonical_endpoint(self.destination_side.endpoint_url),
             "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
+            **({"shard": str(self.shard)} if self.shard else {}),
         }
 
     def memory_bound(self) -> str:
@@ -768,13 +850,19 @@ class ObjectAttributes:
         arguments["Metadata"] = self.metadata
         if self.tagging:
             arguments["Tagging"] = self.tagging
-        if config.storage_class:
-            arguments["StorageClass"] = config.storage_class
-        if config.sse:
-            arguments["ServerSideEncryption"] = config.sse
-        if config.sse_kms_key_id:
-            arguments["SSEKMSKeyId"] = config.sse_kms_key_id
-        return arguments
+        return {**arguments, **storage_arguments(config)}
+
+
+def storage_arguments(config: TransferConfig) -> dict[str, str]:
+    """How the copies are stored (--storage-class, --sse), for every request that writes an object."""
+    arguments = {}
+    if config.storage_class:
+        arguments["StorageClass"] = config.storage_class
+    if config.sse:
+        arguments["ServerSideEncryption"] = config.sse
+    if config.sse_kms_key_id:
+        arguments["SSEKMSKeyId"] = config.sse_kms_key_id
+    return arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1083,6 +1171,32 @@ class IntegrityMismatch(Exception):
     """The bytes downloaded do not hash to the source's ETag: never completed, copied again whole."""
 
 
+def etag_of_parts(part_etags: Iterable[str]) -> Optional[str]:
+    """The ETag S3 gives a multipart object made of parts with these ETags (MD5 of their MD5s, then
+    -N), or None when a part's ETag is not an MD5 and so proves nothing."""
+    digests = []
+    for etag in part_etags:
+        value = etag.strip('"')
+        if not re.fullmatch(r"[0-9a-f]{32}", value):
+            return None
+        digests.append(bytes.fromhex(value))
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324 - S3's ETag
+
+
+def server_side_check(check: IntegrityCheck) -> IntegrityCheck:
+    """What a server-side multipart copy (UploadPartCopy) can be checked against, no byte passing
+    through us: the source's multipart ETag, from the ETags S3 returns for our parts cut along the
+    same boundaries; or a full-object CRC, which S3 itself checks on completion; else nothing."""
+    if check.method == "etag":
+        return check
+    if check.full_object_checksum and check.checksum is not None:
+        return IntegrityCheck("checksum", "", (), check.checksum)
+    reason = ("it was copied server-side in parts, and its ETag is the MD5 of the whole object, which "
+              "S3 does not return for copied parts" if check.method == "md5" else check.reason
+              or "it was copied server-side and has neither a multipart ETag nor a full-object CRC")
+    return IntegrityCheck("size-only", reason=reason)
+
+
 # =============================================================================================
 # 6. The transfer engine
 # =============================================================================================
@@ -1120,6 +1234,76 @@ class MemoryBudget:
             self._changed.notify_all()
 
 
+class BandwidthLimit:
+    """--max-bandwidth: one token bucket shared by every worker, so the whole process stays under the
+    cap however many threads run. A unit takes its whole size before its GET; the bucket may go into
+    debt, so a unit larger than a second's worth simply waits longer, and the average holds."""
+
+    def __init__(self, bytes_per_second: int, stopping: threading.Event, *, now: Optional[float] = None) -> None:
+        self._rate = float(bytes_per_second)
+        self._capacity = float(bytes_per_second)  # at most one second of burst after an idle spell
+        self._tokens = 0.0
+        self._updated = time.monotonic() if now is None else now
+        self._lock = threading.Lock()
+        self._stopping = stopping
+
+    def reserve(self, amount: int, now: float) -> float:
+        """Take `amount` bytes at time `now`; the seconds to wait before sending them."""
+        with self._lock:
+            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate) - amount
+            self._updated = now
+            return -self._tokens / self._rate if self._tokens < 0 else 0.0
+
+    def take(self, amount: int) -> None:
+        wait = self.reserve(amount, time.monotonic())
+        if wait and self._stopping.wait(wait):
+            raise StopRequested()
+
+
+class CopyModeChoice:
+    """Which way objects travel: streamed through this machine, or copied by S3 server-side.
+
+    "auto" starts server-side when both buckets are on one endpoint, and falls back to streaming
+    for the rest of the run if S3 refuses server-side copies before any has succeeded: across
+    accounts, the destination's keys usually may not read the source. After one success a refusal
+    is that object's own problem (a KMS key, an object ACL) and fails it as any denial would.
+    """
+
+    def __init__(self, requested: str, *, unavailable: str) -> None:
+        self.requested = requested
+        self._server_side = requested == "server-side" or (requested == "auto" and not unavailable)
+        self._proven = False
+        self._lock = threading.Lock()
+        if requested == "auto":
+            LOG.info("copy mode: %s", "server-side first (auto), streaming if S3 refuses it" if self._server_side
+                     else f"streaming (auto), because {unavailable}")
+        else:
+            LOG.info("copy mode: %s, as --copy-mode asks", requested)
+
+    def server_side(self) -> bool:
+        return self._server_side
+
+    def succeeded(self) -> None:
+        self._proven = True
+
+    def refused(self, why: str) -> bool:
+        """A server-side copy was denied; True when the object is to be streamed instead."""
+        with self._lock:
+            if self.requested != "auto" or self._proven:
+                return False
+            if self._server_side:
+                self._server_side = False
+                LOG.info("copy mode: streaming from now on (auto), because S3 refused a server-side copy: %s", why)
+            return True
+
+
+SERVER_SIDE_COPY = "server-side copy"  # the permission, as PermissionBreaker counts it
+
+
+class ServerSideRefused(Exception):
+    """S3 refused a server-side copy in --copy-mode auto: the object is copied again by streaming."""
+
+
 class PermissionBreaker:
     """Turns repeated AccessDenied on an action that has never once been allowed into a stop.
 
@@ -1154,10 +1338,12 @@ class MultipartCopy:
     """
 
     def __init__(self, source: ListedObject, destination_key: str, upload_id: str, part_size: int,
-                 completed: dict[int, str], check: Optional[IntegrityCheck] = None) -> None:
+                 completed: dict[int, str], check: Optional[IntegrityCheck] = None, *,
+                 server_side: bool = False) -> None:
         self.source = source
+        self.server_side = server_side  # parts copied by S3 (UploadPartCopy): no bytes here to hash
         self.check = check or IntegrityCheck("size-only", reason="no checksum was planned")
-        self.digest = self.check.new_digest()
+        self.digest = None if server_side else self.check.new_digest()
         self.destination_key = destination_key
         self.upload_id = upload_id
         self.part_size = part_size
@@ -1198,8 +1384,10 @@ class TransferEngine:
     """
 
     def __init__(self, config: TransferConfig, *, source: Side, destination: Side, transport: BodyTransport,
-                 progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event) -> None:
+                 progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event,
+                 copy_mode: Optional[CopyModeChoice] = None) -> None:
         self.config = config
+        self.copy_mode = copy_mode or CopyModeChoice("stream", unavailable="")
         self.source = source
         self.destination = destination
         self.transport = transport
@@ -1214,6 +1402,7 @@ class TransferEngine:
         self._in_flight: set[concurrent.futures.Future[None]] = set()
         self._in_flight_lock = threading.Lock()
         self._restarts: "queue.SimpleQueue[tuple[ListedObject, int]]" = queue.SimpleQueue()
+        self._bandwidth = BandwidthLimit(config.max_bandwidth, stopping) if config.max_bandwidth else None
 
     # -- the scheduler (main thread) -------------------------------------------------------
 
@@ -1322,13 +1511,15 @@ class TransferEngine:
                 f"the destination key would be {len(destination_key.encode('utf-8'))} bytes, over S3's "
                 f"{MAX_KEY_BYTES}-byte limit; use a shorter destination prefix"))
             return
+        server_side = self.copy_mode.server_side()
         if listed.size < self.config.multipart_threshold:
             self._abort_recorded_upload(listed.key, "the source object is now below the multipart threshold")
-            self._submit(lambda: self._guarded(listed, attempt, self._copy_small_object, listed, destination_key),
-                         cost=listed.size)
+            copy = self._copy_small_server_side if server_side else self._copy_small_object
+            self._submit(lambda: self._guarded(listed, attempt, copy, listed, destination_key),
+                         cost=0 if server_side else listed.size)
             return
         try:
-            job = self._start_multipart(listed, destination_key)
+            job = self._start_multipart(listed, destination_key, server_side=server_side)
         except (SourceChanged, StopRequested) as error:
             self._handle_unit_error(listed, attempt, error)
             return
@@ -1344,13 +1535,13 @@ class TransferEngine:
             if job.abandoned:  # a part already failed and settled the object
                 return
             if part.number not in job.completed:
-                work = self._copy_part
+                work = self._copy_part_server_side if job.server_side else self._copy_part
             elif job.digest is not None:
                 work = self._hash_uploaded_part
             else:
                 continue
             if not self._submit(lambda work=work, part=part: self._guarded(listed, attempt, work, job, part),
-                                cost=part.size):
+                                cost=0 if job.server_side else part.size):
                 return
 
     def _guarded(self, listed: ListedObject, attempt: int, work: Callable[..., None], *args: Any) -> None:
@@ -1372,6 +1563,10 @@ class TransferEngine:
         settles the object; failures of its sibling parts that were already in flight change nothing."""
         if isinstance(error, StopRequested):
             return  # left as it is: the upload stays recorded, the key stays pending, a rerun resumes
+        if isinstance(error, ServerSideRefused):
+            if job is None or self._abandon(job, "S3 refused the server-side copy; streaming it instead"):
+                self._restarts.put((listed, attempt))
+            return
         if isinstance(error, IntegrityMismatch):
             why = str(error)
         elif isinstance(error, SourceChanged):
@@ -1422,7 +1617,7 @@ class TransferEngine:
     def _copy_small_object(self, listed: ListedObject, destination_key: str) -> None:
         started = time.monotonic()
         fetched, check = self._with_body_retries(
-            lambda: self._fetch_verified(listed.key), what=f"GET {listed.key}", action="s3:GetObject",
+            lambda: self._fetch_verified(listed.key, listed.size), what=f"GET {listed.key}", action="s3:GetObject",
             side=self.source,
         )
         tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0))
@@ -1441,9 +1636,10 @@ class TransferEngine:
         )
         self._object_done(listed.key, len(fetched.body), started, check)
 
-    def _fetch_verified(self, key: str) -> tuple[FetchedObject, IntegrityCheck]:
+    def _fetch_verified(self, key: str, listed_size: int) -> tuple[FetchedObject, IntegrityCheck]:
         """GET a whole object and check its bytes against its ETag and checksum; a mismatch is
         retried as a damaged body would be."""
+        self._throttle(listed_size)
         fetched = self.transport.get_object(self.source.bucket, key)
         check = self._integrity_check(key, fetched.etag, fetched.response, len(fetched.body))
         digest = check.new_digest()
@@ -1509,7 +1705,7 @@ class TransferEngine:
 
     # -- large objects ---------------------------------------------------------------------
 
-    def _start_multipart(self, listed: ListedObject, destination_key: str) -> MultipartCopy:
+    def _start_multipart(self, listed: ListedObject, destination_key: str, *, server_side: bool) -> MultipartCopy:
         """Resume the recorded upload for this key if it still fits the source, else create one.
 
         Runs on the main thread: it costs a few requests per object of 100 MiB or more. When the
@@ -1529,10 +1725,12 @@ class TransferEngine:
                 "Restore", ""):
             raise ObjectFailure(f"it is archived in {head['StorageClass']} and not restored: restore it "
                                 "(aws s3api restore-object) and rerun to copy it")
-        part_size = self._part_size_for(listed, check)
+        part_size = self._part_size_for(listed, check, server_side=server_side)
+        if server_side:
+            check = server_side_check(check)
         record = self.progress.upload_for(listed.key)
         if record is not None:
-            resumed = self._resume_multipart(listed, destination_key, part_size, record, check)
+            resumed = self._resume_multipart(listed, destination_key, part_size, record, check, server_side=server_side)
             if resumed is not None:
                 return resumed
         tags = self._tags_if_any(listed.key, None)
@@ -1546,27 +1744,29 @@ class TransferEngine:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
         self.permissions.allowed("s3:PutObject")
-        job = MultipartCopy(listed, destination_key, upload_id, part_size, completed={}, check=check)
+        job = MultipartCopy(listed, destination_key, upload_id, part_size, completed={}, check=check,
+                            server_side=server_side)
         # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
         self.progress.record_upload(listed, job)
         self.progress.save(self.status.summary())
-        LOG.info("started multipart upload of %s (%s, %d parts of %s, verified by %s)",
-                 json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), len(job.parts),
-                 format_size(part_size), check.method)
+        LOG.info("started %smultipart upload of %s (%s, %d parts of %s, verified by %s)",
+                 "server-side " if server_side else "", json.dumps(listed.key, ensure_ascii=False),
+                 format_size(listed.size), len(job.parts), format_size(part_size), check.method)
         return job
 
-    def _part_size_for(self, listed: ListedObject, check: IntegrityCheck) -> int:
-        """The source's own part size when it fits the budget (ETag kept), else our chunk size,
-        raised if needed to stay within 10,000 parts."""
+    def _part_size_for(self, listed: ListedObject, check: IntegrityCheck, *, server_side: bool) -> int:
+        """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
+        bytes, so any size fits), else our chunk size, raised if needed to stay within 10,000 parts."""
         source_part = check.source_part_sizes[0] if check.method == "etag" else 0
-        if MIN_PART_SIZE <= source_part <= min(LAYOUT_PART_LIMIT_CHUNKS * self.config.chunk_size,
-                                               max(self.config.memory_limit, self.config.chunk_size)):
+        largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * self.config.chunk_size,
+                                                        max(self.config.memory_limit, self.config.chunk_size))
+        if MIN_PART_SIZE <= source_part <= largest:
             return source_part
         try:
             part_size = choose_part_size(listed.size, self.config.chunk_size)
         except ValueError as error:
             raise ObjectFailure(str(error)) from None
-        if part_size != self.config.chunk_size:
+        if part_size != self.config.chunk_size and not server_side:
             LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
                         "limit at once (raise --memory-limit to copy more of them in parallel)",
                         json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
@@ -1574,11 +1774,13 @@ class TransferEngine:
         return part_size
 
     def _resume_multipart(self, listed: ListedObject, destination_key: str, part_size: int,
-                          record: dict[str, Any], check: IntegrityCheck) -> Optional[MultipartCopy]:
-        """Continue a recorded upload with only its missing parts; ListParts, not our file, says which
-        parts S3 has. None when the upload cannot be continued (it is then aborted)."""
+                          record: dict[str, Any], check: IntegrityCheck, *,
+                          server_side: bool) -> Optional[MultipartCopy]:
+        """Continue a recorded upload with only its missing parts, whichever mode uploaded them;
+        ListParts, not our file, says which parts S3 has. None when the upload cannot be continued
+        (it is then aborted)."""
         job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], completed={},
-                            check=check)
+                            check=check, server_side=server_side)
         if (record.get("source_etag") != listed.etag or record.get("size") != listed.size
                 or record.get("part_size") != part_size or record.get("destination_key") != destination_key
                 or record.get("checksum_algorithm") != check.checksum_algorithm):
@@ -1656,6 +1858,7 @@ class TransferEngine:
         )
 
     def _get_part(self, job: MultipartCopy, part: PartRange) -> bytes:
+        self._throttle(part.size)
         try:
             return self.transport.get_range(self.source.bucket, job.source.key, part, if_match=job.source.etag)
         except botocore.exceptions.ClientError as error:
@@ -1669,17 +1872,26 @@ class TransferEngine:
         if numbers != [part.number for part in job.parts]:
             raise ObjectFailure(f"only {len(numbers)} of {len(job.parts)} parts were uploaded")
         mismatch = job.check.mismatch(job.digest) if job.digest is not None else None
+        if job.server_side and job.check.method == "etag":
+            made = etag_of_parts(job.completed[number] for number in numbers) or "none (a part ETag is not an MD5)"
+            if made != job.check.expected:
+                mismatch = (f"integrity mismatch: the parts S3 copied make the ETag {made}, "
+                            f"the source ETag says {job.check.expected}")
         if mismatch:
             raise IntegrityMismatch(mismatch)
         parts: list[dict[str, Any]] = [{"PartNumber": n, "ETag": job.completed[n]} for n in numbers]
         checksum: dict[str, str] = {}
-        algorithm = job.check.checksum_algorithm
-        if algorithm:
+        check = job.check
+        algorithm = check.checksum_algorithm
+        if algorithm and all(number in job.part_checksums for number in numbers):
             for part in parts:
                 part[f"Checksum{algorithm}"] = job.part_checksums[part["PartNumber"]]
-            if job.check.full_object_checksum and job.check.checksum is not None:
+            if check.full_object_checksum and check.checksum is not None:
                 # S3 combines the part CRCs and refuses to complete if they do not make this value.
-                checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": job.check.checksum.value}
+                checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": check.checksum.value}
+        elif algorithm and check.method == "checksum":
+            # moto returns no checksum for a copied part (S3 does): nothing can be checked then.
+            check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
         try:
             self.destination.client.complete_multipart_upload(
                 Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
@@ -1689,7 +1901,10 @@ class TransferEngine:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
         self.progress.forget_upload(job.source.key)
-        self._object_done(job.source.key, job.source.size, job.started, job.check, counted_bytes=0)
+        if job.server_side:
+            self._server_side_succeeded()
+        self._object_done(job.source.key, job.source.size, job.started, check, counted_bytes=0,
+                          server_side=job.server_side)
 
     def _abandon(self, job: MultipartCopy, reason: str) -> bool:
         """Abort the job's upload and forget it: the one clean-up every failure path runs. True for
@@ -1734,21 +1949,105 @@ class TransferEngine:
             self._abort_upload(record["destination_key"], record["upload_id"], reason)
             self.progress.forget_upload(source_key)
 
+    # -- server-side copies (workers): S3 moves the bytes, we only ask -----------------------
+
+    def _copy_small_server_side(self, listed: ListedObject, destination_key: str) -> None:
+        """CopyObject keeps metadata, headers, tags and the checksum (the COPY directives); the copy's
+        ETag is the source's when it is an MD5, which is what proves it."""
+        started = time.monotonic()
+        response = self._server_side_request(
+            listed.key, "CopyObject",
+            lambda: self.destination.client.copy_object(
+                Bucket=self.destination.bucket, Key=destination_key,
+                CopySource={"Bucket": self.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
+                MetadataDirective="COPY", TaggingDirective="COPY", **storage_arguments(self.config),
+            ),
+        )
+        copied_etag = response["CopyObjectResult"]["ETag"].strip('"')
+        source_etag = listed.etag.strip('"')
+        if copied_etag == source_etag:
+            check = IntegrityCheck("md5" if plain_md5_etag(listed.etag, {}) else "etag", source_etag)
+        elif plain_md5_etag(listed.etag, {}) and self.config.sse != "aws:kms" and not self._source_encrypted(listed):
+            raise IntegrityMismatch(f"integrity mismatch: the server-side copy has the ETag {copied_etag}, the "
+                                    f"source ETag says {source_etag}")
+        else:
+            check = IntegrityCheck("size-only", reason="it was copied server-side and an ETag is not the MD5 of "
+                                                       "the whole object (uploaded in parts, or SSE-KMS/SSE-C)")
+        self._server_side_succeeded()
+        self._object_done(listed.key, listed.size, started, check, server_side=True)
+
+    def _server_side_succeeded(self) -> None:
+        self.copy_mode.succeeded()
+        self.permissions.allowed(SERVER_SIDE_COPY)
+
+    def _source_encrypted(self, listed: ListedObject) -> bool:
+        """Whether the source's ETag is opaque (SSE-KMS, SSE-C): the listing does not say, HeadObject does."""
+        head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key)
+        return head.get("ServerSideEncryption") == "aws:kms" or bool(head.get("SSECustomerAlgorithm"))
+
+    def _copy_part_server_side(self, job: MultipartCopy, part: PartRange) -> None:
+        if job.abandoned:
+            return
+        response = self._server_side_request(
+            job.source.key, "UploadPartCopy",
+            lambda: self.destination.client.upload_part_copy(
+                Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
+                PartNumber=part.number, CopySource={"Bucket": self.source.bucket, "Key": job.source.key},
+                CopySourceRange=f"bytes={part.start}-{part.end}", CopySourceIfMatch=job.source.etag,
+            ),
+        )
+        result = response["CopyPartResult"]
+        algorithm = job.check.checksum_algorithm
+        part_checksum = result.get(f"Checksum{algorithm}") if algorithm else None
+        self.status.bytes_moved_by_part(part.size)
+        self.progress.record_part(job.source.key, part.number, result["ETag"], part_checksum)
+        if job.part_done(part.number, result["ETag"], part_checksum):
+            self._complete_multipart(job)
+
+    def _server_side_request(self, key: str, operation: str, request: Callable[[], T]) -> T:
+        """Send a CopyObject or UploadPartCopy; a changed source restarts the object, and a refusal
+        before any server-side copy succeeded turns --copy-mode auto to streaming."""
+        try:
+            return request()
+        except botocore.exceptions.ClientError as error:
+            code = error_code(error)
+            if code in {"PreconditionFailed", "412"}:
+                raise SourceChanged() from None
+            if code in DENIED_CODES:
+                why = (f"{operation} of s3://{self.source.bucket}/{key} with the destination credentials "
+                       f"({self.destination.settings.origin}): {code}")
+                if self.copy_mode.refused(why):
+                    raise ServerSideRefused(why) from None
+                failure = FatalTransferError if self.permissions.denied(SERVER_SIDE_COPY) else ObjectFailure
+                raise failure(
+                    f"S3 refused the server-side copy ({code}): a server-side copy needs the destination "
+                    f"credentials ({self.destination.settings.origin}) to have s3:GetObject on "
+                    f"s3://{self.source.bucket}/{key} (same account, or a bucket policy granting the destination "
+                    "account); use --copy-mode stream to copy through this machine instead") from None
+            _annotate(error, action="s3:PutObject", side="destination")
+            raise
+
     # -- shared ----------------------------------------------------------------------------
 
+    def _throttle(self, amount: int) -> None:
+        """Wait for --max-bandwidth before a GET; every byte read is written once, so capping the
+        reads caps the writes too."""
+        if self._bandwidth is not None:
+            self._bandwidth.take(amount)
+
     def _object_done(self, key: str, size: int, started: float, check: IntegrityCheck, *,
-                     counted_bytes: Optional[int] = None) -> None:
+                     counted_bytes: Optional[int] = None, server_side: bool = False) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
         self.progress.mark_done(key, size)
         self.status.object_done(size, bytes_moved=size if counted_bytes is None else counted_bytes,
-                                verified_by=check.method)
+                                verified_by=check.method, server_side=server_side)
         self.permissions.allowed("s3:GetObject")
         self.permissions.allowed("s3:PutObject")
         verified = f"verified by {check.method}" + (f" because {check.reason}" if check.reason else "")
         if check.checksum is not None and check.method != "checksum":
             verified += f" and {check.checksum.algorithm}"
-        LOG.info("copied %s %s in %.2f s (%s/s), %s", json.dumps(key, ensure_ascii=False), format_size(size),
-                 elapsed, format_size(size / elapsed), verified)
+        LOG.info("copied %s %s in %.2f s (%s/s), %s%s", json.dumps(key, ensure_ascii=False), format_size(size),
+                 elapsed, format_size(size / elapsed), verified, " (server-side copy)" if server_side else "")
 
     def _with_body_retries(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
         """Retry errors botocore does not: a body broken after the headers arrived, or a body that
@@ -2267,6 +2566,8 @@ class StatusReporter:
         self.objects_done = self.bytes_done = self.bytes_moved = 0
         self.objects_failed = self.objects_skipped = self.retries = self.busy = 0
         self.verified: collections.Counter[str] = collections.Counter()
+        self.objects_server_side = 0
+        self.bytes_server_side = 0
         self.listing_complete = False
 
     # counters, called from any thread
@@ -2275,12 +2576,15 @@ class StatusReporter:
             self.objects_listed += 1
             self.bytes_listed += size
 
-    def object_done(self, size: int, *, bytes_moved: int, verified_by: str) -> None:
+    def object_done(self, size: int, *, bytes_moved: int, verified_by: str, server_side: bool) -> None:
         with self._lock:
             self.objects_done += 1
             self.bytes_done += size
             self.bytes_moved += bytes_moved
             self.verified[verified_by] += 1
+            if server_side:
+                self.objects_server_side += 1
+                self.bytes_server_side += size
 
     def bytes_moved_by_part(self, size: int) -> None:
         with self._lock:
@@ -2392,6 +2696,8 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         f"average {figures['rate']}.",
         *([f"Skipped {status.objects_skipped:,} objects already identical in the destination."]
           if status.objects_skipped else []),
+        *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
+           f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
                                                    figures["verified"].items()) + ".",
         f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
@@ -2411,6 +2717,13 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
 # =============================================================================================
 # 10. Command line
 # =============================================================================================
+
+
+def rate_argument(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{error}; write e.g. 100MB/s") from None
 
 
 def size_argument(text: str) -> int:
@@ -2465,6 +2778,14 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--memory-limit", type=size_argument, metavar="BYTES",
                         help="most object data held in memory at once (default: max-workers x chunk-size); a single "
                              "part or object larger than this is copied alone")
+    tuning.add_argument("--max-bandwidth", type=rate_argument, metavar="RATE",
+                        help="cap on object data through this machine, shared by all workers, e.g. 100MB/s "
+                             "(binary units); server-side copies do not count (default: no cap)")
+    tuning.add_argument("--copy-mode", choices=COPY_MODES, default="auto",
+                        help="stream: every byte through this machine (GET, then PUT with the destination's keys); "
+                             "server-side: S3 copies (CopyObject, UploadPartCopy), needing destination keys that "
+                             "may read the source; auto: server-side while the destination keys can read the "
+                             "source, else stream (default: auto)")
     tuning.add_argument("--multipart-threshold", type=size_argument, default=DEFAULT_MULTIPART_THRESHOLD,
                         metavar="BYTES", help="objects this size or larger are copied in parts (default: 100MiB)")
     selection = parser.add_argument_group("what to copy")
@@ -2472,15 +2793,22 @@ def build_parser() -> argparse.ArgumentParser:
                            help="copy keys (relative to the source prefix) matching GLOB; repeatable")
     selection.add_argument("--exclude", action=FilterAction, metavar="GLOB", dest="filters",
                            help="skip keys matching GLOB; repeatable; the last matching --include/--exclude wins")
+    selection.add_argument("--shard", metavar="I/N",
+                           help="copy only shard I (0-based) of N, by a stable hash of each key, to split one job "
+                                "across N machines with no coordination; auto/N takes I from "
+                                "AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX. Each shard keeps its own "
+                                "progress and log file: .shard-I-of-N is added to their names")
     selection.add_argument("--storage-class", metavar="CLASS",
                            help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
     selection.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
     selection.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms")
     state = parser.add_argument_group("progress, logging and output")
-    state.add_argument("--progress-file", type=Path, default=Path(DEFAULT_PROGRESS_FILE), metavar="PATH",
-                       help=f"resume state (default: {DEFAULT_PROGRESS_FILE})")
-    state.add_argument("--log-file", type=Path, default=Path(DEFAULT_LOG_FILE), metavar="PATH",
-                       help=f"appended log, one line per object (default: {DEFAULT_LOG_FILE})")
+    state.add_argument("--progress-file", type=Path, metavar="PATH",
+                       help=f"resume state (default: {DEFAULT_PROGRESS_FILE}; with --shard I/N, "
+                            "NAME.shard-I-of-N.json)")
+    state.add_argument("--log-file", type=Path, metavar="PATH",
+                       help=f"appended log, one line per object (default: {DEFAULT_LOG_FILE}; with --shard I/N, "
+                            "NAME.shard-I-of-N.log)")
     state.add_argument("--status-interval", type=float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
                        help="seconds between summary lines in the log and on non-terminal output (default: 10)")
     state.add_argument("--dry-run", action="store_true",
@@ -2504,6 +2832,14 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every object, log debug detail")
     return parser
+
+
+def resolve_state_files(args: argparse.Namespace, environment: dict[str, str]) -> None:
+    """Read --shard, then name the progress and log files: one pair per shard, even when every
+    shard is given the same path (as the children of one array job are)."""
+    args.shard = parse_shard(args.shard, environment) if args.shard else None
+    args.progress_file = shard_file_name(args.progress_file or Path(DEFAULT_PROGRESS_FILE), args.shard)
+    args.log_file = shard_file_name(args.log_file or Path(DEFAULT_LOG_FILE), args.shard)
 
 
 def build_config(args: argparse.Namespace) -> TransferConfig:
@@ -2531,7 +2867,7 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
             raise ConfigurationError(f"The directory {path.parent} for {option} does not exist: create it first.")
     source_side = source_side_settings(args)
     destination_side = destination_side_settings(args)
-    same_place = canonical_endpoint(source_side.endpoint_url) == canonical_endpoint(destination_side.endpoint_url)
+    same_place = on_one_endpoint(source_side, destination_side)
     if same_place and source.bucket == destination.bucket and (
         source.prefix.startswith(destination.prefix) or destination.prefix.startswith(source.prefix)
     ):
@@ -2539,11 +2875,17 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
             f"{source} and {destination} overlap: copying a prefix onto itself or into itself would copy its own "
             "copies. Choose a destination outside the source prefix."
         )
+    if args.copy_mode == "server-side" and not same_place:
+        raise ConfigurationError(
+            "--copy-mode server-side needs both buckets on one S3 endpoint: S3 cannot copy between "
+            f"{source_side.endpoint_url or 'AWS'} and {destination_side.endpoint_url or 'AWS'}. Use --copy-mode stream."
+        )
     return TransferConfig(
         source=source, destination=destination, source_side=source_side, destination_side=destination_side,
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
         memory_limit=memory_limit,
-        filters=tuple(args.filters or ()), storage_class=args.storage_class, sse=args.sse,
+        filters=tuple(args.filters or ()), shard=args.shard, copy_mode=args.copy_mode,
+        max_bandwidth=args.max_bandwidth, storage_class=args.storage_class, sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id, dry_run=args.dry_run, restart=args.restart,
         verify=args.verify, verify_only=args.verify_only, skip_existing=args.skip_existing,
         report_file=args.report,
@@ -2572,13 +2914,14 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
 
 def selected_objects(objects: Iterable[ListedObject], config: TransferConfig, *,
                      side: str = "source") -> Iterator[ListedObject]:
-    """Apply --include/--exclude to a listing of either side (keys relative to that side's prefix);
-    listing errors stop the run with a clear sentence."""
+    """Apply --include/--exclude and --shard to a listing of either side (keys relative to that side's
+    prefix); listing errors stop the run with a clear sentence."""
     location, settings = ((config.source, config.source_side) if side == "source"
                           else (config.destination, config.destination_side))
     try:
         for listed in objects:
-            if is_selected(listed.key[len(location.prefix):], config.filters):
+            relative_key = listed.key[len(location.prefix):]
+            if is_selected(relative_key, config.filters) and (config.shard is None or config.shard.owns(relative_key)):
                 yield listed
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         if isinstance(error, RETRYABLE_BODY_ERRORS):
@@ -2678,14 +3021,19 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if config.restart:
         discard_progress(config.progress_file, destination)
     progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)
-    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s; memory bound %s", config.source,
+    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s; memory bound %s%s%s", config.source,
              config.destination, config.max_workers, format_size(config.chunk_size),
-             format_size(config.multipart_threshold), config.memory_bound())
+             format_size(config.multipart_threshold), config.memory_bound(),
+             f"; shard {config.shard}" if config.shard else "",
+             f"; bandwidth cap {format_size(config.max_bandwidth)}/s" if config.max_bandwidth else "")
+    copy_mode = CopyModeChoice(config.copy_mode, unavailable="" if on_one_endpoint(
+                               config.source_side, config.destination_side) else
+                               "the source and destination are on different endpoints")
     progress.save(status.summary())
     stopping = threading.Event()
     engine = TransferEngine(config, source=source, destination=destination,
                             transport=Boto3Transport(source.client, destination.client),
-                            progress=progress, status=status, stopping=stopping)
+                            progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
     if config.skip_existing:
         to_copy = objects_to_copy(config, source, destination, progress.watermark, status)
     else:
@@ -2734,6 +3082,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     console = ConsoleHandler(status)
     file_handler: Optional[logging.Handler] = None
     try:
+        resolve_state_files(args, dict(os.environ))
         file_handler = configure_logging(args, console)
         config = build_config(args)
         return run_transfer(config, status)

@@ -193,6 +193,11 @@ _IDENTITY_ACTIONS: dict[str, list[str]] = {
     "source_no_read": [f"List:{SOURCE_BUCKET}"],
     # May inspect the destination bucket, but not PUT or run multipart uploads.
     "dest_no_write": [f"Read:{DEST_BUCKET}", f"List:{DEST_BUCKET}", f"Tagging:{DEST_BUCKET}"],
+    # Destination keys that may also read the source, as in one account or with a bucket policy granting the
+    # destination account: the case where a server-side copy (CopyObject, UploadPartCopy) is possible.
+    "dest_reads_source": [f"Read:{SOURCE_BUCKET}", f"List:{SOURCE_BUCKET}", f"Tagging:{SOURCE_BUCKET}",
+                          f"Read:{DEST_BUCKET}", f"Write:{DEST_BUCKET}", f"List:{DEST_BUCKET}",
+                          f"Tagging:{DEST_BUCKET}"],
 }
 
 
@@ -209,7 +214,8 @@ class SeaweedServer:
     Identities (see ``_IDENTITY_ACTIONS`` for what each may do and what was
     verified): ``admin`` sets up buckets and data; ``source`` plays the source
     account's keys and ``dest`` the destination account's; ``source_no_list``,
-    ``source_no_read`` and ``dest_no_write`` each lack one action.
+    ``source_no_read`` and ``dest_no_write`` each lack one action;
+    ``dest_reads_source`` is a destination that may also read the source.
     """
 
     def __init__(self, startup_timeout: float = 60.0) -> None:
@@ -228,6 +234,7 @@ class SeaweedServer:
         self.source_no_list = self.identities["source_no_list"]
         self.source_no_read = self.identities["source_no_read"]
         self.dest_no_write = self.identities["dest_no_write"]
+        self.dest_reads_source = self.identities["dest_reads_source"]
 
         config_path = self._data_dir / "s3.json"
         config_path.write_text(json.dumps(self._s3_config(), indent=2))

@@ -17,16 +17,23 @@ import datetime
 import random
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.client import BaseClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import FAKE_KEYS
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import (
     CHUNK_SIZE,
     MULTIPART_THRESHOLD,
+    RUN_TIMEOUT,
+    SIZE_ARGS,
+    TOOL,
     ToolJob,
     assert_usage_error,
     copied_keys,
@@ -34,6 +41,8 @@ from toolcli import (
     read_progress,
     write_source_credentials,
 )
+
+import s3_bulk_transfer as tool  # noqa: E402  (the pure shard rule, to know which keys are whose)
 
 
 @pytest.fixture
@@ -382,3 +391,66 @@ def test_an_upload_orphaned_before_its_progress_save_is_cleaned_up(job: ToolJob,
         object_snapshot(client, moto_buckets.source)["big"]["md5"]
     assert incomplete_uploads(client, moto_buckets.dest) == []
     assert "no progress file records" in job.log_text()
+
+
+def test_three_shards_in_three_processes_copy_every_object_exactly_once(
+        job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    keys = [f"data/{index:03d}.txt" for index in range(60)]
+    put_plain(moto_buckets.client, moto_buckets.source, keys)
+    put(moto_buckets.client, moto_buckets.source, "data/large.bin", body(2 * CHUNK_SIZE + 1, seed=5))
+    # Three machines sharing one directory would not be told apart by their file names: so no
+    # --progress-file or --log-file here, each shard must pick its own.
+    command = [
+        sys.executable, str(TOOL), f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}",
+        "--source-credentials", str(job.credentials), "--dest-endpoint-url", moto_buckets.endpoint_url,
+        *SIZE_ARGS, "--copy-mode", "stream",
+    ]
+    processes = [
+        subprocess.Popen([*command, "--shard", f"{index}/3"], cwd=job.workdir, env=job.env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for index in range(3)
+    ]
+    outcomes = [process.communicate(timeout=RUN_TIMEOUT) for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0, 0], outcomes
+    copied_per_shard = [copied_keys((job.workdir / f"s3_transfer.shard-{index}-of-3.log").read_text())
+                        for index in range(3)]
+    every_copy = [key for copied in copied_per_shard for key in copied]
+    assert sorted(every_copy) == sorted([*keys, "data/large.bin"])  # each key once, in one shard only
+    assert all(copied for copied in copied_per_shard)  # the split is real: every shard had work
+    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == object_snapshot(moto_buckets.client,
+                                                                                     moto_buckets.source)
+    assert incomplete_uploads(moto_buckets.client, moto_buckets.dest) == []
+    for index in range(3):
+        progress = read_progress(job.workdir / f"transfer_progress.shard-{index}-of-3.json")
+        assert progress["summary"]["state"] == "complete"
+        assert progress["job"]["shard"] == f"{index}/3"
+        assert progress["summary"]["objects_done"] == len(copied_per_shard[index])
+
+
+def test_a_shard_of_a_job_verifies_only_its_own_keys(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    keys = [f"v/{index:02d}" for index in range(30)]
+    put_plain(moto_buckets.client, moto_buckets.source, keys)
+
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--shard", "1/2", "--verify")
+
+    assert result.returncode == 0, describe(result)
+    mine = [key for key in keys if tool.shard_of(key, 2) == 1]
+    assert dest_keys(moto_buckets) == mine
+    # The other shard's keys are not "missing" to this shard's verification.
+    assert f"{len(mine):,} identical by ETag or checksum" in result.stdout
+    assert " 0 missing" in result.stdout
+
+
+def test_a_bandwidth_cap_changes_nothing_but_the_pace(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    # How close the pace comes to the cap is measured in bench/, not asserted here.
+    keys = [f"capped/{index}.txt" for index in range(5)]
+    put_plain(moto_buckets.client, moto_buckets.source, keys)
+    put(moto_buckets.client, moto_buckets.source, "capped/large.bin", body(2 * CHUNK_SIZE + 7, seed=9))
+
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-bandwidth", "256MB/s")
+
+    assert result.returncode == 0, describe(result)
+    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == object_snapshot(moto_buckets.client,
+                                                                                     moto_buckets.source)
+    assert "bandwidth cap 256.0 MiB/s" in job.log_text()

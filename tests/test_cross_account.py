@@ -57,13 +57,13 @@ class CrossAccount:
     def destination_uri(self) -> str:
         return f"s3://{DEST_BUCKET}/{self.prefix}"
 
-    def job(self, source: Identity, destination: Identity) -> ToolJob:
+    def job(self, source: Identity, destination: Identity, *, copy_mode: str = "stream") -> ToolJob:
         credentials = write_source_credentials(self.workdir / "source-credentials.json", source,
                                                self.server.endpoint_url)
         env = {**self.base_env, "AWS_ACCESS_KEY_ID": destination.access_key,
                "AWS_SECRET_ACCESS_KEY": destination.secret_key}
         return ToolJob(workdir=self.workdir, env=env, credentials=credentials,
-                       dest_endpoint_url=self.server.endpoint_url)
+                       dest_endpoint_url=self.server.endpoint_url, copy_mode=copy_mode)
 
     def put(self, name: str, body: bytes, **attributes: Any) -> None:
         self.server.client(self.server.admin).put_object(Bucket=SOURCE_BUCKET, Key=self.prefix + name, Body=body,

@@ -190,12 +190,23 @@ def test_sibling_prefixes_of_one_bucket_do_not_overlap(job: ToolJob, moto_bucket
     ("--chunk-size", "6GiB", ("--chunk-size", "5GiB")),
     ("--max-workers", "0", ("--max-workers",)),
     ("--max-workers", "-3", ("--max-workers",)),
+    ("--shard", "3/3", ("--shard", "from 0 to 2")),
+    ("--shard", "auto/3", ("--shard auto/3", "AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")),
 ])
 def test_out_of_range_tuning(job: ToolJob, moto_buckets: MotoBuckets, source_objects: dict,
                              option: str, value: str, fragments: tuple[str, ...]) -> None:
     result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", option, value)
 
     assert_usage_error(result, *fragments)
+    assert_nothing_written(moto_buckets, source_objects, job)
+
+
+def test_a_bandwidth_that_is_not_a_rate(job: ToolJob, moto_buckets: MotoBuckets, source_objects: dict) -> None:
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-bandwidth", "fast")
+
+    assert result.returncode == 2, describe(result)
+    assert "Traceback" not in result.stderr
+    assert "--max-bandwidth" in result.stderr and "write e.g. 100MB/s" in result.stderr
     assert_nothing_written(moto_buckets, source_objects, job)
 
 

@@ -132,3 +132,95 @@ def test_two_spellings_of_one_endpoint_are_recognised_as_the_same_server() -> No
     assert tool.canonical_endpoint("http://[::1]:9000/") == "http://[::1]:9000"
     assert tool.canonical_endpoint("http://127.0.0.1:9000") != tool.canonical_endpoint("http://127.0.0.1:9001")
     assert tool.canonical_endpoint(None) is None and tool.canonical_endpoint("") is None
+
+
+# -- --shard, --max-bandwidth ---------------------------------------------------------------------
+
+def test_a_key_falls_in_the_same_shard_in_every_process_and_shards_are_even() -> None:
+    # A literal, so that a change of hash (which would re-split running jobs) cannot pass unnoticed.
+    assert [tool.shard_of(f"photos/{index}.jpg", 3) for index in range(8)] == [0, 2, 1, 0, 1, 1, 0, 0]
+    assert tool.shard_of("photos/0.jpg", 1000) == 105
+    counts = [0, 0, 0]
+    for index in range(3000):
+        counts[tool.shard_of(f"logs/2024/{index:05d}.gz", 3)] += 1
+    assert all(900 <= count <= 1100 for count in counts), counts
+
+
+def test_shards_partition_the_keys() -> None:
+    shards = [tool.Shard(index, 4) for index in range(4)]
+    for index in range(500):
+        key = f"k/{index}"
+        assert sum(shard.owns(key) for shard in shards) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "environment", "expected"),
+    [
+        ("0/3", {}, (0, 3)),
+        ("2/3", {}, (2, 3)),
+        ("auto/4", {"AWS_BATCH_JOB_ARRAY_INDEX": "3"}, (3, 4)),
+        ("auto/4", {"JOB_COMPLETION_INDEX": "1"}, (1, 4)),
+    ],
+)
+def test_shard_is_read_from_the_option_or_the_array_index(text: str, environment: dict[str, str],
+                                                          expected: tuple[int, int]) -> None:
+    shard = tool.parse_shard(text, environment)
+    assert (shard.index, shard.count) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "environment", "message"),
+    [
+        ("3/3", {}, "from 0 to 2"),
+        ("1", {}, "is not I/N"),
+        ("a/b", {}, "is not I/N"),
+        ("1/0", {}, "is not I/N"),
+        ("auto/3", {}, "neither is set"),
+        ("auto/3", {"AWS_BATCH_JOB_ARRAY_INDEX": "7"}, "from 0 to 2"),
+    ],
+)
+def test_a_wrong_shard_is_explained(text: str, environment: dict[str, str], message: str) -> None:
+    with pytest.raises(tool.ConfigurationError, match=message):
+        tool.parse_shard(text, environment)
+
+
+def test_each_shard_gets_its_own_default_files() -> None:
+    shard = tool.Shard(1, 3)
+    assert tool.shard_file_name(Path("transfer_progress.json"), shard) == Path("transfer_progress.shard-1-of-3.json")
+    assert tool.shard_file_name(Path("s3_transfer.log"), shard) == Path("s3_transfer.shard-1-of-3.log")
+    assert tool.shard_file_name(Path("transfer_progress.json"), None) == Path("transfer_progress.json")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("100MB/s", 100 * MiB), ("1.5GiB/s", int(1.5 * GiB)),
+                                                ("50M", 50 * MiB), ("1048576", MiB)])
+def test_bandwidth_is_read_in_binary_units_per_second(text: str, expected: int) -> None:
+    assert tool.parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["fast", "0", "0MB/s", "-1MB/s"])
+def test_a_bandwidth_that_is_not_a_rate_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        tool.parse_rate(text)
+
+
+def test_bandwidth_limit_spaces_units_to_hold_the_average_rate() -> None:
+    import threading
+
+    limit = tool.BandwidthLimit(100, threading.Event(), now=0.0)
+    # Four threads asking at once for 50 bytes each are let go 0.5 s apart: 200 bytes take 2 s.
+    assert [limit.reserve(50, 0.0) for _ in range(4)] == [0.5, 1.0, 1.5, 2.0]
+    # After an idle spell at most one second's worth goes without waiting, never more.
+    assert limit.reserve(100, 10.0) == 0.0
+    assert limit.reserve(100, 10.0) == 1.0
+    # A unit larger than a second's worth waits in proportion.
+    assert limit.reserve(300, 20.0) == 2.0
+
+
+def test_a_given_progress_file_is_split_per_shard_too() -> None:
+    # Every child of an array job gets the same command line, so the same --progress-file.
+    import argparse
+
+    args = argparse.Namespace(shard="auto/8", progress_file=Path("/efs/progress.json"), log_file=None)
+    tool.resolve_state_files(args, {"AWS_BATCH_JOB_ARRAY_INDEX": "2"})
+    assert args.progress_file == Path("/efs/progress.shard-2-of-8.json")
+    assert args.log_file == Path("s3_transfer.shard-2-of-8.log")

@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 
 import pytest
 from botocore.client import BaseClient
-
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 
 TOOL = Path(__file__).resolve().parent.parent / "s3_bulk_transfer.py"
@@ -105,6 +104,10 @@ class ToolJob:
             "6MiB",
             "--max-workers",
             "2",
+            # moto takes any keys, so auto would copy server-side; these tests are about streaming
+            # unless extra_args says otherwise (the last --copy-mode wins).
+            "--copy-mode",
+            "stream",
             *self.extra_args,
         ]
 
@@ -519,7 +522,9 @@ def test_progress_file_is_always_valid_and_bounded(
 # ----------------------------------------------------------------------------------------
 
 
-def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[..., ToolJob]) -> None:
+@pytest.mark.parametrize("second_run", ["stream", "server-side"])
+def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[..., ToolJob], second_run: str) -> None:
+    # The rerun may copy the missing parts either way: the parts a streaming run uploaded are kept.
     job = make_job()
     client, buckets = job.buckets.client, job.buckets
     body = random.Random(4).randbytes(40 * MIB)
@@ -548,12 +553,14 @@ def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[...,
     assert {int(number): etag for number, etag in record["parts"].items()} == parts_before
     run1_log_size = job.log_size()
 
+    job.extra_args += ["--copy-mode", second_run]
     assert job.run() == 0, job.diagnostics()
 
     run2_log = job.log_text(since=run1_log_size)
     assert resume_lines(run2_log) == {BIG_KEY: (len(parts_before), total_parts)}
     assert keys_after(_STARTED, run2_log) == []  # continued, not started again
     assert copied_keys(run2_log) == [BIG_KEY]
+    assert ("(server-side copy)" in run2_log) == (second_run == "server-side")
     head = client.head_object(Bucket=buckets.dest, Key=BIG_KEY)
     assert head["ETag"].strip('"').endswith(f"-{total_parts}")
     assert head["ContentLength"] == len(body)

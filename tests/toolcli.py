@@ -109,6 +109,9 @@ class ToolJob:
     env: dict[str, str]
     credentials: Path
     dest_endpoint_url: str
+    # moto accepts any keys, so on one moto server --copy-mode auto would copy server-side and the
+    # streaming path, which is what most tests are about, would go untested: stream unless asked.
+    copy_mode: str = "stream"
     progress_file: Path = field(init=False)
     log_file: Path = field(init=False)
 
@@ -123,6 +126,7 @@ class ToolJob:
             "--source-credentials", str(self.credentials),
             "--dest-endpoint-url", self.dest_endpoint_url,
             *SIZE_ARGS,
+            "--copy-mode", self.copy_mode,
             "--progress-file", str(self.progress_file),
             "--log-file", str(self.log_file),
             *extra,

@@ -13,7 +13,7 @@ import io
 import json
 import random
 import re
-from typing import Optional
+from typing import Any, Optional
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -56,15 +56,21 @@ def upload(client: BaseClient, bucket: str, key: str, data: bytes, *, part_size:
     return client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
 
 
-def upload_parts(client: BaseClient, bucket: str, key: str, data: bytes, sizes: list[int]) -> str:
-    """A multipart upload with exactly these part sizes (they need not be equal)."""
+def upload_parts(client: BaseClient, bucket: str, key: str, data: bytes, sizes: list[int], *,
+                 checksum_algorithm: Optional[str] = None, **attributes: Any) -> str:
+    """A multipart upload with exactly these part sizes (they need not be equal), each part with a
+    checksum of checksum_algorithm (computed by botocore) if one is given."""
     assert sum(sizes) == len(data)
-    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    checksum = {"ChecksumAlgorithm": checksum_algorithm} if checksum_algorithm else {}
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **checksum, **attributes)["UploadId"]
     parts, start = [], 0
     for number, size in enumerate(sizes, start=1):
-        etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                  Body=data[start:start + size])["ETag"]
-        parts.append({"PartNumber": number, "ETag": etag})
+        response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                      Body=data[start:start + size], **checksum)
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        if checksum_algorithm:
+            part[f"Checksum{checksum_algorithm}"] = response[f"Checksum{checksum_algorithm}"]
+        parts.append(part)
         start += size
     client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
     return client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
