@@ -51,6 +51,7 @@ import base64
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import fnmatch
@@ -3117,9 +3118,29 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     return code
 
 
+GLIBC_M_MMAP_THRESHOLD = -3  # mallopt parameter, from glibc's malloc.h
+
+
+def return_freed_bodies_to_the_system() -> None:
+    """Make glibc give every body's memory back to the system as soon as it is freed.
+
+    glibc serves a block above its mmap threshold (128 KiB) with mmap and unmaps it on free, but on
+    each such free it raises the threshold (up to 32 MiB), so from then on parts are carved from
+    per-thread heaps that keep freed memory: measured here, 20 workers with 16 MiB parts peaked at
+    556 MiB instead of about 400. A fixed threshold of 1 MiB keeps the memory bound true, for a
+    page-fault cost of about 2% of a core at 90 MB/s. Other C libraries are left alone.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mallopt(GLIBC_M_MMAP_THRESHOLD, ctypes.c_int(MiB))
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse the command line, run the transfer, and map the outcome to an exit code."""
     parser = build_parser()
+    return_freed_bodies_to_the_system()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # argparse has printed its usage message
