@@ -556,6 +556,9 @@ CREDENTIAL_ERROR_CODES = {
 }
 ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
 DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
+# damaged on the way up, so the same bytes (still in memory) are sent again.
+DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 MISSING_BUCKET_CODES = {"NoSuchBucket"}
 RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ResponseStreamingError,
@@ -1777,7 +1780,6 @@ class TransferEngine:
                 return resumed
         tags = self._tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
-        self._abort_unrecorded_uploads(destination_key)
         try:
             upload_id = self.destination.client.create_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, **arguments, **check.multipart_checksum_arguments()
@@ -1791,6 +1793,7 @@ class TransferEngine:
         # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
         self.progress.record_upload(listed, job)
         self.progress.save(self.status.summary())
+        self._abort_unrecorded_uploads(destination_key, keep=upload_id)
         LOG.info("started %smultipart upload of %s (%s, %d parts of %s, verified by %s)",
                  "server-side " if server_side else "", json.dumps(listed.key, ensure_ascii=False),
                  format_size(listed.size), len(job.parts), format_size(part_size), check.method)
@@ -1976,10 +1979,12 @@ class TransferEngine:
                             "AbortIncompleteMultipartUpload on the destination bucket will clean it up",
                             upload_id, json.dumps(destination_key, ensure_ascii=False), error_code(error) or error)
 
-    def _abort_unrecorded_uploads(self, destination_key: str) -> None:
-        """Abort unfinished uploads of exactly this key that no progress file knows: a kill -9 between
-        CreateMultipartUpload and the progress save that follows it leaves one, and the object is
-        about to be written anyway. Best effort: without s3:ListBucketMultipartUploads, skip it."""
+    def _abort_unrecorded_uploads(self, destination_key: str, *, keep: str) -> None:
+        """Abort unfinished uploads of exactly this key other than ours (`keep`): a kill -9 between
+        CreateMultipartUpload and the progress save that follows it leaves one, and so does a
+        CreateMultipartUpload that S3 carried out but whose answer was lost, which botocore then
+        sent again. The object is being written anyway. Best effort: without
+        s3:ListBucketMultipartUploads, skip it."""
         try:
             listing = self.destination.client.list_multipart_uploads(Bucket=self.destination.bucket,
                                                                      Prefix=destination_key)
@@ -1987,7 +1992,7 @@ class TransferEngine:
             LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
             return
         for upload in listing.get("Uploads", ()):
-            if upload["Key"] == destination_key:
+            if upload["Key"] == destination_key and upload["UploadId"] != keep:
                 self._abort_upload(destination_key, upload["UploadId"],
                                    "an unfinished upload of the same key that no progress file records")
 
@@ -2103,22 +2108,27 @@ class TransferEngine:
         does not match its ETag. Exponential backoff with jitter. A unit already started is let
         finish when the run stops (Ctrl-C), but it is not retried then."""
         for attempt in range(1, BODY_ATTEMPTS + 1):
+            error: BaseException
             try:
                 return operation()
-            except RETRYABLE_BODY_ERRORS as error:
-                if attempt == BODY_ATTEMPTS:
-                    crc_failed = isinstance(error, botocore.exceptions.FlexibleChecksumError)
-                    kind = "integrity mismatch: " if crc_failed else ""
-                    raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{error}") from error
-                self.status.retried()
-                delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
-                LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
-                            BODY_ATTEMPTS)
-                if self.stopping.wait(delay):
-                    raise StopRequested() from error
-            except botocore.exceptions.ClientError as error:
-                _annotate(error, action=action, side=side.settings.side)
-                raise
+            except botocore.exceptions.ClientError as refused:
+                if error_code(refused) not in DAMAGED_UPLOAD_CODES:
+                    _annotate(refused, action=action, side=side.settings.side)
+                    raise
+                error = refused  # S3 refused a body damaged on its way up: send it again
+            except RETRYABLE_BODY_ERRORS as broken:
+                error = broken
+            if attempt == BODY_ATTEMPTS:
+                damaged = isinstance(error, (botocore.exceptions.FlexibleChecksumError,
+                                             botocore.exceptions.ClientError))
+                kind = "integrity mismatch: " if damaged else ""
+                raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{error}") from error
+            self.status.retried()
+            delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
+            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
+                        BODY_ATTEMPTS)
+            if self.stopping.wait(delay):
+                raise StopRequested() from error
         raise AssertionError("unreachable")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import FAKE_KEYS
-from corrupting_proxy import CorruptingProxy
+from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
 from uploads import KIB, MIB, body, etag_of, plain_client, upload
@@ -184,7 +184,7 @@ def test_verify_only_stops_with_one_clear_sentence_when_a_comparison_is_refused(
     upload(client, src, "differs.bin", body(1000, seed=1))
     upload(client, dst, "differs.bin", body(1000, seed=2))
 
-    with CorruptingProxy(moto_buckets.endpoint_url, refuse_head={(src, "differs.bin")}) as proxy:
+    with FaultProxy(moto_buckets.endpoint_url, refuse_head={(src, "differs.bin")}) as proxy:
         job.credentials = write_source_credentials(tmp_path / "via-proxy.json", FAKE_KEYS, proxy.endpoint_url)
         result = job.run(f"s3://{src}", f"s3://{dst}", "--verify-only", *THRESHOLD)
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 import pytest
 from conftest import FAKE_KEYS
-from corrupting_proxy import CorruptingProxy, flip_middle_byte
+from fault_proxy import FaultProxy, flip_middle_byte
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
 from uploads import (
@@ -174,7 +174,7 @@ def test_a_body_damaged_in_transit_is_never_written(
     head = client.head_object(Bucket=src, Key=target, ChecksumMode="ENABLED")
     assert not any(name.startswith("Checksum") and name != "ChecksumType" for name in head), head
 
-    with CorruptingProxy(moto_buckets.endpoint_url, corrupt={(src, target)}) as proxy:
+    with FaultProxy(moto_buckets.endpoint_url, corrupt={(src, target)}) as proxy:
         job.credentials = write_source_credentials(tmp_path / "via-proxy.json", FAKE_KEYS, proxy.endpoint_url)
         result = job.run(f"s3://{src}", f"s3://{dst}", *THRESHOLD)
     assert proxy.counts.errors == [], proxy.counts.errors
@@ -227,7 +227,7 @@ def test_a_damaged_body_caught_by_botocores_crc32_is_retried_and_never_written(
     assert moto_buckets.client.head_object(Bucket=src, Key=target, ChecksumMode="ENABLED").get("ChecksumCRC32")
     upload(plain_client(moto_buckets.endpoint_url), src, "clean/a.txt", b"clean")
 
-    with CorruptingProxy(moto_buckets.endpoint_url, corrupt={(src, target)}) as proxy:
+    with FaultProxy(moto_buckets.endpoint_url, corrupt={(src, target)}) as proxy:
         job.credentials = write_source_credentials(tmp_path / "via-proxy.json", FAKE_KEYS, proxy.endpoint_url)
         result = job.run(f"s3://{src}", f"s3://{dst}", *THRESHOLD)
 

@@ -6,13 +6,28 @@ until the upstream closes, perhaps damage it, send it back with ``Connection: cl
 That is enough for botocore (urllib3 simply opens a new connection for the next request) and
 keeps the proxy free of any HTTP framing logic beyond Content-Length.
 
-Faults, chosen per object key (path-style requests, ``/BUCKET/KEY``):
+Targeted faults, chosen per object key (path-style requests, ``/BUCKET/KEY``):
 
 * ``corrupt``: in every successful GetObject response for the key (whole or ranged), the byte in
   the middle of the body is inverted. Length and headers are left alone, so only a check of the
   bytes themselves (an MD5) can notice. GetObjectTagging (``?tagging``) is left alone.
 * ``refuse_head``: every HeadObject for the key is answered ``403 Forbidden`` with no body, as S3
   answers a HEAD that is denied.
+
+Random faults, at a rate per kind (``rates``), what a long migration meets on a real network:
+
+* ``reset_before``: the connection is reset (RST) before the request reaches the server.
+* ``reset_mid_body``: the server handles the request; the client gets the response head and half
+  of its body, then a reset.
+* ``truncate``: the response ends (FIN) a few bytes short of its Content-Length.
+* ``slowdown`` / ``internal_error``: ``503 SlowDown`` / ``500 InternalError``, as S3 sends them.
+* ``flip_response``: one byte of a GetObject body inverted, as ``corrupt`` does.
+* ``flip_request``: one byte of a PUT body (PutObject, UploadPart) inverted on its way up, which
+  S3 must refuse by its Content-MD5 or checksum header.
+
+Each request's fate is drawn from a hash of the seed, the request line and how many times that
+same request line was seen, not from the order threads happen to run in: a seed always injects
+the same faults into the same requests.
 
 Bounded: at most ``max_connections`` connections are served at once (others wait in the listen
 backlog), every socket has a timeout, and the proxy stops by itself after ``lifetime`` seconds
@@ -22,10 +37,13 @@ even if a test forgets to stop it. All threads are daemons.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
+import struct
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Optional
@@ -43,11 +61,22 @@ def flip_middle_byte(body: bytes) -> bytes:
     return body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1:]
 
 
+FAULT_KINDS = ("reset_before", "reset_mid_body", "truncate", "slowdown", "internal_error", "flip_response",
+               "flip_request")
+
+_ERROR_RESPONSES = {
+    "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "internal_error": (500, "Internal Server Error", "InternalError",
+                       "We encountered an internal error. Please try again."),
+}
+
+
 @dataclass
 class FaultCounts:
     requests: int = 0
     corrupted: int = 0
     refused: int = 0
+    injected: Counter[str] = field(default_factory=Counter)  # random faults, by kind
     errors: list[str] = field(default_factory=list)
 
 
@@ -83,8 +112,22 @@ def _build_head(first: str, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class CorruptingProxy:
-    """Forward to ``upstream_url``; damage GETs of ``corrupt`` keys, refuse HEADs of ``refuse_head`` keys.
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (RST), as a dropped connection looks to the client."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            "<RequestId>FAULTPROXY</RequestId></Error>").encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+class FaultProxy:
+    """Forward to ``upstream_url``; damage GETs of ``corrupt`` keys, refuse HEADs of ``refuse_head`` keys,
+    and inject random faults at ``rates``.
 
     Keys are given as (bucket, key). ``counts`` shows what the proxy did, so a test can prove the
     fault was actually injected.
@@ -92,7 +135,12 @@ class CorruptingProxy:
 
     def __init__(self, upstream_url: str, *, corrupt: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
                  refuse_head: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+                 rates: Optional[dict[str, float]] = None, seed: int = 0,
                  lifetime: float = 240.0, max_connections: int = 32) -> None:
+        assert set(rates or {}) <= set(FAULT_KINDS), rates
+        self._rates = dict(rates or {})
+        self._seed = seed
+        self._seen: Counter[str] = Counter()
         upstream = urllib.parse.urlsplit(upstream_url)
         assert upstream.hostname == LOOPBACK, "the proxy only ever talks to 127.0.0.1"
         self._upstream = (upstream.hostname, upstream.port or 80)
@@ -109,7 +157,7 @@ class CorruptingProxy:
         self._listener.listen(64)
         self._listener.settimeout(0.2)
         self.endpoint_url = f"http://{LOOPBACK}:{self._listener.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._serve, name="corrupting-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="fault-proxy", daemon=True)
         self._thread.start()
 
     @staticmethod
@@ -159,9 +207,25 @@ class CorruptingProxy:
                     self.counts.refused += 1
                 client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
+            fault = self._draw_fault(first, method, body)
+            if fault == "reset_before":
+                _reset(client)
+                return
+            if fault in _ERROR_RESPONSES:
+                client.sendall(_error_response(*_ERROR_RESPONSES[fault]))
+                return
+            if fault == "flip_request":
+                body = flip_middle_byte(body)
             response = self._forward(_build_head(first, headers) + body)
-            if method == "GET" and path in self._corrupt and "tagging" not in query:
+            if method == "GET" and "tagging" not in query and (path in self._corrupt or fault == "flip_response"):
                 response = self._damage(response)
+            if fault in ("reset_mid_body", "truncate"):
+                head, _, response_body = response.partition(b"\r\n\r\n")
+                cut = len(response_body) // 2 if fault == "reset_mid_body" else max(len(response_body) - 3, 0)
+                client.sendall(head + b"\r\n\r\n" + response_body[:cut])
+                if fault == "reset_mid_body":
+                    _reset(client)
+                return
             client.sendall(response)
         except Exception as error:  # noqa: BLE001 - recorded for the test to see, the connection is dropped
             with self._lock:
@@ -171,6 +235,34 @@ class CorruptingProxy:
                 client.shutdown(socket.SHUT_RDWR)
             client.close()
             self._slots.release()
+
+    def set_rates(self, rates: dict[str, float]) -> None:
+        """Change the fault rates from now on ({} for none): a rerun through the same endpoint."""
+        with self._lock:
+            self._rates = dict(rates)
+
+    def _draw_fault(self, request_line: str, method: str, body: bytes) -> Optional[str]:
+        """The random fault for this request, if any: the same for a given seed, request line and
+        repetition of it, whichever thread asks first."""
+        with self._lock:
+            rates = self._rates
+            self._seen[request_line] += 1
+            seen = self._seen[request_line]
+        if not rates:
+            return None
+        digest = hashlib.sha256(f"{self._seed}|{request_line}|{seen}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+        for kind in FAULT_KINDS:
+            if kind == "flip_request" and not (method == "PUT" and body):
+                continue
+            if kind == "flip_response" and method != "GET":
+                continue
+            draw -= rates.get(kind, 0.0)
+            if draw < 0:
+                with self._lock:
+                    self.counts.injected[kind] += 1
+                return kind
+        return None
 
     def _forward(self, request: bytes) -> bytes:
         with socket.create_connection(self._upstream, timeout=60) as upstream:
@@ -205,7 +297,7 @@ class CorruptingProxy:
         self._stopping.set()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "CorruptingProxy":
+    def __enter__(self) -> "FaultProxy":
         return self
 
     def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
