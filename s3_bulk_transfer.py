@@ -960,12 +960,18 @@ def content_md5(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+def etag_is_opaque(response: dict[str, Any]) -> bool:
+    """Whether a HeadObject or GetObject answer describes an object whose ETag is no hash of its bytes:
+    SSE-KMS or SSE-C encryption."""
+    return response.get("ServerSideEncryption") == "aws:kms" or bool(response.get("SSECustomerAlgorithm"))
+
+
 def plain_md5_etag(etag: str, response: dict[str, Any]) -> Optional[str]:
     """The MD5 an ETag stands for, or None when it is not one (multipart, SSE-KMS, SSE-C)."""
     value = etag.strip('"')
     if "-" in value or len(value) != 32:
         return None
-    if response.get("ServerSideEncryption") == "aws:kms" or response.get("SSECustomerAlgorithm"):
+    if etag_is_opaque(response):
         return None
     return value
 
@@ -1704,7 +1710,7 @@ class TransferEngine:
         plain = plain_md5_etag(etag, response)
         if plain is not None:
             return IntegrityCheck("md5", plain, (max(size, 1),), checksum)
-        encrypted = response.get("ServerSideEncryption") == "aws:kms" or bool(response.get("SSECustomerAlgorithm"))
+        encrypted = etag_is_opaque(response)
         counted = re.search(r"-(\d+)$", checksum.value if checksum and checksum.composite else value)
         layout = self._part_layout(key, size, int(counted.group(1))) if counted else None
         if checksum is not None and checksum.composite and layout is None:
@@ -2036,8 +2042,7 @@ class TransferEngine:
 
     def _source_encrypted(self, listed: ListedObject) -> bool:
         """Whether the source's ETag is opaque (SSE-KMS, SSE-C): the listing does not say, HeadObject does."""
-        head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key)
-        return head.get("ServerSideEncryption") == "aws:kms" or bool(head.get("SSECustomerAlgorithm"))
+        return etag_is_opaque(self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key))
 
     def _copy_part_server_side(self, job: MultipartCopy, part: PartRange) -> None:
         if job.abandoned:
@@ -2488,8 +2493,7 @@ class ObjectComparer:
         if "-" in listed.etag:
             layout = ("parts", side.client.head_object(Bucket=side.bucket, Key=listed.key,
                                                         PartNumber=1)["ContentLength"])
-        encrypted = head.get("ServerSideEncryption") == "aws:kms" or bool(head.get("SSECustomerAlgorithm"))
-        return Fingerprint(layout, not encrypted, find_source_checksum(head, listed.etag))
+        return Fingerprint(layout, not etag_is_opaque(head), find_source_checksum(head, listed.etag))
 
 
 def objects_to_copy(config: TransferConfig, source: Side, destination: Side, start_after: Optional[str],
