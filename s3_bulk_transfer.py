@@ -54,6 +54,7 @@ import contextlib
 import ctypes
 import dataclasses
 import datetime
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -64,6 +65,7 @@ import queue
 import random
 import re
 import signal
+import ssl
 import stat
 import sys
 import tempfile
@@ -102,6 +104,7 @@ MIN_PART_SIZE = 5 * MiB  # S3: every part but the last must be at least 5 MiB
 MAX_PART_SIZE = 5 * GiB  # S3: no part may exceed 5 GiB
 MAX_PARTS = 10_000  # S3: at most 10,000 parts per multipart upload
 MAX_SINGLE_PUT_SIZE = 5 * GiB  # S3: PutObject takes at most 5 GiB
+MAX_OBJECT_SIZE = 5 * TiB  # S3: no object may exceed 5 TiB, however it is uploaded
 MAX_KEY_BYTES = 1024  # S3: keys are at most 1,024 bytes of UTF-8
 
 DEFAULT_CHUNK_SIZE = 8 * MiB
@@ -111,6 +114,9 @@ DEFAULT_PROGRESS_FILE = "transfer_progress.json"
 DEFAULT_LOG_FILE = "s3_transfer.log"
 DEFAULT_CREDENTIALS_FILE = "source_credentials.json"
 DEFAULT_STATUS_INTERVAL = 10.0
+# Seconds S3 may stay silent before a request is abandoned and retried: long enough for a 5 GiB
+# CompleteMultipartUpload to answer, short enough that a dead connection costs minutes, not hours.
+DEFAULT_READ_TIMEOUT = 120.0
 MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows past any sane EC2 size
 
 PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
@@ -204,6 +210,18 @@ def format_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def has_dot_segments(key: str) -> bool:
+    """Whether a key has a "." or ".." segment between its slashes (./x, a/../b, x/..).
+
+    S3 stores such keys as they are, and botocore sends them as they are (PUT /bucket/a/../b), but
+    anything on the way that normalises URLs as RFC 3986 says (a proxy, a load balancer, an
+    S3-compatible server) resolves them first: with path-style addressing /dst/copy/a/../../../src/x is
+    a write to s3://src/x, outside the destination prefix and in another bucket. SeaweedFS and MinIO
+    refuse such keys outright. "//" is not a dot segment: servers that fold it stay inside the prefix.
+    """
+    return any(segment in (".", "..") for segment in key.split("/"))
+
+
 @dataclasses.dataclass(frozen=True)
 class S3Location:
     """A bucket and a key prefix. A non-empty prefix always ends in '/', as a folder does in
@@ -221,6 +239,11 @@ class S3Location:
             raise ConfigurationError(
                 f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 lowercase "
                 "letters, digits, dots and hyphens."
+            )
+        if has_dot_segments(prefix):
+            raise ConfigurationError(
+                f"The prefix of {uri!r} has a '.' or '..' segment, which a server that normalises URLs would "
+                "resolve to another prefix: write the prefix without them."
             )
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -358,6 +381,7 @@ class TransferConfig:
     progress_file: Path = Path(DEFAULT_PROGRESS_FILE)
     log_file: Path = Path(DEFAULT_LOG_FILE)
     status_interval: float = DEFAULT_STATUS_INTERVAL
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     quiet: bool = False
     verbose: bool = False
 
@@ -387,9 +411,12 @@ def read_json_file(path: Path, *, what: str, when_invalid: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigurationError(f"The {what} {path} cannot be read ({getattr(error, 'strerror', None) or error}).") \
-            from None
+    except OSError as error:
+        raise ConfigurationError(f"The {what} {path} cannot be read ({error.strerror or error}): check that it is a "
+                                 "file this user may read.") from None
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(f"The {what} {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                                 f"offset {error.start}); {when_invalid}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -488,6 +515,28 @@ def destination_side_settings(args: argparse.Namespace) -> SideSettings:
     )
 
 
+class RenewableRoleCredentials(botocore.credentials.RefreshableCredentials):
+    """Assumed-role credentials that botocore renews before they expire, and that can also be
+    renewed at once when S3 calls them expired earlier than their stated expiry (a session revoked
+    by an administrator, a clock that is off): waiting for botocore's renewal window would fail
+    every request until then.
+
+    ``generation`` counts those early renewals, so that of the requests in flight when a session
+    ends, only one renews it: a request signed before the last renewal only needs to be retried.
+    """
+
+    generation = 0
+
+    def renew_unless_renewed_since(self, generation: int) -> bool:
+        """Assume the role again, unless it was renewed after ``generation``; True if renewed now."""
+        with self._refresh_lock:
+            if generation != self.generation:
+                return False
+            self._protected_refresh(is_mandatory=True)
+            self.generation += 1
+            return True
+
+
 def build_session(settings: SideSettings) -> boto3.Session:
     """A boto3 session for one side; with a role_arn, credentials refresh by themselves.
 
@@ -532,7 +581,7 @@ def build_session(settings: SideSettings) -> boto3.Session:
             "expiry_time": credentials["Expiration"].isoformat(),
         }
 
-    refreshing = botocore.credentials.RefreshableCredentials.create_from_metadata(
+    refreshing = RenewableRoleCredentials.create_from_metadata(
         metadata=assume(), refresh_using=assume, method="assume-role"
     )
     core = botocore.session.get_session()
@@ -544,12 +593,12 @@ def build_session(settings: SideSettings) -> boto3.Session:
 # 3. Connecting to each side
 # =============================================================================================
 
+CREDENTIALS_EXPIRED = "credentials expired: refresh them and rerun to resume"
+EXPIRED_CREDENTIAL_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"}
 CREDENTIAL_ERROR_CODES = {
     "InvalidAccessKeyId": "the access key is not known to S3",
     "SignatureDoesNotMatch": "the secret key does not match the access key",
-    "ExpiredToken": "the credentials have expired: refresh them and rerun to resume",
-    "ExpiredTokenException": "the credentials have expired: refresh them and rerun to resume",
-    "TokenRefreshRequired": "the credentials have expired: refresh them and rerun to resume",
+    **{code: CREDENTIALS_EXPIRED for code in EXPIRED_CREDENTIAL_CODES},
     "InvalidToken": "the session token is not valid",
     "AccountProblem": "the AWS account has a problem that stops S3 from answering",
     "AllAccessDisabled": "all access to this resource has been disabled",
@@ -580,6 +629,16 @@ def error_code(error: BaseException) -> str:
     return ""
 
 
+def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
+    """The failed certificate check behind an error (botocore's SSLError wraps urllib3's, which wraps
+    ssl's), or None when the error is something else."""
+    for _ in range(8):  # a bounded walk down the chain, in case it ever loops
+        if error is None or isinstance(error, ssl.SSLCertVerificationError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
     """One sentence naming the side, the bucket, the action and what to do about it."""
     where = f"s3://{bucket}/{key}" if key else f"bucket {bucket}"
@@ -600,6 +659,14 @@ def explain_error(error: BaseException, *, side: SideSettings, bucket: str, acti
         )
     if isinstance(error, botocore.exceptions.NoCredentialsError):
         return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
+    untrusted = certificate_failure(error)
+    if untrusted is not None:
+        endpoint = explicit_endpoint(side) or "(AWS)"
+        return (
+            f"The TLS certificate of the {side.side} S3 endpoint {endpoint} could not be verified "
+            f"({untrusted.verify_message or untrusted.reason}): for a private endpoint, set AWS_CA_BUNDLE to the "
+            "PEM file of the CA that signed its certificate, and rerun."
+        )
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
         return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
     if isinstance(error, botocore.exceptions.ClientError):
@@ -622,7 +689,8 @@ def explicit_endpoint(settings: SideSettings) -> Optional[str]:
     return settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: str, max_workers: int) -> Any:
+def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: str, max_workers: int,
+                   read_timeout: float = DEFAULT_READ_TIMEOUT) -> Any:
     """An S3 client tuned for many threads.
 
     The pool is sized to the workers plus a few for bookkeeping calls: botocore's default of 10
@@ -635,7 +703,7 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
         max_pool_connections=max_workers + 4,
         retries={"mode": "standard", "max_attempts": 10},
         connect_timeout=10,
-        read_timeout=120,
+        read_timeout=read_timeout,
         tcp_keepalive=True,
         request_checksum_calculation="when_required",
         # A custom endpoint (MinIO, SeaweedFS, a proxy) rarely serves virtual-hosted bucket names.
@@ -643,7 +711,50 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
     )
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
     client.meta.events.register_last("before-call.s3", _expect_continue_for_large_bodies_only)
+    client.meta.events.register_first("needs-retry.s3", _no_retry_for_an_unverifiable_certificate)
+    credentials = session.get_credentials()
+    if isinstance(credentials, RenewableRoleCredentials):
+        renewal = RoleRenewalOnExpiry(credentials, side=settings.side)
+        client.meta.events.register_first("request-created.s3", renewal.note_generation)
+        client.meta.events.register_first("needs-retry.s3", renewal.retry_if_expired)
     return client
+
+
+class RoleRenewalOnExpiry:
+    """botocore hooks that answer S3's ExpiredToken by renewing the role's session and retrying.
+
+    Each attempt is signed afresh, with the credentials current at that moment, so a retry after a
+    renewal carries the new session.
+    """
+
+    ATTEMPTS = 3  # an attempt with a just-renewed session that is still refused will not be helped by more
+
+    def __init__(self, credentials: RenewableRoleCredentials, *, side: str) -> None:
+        self.credentials = credentials
+        self.side = side
+
+    def note_generation(self, request: Any, **_: Any) -> None:
+        request.context["credentials_generation"] = self.credentials.generation
+
+    def retry_if_expired(self, response: Optional[tuple[Any, dict[str, Any]]], attempts: int,
+                         request_dict: dict[str, Any], **_: Any) -> Optional[float]:
+        if response is None or attempts >= self.ATTEMPTS:
+            return None
+        code = response[1].get("Error", {}).get("Code")
+        if code not in EXPIRED_CREDENTIAL_CODES:
+            return None
+        if self.credentials.renew_unless_renewed_since(request_dict["context"].get("credentials_generation", 0)):
+            LOG.warning("S3 called the %s role session expired (%s): renewed the %s role credentials; retrying",
+                        self.side, code, self.side)
+        return 0
+
+
+def _no_retry_for_an_unverifiable_certificate(caught_exception: Optional[BaseException] = None,
+                                              **_: Any) -> Optional[bool]:
+    """botocore retries a failed TLS handshake like a dropped connection, 10 times over about 40 s, but a
+    certificate that cannot be verified will not become verifiable: False (botocore's "do not retry",
+    which later handlers cannot overrule) lets the person read why at once. Verification stays on."""
+    return False if certificate_failure(caught_exception) is not None else None
 
 
 EXPECT_CONTINUE_MIN_BODY = 2 * MiB
@@ -686,12 +797,14 @@ class Side:
     region: str
 
 
-def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_prefix: str) -> Side:
+def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_prefix: str,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> Side:
     """Build the client and prove the bucket is there and usable, before anything is copied."""
     session = build_session(settings)
     try:
         region = detect_bucket_region(session, settings, bucket)
-        client = make_s3_client(session, settings, region=region, max_workers=max_workers)
+        client = make_s3_client(session, settings, region=region, max_workers=max_workers,
+                                read_timeout=read_timeout)
         action = "s3:ListBucket"
         # ListObjectsV2 rather than HeadBucket: a HEAD answer has no body, so a wrong secret key would
         # arrive as a bare 403 and be mistaken for a missing permission.
@@ -750,17 +863,32 @@ def map_destination_key(source_key: str, source: S3Location, destination: S3Loca
     return destination.prefix + source_key[len(source.prefix):]
 
 
+def why_uncopyable(relative_key: str, destination_key: str, size: int) -> Optional[str]:
+    """Why this object cannot be copied as mapped, or None. Decided from the listing alone, so that
+    nothing at all is written for such an object (no PutObject, no CreateMultipartUpload)."""
+    if has_dot_segments(relative_key):
+        return ('its key has a "." or ".." path segment, which a proxy or S3-compatible server that normalises '
+                "URLs would resolve, so the copy could land outside the destination prefix or in another bucket; "
+                "rename it at the source, or copy it by hand where you know nothing normalises URLs")
+    key_bytes = len(destination_key.encode("utf-8"))
+    if key_bytes > MAX_KEY_BYTES:
+        return (f"the destination key would be {key_bytes} bytes, over S3's {MAX_KEY_BYTES}-byte limit; "
+                "use a shorter destination prefix")
+    if size > MAX_OBJECT_SIZE:
+        return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of 5 TiB "
+                f"({MAX_OBJECT_SIZE:,} bytes) for one object, so S3 cannot store it and nothing was written for it")
+    return None
+
+
 def choose_part_size(object_size: int, requested: int) -> int:
     """The part size for an object: the requested chunk size, raised (to a whole MiB) only when the
-    object would otherwise need more than 10,000 parts; never below 5 MiB nor above 5 GiB."""
+    object would otherwise need more than 10,000 parts; never below 5 MiB. A 5 TiB object gets 525 MiB
+    parts, so S3's 5 GiB part limit never stops an object that its 5 TiB object limit lets through."""
+    if object_size > MAX_OBJECT_SIZE:
+        raise ValueError(f"an object of {object_size:,} bytes is over S3's 5 TiB limit for one object")
     part_size = max(requested, MIN_PART_SIZE)
     if math.ceil(object_size / part_size) > MAX_PARTS:
         part_size = math.ceil(object_size / MAX_PARTS / MiB) * MiB
-    if part_size > MAX_PART_SIZE:
-        raise ValueError(
-            f"an object of {object_size:,} bytes needs parts over 5 GiB to fit S3's 10,000-part limit; "
-            "S3 cannot store it"
-        )
     return part_size
 
 
@@ -1555,10 +1683,10 @@ class TransferEngine:
 
     def _schedule(self, listed: ListedObject, *, attempt: int) -> None:
         destination_key = map_destination_key(listed.key, self.config.source, self.config.destination)
-        if len(destination_key.encode("utf-8")) > MAX_KEY_BYTES:
-            self._settle_failure(listed.key, ObjectFailure(
-                f"the destination key would be {len(destination_key.encode('utf-8'))} bytes, over S3's "
-                f"{MAX_KEY_BYTES}-byte limit; use a shorter destination prefix"))
+        refusal = why_uncopyable(listed.key[len(self.config.source.prefix):], destination_key, listed.size)
+        if refusal is not None:
+            self._abort_recorded_upload(listed.key, refusal)
+            self._settle_failure(listed.key, ObjectFailure(refusal))
             return
         server_side = self.copy_mode.server_side()
         if listed.size < self.config.multipart_threshold:
@@ -1811,12 +1939,10 @@ class TransferEngine:
         source_part = check.source_part_sizes[0] if check.method == "etag" else 0
         largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * self.config.chunk_size,
                                                         max(self.config.memory_limit, self.config.chunk_size))
-        if MIN_PART_SIZE <= source_part <= largest:
+        # A source that is not AWS S3 may hold more than 10,000 parts; S3 would refuse part 10,001.
+        if MIN_PART_SIZE <= source_part <= largest and math.ceil(listed.size / source_part) <= MAX_PARTS:
             return source_part
-        try:
-            part_size = choose_part_size(listed.size, self.config.chunk_size)
-        except ValueError as error:
-            raise ObjectFailure(str(error)) from None
+        part_size = choose_part_size(listed.size, self.config.chunk_size)  # _schedule refused what is too large
         if part_size != self.config.chunk_size and not server_side:
             LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
                         "limit at once (raise --memory-limit to copy more of them in parallel)",
@@ -2173,6 +2299,33 @@ def write_atomically(path: Path, text: str) -> None:
         os.close(directory)
 
 
+def lock_progress_file(path: Path) -> None:
+    """Hold an exclusive lock beside the progress file until this process ends, which the kernel
+    ensures even after kill -9. Two runs of one job (a second terminal, a cron job that fires while
+    the last one still runs) would copy everything twice and overwrite each other's progress."""
+    descriptor = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise ConfigurationError(
+            f"Another run is using the progress file {path} right now: let it finish, or stop it (Ctrl-C) "
+            "and rerun this command to resume."
+        ) from None
+    # The descriptor stays open on purpose: closing it would release the lock.
+
+
+def remove_temporary_files_of_killed_runs(path: Path) -> None:
+    """A run killed between creating a temporary progress file and renaming it leaves the temporary
+    file behind (the progress file itself is intact); under the lock, none can be in use."""
+    prefix, suffix = f".{path.name}.", ".tmp"
+    for name in os.listdir(path.parent):
+        if name.startswith(prefix) and name.endswith(suffix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.parent / name)
+            LOG.info("removed %s, a temporary progress file left by a killed run", name)
+
+
 def read_progress_file(path: Path) -> Optional[dict[str, Any]]:
     """The saved progress, None when there is none; a damaged file is an error, never ignored."""
     try:
@@ -2224,10 +2377,14 @@ class ProgressStore:
         saved = None if restart else read_progress_file(path)
         if saved is not None and saved.get("job") != job:
             theirs = saved.get("job", {})
+            # Name only what differs: two jobs between the same buckets may differ in endpoint alone.
+            differences = "; ".join(
+                f"{name.replace('_', ' ')} {theirs.get(name)!r} there, {job.get(name)!r} here"
+                for name in sorted(set(theirs) | set(job)) if theirs.get(name) != job.get(name)
+            )
             raise ConfigurationError(
                 f"The progress file {path} belongs to another job ({theirs.get('source')} -> "
-                f"{theirs.get('destination')}, filters {theirs.get('filters')}), not to this one ({job['source']} -> "
-                f"{job['destination']}, filters {job['filters']}). Use another --progress-file for this job, or "
+                f"{theirs.get('destination')}; {differences}). Use another --progress-file for this job, or "
                 "rerun with --restart to discard that progress and start over."
             )
         return cls(path, job, saved)
@@ -2581,7 +2738,9 @@ class AuditReportFile:
     so a comparison of 100 million keys never holds its findings in memory."""
 
     def __init__(self, path: Optional[Path]) -> None:
-        self._handle = path.open("w", encoding="utf-8") if path else None
+        # Owner-only, as the log and the progress file: it lists bucket and key names.
+        self._handle = (os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8")
+                        if path else None)
         self._first = True
         if self._handle:
             self._handle.write('{\n  "discrepancies": [')
@@ -2874,6 +3033,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "NAME.shard-I-of-N.log)")
     state.add_argument("--status-interval", type=float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
                        help="seconds between summary lines in the log and on non-terminal output (default: 10)")
+    state.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
+                       help="abandon and retry a request when S3 sends nothing for this long (default: 120)")
     state.add_argument("--dry-run", action="store_true",
                        help="list and plan only: print counts, bytes, multipart objects, already done and the "
                             "memory bound; writes nothing to S3 and leaves the progress file alone")
@@ -2924,6 +3085,8 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
     if args.status_interval <= 0:
         raise ConfigurationError("--status-interval must be a positive number of seconds.")
+    if not 0 < args.read_timeout <= 3600:
+        raise ConfigurationError("--read-timeout must be between 0 and 3600 seconds (default 120).")
     for option, path in (("--progress-file", args.progress_file), ("--log-file", args.log_file),
                          ("--report", args.report or args.log_file)):
         if not path.parent.resolve().is_dir():
@@ -2953,6 +3116,7 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         verify=args.verify, verify_only=args.verify_only, skip_existing=args.skip_existing,
         report_file=args.report,
         progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
+        read_timeout=args.read_timeout,
         quiet=args.quiet, verbose=args.verbose,
     )
 
@@ -3014,13 +3178,14 @@ def report_dry_run(config: TransferConfig, source: Side) -> int:
             continue
         counts["objects"] += 1
         counts["bytes"] += listed.size
+        destination_key = map_destination_key(listed.key, config.source, config.destination)
+        refusal = why_uncopyable(listed.key[len(config.source.prefix):], destination_key, listed.size)
+        if refusal is not None:
+            counts["uncopyable"] += 1
+            print(f"  cannot copy {json.dumps(listed.key, ensure_ascii=False)}: {refusal}")
+            continue
         if listed.size >= config.multipart_threshold:
-            try:
-                part_size = choose_part_size(listed.size, config.chunk_size)
-            except ValueError as error:
-                counts["too_large"] += 1
-                print(f"  cannot copy {json.dumps(listed.key, ensure_ascii=False)}: {error}")
-                continue
+            part_size = choose_part_size(listed.size, config.chunk_size)
             counts["multipart"] += 1
             counts["multipart_bytes"] += listed.size
             counts["parts"] += math.ceil(listed.size / part_size)
@@ -3028,18 +3193,17 @@ def report_dry_run(config: TransferConfig, source: Side) -> int:
         else:
             largest_unit = max(largest_unit, listed.size)
         if config.verbose:
-            destination_key = map_destination_key(listed.key, config.source, config.destination)
             print(f"  {json.dumps(listed.key, ensure_ascii=False)} -> "
                   f"{json.dumps(destination_key, ensure_ascii=False)} ({format_size(listed.size)})")
     print(f"Dry run: {config.source} -> {config.destination}; nothing was written to S3 and "
           f"{config.progress_file} was not touched.")
     print(f"  to copy:      {counts['objects']:,} objects, {format_size(counts['bytes'])}")
     print(f"  multipart:    {counts['multipart']:,} objects ({format_size(counts['multipart_bytes'])}, "
-          f"{counts['parts']:,} parts); single PUT: {counts['objects'] - counts['multipart'] - counts['too_large']:,}")
+          f"{counts['parts']:,} parts); single PUT: {counts['objects'] - counts['multipart'] - counts['uncopyable']:,}")
     print(f"  already done: {counts['done']:,} objects, {format_size(counts['done_bytes'])} "
           f"(per {config.progress_file})")
-    if counts["too_large"]:
-        print(f"  cannot copy:  {counts['too_large']:,} objects too large for S3")
+    if counts["uncopyable"]:
+        print(f"  cannot copy:  {counts['uncopyable']:,} objects, listed above with the reason")
     print(f"  memory bound: {format_size(max(config.memory_limit, largest_unit))} of object data in flight "
           f"({config.max_workers} workers, --memory-limit {format_size(config.memory_limit)}, largest single unit "
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
@@ -3074,13 +3238,15 @@ def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[],
 def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     """Connect both sides, then copy everything not yet done, saving progress as it goes."""
     source = connect_side(config.source_side, config.source.bucket, max_workers=config.max_workers,
-                          list_prefix=config.source.prefix)
-    destination = connect_side(config.destination_side, config.destination.bucket,
-                               max_workers=config.max_workers, list_prefix=config.destination.prefix)
+                          list_prefix=config.source.prefix, read_timeout=config.read_timeout)
+    destination = connect_side(config.destination_side, config.destination.bucket, max_workers=config.max_workers,
+                               list_prefix=config.destination.prefix, read_timeout=config.read_timeout)
     if config.dry_run:
         return report_dry_run(config, source)
     if config.verify_only:
         return audit(config, source, destination)
+    lock_progress_file(config.progress_file)  # before --restart, which aborts the uploads the file records
+    remove_temporary_files_of_killed_runs(config.progress_file)
     if config.restart:
         discard_progress(config.progress_file, destination)
     progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)

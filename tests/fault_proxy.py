@@ -24,6 +24,15 @@ Random faults, at a rate per kind (``rates``), what a long migration meets on a 
 * ``flip_response``: one byte of a GetObject body inverted, as ``corrupt`` does.
 * ``flip_request``: one byte of a PUT body (PutObject, UploadPart) inverted on its way up, which
   S3 must refuse by its Content-MD5 or checksum header.
+* ``stall``: the server handles the request, but its response is held back for ``stall_seconds``
+  (set it past the client's read timeout): the client gives up and retries a request that in
+  fact succeeded, the case that makes retried requests need to be idempotent.
+
+Expiring credentials: ``expire_token(token, after_requests=N)``: from the Nth request on, every
+request signed with that session token (``X-Amz-Security-Token``) is answered ``400 ExpiredToken``,
+as S3 answers once a session has expired; other tokens (a renewed session) still pass.
+``expire_sessions_after(N)``: every token expires N requests after the proxy first sees it, so a
+client that renews its session goes on and one that cannot is stopped.
 
 Each request's fate is drawn from a hash of the seed, the request line and how many times that
 same request line was seen, not from the order threads happen to run in: a seed always injects
@@ -62,7 +71,7 @@ def flip_middle_byte(body: bytes) -> bytes:
 
 
 FAULT_KINDS = ("reset_before", "reset_mid_body", "truncate", "slowdown", "internal_error", "flip_response",
-               "flip_request")
+               "flip_request", "stall")
 
 _ERROR_RESPONSES = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
@@ -77,6 +86,9 @@ class FaultCounts:
     corrupted: int = 0
     refused: int = 0
     injected: Counter[str] = field(default_factory=Counter)  # random faults, by kind
+    expired: int = 0  # requests refused for an expired session token
+    tokens: list[str] = field(default_factory=list)  # session tokens, in the order first seen
+    uploaded_bytes: int = 0  # request bodies of PUTs that reached the server (PutObject, UploadPart)
     errors: list[str] = field(default_factory=list)
 
 
@@ -135,17 +147,20 @@ class FaultProxy:
 
     def __init__(self, upstream_url: str, *, corrupt: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
                  refuse_head: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
-                 rates: Optional[dict[str, float]] = None, seed: int = 0,
+                 rates: Optional[dict[str, float]] = None, seed: int = 0, stall_seconds: float = 3.0,
                  lifetime: float = 240.0, max_connections: int = 32) -> None:
         assert set(rates or {}) <= set(FAULT_KINDS), rates
         self._rates = dict(rates or {})
         self._seed = seed
+        self._stall_seconds = stall_seconds
         self._seen: Counter[str] = Counter()
         upstream = urllib.parse.urlsplit(upstream_url)
         assert upstream.hostname == LOOPBACK, "the proxy only ever talks to 127.0.0.1"
         self._upstream = (upstream.hostname, upstream.port or 80)
         self._corrupt = {self._path(bucket, key) for bucket, key in corrupt}
         self._refuse_head = {self._path(bucket, key) for bucket, key in refuse_head}
+        self._token_expiry: dict[str, int] = {}  # session token -> request count from which it is refused
+        self._session_lifetime: Optional[int] = None
         self._deadline = time.monotonic() + lifetime
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stopping = threading.Event()
@@ -191,6 +206,10 @@ class FaultProxy:
             first, headers = _header_lines(head)
             method, target, _version = first.split(" ", 2)
             length = next((int(value) for name, value in headers if name.lower() == "content-length"), 0)
+            if any(name.lower() == "expect" and value.lower() == "100-continue" for name, value in headers):
+                # Answer for the server, or the client waits a second (botocore's timeout) for it.
+                client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                headers = [(name, value) for name, value in headers if name.lower() != "expect"]
             body = rest
             while len(body) < length:
                 chunk = client.recv(min(1 << 20, length - len(body)))
@@ -200,8 +219,19 @@ class FaultProxy:
             split = urllib.parse.urlsplit(target)
             path = urllib.parse.unquote(split.path)
             query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+            token = next((value for name, value in headers if name.lower() == "x-amz-security-token"), None)
             with self._lock:
                 self.counts.requests += 1
+                if token is not None and token not in self.counts.tokens:
+                    self.counts.tokens.append(token)
+                    if self._session_lifetime is not None:
+                        self._token_expiry[token] = self.counts.requests + self._session_lifetime
+                expired = token is not None and self.counts.requests >= self._token_expiry.get(token, 1 << 62)
+                if expired:
+                    self.counts.expired += 1
+            if expired:
+                client.sendall(_error_response(400, "Bad Request", "ExpiredToken", "The provided token has expired."))
+                return
             if method == "HEAD" and path in self._refuse_head:
                 with self._lock:
                     self.counts.refused += 1
@@ -217,8 +247,13 @@ class FaultProxy:
             if fault == "flip_request":
                 body = flip_middle_byte(body)
             response = self._forward(_build_head(first, headers) + body)
+            if method == "PUT":
+                with self._lock:
+                    self.counts.uploaded_bytes += len(body)
             if method == "GET" and "tagging" not in query and (path in self._corrupt or fault == "flip_response"):
                 response = self._damage(response)
+            if fault == "stall":
+                self._stopping.wait(self._stall_seconds)
             if fault in ("reset_mid_body", "truncate"):
                 head, _, response_body = response.partition(b"\r\n\r\n")
                 cut = len(response_body) // 2 if fault == "reset_mid_body" else max(len(response_body) - 3, 0)
@@ -235,6 +270,16 @@ class FaultProxy:
                 client.shutdown(socket.SHUT_RDWR)
             client.close()
             self._slots.release()
+
+    def expire_token(self, token: str, *, after_requests: int) -> None:
+        """Refuse ``token`` as expired once ``after_requests`` more requests have arrived."""
+        with self._lock:
+            self._token_expiry[token] = self.counts.requests + after_requests
+
+    def expire_sessions_after(self, requests: int) -> None:
+        """From now on, every session token is refused ``requests`` requests after it first arrives."""
+        with self._lock:
+            self._session_lifetime = requests
 
     def set_rates(self, rates: dict[str, float]) -> None:
         """Change the fault rates from now on ({} for none): a rerun through the same endpoint."""

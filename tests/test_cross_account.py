@@ -145,6 +145,18 @@ def test_source_keys_that_may_not_list(accounts: CrossAccount) -> None:
     assert_nothing_under_destination_prefix(accounts)
 
 
+def test_destination_keys_that_may_not_list(accounts: CrossAccount) -> None:
+    put_small_objects(accounts, 2)
+    job = accounts.job(accounts.server.source, accounts.server.dest_no_list)
+
+    result = job.run(accounts.source_uri, accounts.destination_uri)
+
+    # Listing the destination is needed to find multipart uploads a killed run left and for
+    # --skip-existing; the preflight finds it refused before anything is copied.
+    assert_usage_error(result, "destination", DEST_BUCKET, "s3:ListBucket")
+    assert_nothing_under_destination_prefix(accounts)
+
+
 def assert_run_stopped(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     """Exit 2 after the run began: the refused objects are listed as they fail, and the closing
     error line (not one of the FAILED lines) names the side, the bucket and the action."""

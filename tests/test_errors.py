@@ -6,13 +6,27 @@ a person can act on (no traceback), with exit code 2. Every test here also
 checks that nothing was written: the destination bucket is still empty, no
 multipart upload was started, the source is unchanged and no progress file was
 created (or an existing one was left byte for byte as it was).
+
+Hostile or impossible objects (a key with "." or ".." segments, an object over
+S3's 5 TiB limit) are refused one by one instead: the run copies the others
+and exits 1, and nothing at all is written for the refused ones.
+README.md's "Mistakes the tool catches" names the test for each mistake.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import http.server
 import json
+import os
+import posixpath
+import re
 import subprocess
+import threading
+import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +34,7 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import FAKE_KEYS
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import ToolJob, assert_usage_error, describe, run_tool, write_source_credentials
+from toolcli import ToolJob, assert_usage_error, describe, read_progress, run_tool, write_source_credentials
 
 
 @pytest.fixture
@@ -42,13 +56,19 @@ def source_objects(moto_buckets: MotoBuckets) -> dict[str, dict[str, Any]]:
     return object_snapshot(client, moto_buckets.source)
 
 
-def assert_nothing_written(buckets: MotoBuckets, source_before: dict[str, dict[str, Any]], job: ToolJob) -> None:
+def assert_nothing_written(buckets: MotoBuckets, source_before: dict[str, dict[str, Any]], job: ToolJob,
+                           progress_before: bytes | None = None) -> None:
+    """Nothing in either bucket changed, and the progress file is as it was: absent, or byte for byte
+    ``progress_before``."""
     client = buckets.client
     assert object_snapshot(client, buckets.dest) == {}
     assert incomplete_uploads(client, buckets.dest) == []
     assert object_snapshot(client, buckets.source) == source_before
     assert incomplete_uploads(client, buckets.source) == []
-    assert not job.progress_file.exists()
+    if progress_before is None:
+        assert not job.progress_file.exists()
+    else:
+        assert job.progress_file.read_bytes() == progress_before
 
 
 # -- the source credentials file ------------------------------------------------------------
@@ -69,6 +89,28 @@ def test_malformed_json_credentials_file(job: ToolJob, moto_buckets: MotoBuckets
     result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}")
 
     assert_usage_error(result, str(job.credentials), "not valid JSON")
+    assert_nothing_written(moto_buckets, source_objects, job)
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("a directory", "Is a directory"),
+    ("saved as UTF-16", "not UTF-8"),  # what some Windows editors do
+    pytest.param("mode 000", "Permission denied", marks=pytest.mark.skipif(
+        os.geteuid() == 0, reason="root reads a file of mode 000 anyway; the other two cases cover the message")),
+])
+def test_unreadable_credentials_file(job: ToolJob, moto_buckets: MotoBuckets, source_objects: dict,
+                                     how: str, fragment: str) -> None:
+    if how == "a directory":
+        job.credentials.unlink()
+        job.credentials.mkdir()
+    elif how == "saved as UTF-16":
+        job.credentials.write_text(job.credentials.read_text(), encoding="utf-16")
+    else:
+        job.credentials.chmod(0o000)
+
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}")
+
+    assert_usage_error(result, str(job.credentials), fragment)
     assert_nothing_written(moto_buckets, source_objects, job)
 
 
@@ -124,7 +166,8 @@ def test_missing_destination_bucket(job: ToolJob, moto_buckets: MotoBuckets, sou
 
 
 @pytest.mark.parametrize("which, uri", [("source", "http://x"), ("destination", "s3://"),
-                                        ("destination", "s3:/bucket/key"), ("source", "s3://Not_A_Bucket/")])
+                                        ("destination", "s3:/bucket/key"), ("source", "s3://Not_A_Bucket/"),
+                                        ("destination", "s3://some-bucket/copy/../elsewhere")])
 def test_bad_uri(job: ToolJob, moto_buckets: MotoBuckets, source_objects: dict, which: str, uri: str) -> None:
     source = uri if which == "source" else f"s3://{moto_buckets.source}"
     destination = uri if which == "destination" else f"s3://{moto_buckets.dest}"
@@ -188,8 +231,10 @@ def test_sibling_prefixes_of_one_bucket_do_not_overlap(job: ToolJob, moto_bucket
 @pytest.mark.parametrize("option, value, fragments", [
     ("--chunk-size", "1MiB", ("--chunk-size", "5MiB")),
     ("--chunk-size", "6GiB", ("--chunk-size", "5GiB")),
-    ("--max-workers", "0", ("--max-workers",)),
-    ("--max-workers", "-3", ("--max-workers",)),
+    ("--max-workers", "0", ("--max-workers", "between 1 and 256")),
+    ("--max-workers", "-3", ("--max-workers", "between 1 and 256")),
+    ("--max-workers", "100000", ("--max-workers", "between 1 and 256")),
+    ("--multipart-threshold", "6GiB", ("--multipart-threshold", "5GiB")),
     ("--shard", "3/3", ("--shard", "from 0 to 2")),
     ("--shard", "auto/3", ("--shard auto/3", "AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")),
 ])
@@ -239,10 +284,141 @@ def test_damaged_progress_file_is_reported_and_left_untouched(
 
     line = assert_usage_error(result, str(job.progress_file), fragment)
     assert "--restart" in line
-    assert job.progress_file.read_text() == content
-    client = moto_buckets.client
-    assert object_snapshot(client, moto_buckets.dest) == {}
-    assert incomplete_uploads(client, moto_buckets.dest) == []
+    assert_nothing_written(moto_buckets, source_objects, job, progress_before=content.encode())
+
+
+def test_progress_file_of_another_job_is_refused_and_left_untouched(
+    job: ToolJob, moto_buckets: MotoBuckets, source_objects: dict
+) -> None:
+    # The other job copies an empty prefix, so that it leaves a progress file and nothing in S3.
+    other = job.run(f"s3://{moto_buckets.source}/nothing-here", f"s3://{moto_buckets.dest}/elsewhere")
+    assert other.returncode == 0, describe(other)
+    saved = job.progress_file.read_bytes()
+
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}")
+
+    assert_usage_error(result, str(job.progress_file), "belongs to another job", "--restart")
+    assert_nothing_written(moto_buckets, source_objects, job, progress_before=saved)
+
+
+# -- objects that must not or cannot be copied: refused one by one, the others copied, exit 1 ----
+
+
+def failure_lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The `error: FAILED "KEY": reason` lines of stderr, by key."""
+    found = re.findall(r'^error: FAILED ("(?:[^"\\]|\\.)*"): (.*)$', result.stderr, flags=re.MULTILINE)
+    return {json.loads(key): reason for key, reason in found}
+
+
+def test_keys_with_dot_segments_are_refused_and_the_others_copied(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    """S3 and moto keep such keys as they are, but a proxy or server that normalises URLs would not:
+    path-style, the first key below would be written to the source bucket. The tool refuses them, so
+    where a copy lands never depends on what sits between it and S3."""
+    client, source, dest = moto_buckets.client, moto_buckets.source, moto_buckets.dest
+    escaping = f"dir/a/../../../{source}/escaped.txt"
+    assert posixpath.normpath(f"/{dest}/copy/{escaping[len('dir/'):]}") == f"/{source}/escaped.txt"
+    refused = [escaping, "dir/./dot.txt", "dir/./big.bin"]  # big.bin would be a multipart upload
+    for key in [*refused[:2], "dir/ok.txt", "dir/two..dots.txt"]:
+        client.put_object(Bucket=source, Key=key, Body=f"body of {key}".encode())
+    client.put_object(Bucket=source, Key="dir/./big.bin", Body=b"\x5a" * (7 * 1024 * 1024))
+    source_before = object_snapshot(client, source)
+
+    result = job.run(f"s3://{source}/dir", f"s3://{dest}/copy")
+
+    assert result.returncode == 1, describe(result)
+    assert "Traceback" not in result.stderr
+    failures = failure_lines(result)
+    assert set(failures) == set(refused), describe(result)
+    assert all('"." or ".." path segment' in reason and "outside the destination prefix" in reason
+               for reason in failures.values()), failures
+    assert sorted(object_snapshot(client, dest)) == ["copy/ok.txt", "copy/two..dots.txt"]
+    assert incomplete_uploads(client, dest) == []
+    assert object_snapshot(client, source) == source_before
+    assert sorted(read_progress(job.progress_file)["resume"]["failed"]) == sorted(refused)
+
+
+@contextlib.contextmanager
+def listing_that_claims(upstream_url: str, sizes: dict[str, int]) -> Iterator[str]:
+    """A read-only HTTP proxy on 127.0.0.1 in front of ``upstream_url`` (moto) whose ListObjectsV2
+    answers give ``sizes`` for those keys; every other request and answer passes unchanged. Yields
+    the proxy's endpoint URL."""
+    upstream = urllib.parse.urlsplit(upstream_url)
+    assert upstream.hostname == "127.0.0.1"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self) -> None:
+            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+            try:
+                connection.request(self.command, self.path, headers=dict(self.headers))
+                response = connection.getresponse()
+                body = response.read()
+            finally:
+                connection.close()
+            if self.command == "GET" and "list-type=2" in self.path:
+                for key, size in sizes.items():
+                    body = re.sub(rb"(<Key>" + re.escape(key.encode()) + rb"</Key>.*?<Size>)\d+(</Size>)",
+                                  rb"\g<1>" + str(size).encode() + rb"\g<2>", body, flags=re.DOTALL)
+            self.send_response_only(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                    self.send_header(name, value)
+            length = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(body))
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = forward
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the base class would print every request on the test's stderr
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="listing-proxy", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_an_object_larger_than_s3_allows_fails_alone_before_anything_is_written(
+    moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An object over S3's 5 TiB limit (a MinIO or Ceph source may hold one) fails with one sentence
+    naming its key, its size and the limit, before any CreateMultipartUpload; the others are copied.
+
+    No 6 TiB object can be made on a test machine, so the source is moto behind a proxy whose listing
+    says huge.bin is 6 TiB (its real body is 1 KiB). That is honest for what is tested: the tool
+    decides from the listing alone, before it reads or writes anything for the object, so a listing
+    that says 6 TiB is all it would see of a real one. What this does not prove is how a real
+    server answers a 6 TiB copy, which the tool never attempts.
+    """
+    client, source, dest = moto_buckets.client, moto_buckets.source, moto_buckets.dest
+    client.put_object(Bucket=source, Key="huge.bin", Body=b"\x00" * 1024)
+    client.put_object(Bucket=source, Key="ok.txt", Body=b"fine")
+    claimed = 6 * 1024**4
+    with listing_that_claims(moto_buckets.endpoint_url, {"huge.bin": claimed}) as proxy_url:
+        credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, proxy_url)
+        job = ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
+                      dest_endpoint_url=moto_buckets.endpoint_url)
+
+        result = job.run(f"s3://{source}", f"s3://{dest}")
+
+    assert result.returncode == 1, describe(result)
+    assert "Traceback" not in result.stderr
+    failures = failure_lines(result)
+    assert list(failures) == ["huge.bin"], describe(result)
+    assert "6.0 TiB" in failures["huge.bin"] and f"{claimed:,} bytes" in failures["huge.bin"]
+    assert "limit of 5 TiB" in failures["huge.bin"]
+    assert sorted(object_snapshot(client, dest)) == ["ok.txt"]
+    assert incomplete_uploads(client, dest) == []
+    assert list(read_progress(job.progress_file)["resume"]["failed"]) == ["huge.bin"]
 
 
 # -- help -------------------------------------------------------------------------------------

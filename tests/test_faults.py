@@ -21,7 +21,12 @@ from toolcli import MIB, ToolJob, copied_keys, describe, read_progress, write_so
 from uploads import body, upload_parts
 
 SOAK_SMALL_OBJECTS = 300
-SOAK_RATES = {kind: 0.05 for kind in FAULT_KINDS}  # 5% of each kind: about 30% of requests meet one
+SOAK_RATES = {kind: 0.05 for kind in FAULT_KINDS}  # 5% of each kind: about a third of requests meet one
+# A stalled response is held 4 s against a 3 s read timeout. The timeout leaves room for a loaded
+# machine: a response that is merely slow would time out too, and every extra retry shifts which
+# requests the seed damages, so the run would no longer be the same from one machine to the next.
+SOAK_READ_TIMEOUT = "3"
+SOAK_STALL_SECONDS = 4.0
 
 
 @pytest.fixture
@@ -56,9 +61,12 @@ def test_soak_every_fault_kind_and_nothing_is_lost(accounts: CrossAccount) -> No
                      checksum_algorithm="CRC32")
     accounts.put("large/single.bin", body(13 * MIB, seed=7))
 
-    with FaultProxy(accounts.server.endpoint_url, rates=SOAK_RATES, seed=20261127, max_connections=64) as proxy:
+    with FaultProxy(accounts.server.endpoint_url, rates=SOAK_RATES, seed=20261127, stall_seconds=SOAK_STALL_SECONDS,
+                    max_connections=64) as proxy:
         job = job_through(accounts, proxy)
-        result = job.run(accounts.source_uri, accounts.destination_uri)
+        # Eight workers, so that stalled requests, each holding a worker for the read timeout, cost less time.
+        result = job.run(accounts.source_uri, accounts.destination_uri, "--read-timeout", SOAK_READ_TIMEOUT,
+                         "--max-workers", "8")
 
     assert result.returncode == 0, describe(result)
     assert accounts.destination_snapshot() == accounts.source_snapshot()

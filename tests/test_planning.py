@@ -80,11 +80,27 @@ def test_part_size_grows_for_a_five_tib_object() -> None:
     assert len(tool.plan_parts(5 * TiB, part_size)) <= tool.MAX_PARTS
 
 
-def test_part_size_reaches_the_largest_object_s3_can_hold() -> None:
-    largest = tool.MAX_PARTS * tool.MAX_PART_SIZE
-    assert tool.choose_part_size(largest, 8 * MiB) == tool.MAX_PART_SIZE
-    with pytest.raises(ValueError, match="10,000-part limit"):
-        tool.choose_part_size(largest + 1, 8 * MiB)
+def test_part_size_stops_at_the_largest_object_s3_can_hold() -> None:
+    # 5 TiB, not 10,000 x 5 GiB: S3 refuses a larger object however it is cut into parts.
+    assert tool.choose_part_size(tool.MAX_OBJECT_SIZE, tool.MAX_PART_SIZE) == tool.MAX_PART_SIZE
+    with pytest.raises(ValueError, match="5 TiB"):
+        tool.choose_part_size(tool.MAX_OBJECT_SIZE + 1, 8 * MiB)
+
+
+@pytest.mark.parametrize("chunk_size", [tool.MIN_PART_SIZE, 8 * MiB, tool.MAX_PART_SIZE])
+def test_every_object_s3_can_hold_fits_ten_thousand_parts_at_any_chunk_size(chunk_size: int) -> None:
+    """No --chunk-size can make an object of at most 5 TiB impossible: its parts are raised instead."""
+    part_size = tool.choose_part_size(tool.MAX_OBJECT_SIZE, chunk_size)
+    assert tool.MIN_PART_SIZE <= part_size <= tool.MAX_PART_SIZE
+    assert math.ceil(tool.MAX_OBJECT_SIZE / part_size) <= tool.MAX_PARTS
+
+
+def test_an_object_over_five_tib_is_refused_with_its_size_and_the_limit() -> None:
+    size = 6 * TiB
+    reason = tool.why_uncopyable("huge.bin", "copy/huge.bin", size)
+    assert reason is not None
+    assert "6.0 TiB" in reason and f"{size:,} bytes" in reason and "5 TiB" in reason
+    assert tool.why_uncopyable("huge.bin", "copy/huge.bin", tool.MAX_OBJECT_SIZE) is None
 
 
 def test_part_size_never_goes_below_the_s3_minimum() -> None:
@@ -116,6 +132,35 @@ def test_key_mapping_replaces_the_source_prefix_with_the_destination_prefix() ->
     assert tool.map_destination_key("data/2024/x//y/", source, tool.S3Location("dst", "z/")) == "z/x//y/"
     with pytest.raises(ValueError):
         tool.map_destination_key("other/key", source, tool.S3Location("dst", ""))
+
+
+@pytest.mark.parametrize("key", ["..", ".", "./x", "a/../../other/x", "a/./b", "a/..", "a/../", "../x"])
+def test_keys_with_dot_segments_are_recognised(key: str) -> None:
+    assert tool.has_dot_segments(key)
+
+
+@pytest.mark.parametrize("key", ["a..b", "...", ".hidden", "a/.b/c", "a/b.", "x//y", "/x", "..x/y", "%2e%2e/x", ""])
+def test_dots_inside_a_segment_and_empty_segments_are_not_dot_segments(key: str) -> None:
+    assert not tool.has_dot_segments(key)
+
+
+def test_a_key_with_dot_segments_is_refused_with_the_reason() -> None:
+    # Path-style, this PUT would be /dst/copy/a/../../src/x: normalised, a write to s3://src/x.
+    reason = tool.why_uncopyable("a/../../src/x", "copy/a/../../src/x", 10)
+    assert reason is not None
+    assert '".."' in reason and "outside the destination prefix" in reason
+    assert tool.why_uncopyable("a/b..c/x", "copy/a/b..c/x", 10) is None
+
+
+def test_a_key_too_long_for_the_destination_prefix_is_refused() -> None:
+    reason = tool.why_uncopyable("k" * 1020, "prefix/" + "k" * 1020, 10)
+    assert reason is not None and "1027 bytes" in reason and "1024-byte limit" in reason
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/a/../b", "s3://bucket/./x", "s3://bucket/.."])
+def test_a_prefix_with_dot_segments_is_refused(uri: str) -> None:
+    with pytest.raises(tool.ConfigurationError, match="'.' or '..' segment"):
+        tool.S3Location.parse(uri)
 
 
 def test_plain_md5_etags_are_recognised_and_others_are_not() -> None:

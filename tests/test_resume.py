@@ -16,6 +16,7 @@ timing; waits have deadlines and fail with the tool's log tail.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -655,4 +656,122 @@ def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[...,
 
     # And the job still resumes to a complete, identical copy.
     assert job.run() == 0, job.diagnostics()
+    assert_fully_copied(job)
+
+
+# ----------------------------------------------------------------------------------------
+# 7. SIGKILL at many seeded moments, rerunning after each, until done
+# ----------------------------------------------------------------------------------------
+
+KILL_MOMENTS = 12
+KILL_KINDS = ("after a random time", "during a multipart upload", "during a progress write")
+
+
+def temporary_progress_files(job: ToolJob) -> list[str]:
+    prefix = f".{job.progress_path.name}."
+    return [name for name in os.listdir(job.workdir) if name.startswith(prefix) and name.endswith(".tmp")]
+
+
+def open_upload_with_parts(job: ToolJob) -> bool:
+    client, dest = job.buckets.client, job.buckets.dest
+    return any(upload_parts(client, dest, upload["Key"], upload["UploadId"])
+               for upload in incomplete_uploads(client, dest))
+
+
+def kill_during_a_progress_write(job: ToolJob, process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Freeze the tool the moment a temporary progress file appears; kill it if the write is still
+    under way (the temporary file still there), otherwise let it go on and wait for the next write.
+    SIGSTOP first, because the write takes a millisecond and a poll alone would mostly land after it."""
+    while time.monotonic() < deadline and process.poll() is None:
+        if temporary_progress_files(job):
+            process.send_signal(signal.SIGSTOP)
+            if temporary_progress_files(job):
+                process.send_signal(signal.SIGKILL)
+                return True
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.0002)
+    return False
+
+
+def test_sigkill_at_seeded_random_moments_then_reruns_until_done(
+    moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Counting what reaches the destination needs a proxy in front of it (no faults injected).
+    from fault_proxy import FaultProxy
+
+    rng = random.Random(20261127)
+    objects: dict[str, bytes] = {}
+    for group, letter in enumerate("aceg"):
+        objects.update({f"{letter}/small-{i:02d}": rng.randbytes(rng.randint(32 * KIB, 512 * KIB)) for i in range(20)})
+        if letter != "g":
+            objects[f"{chr(ord(letter) + 1)}/big-{group}"] = rng.randbytes(20 * MIB + group)
+    put_objects(moto_buckets.client, moto_buckets.source, objects)
+    total_bytes = sum(len(body) for body in objects.values())
+    moments = [KILL_KINDS[index % len(KILL_KINDS)] for index in range(KILL_MOMENTS)]
+    rng.shuffle(moments)
+
+    with FaultProxy(moto_buckets.endpoint_url, lifetime=600) as proxy:
+        # 10 MB/s keeps the copy going for about 8 s in all, so that every moment finds work to kill.
+        job = ToolJob(moto_buckets, tmp_path, tool_env,
+                      ["--dest-endpoint-url", proxy.endpoint_url, "--max-bandwidth", "10MB/s"])
+        try:
+            killed: collections.Counter[str] = collections.Counter()
+            lost_done_bytes = 0  # objects a killed run copied but its progress file did not yet count
+            for moment in moments:
+                log_offset = job.log_size()
+                process = job.start()
+                deadline = time.monotonic() + WAIT_SECONDS
+                if moment == "after a random time":
+                    time.sleep(rng.uniform(0.5, 2.0))
+                    process.send_signal(signal.SIGKILL)
+                elif moment == "during a multipart upload":
+                    job.wait_for(process, lambda: open_upload_with_parts(job), "a multipart upload with parts")
+                    time.sleep(rng.uniform(0.0, 0.3))
+                    process.send_signal(signal.SIGKILL)
+                else:
+                    assert kill_during_a_progress_write(job, process, deadline), job.diagnostics()
+                    assert temporary_progress_files(job), "the kill did not land inside a progress write"
+                assert job.wait(process) == -signal.SIGKILL, f"the run ended before the kill {moment}"
+                killed[moment] += 1
+
+                # Whatever the moment, the progress file is valid JSON (or not written yet).
+                progress = job.progress() if job.progress_path.exists() else None
+                done = done_per_progress_file(progress, sorted(objects)) if progress else set()
+                copied_by_run = set(copied_keys(job.log_text(since=log_offset)))
+                lost_done_bytes += sum(len(objects[key]) for key in copied_by_run - done)
+
+            assert job.run() == 0, job.diagnostics()
+        finally:
+            job.kill_leftovers()
+
+    assert sum(killed.values()) == KILL_MOMENTS and set(killed) == set(KILL_KINDS), killed
+    assert_fully_copied(job)
+    assert temporary_progress_files(job) == []  # the killed writes' leftovers were cleaned up
+    recopied = proxy.counts.uploaded_bytes - total_bytes
+    # What a kill may cost: the objects done since the last save (every 2 s), counted above, and
+    # what was in flight: two workers, each with at most one 5 MiB part or one small object.
+    in_flight_bound = KILL_MOMENTS * 2 * PART_SIZE
+    assert 0 <= recopied <= lost_done_bytes + in_flight_bound, (recopied, lost_done_bytes, in_flight_bound)
+    print(f"kills survived: {dict(killed)}; {total_bytes / MIB:.1f} MiB copied with {recopied / MIB:.1f} MiB "
+          f"re-copied (bound {(lost_done_bytes + in_flight_bound) / MIB:.1f} MiB, of which "
+          f"{lost_done_bytes / MIB:.1f} MiB finished after the last save before a kill)")
+
+
+def test_a_second_run_of_the_same_job_is_refused_while_the_first_runs(make_job: Callable[..., ToolJob]) -> None:
+    job = make_job("--max-bandwidth", "10MB/s")  # slow enough for the second run to start during the first
+    client, buckets = job.buckets.client, job.buckets
+    objects = mixed_objects(seed=8, big_size=20 * MIB, before=10, after=5)
+    put_objects(client, buckets.source, objects)
+
+    first = job.start()
+    job.wait_for(first, lambda: copied_keys(job.log_text()), "the first run to copy an object")
+    second = subprocess.run(job.command(), env=job.env, cwd=job.workdir, capture_output=True, text=True,
+                            timeout=RUN_SECONDS, check=False)
+
+    assert second.returncode == 2, second.stderr
+    assert "Traceback" not in second.stderr
+    assert f"Another run is using the progress file {job.progress_path} right now" in second.stderr
+    assert job.wait(first) == 0, job.diagnostics()
+    copied = copied_keys(job.log_text())
+    assert sorted(copied) == sorted(objects)  # each object copied once, by the first run
     assert_fully_copied(job)
