@@ -122,6 +122,9 @@ MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows pa
 PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
 LISTING_WINDOW = 2_000  # listed objects buffered ahead of the workers
 LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ETag) up to 4 x --chunk-size
+# A source of unequal parts has each part's size read by one HeadObject(PartNumber), up to this many:
+# a second or two of HEADs on S3, against copying the object with nothing but its size checked.
+LAYOUT_PROBE_LIMIT = 1_000
 BODY_ATTEMPTS = 5  # tries for one GET/PUT whose body broke mid-transfer
 OBJECT_ATTEMPTS = 3  # whole-object restarts when the source changes under us
 DENIALS_BEFORE_STOP = 3  # AccessDenied on an action never yet allowed, this many times, stops the run
@@ -1321,6 +1324,13 @@ class IntegrityCheck:
         return self.checksum.algorithm if self.checksum else None
 
     @property
+    def uniform_parts(self) -> bool:
+        """Whether the source's parts are equal but for a shorter last one: the only layout a copy in
+        parts of one size can repeat, and so keep the source's ETag."""
+        sizes = self.source_part_sizes
+        return bool(sizes) and all(size == sizes[0] for size in sizes[:-1]) and sizes[-1] <= sizes[0]
+
+    @property
     def full_object_checksum(self) -> bool:
         """Whether the copy keeps a full-object checksum, as the source has: only CRCs of parts combine."""
         return (self.checksum is not None and not self.checksum.composite
@@ -1364,13 +1374,18 @@ def server_side_check(check: IntegrityCheck) -> IntegrityCheck:
     """What a server-side multipart copy (UploadPartCopy) can be checked against, no byte passing
     through us: the source's multipart ETag, from the ETags S3 returns for our parts cut along the
     same boundaries; or a full-object CRC, which S3 itself checks on completion; else nothing."""
-    if check.method == "etag":
+    if check.method == "etag" and check.uniform_parts:
         return check
     if check.full_object_checksum and check.checksum is not None:
         return IntegrityCheck("checksum", "", (), check.checksum)
-    reason = ("it was copied server-side in parts, and its ETag is the MD5 of the whole object, which "
-              "S3 does not return for copied parts" if check.method == "md5" else check.reason
-              or "it was copied server-side and has neither a multipart ETag nor a full-object CRC")
+    if check.method == "md5":
+        reason = ("it was copied server-side in parts, and its ETag is the MD5 of the whole object, which "
+                  "S3 does not return for copied parts")
+    elif check.method == "etag":
+        reason = ("it was copied server-side in parts of one size, and its own parts are of unequal sizes, "
+                  "so the ETags S3 returns cannot make the source's")
+    else:
+        reason = check.reason or "it was copied server-side and has neither a multipart ETag nor a full-object CRC"
     return IntegrityCheck("size-only", reason=reason)
 
 
@@ -1851,12 +1866,13 @@ class TransferEngine:
             return IntegrityCheck("size-only", reason="its ETag is not an MD5 (SSE-KMS or SSE-C encryption) and "
                                                       "it has no additional checksum")
         if layout is None and re.fullmatch(r"[0-9a-f]{32}-\d+", value):
-            return IntegrityCheck("size-only", reason="the source's parts are of unequal sizes, so its ETag "
-                                                      "cannot be recomputed without reading every part's size")
+            return IntegrityCheck("size-only", reason=f"the source's parts are of unequal sizes and more than "
+                                                      f"{LAYOUT_PROBE_LIMIT:,}, too many to read each one's size")
         return IntegrityCheck("size-only", reason=f"its ETag {etag} is in no format S3 documents")
 
     def _part_layout(self, key: str, size: int, parts_count: int) -> Optional[tuple[int, ...]]:
-        """The source's part sizes, from HeadObject(PartNumber) of its first and last part.
+        """The source's part sizes, from HeadObject(PartNumber) of its first and last part, or of
+        every part when those two do not describe equal parts (up to LAYOUT_PROBE_LIMIT parts).
 
         No If-Match here: moto answers HeadObject(PartNumber) with the part's own ETag and so fails
         it. A version that changed since is caught anyway: its sizes would not add up, or the
@@ -1865,9 +1881,17 @@ class TransferEngine:
         first = self.source.client.head_object(Bucket=self.source.bucket, Key=key, PartNumber=1)
         last = first if parts_count == 1 else self.source.client.head_object(
             Bucket=self.source.bucket, Key=key, PartNumber=parts_count)
-        layout = equal_part_layout(size, int(first.get("PartsCount") or parts_count), first["ContentLength"],
-                                   last["ContentLength"])
-        return layout if layout is not None and len(layout) == parts_count else None
+        if int(first.get("PartsCount") or parts_count) != parts_count:
+            return None
+        layout = equal_part_layout(size, parts_count, first["ContentLength"], last["ContentLength"])
+        if layout is None and 2 <= parts_count <= LAYOUT_PROBE_LIMIT:
+            middle = tuple(self.source.client.head_object(Bucket=self.source.bucket, Key=key,
+                                                          PartNumber=number)["ContentLength"]
+                           for number in range(2, parts_count))
+            layout = (first["ContentLength"], *middle, last["ContentLength"])
+            if sum(layout) != size:
+                return None
+        return layout
 
     def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
         """The object's tags. GetObject says how many there are (no header means none), which saves
@@ -1936,7 +1960,7 @@ class TransferEngine:
     def _part_size_for(self, listed: ListedObject, check: IntegrityCheck, *, server_side: bool) -> int:
         """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
         bytes, so any size fits), else our chunk size, raised if needed to stay within 10,000 parts."""
-        source_part = check.source_part_sizes[0] if check.method == "etag" else 0
+        source_part = check.source_part_sizes[0] if check.method == "etag" and check.uniform_parts else 0
         largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * self.config.chunk_size,
                                                         max(self.config.memory_limit, self.config.chunk_size))
         # A source that is not AWS S3 may hold more than 10,000 parts; S3 would refuse part 10,001.

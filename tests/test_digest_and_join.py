@@ -83,6 +83,25 @@ def test_layouts_that_do_not_describe_equal_parts_are_refused(size: int, count: 
     assert tool.equal_part_layout(size, count, first, last) is None
 
 
+def test_a_source_of_unequal_parts_is_hashed_along_them_but_not_copied_along_them() -> None:
+    body = os.urandom(8 * MiB + 5 * MiB + 5 * MiB)
+    unequal = tool.IntegrityCheck("etag", "unused", (8 * MiB, 5 * MiB, 5 * MiB))
+    digest = unequal.new_digest()
+    assert digest is not None
+    for start in range(0, len(body), 5 * MiB):  # copied in parts of 5 MiB
+        digest.update(body[start:start + 5 * MiB])
+    starts = (0, 8 * MiB, 13 * MiB)
+    expected = hashlib.md5(b"".join(hashlib.md5(body[start:start + size]).digest()
+                                    for start, size in zip(starts, (8 * MiB, 5 * MiB, 5 * MiB)))).hexdigest()
+    assert digest.etag() == f"{expected}-3"
+    # A copy in parts of one size cannot repeat them: a server-side copy, whose only proof would be
+    # the part ETags S3 returns, is left with the size.
+    assert not unequal.uniform_parts
+    assert tool.server_side_check(unequal).method == "size-only"
+    uniform = tool.IntegrityCheck("etag", "unused", (8 * MiB, 8 * MiB, 2 * MiB))
+    assert uniform.uniform_parts and tool.server_side_check(uniform) is uniform
+
+
 def listed(key: str) -> tool.ListedObject:
     return tool.ListedObject(key=key, size=1, etag='"e"')
 

@@ -18,7 +18,7 @@ from fault_proxy import FAULT_KINDS, FaultProxy
 from s3servers import SOURCE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
 from toolcli import MIB, ToolJob, copied_keys, describe, read_progress, write_source_credentials
-from uploads import body, upload_parts
+from uploads import body, upload_parts, verified_by
 
 SOAK_SMALL_OBJECTS = 300
 SOAK_RATES = {kind: 0.05 for kind in FAULT_KINDS}  # 5% of each kind: about a third of requests meet one
@@ -53,12 +53,13 @@ def test_soak_every_fault_kind_and_nothing_is_lost(accounts: CrossAccount) -> No
                      Metadata={"index": str(index)}, **({"Tagging": "soak=yes"} if index % 10 == 0 else {}))
     admin = accounts.server.client(accounts.server.admin)
     # Equal parts and a shorter last one, as S3 tools upload: the copy keeps the layout and checks the
-    # ETag. (A source of unequal parts is checked by size only, and a byte flipped in its GET would
-    # pass: see the README's integrity section.)
+    # ETag; and one of unequal parts, checked along them while copied in parts of its own.
     for index in range(3):
         upload_parts(admin, SOURCE_BUCKET, f"{accounts.prefix}large/{index}.bin",
                      body(13 * MIB + index, seed=99 + index), [6 * MIB, 6 * MIB, MIB + index],
                      checksum_algorithm="CRC32")
+    upload_parts(admin, SOURCE_BUCKET, f"{accounts.prefix}large/unequal.bin", body(14 * MIB, seed=98),
+                 [5 * MIB, 7 * MIB, 2 * MIB])
     accounts.put("large/single.bin", body(13 * MIB, seed=7))
 
     with FaultProxy(accounts.server.endpoint_url, rates=SOAK_RATES, seed=20261127, stall_seconds=SOAK_STALL_SECONDS,
@@ -75,7 +76,10 @@ def test_soak_every_fault_kind_and_nothing_is_lost(accounts: CrossAccount) -> No
     assert set(injected) == set(FAULT_KINDS), injected  # every kind really happened
     log = job.log_text()
     assert retries_logged(log) > 0
-    assert len(copied_keys(log)) == SOAK_SMALL_OBJECTS + 4  # each object copied once
+    assert len(copied_keys(log)) == SOAK_SMALL_OBJECTS + 5  # each object copied once
+    verified = verified_by(log)
+    assert verified[f"{accounts.prefix}large/unequal.bin"] == "etag", verified
+    assert "size-only" not in verified.values(), verified
     summary = read_progress(job.progress_file)["summary"]
     assert summary["state"] == "complete"
     assert summary["this_run"]["retries"] == retries_logged(log)

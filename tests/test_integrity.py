@@ -10,7 +10,8 @@ report, progress file, destination bucket):
   When the source's part size fits (5 MiB .. min(4 x --chunk-size, memory limit)), the copy uses
   the same parts, so the destination ETag equals the source's; otherwise the bytes are hashed in
   order along the source's boundaries while being copied in --chunk-size parts.
-* A source whose ETag cannot be recomputed (unequal parts) is copied "size-only", with the reason.
+* A source of unequal parts has every part's size read (HeadObject(PartNumber) of each) and is
+  checked along them ("etag") while being copied in --chunk-size parts.
 * Bytes damaged on the way from the source are never completed: the object is retried and
   then reported failed with "integrity mismatch" and both hashes; nothing is left behind.
 
@@ -73,7 +74,7 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
         "c/parts-8mib.bin": body(20 * MIB + 12345, seed=3),  # 8+8+4 MiB: fits 4 x 5 MiB, layout kept
         "d/parts-25mib.bin": body(30 * MIB + 777, seed=4),  # 25+5 MiB: too big a part, hashed in order
         "e/parts-below-threshold.bin": body(12 * MIB + 5, seed=5),  # 6+6 MiB+5: one GET, one PUT
-        "f/unequal-parts.bin": body(18 * MIB, seed=6),  # 8+5+5 MiB: no ETag to recompute
+        "f/unequal-parts.bin": body(18 * MIB, seed=6),  # 8+5+5 MiB: each part's size read, then hashed in order
     }
     source_etags = {
         "a/empty": upload(client, src, "a/empty", data["a/empty"]),
@@ -121,13 +122,11 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
         "c/parts-8mib.bin": "etag",
         "d/parts-25mib.bin": "etag",
         "e/parts-below-threshold.bin": "etag",
-        "f/unequal-parts.bin": "size-only",
+        "f/unequal-parts.bin": "etag",
     }, log
     assert sorted(copied_keys(log)) == sorted(data)  # one "copied" line each
-    unequal_line = next(line for line in log.splitlines() if ' INFO copied "f/unequal-parts.bin"' in line)
-    assert "verified by size-only because the source's parts are of unequal sizes" in unequal_line
 
-    expected = {"md5": 3, "etag": 3, "checksum": 0, "size-only": 1}
+    expected = {"md5": 3, "etag": 4, "checksum": 0, "size-only": 0}
     assert verified_line(expected) in result.stdout, describe(result)
     summary = read_progress(job.progress_file)["summary"]
     assert summary["this_run"]["verified"] == expected
@@ -138,7 +137,7 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
 # -- bytes damaged on the way from the source ---------------------------------------------
 
 
-def damaged_hash(data: bytes, *, copy_part: Optional[int], source_part: Optional[int]) -> str:
+def damaged_hash(data: bytes, *, copy_part: Optional[int], source_parts: Optional[tuple[int, ...]]) -> str:
     """What the tool's check computes over the bytes the proxy hands it: every GET body (the whole
     object, or one copy part) with its middle byte inverted, hashed along the source's layout."""
     if copy_part is None:
@@ -146,14 +145,17 @@ def damaged_hash(data: bytes, *, copy_part: Optional[int], source_part: Optional
     else:
         damaged = b"".join(flip_middle_byte(data[start:start + copy_part])
                            for start in range(0, len(data), copy_part))
-    return md5_hex(damaged) if source_part is None else multipart_etag(damaged, source_part)
+    return md5_hex(damaged) if source_parts is None else multipart_etag(damaged, source_parts)
 
 
-# (object size, source part size or None for one PUT, the part size the copy uses or None for one GET)
+# (object size, source part sizes or None for one PUT, the part size the copy uses or None for one GET)
 DAMAGED_CASES = {
     "small": (300 * KIB + 1, None, None),
     "large-single-part-source": (17 * MIB + 3, None, CHUNK),
-    "large-8mib-parts-source": (17 * MIB + 3, 8 * MIB, 8 * MIB),
+    "large-8mib-parts-source": (17 * MIB + 3, (8 * MIB, 8 * MIB, MIB + 3), 8 * MIB),
+    # Unequal parts: the copy cannot repeat them, so it uses its own 5 MiB parts, and the check
+    # hashes the bytes along the source's boundaries, which HeadObject(PartNumber) of each part told.
+    "large-unequal-parts-source": (18 * MIB, (8 * MIB, 5 * MIB, 5 * MIB), CHUNK),
 }
 
 
@@ -161,12 +163,13 @@ DAMAGED_CASES = {
 def test_a_body_damaged_in_transit_is_never_written(
     case: str, job: ToolJob, moto_buckets: MotoBuckets, tmp_path: Path
 ) -> None:
-    size, source_part, copy_part = DAMAGED_CASES[case]
+    size, source_parts, copy_part = DAMAGED_CASES[case]
     client = plain_client(moto_buckets.endpoint_url)
     src, dst = moto_buckets.source, moto_buckets.dest
     target = "damaged/object.bin"
     data = body(size, seed=11)
-    source_etag = upload(client, src, target, data, part_size=source_part)
+    source_etag = (upload(client, src, target, data) if source_parts is None
+                   else upload_parts(client, src, target, data, list(source_parts)))
     clean = {"clean/a.txt": body(2 * KIB, seed=12), "clean/parts.bin": body(16 * MIB, seed=13)}
     upload(client, src, "clean/a.txt", clean["clean/a.txt"])
     upload(client, src, "clean/parts.bin", clean["clean/parts.bin"], part_size=8 * MIB)
@@ -182,7 +185,7 @@ def test_a_body_damaged_in_transit_is_never_written(
     assert result.returncode == 1, describe(result)
     assert "Traceback" not in result.stderr, describe(result)
     expected = source_etag
-    actual = damaged_hash(data, copy_part=copy_part, source_part=source_part)
+    actual = damaged_hash(data, copy_part=copy_part, source_parts=source_parts)
     assert actual != expected
     failed_lines = [line for line in result.stderr.splitlines() if line.startswith(f'error: FAILED "{target}"')]
     assert len(failed_lines) == 1, describe(result)

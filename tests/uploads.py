@@ -80,10 +80,13 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag algorithm
 
 
-def multipart_etag(data: bytes, part_size: int) -> str:
-    """The ETag S3 gives `data` uploaded in parts of part_size: MD5 of the part MD5s, then -N."""
-    digests = [hashlib.md5(data[start:start + part_size]).digest()  # noqa: S324
-               for start in range(0, len(data), part_size)]
+def multipart_etag(data: bytes, part_size: int | tuple[int, ...]) -> str:
+    """The ETag S3 gives `data` uploaded in parts of part_size, or of exactly these sizes: MD5 of
+    the part MD5s, then -N."""
+    sizes = (part_size,) * -(-len(data) // part_size) if isinstance(part_size, int) else part_size
+    starts = [sum(sizes[:index]) for index in range(len(sizes))]
+    digests = [hashlib.md5(data[start:start + size]).digest()  # noqa: S324
+               for start, size in zip(starts, sizes)]
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324
 
 
