@@ -4,7 +4,10 @@ streaming through memory only, resumable after any interruption.
 
 How the data moves
 ------------------
-    ListObjectsV2 on the source (source credentials), in key order, a bounded window ahead
+    ListObjectsV2 on the source (source credentials): the keyspace cut into key ranges at folder
+      boundaries, --list-concurrency ranges listed at once, each in key order, a bounded window ahead;
+      or no listing: --from-inventory merges the data files of an S3 Inventory report (or reads a key
+      list) in key order, streaming them from S3 or a local copy
       -> include/exclude filters, --shard (a stable hash of the key), key mapping (destination
          prefix + key minus source prefix)
       -> plan: below --multipart-threshold one GET then one PUT;
@@ -15,8 +18,9 @@ How the data moves
       -> --max-bandwidth: one token bucket before every GET, shared by all workers
       -> a pool of --max-workers threads; every part and every small object is one unit of work,
          so the parts of one large object spread across the whole pool
-      -> the progress store: a watermark in key order, the few keys done beyond it, failed keys,
-         and every multipart upload in flight -> transfer_progress.json (atomic rewrite, every 2 s)
+      -> the progress store: per key range a watermark in key order and the few keys done beyond it;
+         failed keys, and every multipart upload in flight -> transfer_progress.json (atomic
+         rewrite, every 2 s; one run per job at a time, by a lock beside it)
 
 Promises
 --------
@@ -48,15 +52,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import collections
 import concurrent.futures
 import contextlib
+import csv
 import ctypes
 import dataclasses
 import datetime
 import fcntl
 import fnmatch
+import functools
 import hashlib
+import heapq
 import json
 import logging
 import math
@@ -370,6 +378,7 @@ class TransferConfig:
     memory_limit: int = DEFAULT_MAX_WORKERS * DEFAULT_CHUNK_SIZE
     filters: tuple[FilterRule, ...] = ()
     shard: Optional[Shard] = None
+    inventory: Optional[str] = None  # --from-inventory: a manifest.json or key list, local (absolute) or s3://
     copy_mode: str = "auto"
     max_bandwidth: Optional[int] = None  # bytes per second of object data through this machine
     storage_class: Optional[str] = None
@@ -385,6 +394,7 @@ class TransferConfig:
     log_file: Path = Path(DEFAULT_LOG_FILE)
     status_interval: float = DEFAULT_STATUS_INTERVAL
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    list_concurrency: int = 1
     quiet: bool = False
     verbose: bool = False
 
@@ -397,6 +407,8 @@ class TransferConfig:
             "destination_endpoint_url": canonical_endpoint(self.destination_side.endpoint_url),
             "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
             **({"shard": str(self.shard)} if self.shard else {}),
+            # A watermark is a place in one listing's key order: a listing's and a report's do not mix.
+            **({"inventory": self.inventory} if self.inventory else {}),
         }
 
     def memory_bound(self) -> str:
@@ -905,32 +917,125 @@ def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
     ]
 
 
-def list_objects(client: Any, location: S3Location, start_after: Optional[str]) -> Iterator[ListedObject]:
-    """Stream a listing in key order, one page in memory at a time."""
+def list_objects(client: Any, location: S3Location, start_after: Optional[str],
+                 through: Optional[str] = None) -> Iterator[ListedObject]:
+    """Stream a listing in key order, one page in memory at a time, after `start_after` and up to
+    and including `through` (None: to the end)."""
     request: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.prefix}
     if start_after:
         request["StartAfter"] = start_after
     for page in client.get_paginator("list_objects_v2").paginate(**request):
         for entry in page.get("Contents", ()):
+            if through is not None and entry["Key"] > through:
+                return  # the paginator asks for no further page
             yield ListedObject(
                 key=entry["Key"], size=entry["Size"], etag=entry["ETag"],
                 storage_class=entry.get("StorageClass", "STANDARD"), last_modified=entry.get("LastModified"),
             )
 
 
+# -- keyspace-parallel listing ----------------------------------------------------------------
+#
+# ListObjectsV2 answers 1,000 keys per call, one call after another: 100 million keys are 100,000
+# round trips, over an hour before the last object can start. So the keyspace is cut into ranges
+# at split points, each range listed by its own paginator (StartAfter, then stop past its end), a
+# few at a time. Ranges are intervals of key order, not prefixes, so that they cover every key,
+# including keys created under new prefixes between two runs of the job.
+
+MAX_LIST_CONCURRENCY = 64
+DEFAULT_LISTERS_LIMIT = 16  # by default half the workers list, up to this many
+RANGES_PER_LISTER = 4  # more ranges than listers, so that a lister done early takes another
+SPLIT_DISCOVERY_DEPTH = 3  # folder levels explored for split points
+SPLIT_DISCOVERY_PREFIXES = 10_000  # folders gathered at most, a few dozen ListObjectsV2 pages
+# For keys without folders (hashes, UUIDs, numbered files): split on the next character.
+SPLIT_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRange:
+    """The keys k with after < k <= through; None is unbounded. The ranges of a job, one after another,
+    cover the whole keyspace: a key equal to a split point belongs to the range that ends there."""
+
+    after: Optional[str]
+    through: Optional[str]
+
+
+def key_ranges(split_points: list[str]) -> list[KeyRange]:
+    """The ranges that these (sorted, distinct) split points cut the keyspace into."""
+    bounds: list[Optional[str]] = [None, *split_points, None]
+    return [KeyRange(after=bounds[index], through=bounds[index + 1]) for index in range(len(split_points) + 1)]
+
+
+def range_index(split_points: list[str], key: str) -> int:
+    """Which of the ranges cut at `split_points` holds `key`."""
+    return bisect.bisect_left(split_points, key)
+
+
+def choose_split_points(candidates: Iterable[str], ranges_wanted: int) -> list[str]:
+    """At most ranges_wanted - 1 split points, spread evenly over the sorted candidates (folders):
+    folders are the best guess there is of where a bucket's keys gather."""
+    ordered = sorted(set(candidates))
+    if ranges_wanted <= 1 or not ordered:
+        return []
+    if len(ordered) < ranges_wanted:
+        return ordered
+    step = len(ordered) / ranges_wanted
+    return sorted({ordered[int(step * index)] for index in range(1, ranges_wanted)})
+
+
+def discover_split_points(client: Any, location: S3Location, ranges_wanted: int) -> list[str]:
+    """Split points for a listing in `ranges_wanted` ranges: folders (CommonPrefixes of a listing with
+    Delimiter "/"), one level deeper while there are too few, else the next character after the
+    deepest single folder."""
+    if ranges_wanted <= 1:
+        return []
+    level = [location.prefix]
+    for _ in range(SPLIT_DISCOVERY_DEPTH):
+        found = list_folders(client, location.bucket, level, limit=SPLIT_DISCOVERY_PREFIXES)
+        if not found:
+            break
+        level = found
+        if len(found) >= ranges_wanted - 1 or len(found) >= SPLIT_DISCOVERY_PREFIXES:
+            break
+    if len(level) > 1:
+        return choose_split_points(level, ranges_wanted)
+    return choose_split_points((level[0] + character for character in SPLIT_ALPHABET), ranges_wanted)
+
+
+def list_folders(client: Any, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
+    """The folders (CommonPrefixes with Delimiter "/") directly under each of `prefixes`, at most `limit`."""
+    found: list[str] = []
+    for prefix in prefixes:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            found.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", ()))
+            if len(found) >= limit:
+                return found[:limit]
+    return found
+
+
 class ListingWindow:
-    """Runs the listing in its own thread, at most `window` objects ahead of the scheduler, so the
+    """Runs the listing in threads of its own, at most `window` objects ahead of the scheduler, so the
     workers never wait for a ListObjectsV2 round trip and a bucket of 100 million keys uses the
-    same memory as one of a thousand."""
+    same memory as one of a thousand.
+
+    `streams` are the listings of the job's key ranges (one for a plain listing), started lazily;
+    `listers` threads list them, each taking the next stream when its own ends. Each stream stays
+    in key order; streams interleave, which the progress store follows range by range.
+    """
 
     _END = object()
 
-    def __init__(self, objects: Iterator[ListedObject], *, window: int, stopping: threading.Event) -> None:
-        self._objects = objects
+    def __init__(self, streams: Iterable[Callable[[], Iterator[ListedObject]]], *, listers: int = 1, window: int,
+                 stopping: threading.Event) -> None:
+        self._streams: "queue.SimpleQueue[Callable[[], Iterator[ListedObject]]]" = queue.SimpleQueue()
+        for stream in streams:
+            self._streams.put(stream)
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=window)
         self._stopping = stopping
-        self._thread = threading.Thread(target=self._run, name="lister", daemon=True)
-        self._thread.start()
+        self._running = max(1, listers)
+        self._running_lock = threading.Lock()
+        for number in range(self._running):
+            threading.Thread(target=self._run, name=f"lister-{number}", daemon=True).start()
 
     def _offer(self, item: Any) -> bool:
         while not self._stopping.is_set():
@@ -943,12 +1048,22 @@ class ListingWindow:
 
     def _run(self) -> None:
         try:
-            for item in self._objects:
-                if not self._offer(item):
-                    return
-            self._offer(self._END)
+            while True:
+                try:
+                    stream = self._streams.get_nowait()
+                except queue.Empty:
+                    break
+                for item in stream():
+                    if not self._offer(item):
+                        return
         except BaseException as error:  # handed to the scheduler, which raises it on the main thread
             self._offer(error)
+            return
+        with self._running_lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:
+            self._offer(self._END)
 
     def next(self, on_wait: Callable[[], None]) -> Optional[ListedObject]:
         """The next listed object, None at the end of the listing or when stopping."""
@@ -964,6 +1079,516 @@ class ListingWindow:
                 raise item
             return item
         return None
+
+
+# -- inventory reports and key lists (--from-inventory) ---------------------------------------
+#
+# An S3 Inventory report lists a bucket without a single ListObjectsV2 call: its manifest.json
+# names gzip'd CSV data files of one row per object (bucket, URL-encoded key, size, ETag, ...).
+# Everything downstream wants keys in the order a listing gives them, because the progress file's
+# watermark is a key ("everything up to here is settled"): so the data files are read side by side
+# and merged (heapq.merge), each one checked to be in key order as it streams, and each read a
+# chunk at a time (one ranged GET, or one read of a local file opened for it), so that hundreds of
+# files hold no connection or descriptor between reads and memory stays at a chunk or two a file.
+
+INVENTORY_READ_CHUNK = 256 * KiB  # compressed bytes per read of a data file
+INVENTORY_TEXT_BLOCK = 256 * KiB  # text taken out of zlib at a time, however well a chunk compresses
+INVENTORY_MAX_LINE = MiB  # a row is a few KiB at most: keys are 1,024 bytes, 3 KiB URL-encoded
+INVENTORY_HEAD_THREADS = 4  # HeadObject requests in flight for rows that lack a size or an ETag
+INVENTORY_HEAD_WINDOW = 4 * INVENTORY_HEAD_THREADS  # rows waiting behind the oldest unanswered one
+INVENTORY_SCHEMA_REQUIRED = ("Bucket", "Key")
+MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+@dataclasses.dataclass(frozen=True)
+class InventoryRow:
+    """One object as an inventory report or a key list names it; size and ETag are None when it
+    does not say (a key list without them, a report configured without those fields)."""
+
+    key: str
+    size: Optional[int] = None
+    etag: Optional[str] = None  # quoted, as ListObjectsV2 gives it
+    storage_class: str = "STANDARD"
+    last_modified: Optional[datetime.datetime] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class InventoryFile:
+    """One file to read: a local path or s3://BUCKET/KEY, its size, and the MD5 a manifest gives."""
+
+    location: str
+    size: int
+    md5: Optional[str] = None
+    gzipped: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    """--from-inventory after its checks: the files to read, and how one line of them reads."""
+
+    location: str  # as the person gave it, for messages
+    files: tuple[InventoryFile, ...]
+    columns: tuple[str, ...] = ()  # an S3 Inventory's fileSchema; empty for a key list
+    csv_key_list: bool = False  # a key list of CSV rows key[,size[,etag]], not one whole key per line
+
+    def records(self, lines: Iterable[str]) -> Iterator[list[str]]:
+        """The fields of each line: CSV for a report or a .csv key list, the whole line for another."""
+        if self.columns or self.csv_key_list:
+            return csv.reader(lines)
+        return ([line.removesuffix("\r")] for line in lines)
+
+    def describe(self, file: InventoryFile) -> str:
+        return f"the inventory data file {file.location}" if self.columns else f"the key list {file.location}"
+
+    def out_of_order(self, name: str, number: int, key: str, previous: str) -> str:
+        """The sentence for a file whose rows are not in key order."""
+        where = (f"{name} is not in key order: line {number} ({json.dumps(key, ensure_ascii=False)}) comes after "
+                 f"{json.dumps(previous, ensure_ascii=False)}")
+        if self.columns:
+            return (f"The inventory data file {where}. The tool needs a report's rows in key order to resume where "
+                    "it stopped, so it cannot use this report: use another one, or a key list sorted by key.")
+        # The C locale sorts by bytes, and the byte order of UTF-8 is S3's key order (and Python's str
+        # order); any other locale sorts by language rules ("a" before "B"), which S3 does not.
+        command = "LC_ALL=C sort -t, -k1,1 -u" if self.csv_key_list else "LC_ALL=C sort -u"
+        return (f"The key list {where}. Sort it in byte order, the order S3 lists keys in, with "
+                f"`{command} KEYS -o KEYS`, and rerun.")
+
+
+def parse_inventory_schema(file_schema: str) -> tuple[str, ...]:
+    """The columns of a CSV report, from the manifest's fileSchema ("Bucket, Key, Size, ...")."""
+    columns = tuple(name.strip() for name in file_schema.split(","))
+    missing = [name for name in INVENTORY_SCHEMA_REQUIRED if name not in columns]
+    if missing:
+        raise ValueError(f"its fileSchema {file_schema!r} has no {' or '.join(missing)} column")
+    return columns
+
+
+def inventory_object(key: str, size: str = "", etag: str = "", storage_class: str = "",
+                     last_modified: str = "") -> InventoryRow:
+    """An InventoryRow from the text of its fields; empty fields are unknown."""
+    if not key:
+        raise ValueError("its key is empty, and no S3 key is")
+    if size and not size.isdigit():
+        raise ValueError(f"its size {size!r} is not a whole number of bytes")
+    try:  # Python before 3.11 does not read the "Z" that S3 writes for UTC
+        modified = (datetime.datetime.fromisoformat(last_modified.removesuffix("Z") + "+00:00"
+                                                    if last_modified.endswith("Z") else last_modified)
+                    if last_modified else None)
+    except ValueError:
+        raise ValueError(f"its last-modified date {last_modified!r} is not an ISO 8601 time") from None
+    return InventoryRow(key=key, size=int(size) if size else None,
+                        etag=(etag if etag.startswith('"') else f'"{etag}"') if etag else None,
+                        storage_class=storage_class or "STANDARD", last_modified=modified)
+
+
+def inventory_row_key(fields: list[str], positions: dict[str, int]) -> str:
+    """The key of a row of an S3 Inventory CSV data file (`positions`: each column's index), read
+    apart from the rest because rows up to a rerun's watermark need nothing else. Keys are
+    URL-encoded as an HTML form is: a space as "+", a "+" as %2B."""
+    if len(fields) != len(positions):
+        raise ValueError(f"it has {len(fields)} fields, where the manifest's fileSchema names {len(positions)}")
+    return urllib.parse.unquote_plus(fields[positions["Key"]], errors="strict")
+
+
+def parse_inventory_row(fields: list[str], positions: dict[str, int], key: str, *,
+                        bucket: str) -> Optional[InventoryRow]:
+    """The rest of a row whose key is read; None for an older version or a delete marker (a report
+    of all versions has IsLatest and IsDeleteMarker columns)."""
+    if fields[positions["Bucket"]] != bucket:
+        raise ValueError(f"it names an object of the bucket {fields[positions['Bucket']]!r}, not of the source "
+                         f"bucket {bucket}: give the report of the source bucket")
+    latest, marker = positions.get("IsLatest"), positions.get("IsDeleteMarker")
+    if (latest is not None and fields[latest].lower() != "true") or (
+            marker is not None and fields[marker].lower() == "true"):
+        return None
+    size, etag, storage_class, modified = (fields[positions[name]] if name in positions else ""
+                                           for name in ("Size", "ETag", "StorageClass", "LastModifiedDate"))
+    return inventory_object(key, size, etag, storage_class, modified)
+
+
+def parse_key_list_row(fields: list[str]) -> InventoryRow:
+    """One row of a key list: the key as it is (not URL-encoded), then optionally its size and ETag."""
+    if len(fields) > 3:
+        raise ValueError(f"it has {len(fields)} fields, and a key list has at most three: key, size, ETag "
+                         "(quote a key that holds a comma)")
+    return inventory_object(*fields)
+
+
+def _s3_parts(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def _read_inventory_range(location: str, start: int, length: int, source: Side) -> bytes:
+    """`length` bytes of a file from `start`: a local read, or a ranged GET with the source's client,
+    sent again when its body breaks off (botocore retries only what fails before the body)."""
+    if not location.startswith("s3://"):
+        with open(location, "rb") as handle:
+            handle.seek(start)
+            return handle.read(length)
+    bucket, key = _s3_parts(location)
+    for attempt in range(1, BODY_ATTEMPTS + 1):
+        try:
+            response = source.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
+            return read_exact(response, length)
+        except RETRYABLE_BODY_ERRORS as error:
+            if attempt == BODY_ATTEMPTS:
+                raise
+            LOG.warning("reading %s: %s; reading it again (attempt %d of %d)", location, error, attempt + 1,
+                        BODY_ATTEMPTS)
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def inventory_chunks(file: InventoryFile, source: Side, *, name: str) -> Iterator[tuple[bytes, bool]]:
+    """The file's bytes a chunk at a time, each with whether it is the last. The MD5 the manifest
+    gives is checked before the last chunk is handed on, so a file of one chunk is proven before
+    any of its rows is used."""
+    digest = hashlib.md5()  # what the manifest's MD5checksum is
+    offset = 0
+    while offset < file.size:
+        try:
+            chunk = _read_inventory_range(file.location, offset, min(INVENTORY_READ_CHUNK, file.size - offset), source)
+        except OSError as error:
+            raise FatalTransferError(f"{_capital(name)} cannot be read any more "
+                                     f"({error.strerror or error}); rerun to resume once it can.") from None
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            bucket, key = _s3_parts(file.location)
+            raise FatalTransferError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+                                                   key=key)) from None
+        if not chunk:
+            raise FatalTransferError(f"{_capital(name)} ends after {offset:,} bytes, not the {file.size:,} "
+                                     "it had when the run began: it was cut short; use a complete copy of it.")
+        digest.update(chunk)
+        offset += len(chunk)
+        if offset == file.size and file.md5 and digest.hexdigest() != file.md5.lower():
+            raise FatalTransferError(f"{_capital(name)} does not match the MD5 its manifest gives "
+                                     f"({file.md5}): it is damaged or is not the file the report wrote; use a complete "
+                                     "copy of the report.")
+        yield chunk, offset == file.size
+
+
+def inventory_lines(chunks: Iterable[tuple[bytes, bool]], *, name: str, gzipped: bool) -> Iterator[bytes]:
+    """The lines of a file (gzip'd or not) fed a chunk at a time, without their line ends. A gzip
+    stream that stops short is refused before the lines of its last block are handed on. `name`
+    says what the file is, for messages: "the key list keys.txt"."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if gzipped else None
+    pending = b""
+    for chunk, last in chunks:
+        data = chunk
+        while data:
+            if inflater is None:
+                text, data = data, b""
+            else:
+                try:
+                    text = inflater.decompress(data, INVENTORY_TEXT_BLOCK)
+                except zlib.error as error:
+                    raise FatalTransferError(f"{_capital(name)} is not a readable gzip file ({error}): use a "
+                                             "complete copy of it.") from None
+                data = inflater.unconsumed_tail
+                if inflater.eof and inflater.unused_data:  # a gzip file may hold several members
+                    data = inflater.unused_data
+                    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                if last and not data and not inflater.eof:
+                    raise _truncated(name)
+            lines = (pending + text).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > INVENTORY_MAX_LINE:
+                raise FatalTransferError(f"{_capital(name)} has a line longer than "
+                                         f"{format_size(INVENTORY_MAX_LINE)}: it is not an inventory data file or "
+                                         "a key list.")
+            yield from lines
+    if inflater is not None and not inflater.eof:
+        raise _truncated(name)
+    if pending:
+        yield pending
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _truncated(name: str) -> FatalTransferError:
+    return FatalTransferError(f"{_capital(name)} ends in the middle of its gzip stream: it is truncated; "
+                              "use a complete copy of it.")
+
+
+def inventory_file_rows(inventory: Inventory, file: InventoryFile, source: Side, *,
+                        after: Optional[str] = None) -> Iterator[InventoryRow]:
+    """The rows of one file that name a current object after `after` (a rerun's watermark), every
+    row checked to be in key order as it streams; a key may repeat (one object in two rows)."""
+    name = inventory.describe(file)
+    positions = {column: index for index, column in enumerate(inventory.columns)}
+    number = 0
+
+    def texts() -> Iterator[str]:
+        nonlocal number
+        for number, line in enumerate(inventory_lines(inventory_chunks(file, source, name=name), name=name,
+                                                      gzipped=file.gzipped), start=1):
+            yield line.decode("utf-8")
+
+    previous: Optional[str] = None
+    try:
+        for fields in inventory.records(texts()):
+            if not fields or fields == [""]:
+                continue
+            key = inventory_row_key(fields, positions) if positions else fields[0]
+            if not key:
+                raise ValueError("its key is empty, and no S3 key is")
+            if previous is not None and key < previous:
+                raise FatalTransferError(inventory.out_of_order(file.location, number, key, previous))
+            previous = key
+            if after is not None and key <= after:
+                continue
+            row = parse_inventory_row(fields, positions, key, bucket=source.bucket) if positions else \
+                parse_key_list_row(fields)
+            if row is not None:
+                yield row
+    except (ValueError, csv.Error) as error:
+        raise FatalTransferError(f"Line {number} of {name} cannot be read: {error}.") from None
+
+
+def inventory_rows(inventory: Inventory, source: Side, location: S3Location, start_after: Optional[str],
+                   through: Optional[str] = None) -> Iterator[InventoryRow]:
+    """Every file's rows merged into key order, each key once, those under the source prefix after
+    start_after and up to through. Rows up to a rerun's watermark cost reading, but no request."""
+    merged = heapq.merge(*(inventory_file_rows(inventory, file, source, after=start_after)
+                           for file in inventory.files), key=lambda row: row.key)
+    previous: Optional[str] = None
+    for row in merged:
+        if row.key == previous:  # in two data files, or twice in a key list
+            continue
+        previous = row.key
+        if not row.key.startswith(location.prefix):
+            if row.key > location.prefix:
+                return  # past the keys under the prefix, and so is every later row
+            continue
+        if through is not None and row.key > through:
+            return
+        yield row
+
+
+def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing: Callable[[str], None],
+                      need_etag: bool = True) -> Iterator[ListedObject]:
+    """The rows as listed objects, in their order.
+
+    A row without a size or ETag (a key list, or a report configured without those fields) is
+    completed with a HeadObject, here rather than in the engine: the engine needs the size before
+    it can choose a single PUT or parts and take the memory for it, and the ETag for If-Match on
+    every ranged GET and server-side copy. A few HEADs are in flight at once, so that a key list
+    is not read at one round trip per key. A key the HEAD finds gone is handed to on_missing.
+    """
+
+    def head(key: str) -> Optional[ListedObject]:
+        try:
+            response = source.client.head_object(Bucket=source.bucket, Key=key)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in MISSING_OBJECT_CODES:
+                return None
+            raise FatalTransferError(explain_error(error, side=source.settings, bucket=source.bucket,
+                                                   action="s3:GetObject", key=key)) from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise FatalTransferError(explain_error(error, side=source.settings, bucket=source.bucket,
+                                                   action="s3:GetObject", key=key)) from None
+        return ListedObject(key=key, size=response["ContentLength"], etag=response["ETag"],
+                            storage_class=response.get("StorageClass", "STANDARD"),
+                            last_modified=response.get("LastModified"))
+
+    def settle(key: str, future: concurrent.futures.Future[Optional[ListedObject]]) -> Iterator[ListedObject]:
+        listed = future.result()
+        if listed is None:
+            on_missing(key)
+        else:
+            yield listed
+
+    with concurrent.futures.ThreadPoolExecutor(INVENTORY_HEAD_THREADS, thread_name_prefix="inventory-head") as pool:
+        waiting: collections.deque[tuple[str, concurrent.futures.Future[Optional[ListedObject]]]] = \
+            collections.deque()
+        for row in rows:
+            future: concurrent.futures.Future[Optional[ListedObject]]
+            if row.size is not None and (row.etag is not None or not need_etag):
+                known = ListedObject(row.key, row.size, row.etag or "", row.storage_class, row.last_modified)
+                if not waiting:
+                    yield known
+                    continue
+                future = concurrent.futures.Future()  # in line behind the rows still waiting for a HEAD
+                future.set_result(known)
+            else:
+                future = pool.submit(head, row.key)
+            waiting.append((row.key, future))
+            while waiting and (waiting[0][1].done() or len(waiting) > INVENTORY_HEAD_WINDOW):
+                yield from settle(*waiting.popleft())
+        while waiting:
+            yield from settle(*waiting.popleft())
+
+
+def _read_inventory_document(location: str, source: Side, *, what: str) -> Optional[bytes]:
+    """A small file of --from-inventory (a manifest, its checksum), whole; None when there is none."""
+    if not location.startswith("s3://"):
+        try:
+            return Path(location).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise ConfigurationError(f"The {what} {location} cannot be read ({error.strerror or error}): check that "
+                                     "it is a file this user may read.") from None
+    bucket, key = _s3_parts(location)
+    try:
+        return source.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except botocore.exceptions.ClientError as error:
+        if error_code(error) in MISSING_OBJECT_CODES:
+            return None
+        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+                                               key=key)) from None
+    except botocore.exceptions.BotoCoreError as error:
+        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+                                               key=key)) from None
+
+
+def _inventory_file_size(location: str, source: Side) -> Optional[int]:
+    """The size of a file of --from-inventory; None when it does not exist."""
+    if not location.startswith("s3://"):
+        path = Path(location)
+        return path.stat().st_size if path.is_file() else None
+    bucket, key = _s3_parts(location)
+    try:
+        return int(source.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except botocore.exceptions.ClientError as error:
+        if error_code(error) in MISSING_OBJECT_CODES:
+            return None
+        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+                                               key=key)) from None
+    except botocore.exceptions.BotoCoreError as error:
+        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+                                               key=key)) from None
+
+
+def parse_inventory_manifest(document: bytes, *, where: str, bucket: str
+                             ) -> tuple[tuple[str, ...], list[tuple[str, int, Optional[str]]]]:
+    """The columns and the data files (key in the report's bucket, size, MD5) of an S3 Inventory
+    manifest.json, checked field by field."""
+
+    def refused(why: str) -> ConfigurationError:
+        return ConfigurationError(f"The inventory manifest {where} {why}: give the manifest.json of a complete "
+                                  "S3 Inventory report in CSV format.")
+
+    try:
+        manifest = json.loads(document.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise refused(f"is not valid JSON ({error}); it may have been cut short") from None
+    if not isinstance(manifest, dict):
+        raise refused("is not a JSON object")
+    file_format = manifest.get("fileFormat")
+    if isinstance(file_format, str) and file_format.upper() in ("ORC", "PARQUET"):
+        raise ConfigurationError(
+            f"The inventory report {where} is in {file_format} format, which this tool does not read (it would "
+            "need pyarrow): set the inventory's output format to CSV and use its next report, or give a key list.")
+    if file_format != "CSV":
+        raise refused(f"has the fileFormat {file_format!r}, not \"CSV\"")
+    if manifest.get("sourceBucket") != bucket:
+        raise ConfigurationError(
+            f"The inventory report {where} lists the bucket {manifest.get('sourceBucket')!r}, not the source bucket "
+            f"{bucket}: give the report of {bucket}.")
+    if not isinstance(manifest.get("fileSchema"), str):
+        raise refused('has no "fileSchema" string')
+    try:
+        columns = parse_inventory_schema(manifest["fileSchema"])
+    except ValueError as error:
+        raise refused(str(error)) from None
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise refused('has no "files" list')
+    entries: list[tuple[str, int, Optional[str]]] = []
+    for number, entry in enumerate(files, start=1):
+        if not (isinstance(entry, dict) and isinstance(entry.get("key"), str) and entry["key"]
+                and type(entry.get("size")) is int and entry["size"] >= 0):
+            raise refused(f'has a "files" entry (number {number}) without a key and a size')
+        md5 = entry.get("MD5checksum")
+        if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-fA-F]{32}", md5)):
+            raise refused(f'has a "files" entry (number {number}) whose MD5checksum is not an MD5')
+        entries.append((entry["key"], entry["size"], md5))
+    return columns, entries
+
+
+def local_data_file(manifest: Path, key: str) -> Optional[Path]:
+    """Where a local copy of a report holds the data file its manifest names by its key in the
+    report's bucket: the first ending of the key (longest first) that is a file below the manifest's
+    folder, then below the folder above it. So a copy of the report's folder (CONFIG-ID/, which
+    holds the dated folders of the manifests beside data/) finds CONFIG-ID/data/NAME.csv.gz, and
+    so does a mirror of the whole bucket."""
+    if has_dot_segments(key):
+        return None
+    parts = [part for part in key.split("/") if part]
+    for root in (manifest.parent, manifest.parent.parent):
+        for start in range(len(parts)):
+            candidate = root.joinpath(*parts[start:])
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def open_inventory(location: str, source: Side) -> Inventory:
+    """Check --from-inventory before anything is copied: a manifest is read and checked (against
+    its manifest.checksum, when there is one) and every data file it names found, at the size it
+    gives; a key list is read through once, to find it in key order."""
+    if location.endswith(".json"):
+        return _open_manifest(location, source)
+    size = _inventory_file_size(location, source)
+    if size is None:
+        raise ConfigurationError(f"The key list {location} given to --from-inventory does not exist: give a file of "
+                                 "keys (.txt, .csv, or either gzip'd) or an inventory report's manifest.json.")
+    inventory = Inventory(location, (InventoryFile(location, size, gzipped=location.endswith(".gz")),),
+                          csv_key_list=location.removesuffix(".gz").endswith(".csv"))
+    # Found out of order halfway, a key list would leave a watermark past keys it had not reached
+    # yet, which a rerun with the list sorted would then skip: so the whole list is checked first.
+    count = 0
+    try:
+        for _ in inventory_file_rows(inventory, inventory.files[0], source):
+            count += 1
+    except FatalTransferError as error:
+        raise ConfigurationError(str(error)) from None
+    LOG.info("key list %s: %d keys, in key order", location, count)
+    return inventory
+
+
+def _open_manifest(location: str, source: Side) -> Inventory:
+    document = _read_inventory_document(location, source, what="inventory manifest")
+    if document is None:
+        raise ConfigurationError(f"The inventory manifest {location} given to --from-inventory does not exist: give "
+                                 "the manifest.json of an S3 Inventory report, or a key list.")
+    columns, entries = parse_inventory_manifest(document, where=location, bucket=source.bucket)
+    if location.endswith("/manifest.json"):
+        checksum = _read_inventory_document(location.removesuffix("json") + "checksum", source,
+                                            what="inventory manifest checksum")
+        if checksum is not None and checksum.decode("ascii", "replace").strip().lower() != \
+                hashlib.md5(document).hexdigest():
+            raise ConfigurationError(f"The inventory manifest {location} does not match its manifest.checksum: it is "
+                                     "damaged or was replaced; use a complete copy of the report.")
+    # From S3, the data files are read from the bucket the manifest is in: its destinationBucket says the
+    # same, unless the report was copied elsewhere, and then its data files were copied with it.
+    bucket = _s3_parts(location)[0] if location.startswith("s3://") else None
+    files = []
+    for key, size, md5 in entries:
+        if bucket is not None:
+            found = f"s3://{bucket}/{key}"
+            actual = _inventory_file_size(found, source)
+        else:
+            path = local_data_file(Path(location), key)
+            found = str(path) if path else key
+            actual = path.stat().st_size if path else None
+        if actual is None:
+            place = f"in s3://{bucket}" if bucket else f"below {Path(location).parent} or the folder above it"
+            raise ConfigurationError(f"The inventory data file {key} that the manifest {location} names is not "
+                                     f"{place}: the report may be incomplete, or a local copy may not keep its layout "
+                                     "(copy the report's folder whole).")
+        if actual != size:
+            raise ConfigurationError(f"The inventory data file {found} is {actual:,} bytes, but the manifest "
+                                     f"{location} says {size:,}: it is truncated or is not the file the report "
+                                     "wrote; use a complete copy of the report.")
+        files.append(InventoryFile(found, size, md5))
+    LOG.info("inventory report %s: %d data files, %s, columns %s", location, len(files),
+             format_size(sum(file.size for file in files)), ", ".join(columns))
+    return Inventory(location, tuple(files), columns)
 
 
 # =============================================================================================
@@ -1589,6 +2214,7 @@ class TransferEngine:
         self.permissions = PermissionBreaker()
         self.fatal: Optional[FatalTransferError] = None
         self._stop_announced = False
+        self._last_tick = 0.0
         self._budget = MemoryBudget(config.memory_limit, max_units=config.max_workers)
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="worker")
         self._in_flight: set[concurrent.futures.Future[None]] = set()
@@ -1608,6 +2234,7 @@ class TransferEngine:
                     self._schedule(retried, attempt=1)
             while not self._should_stop():
                 self._drain_restarts()
+                self._tick_if_due()
                 listed = listing.next(self.tick)
                 if listed is None:
                     if not self._should_stop():
@@ -1632,11 +2259,19 @@ class TransferEngine:
             raise self.fatal
 
     def tick(self) -> None:
+        self._last_tick = time.monotonic()
         if self.stopping.is_set() and not self._stop_announced:
             self._stop_announced = True
             LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
         self.status.tick()
         self.progress.save_if_due(self.status.summary())
+
+    def _tick_if_due(self) -> None:
+        """Tick on time, not only while waiting: when workers free up faster than TICK_SECONDS and
+        the listing is ahead, the scheduler never waits, and without this the progress file would not
+        be saved (nor the status drawn) until the run ended."""
+        if time.monotonic() - self._last_tick >= TICK_SECONDS:
+            self.tick()
 
     def _should_stop(self) -> bool:
         return self.stopping.is_set() or self.fatal is not None
@@ -1666,14 +2301,21 @@ class TransferEngine:
         try:
             head = self.source.client.head_object(Bucket=self.source.bucket, Key=key)
         except botocore.exceptions.ClientError as error:
-            if error_code(error) in {"404", "NoSuchKey", "NotFound"}:
-                LOG.info("%s no longer exists in the source; nothing to copy", json.dumps(key, ensure_ascii=False))
-                self.progress.vanished(key)
+            if error_code(error) in MISSING_OBJECT_CODES:
+                self.source_vanished(key)
                 return None
             self._settle_failure(key, error, action="s3:GetObject", side=self.source)
             return None
         return ListedObject(key=key, size=head["ContentLength"], etag=head["ETag"],
                             storage_class=head.get("StorageClass", "STANDARD"))
+
+    def source_vanished(self, key: str) -> None:
+        """A key listed (or named by an inventory) that the source no longer has: not a failure, since
+        there is nothing left to copy, but told, in the log and the final report's count. Called from
+        workers and the lister too."""
+        LOG.info("%s no longer exists in the source; nothing to copy", json.dumps(key, ensure_ascii=False))
+        self.progress.vanished(key)
+        self.status.vanished()
 
     def _submit(self, work: Callable[[], None], *, cost: int) -> bool:
         """Hand one unit to the pool once a worker and `cost` bytes of the memory budget are free;
@@ -1755,6 +2397,13 @@ class TransferEngine:
         settles the object; failures of its sibling parts that were already in flight change nothing."""
         if isinstance(error, StopRequested):
             return  # left as it is: the upload stays recorded, the key stays pending, a rerun resumes
+        # Deleted since it was listed (an inventory report may be days old). NoSuchKey comes from a GET or,
+        # for a server-side copy, from the destination's CopyObject; a bare 404 from a HeadObject.
+        if error_code(error) == "NoSuchKey" or (error_code(error) in MISSING_OBJECT_CODES
+                                                 and getattr(error, "side", "") == "source"):
+            if job is None or self._abandon(job, "the source object no longer exists"):
+                self.source_vanished(listed.key)
+            return
         if isinstance(error, ServerSideRefused):
             if job is None or self._abandon(job, "S3 refused the server-side copy; streaming it instead"):
                 self._restarts.put((listed, attempt))
@@ -2366,13 +3015,46 @@ def read_progress_file(path: Path) -> Optional[dict[str, Any]]:
     return data
 
 
+class RangeProgress:
+    """One key range's completion: a watermark ("every key of the range up to and including K is
+    done or failed"), the few keys done beyond it while an earlier one is still in flight, and the
+    keys listed but not yet settled, in listing order."""
+
+    def __init__(self, key_range: KeyRange, watermark: Optional[str] = None, done_beyond: Iterable[str] = ()) -> None:
+        self.key_range = key_range
+        self.watermark = watermark
+        self.done_beyond = set(done_beyond)
+        self.pending: collections.OrderedDict[str, bool] = collections.OrderedDict()  # key -> accounted for
+
+    def start_after(self) -> Optional[str]:
+        """Where a rerun's listing of this range starts (exclusive)."""
+        return self.watermark or self.key_range.after
+
+    def advance(self) -> bool:
+        """Move the watermark past every settled key at the head of the listing; True if it moved."""
+        moved = False
+        while self.pending:
+            key, accounted = next(iter(self.pending.items()))
+            if not accounted:
+                break
+            self.pending.popitem(last=False)
+            self.done_beyond.discard(key)
+            self.watermark = key
+            moved = True
+        return moved
+
+    def document(self) -> dict[str, Any]:
+        return {"after": self.key_range.after, "through": self.key_range.through, "watermark": self.watermark,
+                "done_beyond_watermark": sorted(self.done_beyond)}
+
+
 class ProgressStore:
     """What is done, in a form that does not grow with the bucket.
 
-    Listing is in key order, so completion is a watermark ("every key up to and including K is done
-    or failed") plus the few keys done beyond it while an earlier key is still in flight; failed
-    keys with their reasons; and every multipart upload in flight with its parts. Workers report
-    here under a lock; only the main thread writes the file.
+    Listing is in key order within each key range (one range unless the listing runs in parallel),
+    so completion is a RangeProgress per range; failed keys with their reasons; and every multipart
+    upload in flight with its parts. Workers report here under a lock; only the main thread writes
+    the file. Its size is bounded by the ranges and the work in flight, never by the bucket.
     """
 
     def __init__(self, path: Path, job: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
@@ -2382,12 +3064,15 @@ class ProgressStore:
         self.path = path
         self.job = job
         self._lock = threading.RLock()
-        self._watermark: Optional[str] = resume.get("watermark")
-        self._done_beyond: set[str] = set(resume.get("done_beyond_watermark", ()))
+        # A file written before listing ran in parallel holds one watermark: one range.
+        ranges = resume.get("ranges") or [{"after": None, "through": None, "watermark": resume.get("watermark"),
+                                           "done_beyond_watermark": resume.get("done_beyond_watermark", ())}]
+        self._split_points: list[str] = [entry["through"] for entry in ranges[:-1]]
+        self._ranges = [RangeProgress(KeyRange(entry["after"], entry["through"]), entry.get("watermark"),
+                                      entry.get("done_beyond_watermark", ())) for entry in ranges]
         self._failed: dict[str, str] = dict(resume.get("failed", {}))
         self._uploads: dict[str, dict[str, Any]] = dict(resume.get("multipart_uploads", {}))
         self._listing_complete = False
-        self._pending: collections.OrderedDict[str, bool] = collections.OrderedDict()  # key -> accounted for
         self._objects_done = int(totals.get("objects_done", 0))
         self._bytes_done = int(totals.get("bytes_done", 0))
         self._first_started = totals.get("first_started_at") or _utc_now()
@@ -2415,33 +3100,62 @@ class ProgressStore:
 
     # -- what workers and the scheduler report ---------------------------------------------
 
-    @property
-    def watermark(self) -> Optional[str]:
-        return self._watermark
+    def splittable(self) -> bool:
+        """Whether the job has not started, so that it may still be cut into ranges: a job that has
+        keeps its own, whatever --list-concurrency a rerun gives."""
+        with self._lock:
+            return len(self._ranges) == 1 and not any(state.watermark or state.done_beyond for state in self._ranges)
+
+    def split(self, split_points: list[str]) -> None:
+        """Cut a job that has not started into ranges at these points."""
+        with self._lock:
+            assert self.splittable(), "a started job keeps its ranges"
+            self._split_points = list(split_points)
+            self._ranges = [RangeProgress(key_range) for key_range in key_ranges(self._split_points)]
+            self._dirty = True
+
+    def listing_plan(self) -> list[tuple[KeyRange, Optional[str]]]:
+        """Each range, with where a rerun's listing of it starts (exclusive)."""
+        with self._lock:
+            return [(state.key_range, state.start_after()) for state in self._ranges]
+
+    def _range_of(self, key: str) -> RangeProgress:
+        return self._ranges[range_index(self._split_points, key)]
 
     def retry_keys(self) -> list[str]:
-        """Failed keys the listing will not see again (at or before the watermark): retried first."""
+        """Failed keys the listing will not see again (at or before their range's watermark): retried first."""
         with self._lock:
-            return sorted(key for key in self._failed if self._watermark is not None and key <= self._watermark)
+            return sorted(key for key in self._failed
+                          if (watermark := self._range_of(key).watermark) is not None and key <= watermark)
 
     def is_done_beyond_watermark(self, key: str) -> bool:
         with self._lock:
-            return key in self._done_beyond
+            return key in self._range_of(key).done_beyond
+
+    def counts_as_done(self, key: str) -> bool:
+        """Whether the file counts `key` as copied: beyond its range's watermark as done, or at or
+        before the watermark and not failed."""
+        with self._lock:
+            state = self._range_of(key)
+            return key in state.done_beyond or (state.watermark is not None and key <= state.watermark
+                                                and key not in self._failed)
 
     def listed(self, key: str, *, already_done: bool = False) -> None:
         with self._lock:
-            self._pending[key] = already_done
-            self._advance()
+            state = self._range_of(key)
+            state.pending[key] = already_done
+            self._dirty |= state.advance()
 
     def mark_done(self, key: str, size: int) -> None:
         with self._lock:
             self._objects_done += 1
             self._bytes_done += size
             self._failed.pop(key, None)
-            if key in self._pending:
-                self._pending[key] = True
-                self._done_beyond.add(key)
-                self._advance()
+            state = self._range_of(key)
+            if key in state.pending:
+                state.pending[key] = True
+                state.done_beyond.add(key)
+                state.advance()
             self._dirty = True
 
     def mark_failed(self, key: str, reason: str) -> None:
@@ -2461,20 +3175,11 @@ class ProgressStore:
             self._dirty = True
 
     def _settle(self, key: str) -> None:
-        if key in self._pending:
-            self._pending[key] = True
-            self._advance()
+        state = self._range_of(key)
+        if key in state.pending:
+            state.pending[key] = True
+            state.advance()
         self._dirty = True
-
-    def _advance(self) -> None:
-        while self._pending:
-            key, accounted = next(iter(self._pending.items()))
-            if not accounted:
-                return
-            self._pending.popitem(last=False)
-            self._done_beyond.discard(key)
-            self._watermark = key
-            self._dirty = True
 
     # -- multipart uploads in flight -------------------------------------------------------
 
@@ -2561,8 +3266,7 @@ class ProgressStore:
             "job": self.job,
             "resume": {
                 "listing_complete": self._listing_complete,
-                "watermark": self._watermark,
-                "done_beyond_watermark": sorted(self._done_beyond),
+                "ranges": [state.document() for state in self._ranges],
                 "failed": dict(sorted(self._failed.items())),
                 "multipart_uploads": self._uploads,
             },
@@ -2678,18 +3382,22 @@ class ObjectComparer:
 
 
 def objects_to_copy(config: TransferConfig, source: Side, destination: Side, start_after: Optional[str],
-                    status: "StatusReporter") -> Iterator[ListedObject]:
-    """--skip-existing: the source objects the destination lacks or holds different; the others are
-    skipped. Where the ETags cannot be compared (different part layouts, SSE-KMS), a destination object
-    of the same size at least as new as the source counts as copied, as `aws s3 sync` decides."""
+                    through: Optional[str], status: "StatusReporter", *, inventory: Optional[Inventory],
+                    on_missing: Callable[[str], None]) -> Iterator[ListedObject]:
+    """--skip-existing: the source objects (after start_after, up to through) the destination lacks or
+    holds different; the others are skipped. Where the ETags cannot be compared (different part
+    layouts, SSE-KMS), a destination object of the same size at least as new as the source counts as
+    copied, as `aws s3 sync` decides."""
     comparer = ObjectComparer(source, destination)
-    destination_start = (map_destination_key(start_after, config.source, config.destination)
-                         if start_after else None)
+
+    def on_destination(key: Optional[str]) -> Optional[str]:  # the same place in destination key order
+        return map_destination_key(key, config.source, config.destination) if key else None
+
     joined = merge_join(
-        selected_objects(list_objects(source.client, config.source, start_after), config),
+        source_objects(config, source, start_after, through, inventory=inventory, on_missing=on_missing),
         config.source.prefix,
-        selected_objects(list_objects(destination.client, config.destination, destination_start), config,
-                         side="destination"),
+        selected_objects(list_objects(destination.client, config.destination, on_destination(start_after),
+                                      on_destination(through)), config, side="destination"),
         config.destination.prefix,
     )
     for _, source_object, destination_object in joined:
@@ -2710,15 +3418,34 @@ def objects_to_copy(config: TransferConfig, source: Side, destination: Side, sta
         yield source_object
 
 
-def audit(config: TransferConfig, source: Side, destination: Side) -> int:
+def listed_in(objects: Iterable[ListedObject], keys: Iterable[str]) -> Iterator[ListedObject]:
+    """The objects whose keys are among `keys`, both in key order, walked together in constant memory."""
+    remaining = iter(keys)
+    wanted = next(remaining, None)
+    for listed in objects:
+        while wanted is not None and wanted < listed.key:
+            wanted = next(remaining, None)
+        if wanted is None:
+            return
+        if wanted == listed.key:
+            yield listed
+
+
+def audit(config: TransferConfig, source: Side, destination: Side, inventory: Optional[Inventory] = None) -> int:
     """--verify / --verify-only: compare both sides in one merge join and report; exit 1 on any
-    missing or differing object (destination-only keys are reported but are not a discrepancy)."""
+    missing or differing object (destination-only keys are reported but are not a discrepancy).
+    With --from-inventory, the source objects compared are those of the report (as the source
+    holds them now: a report may be a day old)."""
     comparer = ObjectComparer(source, destination)
     counts: collections.Counter[str] = collections.Counter()
     shown = 0
     report = AuditReportFile(config.report_file)
+    source_listing = selected_objects(list_objects(source.client, config.source, None), config)
+    if inventory is not None:
+        source_listing = listed_in(source_listing, (row.key for row in
+                                                    inventory_rows(inventory, source, config.source, None)))
     joined = merge_join(
-        selected_objects(list_objects(source.client, config.source, None), config), config.source.prefix,
+        source_listing, config.source.prefix,
         selected_objects(list_objects(destination.client, config.destination, None), config, side="destination"),
         config.destination.prefix,
     )
@@ -2811,6 +3538,7 @@ class StatusReporter:
         self.objects_listed = self.bytes_listed = 0
         self.objects_done = self.bytes_done = self.bytes_moved = 0
         self.objects_failed = self.objects_skipped = self.retries = self.busy = 0
+        self.objects_vanished = 0
         self.verified: collections.Counter[str] = collections.Counter()
         self.objects_server_side = 0
         self.bytes_server_side = 0
@@ -2839,6 +3567,10 @@ class StatusReporter:
     def skipped(self) -> None:
         with self._lock:
             self.objects_skipped += 1
+
+    def vanished(self) -> None:
+        with self._lock:
+            self.objects_vanished += 1
 
     def object_failed(self) -> None:
         with self._lock:
@@ -2871,6 +3603,7 @@ class StatusReporter:
                 "bytes_done": self.bytes_done,
                 "objects_failed": self.objects_failed,
                 "objects_skipped_as_identical": self.objects_skipped,
+                "objects_no_longer_in_source": self.objects_vanished,
                 "verified": {method: self.verified[method] for method in ("md5", "etag", "checksum", "size-only")},
                 "retries": self.retries,
                 "elapsed": format_duration(self.elapsed()),
@@ -2942,6 +3675,8 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         f"average {figures['rate']}.",
         *([f"Skipped {status.objects_skipped:,} objects already identical in the destination."]
           if status.objects_skipped else []),
+        *([(f"Not copied: {status.objects_vanished:,} objects listed no longer exist in the source (deleted "
+            f"since they were listed); each is named in {config.log_file}.")] if status.objects_vanished else []),
         *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
            f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
@@ -3044,6 +3779,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "across N machines with no coordination; auto/N takes I from "
                                 "AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX. Each shard keeps its own "
                                 "progress and log file: .shard-I-of-N is added to their names")
+    selection.add_argument("--from-inventory", metavar="PATH_OR_S3_URI",
+                           help="copy the objects named by an S3 Inventory report (its manifest.json, CSV format) or "
+                                "by a key list (one key a line, or CSV key[,size[,etag]]; sorted in byte order; .gz "
+                                "allowed), a local file or s3://BUCKET/KEY read with the source credentials, instead "
+                                "of listing the source; keys outside the source prefix are skipped, --include, "
+                                "--exclude and --shard apply as to a listing")
     selection.add_argument("--storage-class", metavar="CLASS",
                            help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
     selection.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
@@ -3057,6 +3798,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "NAME.shard-I-of-N.log)")
     state.add_argument("--status-interval", type=float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
                        help="seconds between summary lines in the log and on non-terminal output (default: 10)")
+    tuning.add_argument("--list-concurrency", type=int, metavar="N",
+                        help="ListObjectsV2 streams over disjoint key ranges at once (default: max-workers / 2, "
+                             "at most 16; 1 lists in one stream, as before)")
     state.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
                        help="abandon and retry a request when S3 sends nothing for this long (default: 120)")
     state.add_argument("--dry-run", action="store_true",
@@ -3090,6 +3834,22 @@ def resolve_state_files(args: argparse.Namespace, environment: dict[str, str]) -
     args.log_file = shard_file_name(args.log_file or Path(DEFAULT_LOG_FILE), args.shard)
 
 
+def inventory_argument(text: str) -> str:
+    """--from-inventory: an s3://BUCKET/KEY as given, or a local file as an absolute path, so that the
+    job (and its progress file) is the same whichever directory a rerun starts in."""
+    if text.startswith("s3://"):
+        bucket, _, key = text[len("s3://"):].partition("/")
+        if not bucket or not key or key.endswith("/"):
+            raise ConfigurationError(f"--from-inventory {text} names no object: give s3://BUCKET/KEY of a report's "
+                                     "manifest.json or of a key list.")
+        return text
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(f"The inventory {text} given to --from-inventory does not exist (or is not a file): "
+                                 "give the path of an S3 Inventory report's manifest.json, or of a key list.")
+    return str(path.resolve())
+
+
 def build_config(args: argparse.Namespace) -> TransferConfig:
     """Turn parsed arguments into a validated TransferConfig; every rule a person can break is here."""
     source = S3Location.parse(args.source)
@@ -3109,8 +3869,15 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
     if args.status_interval <= 0:
         raise ConfigurationError("--status-interval must be a positive number of seconds.")
+    if args.list_concurrency is not None and not 1 <= args.list_concurrency <= MAX_LIST_CONCURRENCY:
+        raise ConfigurationError(
+            f"--list-concurrency must be between 1 and {MAX_LIST_CONCURRENCY}, not {args.list_concurrency}.")
     if not 0 < args.read_timeout <= 3600:
         raise ConfigurationError("--read-timeout must be between 0 and 3600 seconds (default 120).")
+    inventory = inventory_argument(args.from_inventory) if args.from_inventory else None
+    if inventory and args.list_concurrency not in (None, 1):
+        raise ConfigurationError("--list-concurrency splits a ListObjectsV2 listing, and --from-inventory reads a "
+                                 "report instead of listing: drop --list-concurrency.")
     for option, path in (("--progress-file", args.progress_file), ("--log-file", args.log_file),
                          ("--report", args.report or args.log_file)):
         if not path.parent.resolve().is_dir():
@@ -3134,13 +3901,15 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         source=source, destination=destination, source_side=source_side, destination_side=destination_side,
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
         memory_limit=memory_limit,
-        filters=tuple(args.filters or ()), shard=args.shard, copy_mode=args.copy_mode,
+        filters=tuple(args.filters or ()), shard=args.shard, inventory=inventory, copy_mode=args.copy_mode,
         max_bandwidth=args.max_bandwidth, storage_class=args.storage_class, sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id, dry_run=args.dry_run, restart=args.restart,
         verify=args.verify, verify_only=args.verify_only, skip_existing=args.skip_existing,
         report_file=args.report,
         progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
         read_timeout=args.read_timeout,
+        list_concurrency=1 if inventory else (args.list_concurrency if args.list_concurrency is not None
+                                              else max(1, min(DEFAULT_LISTERS_LIMIT, args.max_workers // 2))),
         quiet=args.quiet, verbose=args.verbose,
     )
 
@@ -3163,6 +3932,11 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     return file_handler
 
 
+def is_wanted(relative_key: str, config: TransferConfig) -> bool:
+    """Whether --include/--exclude and --shard keep a key (relative to its side's prefix)."""
+    return is_selected(relative_key, config.filters) and (config.shard is None or config.shard.owns(relative_key))
+
+
 def selected_objects(objects: Iterable[ListedObject], config: TransferConfig, *,
                      side: str = "source") -> Iterator[ListedObject]:
     """Apply --include/--exclude and --shard to a listing of either side (keys relative to that side's
@@ -3171,8 +3945,7 @@ def selected_objects(objects: Iterable[ListedObject], config: TransferConfig, *,
                           else (config.destination, config.destination_side))
     try:
         for listed in objects:
-            relative_key = listed.key[len(location.prefix):]
-            if is_selected(relative_key, config.filters) and (config.shard is None or config.shard.owns(relative_key)):
+            if is_wanted(listed.key[len(location.prefix):], config):
                 yield listed
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         if isinstance(error, RETRYABLE_BODY_ERRORS):
@@ -3182,21 +3955,50 @@ def selected_objects(objects: Iterable[ListedObject], config: TransferConfig, *,
                                                action="s3:ListBucket")) from None
 
 
-def report_dry_run(config: TransferConfig, source: Side) -> int:
+def source_objects(config: TransferConfig, source: Side, start_after: Optional[str], through: Optional[str] = None,
+                   *, inventory: Optional[Inventory], on_missing: Callable[[str], None],
+                   need_etag: bool = True) -> Iterator[ListedObject]:
+    """The selected source objects in key order, after start_after and up to through: listed with
+    ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
+    row without a size or ETag costs (see inventory_objects)."""
+    if inventory is None:
+        return selected_objects(list_objects(source.client, config.source, start_after, through), config)
+    rows = (row for row in inventory_rows(inventory, source, config.source, start_after, through)
+            if is_wanted(row.key[len(config.source.prefix):], config))
+    return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
+
+
+def listing_split_points(config: TransferConfig, source: Side) -> list[str]:
+    """Where to cut the source's keyspace for --list-concurrency listers; refusals as a listing's."""
+    try:
+        return discover_split_points(source.client, config.source, config.list_concurrency * RANGES_PER_LISTER)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        raise FatalTransferError(explain_error(error, side=config.source_side, bucket=config.source.bucket,
+                                               action="s3:ListBucket")) from None
+
+
+def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inventory] = None) -> int:
     """List and plan without writing anything: what would be copied, and what it costs in memory."""
     saved = read_progress_file(config.progress_file) if not config.restart else None
     if saved is not None and saved.get("job") != config.job_identity():
         saved = None
-    resume = (saved or {}).get("resume", {})
-    watermark, done_beyond, failed = resume.get("watermark"), set(resume.get("done_beyond_watermark", ())), \
-        set(resume.get("failed", {}))
+    recorded = ProgressStore(config.progress_file, config.job_identity(), saved)  # read only: never saved
     counts: collections.Counter[str] = collections.Counter()
     largest_unit = 0
-    listing = selected_objects(list_objects(source.client, config.source, None), config)
+    # Planning needs sizes, not ETags: a key list with sizes costs no request per key here.
+    if inventory is None and config.list_concurrency > 1:  # the order does not matter for counting
+        stopping = threading.Event()
+        window = ListingWindow(
+            [functools.partial(source_objects, config, source, key_range.after, key_range.through, inventory=None,
+                               on_missing=lambda key: None)
+             for key_range in key_ranges(listing_split_points(config, source))],
+            listers=config.list_concurrency, window=LISTING_WINDOW, stopping=stopping)
+        listing: Iterable[ListedObject] = iter(lambda: window.next(lambda: None), None)
+    else:
+        listing = source_objects(config, source, None, inventory=inventory, need_etag=False,
+                                 on_missing=lambda key: counts.update(["missing"]))
     for listed in listing:
-        done = listed.key in done_beyond or (watermark is not None and listed.key <= watermark
-                                             and listed.key not in failed)
-        if done:
+        if recorded.counts_as_done(listed.key):
             counts["done"] += 1
             counts["done_bytes"] += listed.size
             continue
@@ -3228,6 +4030,9 @@ def report_dry_run(config: TransferConfig, source: Side) -> int:
           f"(per {config.progress_file})")
     if counts["uncopyable"]:
         print(f"  cannot copy:  {counts['uncopyable']:,} objects, listed above with the reason")
+    if counts["missing"]:
+        print(f"  not in source: {counts['missing']:,} keys of {inventory.location if inventory else 'the listing'} "
+              "no longer exist in the source")
     print(f"  memory bound: {format_size(max(config.memory_limit, largest_unit))} of object data in flight "
           f"({config.max_workers} workers, --memory-limit {format_size(config.memory_limit)}, largest single unit "
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
@@ -3265,10 +4070,11 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
                           list_prefix=config.source.prefix, read_timeout=config.read_timeout)
     destination = connect_side(config.destination_side, config.destination.bucket, max_workers=config.max_workers,
                                list_prefix=config.destination.prefix, read_timeout=config.read_timeout)
+    inventory = open_inventory(config.inventory, source) if config.inventory else None
     if config.dry_run:
-        return report_dry_run(config, source)
+        return report_dry_run(config, source, inventory)
     if config.verify_only:
-        return audit(config, source, destination)
+        return audit(config, source, destination, inventory)
     lock_progress_file(config.progress_file)  # before --restart, which aborts the uploads the file records
     remove_temporary_files_of_killed_runs(config.progress_file)
     if config.restart:
@@ -3287,11 +4093,21 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     engine = TransferEngine(config, source=source, destination=destination,
                             transport=Boto3Transport(source.client, destination.client),
                             progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
-    if config.skip_existing:
-        to_copy = objects_to_copy(config, source, destination, progress.watermark, status)
-    else:
-        to_copy = selected_objects(list_objects(source.client, config.source, progress.watermark), config)
-    listing = ListingWindow(to_copy, window=LISTING_WINDOW, stopping=stopping)
+    if config.list_concurrency > 1 and progress.splittable():
+        progress.split(listing_split_points(config, source))
+    plan = progress.listing_plan()
+    if len(plan) > 1:
+        LOG.info("listing %d key ranges, %d at a time", len(plan), min(config.list_concurrency, len(plan)))
+
+    def stream(key_range: KeyRange, start_after: Optional[str]) -> Callable[[], Iterator[ListedObject]]:
+        if config.skip_existing:
+            return lambda: objects_to_copy(config, source, destination, start_after, key_range.through, status,
+                                           inventory=inventory, on_missing=engine.source_vanished)
+        return lambda: source_objects(config, source, start_after, key_range.through, inventory=inventory,
+                                      on_missing=engine.source_vanished)
+
+    listing = ListingWindow([stream(key_range, start_after) for key_range, start_after in plan],
+                            listers=config.list_concurrency, window=LISTING_WINDOW, stopping=stopping)
     with stop_on_signals(stopping, lambda: progress.finish("interrupted", status.summary())):
         try:
             engine.run(listing, progress.retry_keys())
@@ -3318,7 +4134,7 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if not config.quiet or code != EXIT_OK:
         print(report, file=sys.stdout if code == EXIT_OK else sys.stderr)
     if code == EXIT_OK and config.verify:
-        return audit(config, source, destination)
+        return audit(config, source, destination, inventory)
     return code
 
 

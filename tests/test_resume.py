@@ -321,15 +321,20 @@ def md5_of(body: bytes) -> str:
 
 
 def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str]:
-    """The keys a progress file counts as done: at or below the watermark and not failed, or
-    listed as done beyond it."""
+    """The keys a progress file counts as done: in their key range (after < key <= through), at or
+    below its watermark and not failed, or listed as done beyond it."""
     resume = progress["resume"]
-    watermark = resume["watermark"]
     failed = set(resume["failed"])
-    beyond = set(resume["done_beyond_watermark"])
+
+    def counted(key: str, key_range: dict[str, Any]) -> bool:
+        watermark = key_range["watermark"]
+        return key in key_range["done_beyond_watermark"] or (
+            watermark is not None and key <= watermark and key not in failed)
+
     return {
-        key for key in keys
-        if key in beyond or (watermark is not None and key <= watermark and key not in failed)
+        key for key in keys for key_range in resume["ranges"]
+        if (key_range["after"] is None or key > key_range["after"])
+        and (key_range["through"] is None or key <= key_range["through"]) and counted(key, key_range)
     }
 
 
@@ -506,8 +511,9 @@ def test_progress_file_is_always_valid_and_bounded(
         assert final["summary"]["state"] == "complete"
         assert final["summary"]["objects_done"] == count
         assert final["resume"]["listing_complete"] is True
-        assert final["resume"]["watermark"] == keys[-1]
-        assert final["resume"]["done_beyond_watermark"] == []
+        # Two workers list in one stream (--list-concurrency defaults to half the workers).
+        assert final["resume"]["ranges"] == [
+            {"after": None, "through": None, "watermark": keys[-1], "done_beyond_watermark": []}]
         assert final["resume"]["multipart_uploads"] == {}
         listed = buckets.client.get_paginator("list_objects_v2").paginate(Bucket=buckets.dest)
         assert [entry["Key"] for page in listed for entry in page.get("Contents", ())] == keys
@@ -641,6 +647,9 @@ def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[...,
 
     process = job.start()
     job.wait_for(process, lambda: _STARTED.search(job.log_text()), "the multipart upload to start")
+    # Once a part is on the server, the next ones are in flight (the log line of the upload's start
+    # comes before its parts are handed to the workers, and a Ctrl-C then would find nothing to wait for).
+    job.wait_for(process, parts_on_server(client, buckets.dest, BIG_KEY), "a part of the multipart upload")
     process.send_signal(signal.SIGINT)
     job.wait_for(process, lambda: "Interrupted: finishing the parts in flight" in job.log_text(),
                  "the first Ctrl-C to be handled")

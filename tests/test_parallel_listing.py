@@ -1,0 +1,168 @@
+"""Keyspace-parallel listing, end to end against moto: every key exactly once, whatever the ranges.
+
+The tool cuts the source keyspace at split points (folders found with Delimiter "/", or the next
+character of keys without folders) into ranges (after, through], lists several at once and keeps a
+watermark per range in the progress file. moto stands in for S3 here because, unlike SeaweedFS,
+it keeps keys ending in "/" and keys that are prefixes of other keys as S3 does.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAKE_KEYS
+from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
+from toolcli import TOOL, ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from uploads import body
+
+# Keys a range boundary could lose or duplicate: folder markers equal to a split point ("b/"),
+# keys that are prefixes of others, keys beside folders, non-ASCII keys (UTF-8 order = str order),
+# keys without folders that sort between folders, and the very first and last keys.
+AWKWARD_KEYS = [
+    "!first", "a", "a/", "a/0", "a/b", "a/b/c", "ab", "b/", "b/0", "b/é", "b/日本", "b0", "c", "c/x",
+    *(f"d{index}/obj-{index:02d}" for index in range(12)),
+    "z/", "zz", "é/1", "日本/2", "\U0001f600",
+]
+
+
+@pytest.fixture
+def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
+    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
+    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
+                   dest_endpoint_url=moto_buckets.endpoint_url)
+
+
+def put(moto_buckets: MotoBuckets, keys: list[str]) -> None:
+    for index, key in enumerate(keys):
+        moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=key, Body=body(100 + index, seed=index),
+                                       Metadata={"index": str(index)})
+
+
+def ranges_logged(log: str) -> list[int]:
+    return [int(count) for count in re.findall(r"listing (\d+) key ranges", log)]
+
+
+@pytest.mark.parametrize("listers", ["1", "3", "8"])
+def test_every_key_is_copied_exactly_once_across_range_boundaries(
+        job: ToolJob, moto_buckets: MotoBuckets, listers: str) -> None:
+    put(moto_buckets, AWKWARD_KEYS)
+
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", listers)
+
+    assert result.returncode == 0, describe(result)
+    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == object_snapshot(
+        moto_buckets.client, moto_buckets.source)
+    counted = collections.Counter(copied_keys(job.log_text()))
+    assert counted == collections.Counter(AWKWARD_KEYS), counted  # each once, none missing
+    ranges = read_progress(job.progress_file)["resume"]["ranges"]
+    if listers == "1":
+        assert len(ranges) == 1 and ranges_logged(job.log_text()) == []
+    else:
+        assert len(ranges) > 2 and ranges_logged(job.log_text()) == [len(ranges)]
+        # The ranges follow one another and cover everything, and each is listed to its end.
+        assert ranges[0]["after"] is None and ranges[-1]["through"] is None
+        assert all(left["through"] == right["after"] for left, right in zip(ranges, ranges[1:]))
+        for key_range in ranges:
+            inside = [key for key in AWKWARD_KEYS if (key_range["after"] is None or key > key_range["after"])
+                      and (key_range["through"] is None or key <= key_range["through"])]
+            assert key_range["watermark"] == (max(inside) if inside else None), key_range
+            assert key_range["done_beyond_watermark"] == []
+
+
+def test_prefix_and_filters_apply_within_every_range(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    keys = [f"data/{folder}/{name}" for folder in ("a", "b", "c", "d", "e") for name in ("x.csv", "y.json", "z.csv")]
+    put(moto_buckets, [*keys, "data.csv", "database/q.csv", "other/w.csv"])
+
+    result = job.run(f"s3://{moto_buckets.source}/data", f"s3://{moto_buckets.dest}/copy",
+                     "--list-concurrency", "4", "--exclude", "*", "--include", "*.csv")
+
+    assert result.returncode == 0, describe(result)
+    wanted = sorted(key for key in keys if key.endswith(".csv"))
+    assert sorted(copied_keys(job.log_text())) == wanted
+    assert sorted(object_snapshot(moto_buckets.client, moto_buckets.dest)) == [
+        "copy/" + key[len("data/"):] for key in wanted]
+    assert ranges_logged(job.log_text()) and all(
+        key_range["after"] is None or key_range["after"].startswith("data/")
+        for key_range in read_progress(job.progress_file)["resume"]["ranges"])
+
+
+def test_a_rerun_keeps_the_ranges_of_the_first_run(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    put(moto_buckets, [f"f{index:02d}/k" for index in range(20)])
+    first = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", "4")
+    assert first.returncode == 0, describe(first)
+    ranges = read_progress(job.progress_file)["resume"]["ranges"]
+    put(moto_buckets, ["f05/new", "f19/new", "zzz-new"])  # new keys, in the first and last ranges too
+
+    rerun = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", "1")
+
+    assert rerun.returncode == 0, describe(rerun)
+    after = read_progress(job.progress_file)["resume"]["ranges"]
+    assert [(r["after"], r["through"]) for r in after] == [(r["after"], r["through"]) for r in ranges]
+    assert collections.Counter(copied_keys(job.log_text()))["f05/new"] == 1
+    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == object_snapshot(
+        moto_buckets.client, moto_buckets.source)
+
+
+def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str]:
+    resume = progress["resume"]
+    failed = set(resume["failed"])
+    done = set()
+    for key in keys:
+        for key_range in resume["ranges"]:
+            if (key_range["after"] is None or key > key_range["after"]) and (
+                    key_range["through"] is None or key <= key_range["through"]):
+                watermark = key_range["watermark"]
+                if key in key_range["done_beyond_watermark"] or (
+                        watermark is not None and key <= watermark and key not in failed):
+                    done.add(key)
+    return done
+
+
+def test_sigkill_in_the_middle_of_parallel_listing_then_a_rerun_copies_the_rest_once(
+        job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    keys = [f"day-{folder:02d}/part-{index:03d}" for folder in range(16) for index in range(40)]
+    for index, key in enumerate(keys):
+        moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=key, Body=body(16 * 1024, seed=index))
+    # 10 MiB at 2 MB/s: about five seconds of copying, with the progress file saved every two.
+    arguments = ["--list-concurrency", "4", "--max-workers", "4", "--max-bandwidth", "2MB/s"]
+    command = [sys.executable, str(TOOL), *job.args(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}",
+                                                     *arguments)]
+    process = subprocess.Popen(command, env=job.env, cwd=job.workdir, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        # Kill once several ranges are under way and the file has recorded some of them.
+        while time.monotonic() < deadline and process.poll() is None:
+            if job.progress_file.exists():
+                ranges = read_progress(job.progress_file)["resume"]["ranges"]
+                if sum(key_range["watermark"] is not None for key_range in ranges) >= 3:
+                    break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
+    finally:
+        if process.poll() is None:
+            process.kill()
+    on_disk = read_progress(job.progress_file)
+    done = done_per_progress_file(on_disk, keys)
+    assert 0 < len(done) < len(keys)
+    log_before = len(job.log_text())
+
+    rerun = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", *arguments)
+
+    assert rerun.returncode == 0, describe(rerun)
+    recopied = copied_keys(job.log_text()[log_before:])
+    assert len(recopied) == len(set(recopied))  # none twice in the rerun
+    assert set(recopied) == set(keys) - done  # exactly what the file did not count
+    assert sorted(object_snapshot(moto_buckets.client, moto_buckets.dest)) == sorted(keys)
+    assert incomplete_uploads(moto_buckets.client, moto_buckets.dest) == []
+    print(f"killed with {len(done)} of {len(keys)} objects counted in "
+          f"{len(on_disk['resume']['ranges'])} ranges; the rerun copied {len(recopied)}")
