@@ -552,6 +552,27 @@ class RenewableRoleCredentials(botocore.credentials.RefreshableCredentials):
             return True
 
 
+def parse_timestamp(value: Any) -> datetime.datetime:
+    """A timestamp of an S3 answer. Listing XML has ISO 8601 ("2026-11-27T04:35:51.000Z"), which
+    datetime reads at once; anything else (the HTTP dates of HeadObject's Last-Modified) goes to
+    botocore's own parser, which tries dateutil's many formats: 180 us a key, five times what the
+    rest of parsing a ListObjectsV2 page costs, so it alone held listing to about 5,000 keys a second."""
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        except ValueError:
+            pass
+    return botocore.utils.parse_timestamp(value)
+
+
+def quick_timestamps_session() -> botocore.session.Session:
+    """A botocore session whose responses parse timestamps with parse_timestamp (botocore's
+    documented parser default, as the AWS CLI sets its own)."""
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    return core
+
+
 def build_session(settings: SideSettings) -> boto3.Session:
     """A boto3 session for one side; with a role_arn, credentials refresh by themselves.
 
@@ -565,9 +586,11 @@ def build_session(settings: SideSettings) -> boto3.Session:
                 aws_secret_access_key=settings.secret_access_key,
                 aws_session_token=settings.session_token,
                 region_name=settings.region,
+                botocore_session=quick_timestamps_session(),
             )
         else:
-            base = boto3.Session(profile_name=settings.profile, region_name=settings.region)
+            base = boto3.Session(profile_name=settings.profile, region_name=settings.region,
+                                 botocore_session=quick_timestamps_session())
     except botocore.exceptions.ProfileNotFound:
         raise ConfigurationError(
             f"The {settings.side} profile {settings.profile!r} is not in ~/.aws/config or ~/.aws/credentials."
@@ -599,7 +622,7 @@ def build_session(settings: SideSettings) -> boto3.Session:
     refreshing = RenewableRoleCredentials.create_from_metadata(
         metadata=assume(), refresh_using=assume, method="assume-role"
     )
-    core = botocore.session.get_session()
+    core = quick_timestamps_session()
     core._credentials = refreshing  # botocore's documented way to plug in custom refreshing credentials
     return boto3.Session(botocore_session=core, region_name=settings.region)
 

@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import botocore.utils
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -269,3 +270,12 @@ def test_a_given_progress_file_is_split_per_shard_too() -> None:
     tool.resolve_state_files(args, {"AWS_BATCH_JOB_ARRAY_INDEX": "2"})
     assert args.progress_file == Path("/efs/progress.shard-2-of-8.json")
     assert args.log_file == Path("s3_transfer.shard-2-of-8.log")
+
+
+@pytest.mark.parametrize("text", ["2026-11-27T04:35:51.000Z", "2026-11-27T04:35:51Z", "2026-11-27T04:35:51.123456+02:00",
+                                  "Fri, 27 Nov 2026 04:35:51 GMT", "1795848951"])
+def test_timestamps_are_read_as_botocore_reads_them(text: str) -> None:
+    # The quick path for ISO 8601 must give the instant botocore's own parser gives, for every
+    # format S3 answers in (XML listings, HTTP headers).
+    assert tool.parse_timestamp(text) == botocore.utils.parse_timestamp(text)
+    assert tool.parse_timestamp(text).tzinfo is not None
