@@ -1012,6 +1012,10 @@ def discover_split_points(client: Any, location: S3Location, ranges_wanted: int)
     deepest single folder."""
     if ranges_wanted <= 1:
         return []
+    # A listing of one page gains nothing from ranges, each of which reads a page of its own.
+    first = client.list_objects_v2(Bucket=location.bucket, Prefix=location.prefix)
+    if not first.get("IsTruncated"):
+        return []
     level = [location.prefix]
     for _ in range(SPLIT_DISCOVERY_DEPTH):
         found = list_folders(client, location.bucket, level, limit=SPLIT_DISCOVERY_PREFIXES)
@@ -4089,7 +4093,10 @@ def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[],
 
 def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     """Connect both sides, then copy everything not yet done, saving progress as it goes."""
-    source = connect_side(config.source_side, config.source.bucket, max_workers=config.max_workers,
+    # The source's connection pool serves the workers' GETs and the listers at once; too small a pool
+    # throws connections away, silently (urllib3 logs it to no one).
+    source = connect_side(config.source_side, config.source.bucket,
+                          max_workers=config.max_workers + config.list_concurrency,
                           list_prefix=config.source.prefix, read_timeout=config.read_timeout)
     destination = connect_side(config.destination_side, config.destination.bucket, max_workers=config.max_workers,
                                list_prefix=config.destination.prefix, read_timeout=config.read_timeout)

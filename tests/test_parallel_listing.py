@@ -9,6 +9,7 @@ it keeps keys ending in "/" and keys that are prefixes of other keys as S3 does.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import re
 import signal
 import subprocess
@@ -40,10 +41,26 @@ def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> 
                    dest_endpoint_url=moto_buckets.endpoint_url)
 
 
+# A listing of one page is not split (each range would read a page of its own), so every test adds
+# 1,000 empty keys under pad/, listed across the ranges like the others and then excluded.
+PADDING = [f"pad/{index:04d}" for index in range(1_000)]
+WITHOUT_PADDING = ["--exclude", "pad/*"]
+
+
 def put(moto_buckets: MotoBuckets, keys: list[str]) -> None:
-    for index, key in enumerate(keys):
+    def put_one(item: tuple[int, str]) -> None:
+        index, key = item
         moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=key, Body=body(100 + index, seed=index),
                                        Metadata={"index": str(index)})
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(put_one, enumerate(keys)))
+
+
+def put_padding(moto_buckets: MotoBuckets, prefix: str = "") -> None:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=prefix + key,
+                                                                 Body=b""), PADDING))
 
 
 def ranges_logged(log: str) -> list[int]:
@@ -54,12 +71,14 @@ def ranges_logged(log: str) -> list[int]:
 def test_every_key_is_copied_exactly_once_across_range_boundaries(
         job: ToolJob, moto_buckets: MotoBuckets, listers: str) -> None:
     put(moto_buckets, AWKWARD_KEYS)
+    source = object_snapshot(moto_buckets.client, moto_buckets.source)
+    put_padding(moto_buckets)
 
-    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", listers)
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", listers,
+                     *WITHOUT_PADDING)
 
     assert result.returncode == 0, describe(result)
-    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == object_snapshot(
-        moto_buckets.client, moto_buckets.source)
+    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == source
     counted = collections.Counter(copied_keys(job.log_text()))
     assert counted == collections.Counter(AWKWARD_KEYS), counted  # each once, none missing
     ranges = read_progress(job.progress_file)["resume"]["ranges"]
@@ -71,7 +90,7 @@ def test_every_key_is_copied_exactly_once_across_range_boundaries(
         assert ranges[0]["after"] is None and ranges[-1]["through"] is None
         assert all(left["through"] == right["after"] for left, right in zip(ranges, ranges[1:]))
         for key_range in ranges:
-            inside = [key for key in AWKWARD_KEYS if (key_range["after"] is None or key > key_range["after"])
+            inside = [key for key in AWKWARD_KEYS + PADDING if (key_range["after"] is None or key > key_range["after"])
                       and (key_range["through"] is None or key <= key_range["through"])]
             assert key_range["watermark"] == (max(inside) if inside else None), key_range
             assert key_range["done_beyond_watermark"] == []
@@ -80,6 +99,7 @@ def test_every_key_is_copied_exactly_once_across_range_boundaries(
 def test_prefix_and_filters_apply_within_every_range(job: ToolJob, moto_buckets: MotoBuckets) -> None:
     keys = [f"data/{folder}/{name}" for folder in ("a", "b", "c", "d", "e") for name in ("x.csv", "y.json", "z.csv")]
     put(moto_buckets, [*keys, "data.csv", "database/q.csv", "other/w.csv"])
+    put_padding(moto_buckets, "data/")  # listed, then left out by the filters
 
     result = job.run(f"s3://{moto_buckets.source}/data", f"s3://{moto_buckets.dest}/copy",
                      "--list-concurrency", "4", "--exclude", "*", "--include", "*.csv")
@@ -96,19 +116,24 @@ def test_prefix_and_filters_apply_within_every_range(job: ToolJob, moto_buckets:
 
 def test_a_rerun_keeps_the_ranges_of_the_first_run(job: ToolJob, moto_buckets: MotoBuckets) -> None:
     put(moto_buckets, [f"f{index:02d}/k" for index in range(20)])
-    first = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", "4")
+    put_padding(moto_buckets)
+    first = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", "4",
+                    *WITHOUT_PADDING)
     assert first.returncode == 0, describe(first)
     ranges = read_progress(job.progress_file)["resume"]["ranges"]
     put(moto_buckets, ["f05/new", "f19/new", "zzz-new"])  # new keys, in the first and last ranges too
+    source = {**object_snapshot(moto_buckets.client, moto_buckets.source, "f"),
+              **object_snapshot(moto_buckets.client, moto_buckets.source, "z")}
 
-    rerun = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", "1")
+    rerun = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--list-concurrency", "1",
+                    *WITHOUT_PADDING)
 
     assert rerun.returncode == 0, describe(rerun)
     after = read_progress(job.progress_file)["resume"]["ranges"]
+    assert len(ranges) > 2
     assert [(r["after"], r["through"]) for r in after] == [(r["after"], r["through"]) for r in ranges]
     assert collections.Counter(copied_keys(job.log_text()))["f05/new"] == 1
-    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == object_snapshot(
-        moto_buckets.client, moto_buckets.source)
+    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == source
 
 
 def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str]:
@@ -128,11 +153,13 @@ def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str
 
 def test_sigkill_in_the_middle_of_parallel_listing_then_a_rerun_copies_the_rest_once(
         job: ToolJob, moto_buckets: MotoBuckets) -> None:
-    keys = [f"day-{folder:02d}/part-{index:03d}" for folder in range(16) for index in range(40)]
-    for index, key in enumerate(keys):
-        moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=key, Body=body(16 * 1024, seed=index))
-    # 10 MiB at 2 MB/s: about five seconds of copying, with the progress file saved every two.
-    arguments = ["--list-concurrency", "4", "--max-workers", "4", "--max-bandwidth", "2MB/s"]
+    keys = [f"day-{folder:02d}/part-{index:03d}" for folder in range(16) for index in range(25)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=key,
+                                                                 Body=body(16 * 1024, seed=len(key))), keys))
+    put_padding(moto_buckets)
+    # 6 MiB at 2 MB/s: about three seconds of copying, with the progress file saved every two.
+    arguments = ["--list-concurrency", "4", "--max-workers", "4", "--max-bandwidth", "2MB/s", *WITHOUT_PADDING]
     command = [sys.executable, str(TOOL), *job.args(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}",
                                                      *arguments)]
     process = subprocess.Popen(command, env=job.env, cwd=job.workdir, stdout=subprocess.DEVNULL,
