@@ -994,25 +994,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine_info(tool: Path, argv: list[str]) -> dict[str, Any]:
-    import boto3
-    import botocore
+    """bench.py's description of the machine and tool, plus what a scale run adds: the exact tool
+    file measured, the command and the load it started under."""
+    from bench import machine_info as shared_machine_info
 
-    from bench import command_output
-
-    cpu_model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu_model = line.split(":", 1)[1].strip()
-            break
-    commit = command_output(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "diff", "--quiet", "HEAD", "--", TOOL.name],
-                           check=False).returncode != 0
     return {
-        "started_at": now_iso(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model,
-        "memory_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MiB,
-        "python": sys.version.split()[0], "boto3": boto3.__version__, "botocore": botocore.__version__,
-        "weed": command_output([str(Path(PYTHON).parent / "weed"), "version"]).removeprefix("version "),
-        "tool_commit": commit + (" + uncommitted changes to s3_bulk_transfer.py" if dirty else ""),
+        **shared_machine_info(),
         "tool_sha256": hashlib.sha256(tool.read_bytes()).hexdigest(),
         "command": "./bench/run-scale.sh" + "".join(f" {arg}" for arg in argv),
         "loadavg_at_start": os.getloadavg(),
