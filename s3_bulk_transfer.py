@@ -3180,10 +3180,8 @@ class ProgressStore:
             self._failed.pop(key, None)
             state = self._range_of(key)
             if key in state.pending:
-                state.pending[key] = True
-                state.done_beyond.add(key)
-                state.advance()
-            self._dirty = True
+                state.done_beyond.add(key)  # until the watermark passes it, which _settle may do at once
+            self._settle(key)
 
     def mark_failed(self, key: str, reason: str) -> None:
         with self._lock:
