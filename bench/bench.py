@@ -76,6 +76,10 @@ CHUNK_SIZE = 8 * MiB
 MULTIPART_THRESHOLD = 100 * MiB  # the tool's default; rclone's --s3-upload-cutoff and the AWS CLI follow it
 WORKERS = 10  # the tool's default --max-workers, used by every scenario but the grid and memory check
 GRID_WORKERS = (1, 4, 10, 20)
+# Both engines of the tool (--engine) beside rclone, the reference the ratios are taken against. "ours"
+# alone (grid, memory, bandwidth) is the default engine.
+ENGINES_AND_RCLONE = ("ours-crt", "ours-threads", "rclone")
+ENGINE_ARGUMENTS = {"ours-crt": ("--engine", "crt"), "ours-threads": ("--engine", "threads")}
 MEMORY_CHUNKS = (8 * MiB, 16 * MiB)
 ONE_WAY_DELAY = 0.010  # seconds each way: 20 ms added round trip
 RUN_TIMEOUT = 3600.0  # a deadline for a hung run, not a performance limit
@@ -627,7 +631,7 @@ class Bench:
         before = CpuSnapshot.take()
         measured = run_measured(invocation.command, invocation.env, scratch, scratch / "measure")
         load = before.until(CpuSnapshot.take(), self.server._process.pid)
-        if (tool == "ours" and measured.exit_code == 2 and "unrecognized arguments" in measured.stderr):
+        if (tool.startswith("ours") and measured.exit_code == 2 and "unrecognized arguments" in measured.stderr):
             print(" -> the tool does not know this option")
             delete_prefix(self.admin, dest_prefix)
             raise FlagUnsupported(measured.stderr.strip().splitlines()[-1])
@@ -666,10 +670,10 @@ class Bench:
         server = self.server
         if scenario == "server-side":
             keys = server.dest_reads_source  # destination keys that may read the source: S3 can copy
-            if tool == "ours":
+            if tool.startswith("ours"):
                 return ours_invocation(job, keys, keys, scratch)
             return awscli_invocation(job, keys, scratch)
-        if tool == "ours":
+        if tool.startswith("ours"):
             return ours_invocation(job, server.source, server.dest, scratch)
         return rclone_invocation(job, server.source, server.dest, scratch)
 
@@ -1006,7 +1010,7 @@ def draw_chart(grid: Scenario, path: Path) -> bool:
     if not grid.runs:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colours = {"ours": "tab:blue", "rclone": "tab:orange"}
+    colours = {"ours": "tab:blue", "ours-crt": "tab:blue", "ours-threads": "tab:green", "rclone": "tab:orange"}
     styles = {"small": "--", "large": "-"}
     markers = {"small": "o", "large": "s"}
     for dataset in dict.fromkeys(run.dataset for run in grid.runs):
@@ -1118,14 +1122,14 @@ def run_parts(bench: Bench, args: argparse.Namespace, proxy: LatencyProxy) -> tu
         if name in parts:
             dataset = datasets[name]
             scenarios.append(run_comparison(bench, name, f"{name} ({dataset.describe()}), {WORKERS} workers, direct",
-                                            dataset, ("ours", "rclone"), reps, direct))
+                                            dataset, ENGINES_AND_RCLONE, reps, direct, extra=ENGINE_ARGUMENTS))
     if "latency" in parts:
         proxy_figures = check_proxy(bench.server, proxy)
         for dataset in datasets.values():
             scenarios.append(run_comparison(
                 bench, "latency", f"{dataset.name} ({dataset.describe()}), {WORKERS} workers, "
-                f"+{2 * ONE_WAY_DELAY * 1000:.0f} ms RTT (latency proxy)", dataset, ("ours", "rclone"), reps,
-                proxy.endpoint_url, via_proxy=True))
+                f"+{2 * ONE_WAY_DELAY * 1000:.0f} ms RTT (latency proxy)", dataset, ENGINES_AND_RCLONE, reps,
+                proxy.endpoint_url, via_proxy=True, extra=ENGINE_ARGUMENTS))
     if "server-side" in parts:
         for dataset in datasets.values():
             scenarios.append(run_comparison(
@@ -1138,7 +1142,7 @@ def run_parts(bench: Bench, args: argparse.Namespace, proxy: LatencyProxy) -> tu
         scenarios.append(run_memory(bench, datasets["large"]))
     if "bandwidth" in parts:
         large = next((s for s in scenarios if s.name == "large"), None)
-        uncapped = median_of([r for r in large.runs if r.tool == "ours"]) if large else None
+        uncapped = median_of([r for r in large.runs if r.tool == "ours-crt"]) if large else None
         scenarios.append(run_bandwidth(bench, datasets["large"], uncapped["mb_per_s"] if uncapped else None))
     return scenarios, proxy_figures
 

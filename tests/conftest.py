@@ -8,10 +8,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import toolcli
 from s3servers import Identity, MotoBuckets, MotoServer, SeaweedServer, find_weed, s3_client
 
 # moto accepts any keys; these are the ones its documentation suggests.
 FAKE_KEYS = Identity(access_key="testing", secret_key="testing")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--engine", choices=("crt", "threads"), default=None,
+                     help="run every transfer with this --engine (default: the tool's own choice, auto)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    toolcli.ENGINE = config.getoption("engine")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"s3_bulk_transfer engine: {config.getoption('engine') or 'auto (the default)'}"
 
 
 @pytest.fixture(scope="session")

@@ -237,7 +237,10 @@ class FaultProxy:
                     self.counts.refused += 1
                 client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
-            fault = self._draw_fault(first, method, body)
+            # The ranged GETs of one object's parts share a request line: their Range tells them apart,
+            # so which part meets which fault does not depend on which thread sends first.
+            ranges = [value for name, value in headers if name.lower() == "range"]
+            fault = self._draw_fault(" ".join([first, *ranges]), method, body)
             if fault == "reset_before":
                 _reset(client)
                 return
@@ -285,6 +288,12 @@ class FaultProxy:
         """Change the fault rates from now on ({} for none): a rerun through the same endpoint."""
         with self._lock:
             self._rates = dict(rates)
+
+    def heal(self) -> None:
+        """No fault of any kind from now on, random or targeted."""
+        with self._lock:
+            self._rates = {}
+            self._corrupt = set()
 
     def _draw_fault(self, request_line: str, method: str, body: bytes) -> Optional[str]:
         """The random fault for this request, if any: the same for a given seed, request line and

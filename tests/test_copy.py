@@ -38,6 +38,7 @@ from toolcli import (
     assert_usage_error,
     copied_keys,
     describe,
+    engine_args,
     read_progress,
     write_source_credentials,
 )
@@ -403,7 +404,7 @@ def test_three_shards_in_three_processes_copy_every_object_exactly_once(
     command = [
         sys.executable, str(TOOL), f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}",
         "--source-credentials", str(job.credentials), "--dest-endpoint-url", moto_buckets.endpoint_url,
-        *SIZE_ARGS, "--copy-mode", "stream",
+        *SIZE_ARGS, "--copy-mode", "stream", *engine_args(),
     ]
     processes = [
         subprocess.Popen([*command, "--shard", f"{index}/3"], cwd=job.workdir, env=job.env, stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ import pytest
 from fault_proxy import FAULT_KINDS, FaultProxy
 from s3servers import SOURCE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
+import toolcli
 from toolcli import MIB, ToolJob, copied_keys, describe, read_progress, write_source_credentials
 from uploads import body, upload_parts, verified_by
 
@@ -91,17 +92,22 @@ def test_objects_that_exhaust_their_retries_are_named_and_a_rerun_completes_them
     names = [f"fragile/{index:02d}.bin" for index in range(40)]
     for index, name in enumerate(names):
         accounts.put(name, body(4_000 + index, seed=index))
-    # Truncated bodies are what botocore leaves to the tool: at 60%, five attempts in a row fail for
-    # about one object in thirteen.
-    with FaultProxy(accounts.server.endpoint_url, rates={"truncate": 0.6}, seed=7) as proxy:
+    # Three objects come back damaged every time, so their retries run out under either engine. Truncated
+    # bodies, at 60%, are what botocore leaves to the tool (--engine threads: five attempts in a row fail
+    # for about one object in thirteen); the crt engine's client retries those itself, within the request.
+    damaged = {"fragile/03.bin", "fragile/17.bin", "fragile/31.bin"}
+    with FaultProxy(accounts.server.endpoint_url, rates={"truncate": 0.6}, seed=7,
+                    corrupt={(SOURCE_BUCKET, accounts.prefix + name) for name in damaged}) as proxy:
         job = job_through(accounts, proxy)
         result = job.run(accounts.source_uri, accounts.destination_uri)
 
         assert result.returncode == 1, describe(result)
         failed = read_progress(job.progress_file)["resume"]["failed"]
         failed_names = {key[len(accounts.prefix):] for key in failed}
-        assert failed_names, "the seed should make some objects exhaust their retries"
+        assert damaged <= failed_names, failed
         assert all("failed after 5 attempts" in reason for reason in failed.values()), failed
+        if toolcli.ENGINE == "threads":
+            assert failed_names - damaged, "the seed should make some truncated objects exhaust their retries"
         for key in failed:
             assert f'FAILED "{key}"' in job.log_text()
         copied = accounts.destination_snapshot()
@@ -110,7 +116,7 @@ def test_objects_that_exhaust_their_retries_are_named_and_a_rerun_completes_them
         assert all(copied[name] == source[name] for name in copied)
         assert accounts.destination_uploads() == []
 
-        proxy.set_rates({})  # the network heals; the rerun goes the same way, so it is the same job
+        proxy.heal()  # the network heals; the rerun goes the same way, so it is the same job
         log_before = len(job.log_text())
         rerun = job.run(accounts.source_uri, accounts.destination_uri)
 

@@ -22,6 +22,7 @@ for every ranged GET.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,9 @@ from uploads import (
     upload_parts,
     verified_by,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import s3_bulk_transfer as tool  # noqa: E402  (its attempt counts)
 
 THRESHOLD = ["--multipart-threshold", "15MiB"]  # overrides toolcli's 6MiB; chunk 5MiB and 4 workers stay
 CHUNK = 5 * MIB
@@ -202,15 +206,16 @@ def test_a_body_damaged_in_transit_is_never_written(
     assert incomplete_uploads(moto_buckets.client, dst) == []
     assert target not in copied_keys(job.log_text())
 
-    # Retried as promised: a small body 5 times (as a damaged body), a large object 3 times whole.
+    # Retried as promised: a small body BODY_ATTEMPTS times (as a damaged body), a large object
+    # OBJECT_ATTEMPTS times whole.
     parts = 1 if copy_part is None else -(-size // copy_part)
-    attempts = 5 if copy_part is None else 3
+    attempts = tool.BODY_ATTEMPTS if copy_part is None else tool.OBJECT_ATTEMPTS
     assert proxy.counts.corrupted == attempts * parts, (proxy.counts, job.log_text())
     if copy_part is not None:
         again = [line for line in job.log_text().splitlines()
                  if f'"{target}": integrity mismatch' in line and line.endswith("; copying it again whole")]
         assert len(again) == attempts - 1, job.log_text()
-        assert "(after 3 attempts)" in failed_lines[0]
+        assert f"(after {tool.OBJECT_ATTEMPTS} attempts)" in failed_lines[0]
 
     summary = read_progress(job.progress_file)["summary"]
     assert summary["this_run"]["verified"] == {"md5": 1, "etag": 1, "checksum": 0, "size-only": 0}

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 import pytest
 from botocore.client import BaseClient
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
+import toolcli
+from toolcli import engine_args
 
 TOOL = Path(__file__).resolve().parent.parent / "s3_bulk_transfer.py"
 
@@ -109,6 +111,7 @@ class ToolJob:
             # unless extra_args says otherwise (the last --copy-mode wins).
             "--copy-mode",
             "stream",
+            *engine_args(),
             *self.extra_args,
         ]
 
@@ -529,9 +532,10 @@ def test_progress_file_is_always_valid_and_bounded(
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("second_run", ["stream", "server-side"])
+@pytest.mark.parametrize("second_run", ["stream", "server-side", "the other engine"])
 def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[..., ToolJob], second_run: str) -> None:
-    # The rerun may copy the missing parts either way: the parts a streaming run uploaded are kept.
+    # The rerun may copy the missing parts either way: the parts a streaming run uploaded are kept,
+    # whichever engine (--engine) uploaded them, since the part plan and the progress file are the same.
     job = make_job()
     client, buckets = job.buckets.client, job.buckets
     body = random.Random(4).randbytes(40 * MIB)
@@ -560,7 +564,12 @@ def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[...,
     assert {int(number): etag for number, etag in record["parts"].items()} == parts_before
     run1_log_size = job.log_size()
 
-    job.extra_args += ["--copy-mode", second_run]
+    first_engine = toolcli.ENGINE or "crt"  # auto is crt where awscrt is installed, as requirements.txt does
+    other_engine = "threads" if first_engine == "crt" else "crt"
+    if second_run == "the other engine":
+        job.extra_args += ["--engine", other_engine]
+    else:
+        job.extra_args += ["--copy-mode", second_run]
     assert job.run() == 0, job.diagnostics()
 
     run2_log = job.log_text(since=run1_log_size)
@@ -568,6 +577,8 @@ def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[...,
     assert keys_after(_STARTED, run2_log) == []  # continued, not started again
     assert copied_keys(run2_log) == [BIG_KEY]
     assert ("(server-side copy)" in run2_log) == (second_run == "server-side")
+    run2_engine = other_engine if second_run == "the other engine" else first_engine
+    assert f"Object bodies moved by the {run2_engine} engine" in run2_log
     head = client.head_object(Bucket=buckets.dest, Key=BIG_KEY)
     assert head["ETag"].strip('"').endswith(f"-{total_parts}")
     assert head["ContentLength"] == len(body)

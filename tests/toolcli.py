@@ -30,6 +30,10 @@ CHUNK_SIZE = 5 * MIB
 MULTIPART_THRESHOLD = 6 * MIB
 SIZE_ARGS = ["--chunk-size", "5MiB", "--multipart-threshold", "6MiB", "--max-workers", "4"]
 
+# The --engine every transfer runs with, from pytest's own --engine option (conftest.py); None leaves
+# the tool's default (auto). CI runs the suite once with each engine.
+ENGINE: str | None = None
+
 RUN_TIMEOUT = 300  # seconds; a deadline for a hung run, not a performance assertion
 
 # A log line for one copied object: `... INFO copied "KEY" 1.0 KiB in ...`, the key JSON-encoded.
@@ -61,6 +65,11 @@ def run_tool(args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.C
         text=True,
         timeout=RUN_TIMEOUT,
     )
+
+
+def engine_args() -> list[str]:
+    """``--engine NAME`` when the suite runs with one engine, else nothing."""
+    return ["--engine", ENGINE] if ENGINE else []
 
 
 def copied_keys(log_text: str) -> list[str]:
@@ -129,6 +138,7 @@ class ToolJob:
             "--copy-mode", self.copy_mode,
             "--progress-file", str(self.progress_file),
             "--log-file", str(self.log_file),
+            *engine_args(),
             *extra,
         ]
 

@@ -1,0 +1,170 @@
+"""The two engines (--engine threads, --engine crt): which one runs, and the crt engine's own rules.
+
+The integration tests run once per engine in CI (scripts/run-tests.sh, pytest --engine); this file
+holds what only makes sense per engine: the choice and how it is reported, and the crt engine's
+reading of S3's answers, which must give what boto3 gives, or the integrity checks and preserved
+headers would differ between engines. A multipart upload begun by one engine and finished by the
+other is in test_resume.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from s3servers import MotoBuckets, object_snapshot
+from toolcli import ToolJob, describe, write_source_credentials
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conftest import FAKE_KEYS
+
+import s3_bulk_transfer as tool  # noqa: E402
+
+# -- reading answers as boto3 does ---------------------------------------------------------
+
+GET_HEADERS = [
+    ("Accept-Ranges", "bytes"),
+    ("Content-Length", "262144"),
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("Content-Encoding", "gzip"),
+    ("Content-Disposition", 'attachment; filename="a b.txt"'),
+    ("Content-Language", "fr"),
+    ("Cache-Control", "max-age=60"),
+    ("Expires", "Tue, 01 Jan 2030 00:00:00 GMT"),
+    ("ETag", '"6ac77ae009c766996d803758c84aad56-3"'),
+    ("Last-Modified", "Fri, 27 Nov 2026 07:20:10 GMT"),
+    ("x-amz-website-redirect-location", "/elsewhere"),
+    ("X-Amz-Meta-Colour", "blue"),
+    ("x-amz-meta-lower", "x"),
+    ("x-amz-tagging-count", "2"),
+    ("x-amz-mp-parts-count", "3"),
+    ("x-amz-checksum-crc64nvme", "AAAAAAAAAAA="),
+    ("x-amz-checksum-type", "FULL_OBJECT"),
+    ("x-amz-server-side-encryption", "aws:kms"),
+    ("x-amz-server-side-encryption-bucket-key-enabled", "true"),
+    ("x-amz-request-id", "18EBD5DAF10B2FB1567866AA"),
+    ("Server", "AmazonS3"),
+]
+
+
+def botocore_reading(operation: str, headers: list[tuple[str, str]]) -> dict:
+    """What boto3 returns for these headers (its parser, with the tool's timestamp parser)."""
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+    parser = tool.quick_timestamps_session().get_component("response_parser_factory").create_parser("rest-xml")
+    model = client.meta.service_model.operation_model(operation)
+    from botocore.awsrequest import HeadersDict
+
+    parsed = parser.parse({"status_code": 200, "headers": HeadersDict(headers), "body": b""}, model.output_shape)
+    parsed.pop("ResponseMetadata")
+    parsed.pop("Body", None)
+    return parsed
+
+
+@pytest.mark.parametrize("operation, headers", [
+    ("GetObject", GET_HEADERS),
+    ("GetObject", [("Content-Length", "0"), ("ETag", '"d41d8cd98f00b204e9800998ecf8427e"')]),
+    ("PutObject", [("ETag", '"abc"'), ("x-amz-checksum-crc32", "AAAAAA=="), ("x-amz-version-id", "v1")]),
+    ("UploadPart", [("ETag", '"abc"'), ("x-amz-server-side-encryption", "AES256")]),
+])
+def test_crt_engine_reads_headers_exactly_as_boto3_does(operation: str, headers: list[tuple[str, str]]) -> None:
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+    reader = tool.HeaderReader(client.meta.service_model.operation_model(operation).output_shape)
+
+    ours = reader.read(headers)
+
+    assert ours == botocore_reading(operation, headers)
+    if operation == "GetObject" and headers is GET_HEADERS:
+        assert ours["Metadata"] == {"Colour": "blue", "lower": "x"}
+        assert ours["Expires"] == datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+        assert ours["ContentLength"] == 262144 and ours["TagCount"] == 2 and ours["BucketKeyEnabled"] is True
+
+
+@pytest.mark.parametrize("listing_url, expected", [
+    ("http://127.0.0.1:9000/bucket?list-type=2&prefix=a%2F", "http://127.0.0.1:9000/bucket/"),
+    ("https://bucket.s3.eu-west-1.amazonaws.com/?list-type=2", "https://bucket.s3.eu-west-1.amazonaws.com/"),
+    ("https://s3.eu-west-1.amazonaws.com/bucket.with.dots?list-type=2",
+     "https://s3.eu-west-1.amazonaws.com/bucket.with.dots/"),
+])
+def test_objects_url_follows_the_address_botocore_resolved(listing_url: str, expected: str) -> None:
+    assert tool.objects_url(listing_url) == expected
+
+
+# -- choosing the engine ---------------------------------------------------------------------
+
+
+def a_side(name: str, url: str = "https://bucket.s3.eu-west-1.amazonaws.com/") -> tool.Side:
+    return tool.Side(settings=tool.SideSettings(side=name, origin="test"), client=None, bucket="bucket",
+                     region="eu-west-1", objects_url=url)
+
+
+@pytest.fixture
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
+                 "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_auto_chooses_crt_when_awscrt_is_installed(no_proxy_environment: pytest.MonkeyPatch) -> None:
+    choice = tool.choose_engine("auto", (a_side("source"), a_side("destination")))
+    assert choice == tool.EngineChoice("crt", "auto: awscrt is installed")
+
+
+def test_threads_is_always_possible(no_proxy_environment: pytest.MonkeyPatch) -> None:
+    no_proxy_environment.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert tool.choose_engine("threads", (a_side("source"),)).name == "threads"
+
+
+def test_a_proxy_turns_auto_to_threads_and_explicit_crt_into_a_sentence(
+        no_proxy_environment: pytest.MonkeyPatch) -> None:
+    no_proxy_environment.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    sides = (a_side("source"), a_side("destination"))
+
+    choice = tool.choose_engine("auto", sides)
+    with pytest.raises(tool.ConfigurationError) as refused:
+        tool.choose_engine("crt", sides)
+
+    assert choice.name == "threads"
+    assert "the source endpoint is reached through a proxy (HTTPS_PROXY)" in choice.reason
+    assert str(refused.value) == (
+        "--engine crt cannot run here: the source endpoint is reached through a proxy (HTTPS_PROXY), which "
+        "awscrt's S3 client cannot use. Use --engine threads.")
+
+
+def test_a_proxy_bypassed_by_no_proxy_leaves_crt_available(no_proxy_environment: pytest.MonkeyPatch) -> None:
+    no_proxy_environment.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    no_proxy_environment.setenv("NO_PROXY", "127.0.0.1")
+    assert tool.choose_engine("auto", (a_side("source", "http://127.0.0.1:9000/bucket/"),)).name == "crt"
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def job(tmp_path: Path, tool_env: dict[str, str], moto_buckets: MotoBuckets) -> ToolJob:
+    credentials = write_source_credentials(tmp_path / "source_credentials.json", FAKE_KEYS,
+                                           moto_buckets.endpoint_url)
+    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
+                   dest_endpoint_url=moto_buckets.endpoint_url)
+
+
+@pytest.mark.parametrize("engine, said", [
+    ("auto", "Object bodies moved by the crt engine (auto: awscrt is installed)."),
+    ("crt", "Object bodies moved by the crt engine (as --engine asks)."),
+    ("threads", "Object bodies moved by the threads engine (as --engine asks)."),
+])
+def test_the_final_report_and_log_say_which_engine_ran(job: ToolJob, moto_buckets: MotoBuckets, engine: str,
+                                                       said: str) -> None:
+    moto_buckets.client.put_object(Bucket=moto_buckets.source, Key="a.txt", Body=b"one",
+                                   Metadata={"owner": "me"}, ContentType="text/plain")
+
+    result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--engine", engine)
+
+    assert result.returncode == 0, describe(result)
+    assert said in result.stdout
+    assert said in job.log_text()
+    copied = object_snapshot(moto_buckets.client, moto_buckets.dest)
+    assert copied == object_snapshot(moto_buckets.client, moto_buckets.source)
