@@ -34,9 +34,11 @@ as S3 answers once a session has expired; other tokens (a renewed session) still
 ``expire_sessions_after(N)``: every token expires N requests after the proxy first sees it, so a
 client that renews its session goes on and one that cannot is stopped.
 
-Each request's fate is drawn from a hash of the seed, the request line and how many times that
-same request line was seen, not from the order threads happen to run in: a seed always injects
-the same faults into the same requests.
+Each request's fate is drawn from a hash of the seed, the request line (with its Range, less the
+test's unique ``key_prefix``) and how many times that same request was seen, not from the order
+threads happen to run in: a seed always injects the same faults into the same requests, as long as
+the client retries the same way (the crt engine retries some faults inside a request, the threads
+engine in the tool, so one seed gives each engine its own run).
 
 Bounded: at most ``max_connections`` connections are served at once (others wait in the listen
 backlog), every socket has a timeout, and the proxy stops by itself after ``lifetime`` seconds
@@ -148,10 +150,13 @@ class FaultProxy:
     def __init__(self, upstream_url: str, *, corrupt: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
                  refuse_head: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
                  rates: Optional[dict[str, float]] = None, seed: int = 0, stall_seconds: float = 3.0,
-                 lifetime: float = 240.0, max_connections: int = 32) -> None:
+                 lifetime: float = 240.0, max_connections: int = 32, key_prefix: str = "") -> None:
         assert set(rates or {}) <= set(FAULT_KINDS), rates
         self._rates = dict(rates or {})
         self._seed = seed
+        # A test's own key prefix (unique to each run) is left out of the draw, so that a seed damages
+        # the same requests in every run.
+        self._unique_part = urllib.parse.quote(key_prefix) if key_prefix else ""
         self._stall_seconds = stall_seconds
         self._seen: Counter[str] = Counter()
         upstream = urllib.parse.urlsplit(upstream_url)
@@ -240,7 +245,9 @@ class FaultProxy:
             # The ranged GETs of one object's parts share a request line: their Range tells them apart,
             # so which part meets which fault does not depend on which thread sends first.
             ranges = [value for name, value in headers if name.lower() == "range"]
-            fault = self._draw_fault(" ".join([first, *ranges]), method, body)
+            drawn_for = " ".join([first, *ranges])
+            fault = self._draw_fault(drawn_for.replace(self._unique_part, "") if self._unique_part else drawn_for,
+                                     method, body)
             if fault == "reset_before":
                 _reset(client)
                 return

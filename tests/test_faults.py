@@ -64,7 +64,7 @@ def test_soak_every_fault_kind_and_nothing_is_lost(accounts: CrossAccount) -> No
     accounts.put("large/single.bin", body(13 * MIB, seed=7))
 
     with FaultProxy(accounts.server.endpoint_url, rates=SOAK_RATES, seed=20261127, stall_seconds=SOAK_STALL_SECONDS,
-                    max_connections=64) as proxy:
+                    max_connections=64, key_prefix=accounts.prefix) as proxy:
         job = job_through(accounts, proxy)
         # Eight workers, so that stalled requests, each holding a worker for the read timeout, cost less time.
         result = job.run(accounts.source_uri, accounts.destination_uri, "--read-timeout", SOAK_READ_TIMEOUT,
@@ -96,7 +96,7 @@ def test_objects_that_exhaust_their_retries_are_named_and_a_rerun_completes_them
     # bodies, at 60%, are what botocore leaves to the tool (--engine threads: five attempts in a row fail
     # for about one object in thirteen); the crt engine's client retries those itself, within the request.
     damaged = {"fragile/03.bin", "fragile/17.bin", "fragile/31.bin"}
-    with FaultProxy(accounts.server.endpoint_url, rates={"truncate": 0.6}, seed=7,
+    with FaultProxy(accounts.server.endpoint_url, rates={"truncate": 0.6}, seed=5, key_prefix=accounts.prefix,
                     corrupt={(SOURCE_BUCKET, accounts.prefix + name) for name in damaged}) as proxy:
         job = job_through(accounts, proxy)
         result = job.run(accounts.source_uri, accounts.destination_uri)
