@@ -880,8 +880,10 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         raise ConfigurationError(explain_error(error, side=settings, bucket=bucket, action=action)) from None
     LOG.info("%s: bucket %s in region %s, credentials from %s", settings.side, bucket, region, settings.origin)
+    # AWS_CA_BUNDLE or the profile's ca_bundle, as botocore resolved it (boto3 has no public getter).
+    ca_bundle = session._session.get_config_variable("ca_bundle")
     return Side(settings=settings, client=client, bucket=bucket, region=region, credentials=credentials,
-                objects_url=objects_url(urls[-1]), ca_bundle=session._session.get_config_variable("ca_bundle"))
+                objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle)
 
 
 def objects_url(listing_url: str) -> str:
@@ -1823,7 +1825,8 @@ def choose_engine(requested: str, sides: Iterable[Side]) -> EngineChoice:
 class HeaderReader:
     """Reads a successful answer's headers into the dict boto3 returns, by the operation's output
     shape in botocore's model: what botocore's parser does, in a tenth of its time (20 us, not 200 us
-    for a GET), which is a tenth of what the crt engine spends in Python per request."""
+    for a GET, measured here), which matters when a whole small object costs the crt engine about
+    1.5 ms of CPU. Error answers, rare and with an XML body, go to botocore's parser itself."""
 
     CONVERSIONS: dict[str, Callable[[str], Any]] = {
         "integer": int, "long": int, "boolean": lambda value: value.lower() == "true",
@@ -1882,9 +1885,10 @@ class CrtSideClient:
     split into parts of its own, so the part plan, ETags and resume stay ours.
 
     What it must agree on with boto3 it takes from botocore: the bucket's URL as botocore resolved
-    it, the side's credentials (a delegate provider, so a role botocore renews is used at once), and
-    botocore's own serializer and parser, so headers sent and answers read, errors included, are
-    the very ones of the threads engine.
+    it, the side's credentials (a delegate provider for refreshable ones, so a role botocore renews
+    is used at once), botocore's serializer for the headers sent, and its model (HeaderReader) and
+    parser for the answers, so that headers sent and answers read, errors included, are the very
+    ones of the threads engine.
     """
 
     def __init__(self, side: Side, *, read_timeout: float) -> None:
@@ -4423,6 +4427,8 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if config.verify_only:
         return audit(config, source, destination, inventory)
     engine_choice = choose_engine(config.engine, (source, destination))
+    if engine_choice.name == "threads":
+        return_freed_bodies_to_the_system()
     lock_progress_file(config.progress_file)  # before --restart, which aborts the uploads the file records
     remove_temporary_files_of_killed_runs(config.progress_file)
     if config.restart:
@@ -4498,6 +4504,10 @@ def return_freed_bodies_to_the_system() -> None:
     per-thread heaps that keep freed memory: measured here, 20 workers with 16 MiB parts peaked at
     556 MiB instead of about 400. A fixed threshold of 1 MiB keeps the memory bound true, for a
     page-fault cost of about 2% of a core at 90 MB/s. Other C libraries are left alone.
+
+    Not for the crt engine: awscrt buffers each body in C as well, and with every one of those
+    buffers mapped and unmapped afresh, 4 x 256 MiB took 11.8 s of CPU instead of 6.9 s (measured
+    with bench/bench.py); it keeps more memory instead (see the README's Engines).
     """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -4509,7 +4519,6 @@ def return_freed_bodies_to_the_system() -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse the command line, run the transfer, and map the outcome to an exit code."""
     parser = build_parser()
-    return_freed_bodies_to_the_system()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # argparse has printed its usage message
