@@ -110,12 +110,13 @@ def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_auto_chooses_crt_when_awscrt_is_installed(no_proxy_environment: pytest.MonkeyPatch) -> None:
     choice = tool.choose_engine("auto", (a_side("source"), a_side("destination")))
-    assert choice == tool.EngineChoice("crt", "auto: awscrt is installed")
+    assert choice == tool.EngineChoice("crt", "threads", "auto: awscrt is installed")
 
 
 def test_threads_is_always_possible(no_proxy_environment: pytest.MonkeyPatch) -> None:
     no_proxy_environment.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    assert tool.choose_engine("threads", (a_side("source"),)).name == "threads"
+    assert tool.choose_engine("threads", (a_side("source"),)) == tool.EngineChoice("threads", "threads",
+                                                                                  "as --engine asks")
 
 
 def test_a_proxy_turns_auto_to_threads_and_explicit_crt_into_a_sentence(
@@ -127,7 +128,7 @@ def test_a_proxy_turns_auto_to_threads_and_explicit_crt_into_a_sentence(
     with pytest.raises(tool.ConfigurationError) as refused:
         tool.choose_engine("crt", sides)
 
-    assert choice.name == "threads"
+    assert (choice.whole_objects, choice.parts) == ("threads", "threads")
     assert "the source endpoint is reached through a proxy (HTTPS_PROXY)" in choice.reason
     assert str(refused.value) == (
         "--engine crt cannot run here: the source endpoint is reached through a proxy (HTTPS_PROXY), which "
@@ -137,7 +138,7 @@ def test_a_proxy_turns_auto_to_threads_and_explicit_crt_into_a_sentence(
 def test_a_proxy_bypassed_by_no_proxy_leaves_crt_available(no_proxy_environment: pytest.MonkeyPatch) -> None:
     no_proxy_environment.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
     no_proxy_environment.setenv("NO_PROXY", "127.0.0.1")
-    assert tool.choose_engine("auto", (a_side("source", "http://127.0.0.1:9000/bucket/"),)).name == "crt"
+    assert tool.choose_engine("auto", (a_side("source", "http://127.0.0.1:9000/bucket/"),)).whole_objects == "crt"
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -152,7 +153,8 @@ def job(tmp_path: Path, tool_env: dict[str, str], moto_buckets: MotoBuckets) -> 
 
 
 @pytest.mark.parametrize("engine, said", [
-    ("auto", "Object bodies moved by the crt engine (auto: awscrt is installed)."),
+    ("auto", "Object bodies moved by the crt engine for whole objects and the threads engine for parts "
+             "(auto: awscrt is installed)."),
     ("crt", "Object bodies moved by the crt engine (as --engine asks)."),
     ("threads", "Object bodies moved by the threads engine (as --engine asks)."),
 ])
@@ -160,6 +162,9 @@ def test_the_final_report_and_log_say_which_engine_ran(job: ToolJob, moto_bucket
                                                        said: str) -> None:
     moto_buckets.client.put_object(Bucket=moto_buckets.source, Key="a.txt", Body=b"one",
                                    Metadata={"owner": "me"}, ContentType="text/plain")
+    # Above toolcli's 6 MiB threshold: in parts, which auto gives to the threads engine.
+    moto_buckets.client.put_object(Bucket=moto_buckets.source, Key="big.bin", Body=bytes(range(256)) * 28_000,
+                                   Metadata={"size": "large"})
 
     result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--engine", engine)
 
