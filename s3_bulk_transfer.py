@@ -1817,7 +1817,7 @@ def crt_unavailable(sides: Iterable[Side]) -> str:
 
 def choose_engine(requested: str, sides: Iterable[Side]) -> EngineChoice:
     """--engine. "auto" takes crt for whole objects, where a request's CPU is most of an object's
-    cost and crt saves 60% of it, and threads for parts, where crt saves less (a fifth of the CPU,
+    cost and crt saves more than half of it, and threads for parts, where crt saves less (a fifth of the CPU,
     measured on 256 MiB objects) and costs more than the memory bound allows (awscrt holds each body
     in C too: 317 MiB peak instead of 164 at 10 workers x 8 MiB). "threads" is always possible."""
     if requested == "threads":
