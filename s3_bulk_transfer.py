@@ -93,6 +93,7 @@ import boto3
 import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
+import botocore.loaders
 import botocore.serialize
 import botocore.session
 import botocore.utils
@@ -579,10 +580,19 @@ def parse_timestamp(value: Any) -> datetime.datetime:
     return botocore.utils.parse_timestamp(value)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_data_loader(data_path: Optional[str]) -> botocore.loaders.Loader:
+    """One loader of botocore's data files for every session of the run. Each session would load and
+    parse S3's model (a JSON file of 1 MB) and the endpoint rules anew: 0.23 s of CPU for the three or
+    four sessions of a run, measured, a fifth of the tool's start-up."""
+    return botocore.loaders.create_loader(data_path)
+
+
 def quick_timestamps_session() -> botocore.session.Session:
     """A botocore session whose responses parse timestamps with parse_timestamp (botocore's
     documented parser default, as the AWS CLI sets its own)."""
     core = botocore.session.get_session()
+    core.register_component("data_loader", shared_data_loader(core.get_config_variable("data_path")))
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
     return core
 
@@ -1068,13 +1078,17 @@ def discover_split_points(client: Any, location: S3Location, ranges_wanted: int)
 
 
 def list_folders(client: Any, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
-    """The folders (CommonPrefixes with Delimiter "/") directly under each of `prefixes`, at most `limit`."""
+    """The folders (CommonPrefixes with Delimiter "/") directly under each of `prefixes`, at most `limit`.
+
+    One page of each prefix only: a prefix of a million keys and no folder would otherwise be listed
+    in full, one page after another, before the copy starts, only to find nothing. Folders beyond
+    the first 1,000 names of a prefix are not seen, which makes the ranges less even, never wrong."""
     found: list[str] = []
     for prefix in prefixes:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            found.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", ()))
-            if len(found) >= limit:
-                return found[:limit]
+        page = client.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        found.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", ()))
+        if len(found) >= limit:
+            return found[:limit]
     return found
 
 

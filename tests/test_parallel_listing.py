@@ -24,6 +24,9 @@ from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import TOOL, ToolJob, copied_keys, describe, read_progress, write_source_credentials
 from uploads import body
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import s3_bulk_transfer as tool  # noqa: E402
+
 # Keys a range boundary could lose or duplicate: folder markers equal to a split point ("b/"),
 # keys that are prefixes of others, keys beside folders, non-ASCII keys (UTF-8 order = str order),
 # keys without folders that sort between folders, and the very first and last keys.
@@ -193,3 +196,21 @@ def test_sigkill_in_the_middle_of_parallel_listing_then_a_rerun_copies_the_rest_
     assert incomplete_uploads(moto_buckets.client, moto_buckets.dest) == []
     print(f"killed with {len(done)} of {len(keys)} objects counted in "
           f"{len(on_disk['resume']['ranges'])} ranges; the rerun copied {len(recopied)}")
+
+
+def test_a_flat_prefix_of_many_pages_is_split_after_reading_two_pages(moto_buckets: MotoBuckets) -> None:
+    """Looking for folders under a prefix that has none must not list it in full: for a flat prefix
+    of millions of keys that would be a second whole listing before the copy even starts."""
+    flat = [f"flat/{index:05d}" for index in range(1_001)]  # two pages: the old way read three
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=key, Body=b""),
+                      flat))
+    pages: list[str] = []
+    moto_buckets.client.meta.events.register("before-send.s3.ListObjectsV2",
+                                              lambda request, **_: pages.append(request.url))
+    split_points = tool.discover_split_points(moto_buckets.client,
+                                              tool.S3Location.parse(f"s3://{moto_buckets.source}/flat/"), 8)
+
+    assert len(pages) == 2, pages  # one to see that there is more than a page, one to look for folders
+    assert len(split_points) == 7 and all(point.startswith("flat/") for point in split_points), split_points
+    assert split_points == sorted(split_points)
