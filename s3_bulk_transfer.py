@@ -1963,9 +1963,10 @@ class CrtSideClient:
 
         try:
             frozen = self._credentials.get_frozen_credentials()
-        except Exception as error:  # noqa: BLE001 - raised again in the worker that waits (see _exchange)
+        except Exception as error:  # noqa: BLE001 - raised again in the workers that wait (see _exchange)
             self._credentials_failure = error
             raise
+        self._credentials_failure = None
         return auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token or None)
 
     def request(self, operation: str, bucket: str, key: str, parameters: dict[str, Any], *,
@@ -2022,7 +2023,10 @@ class CrtSideClient:
         if isinstance(error, s3.S3ResponseError):
             return error.status_code, error.headers or [], error.body or b""
         if error is not None:
-            failure, self._credentials_failure = self._credentials_failure, None
+            # The CRT says only that signing failed, not why, nor for which request: every request
+            # that fails while the last attempt to get credentials failed is told that reason,
+            # until an attempt succeeds (a renewed role), rather than a bare transport error.
+            failure = self._credentials_failure
             if failure is not None:
                 raise failure
             name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__

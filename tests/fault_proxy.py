@@ -166,6 +166,7 @@ class FaultProxy:
         self._refuse_head = {self._path(bucket, key) for bucket, key in refuse_head}
         self._token_expiry: dict[str, int] = {}  # session token -> request count from which it is refused
         self._session_lifetime: Optional[int] = None
+        self._denial: Optional[tuple[int, bytes]] = None  # (requests let through, the answer to all after)
         self._deadline = time.monotonic() + lifetime
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stopping = threading.Event()
@@ -234,8 +235,14 @@ class FaultProxy:
                 expired = token is not None and self.counts.requests >= self._token_expiry.get(token, 1 << 62)
                 if expired:
                     self.counts.expired += 1
+                denial = self._denial[1] if self._denial and self.counts.requests > self._denial[0] else None
+                if denial is not None:
+                    self.counts.refused += 1
             if expired:
                 client.sendall(_error_response(400, "Bad Request", "ExpiredToken", "The provided token has expired."))
+                return
+            if denial is not None:
+                client.sendall(denial)
                 return
             if method == "HEAD" and path in self._refuse_head:
                 with self._lock:
@@ -296,11 +303,18 @@ class FaultProxy:
         with self._lock:
             self._rates = dict(rates)
 
+    def deny_after(self, requests: int, answer: bytes) -> None:
+        """Let ``requests`` requests through (counted from the first), then answer every later one
+        with ``answer``, a whole HTTP response: a permission withdrawn in the middle of a run."""
+        with self._lock:
+            self._denial = (requests, answer)
+
     def heal(self) -> None:
-        """No fault of any kind from now on, random or targeted."""
+        """No fault of any kind from now on, random or targeted, and no denial."""
         with self._lock:
             self._rates = {}
             self._corrupt = set()
+            self._denial = None
 
     def _draw_fault(self, request_line: str, method: str, body: bytes) -> Optional[str]:
         """The random fault for this request, if any: the same for a given seed, request line and

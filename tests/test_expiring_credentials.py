@@ -101,3 +101,51 @@ def test_role_credentials_renew_themselves_when_s3_calls_them_expired(
     assert json.loads(job.progress_file.read_text())["summary"]["state"] == "complete"
     print(f"role: {len(sessions)} sessions, {proxy.counts.expired} requests refused as expired, "
           f"{len(renewals)} renewals")
+
+
+# What STS answers (its query protocol's error shape) when the role's trust policy no longer lets
+# the caller in.
+ASSUME_ROLE_DENIED = (
+    b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+    b"<Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/copier is not authorized to "
+    b"perform: sts:AssumeRole on resource: arn:aws:iam::123456789012:role/copier</Message></Error>"
+    b"<RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"
+)
+
+
+def test_a_role_that_can_no_longer_be_assumed_stops_the_run_with_one_sentence_and_a_rerun_resumes(
+        moto_buckets: MotoBuckets, source: dict, tool_env: dict[str, str], tmp_path: Path) -> None:
+    with FaultProxy(moto_buckets.endpoint_url) as proxy, FaultProxy(moto_buckets.endpoint_url) as sts:
+        tool_env = {**tool_env, "AWS_ENDPOINT_URL_STS": sts.endpoint_url}
+        job = job_through(proxy, tool_env, tmp_path, role_arn="arn:aws:iam::123456789012:role/copier")
+        proxy.expire_sessions_after(25)
+        # The first session is granted; the renewal, once S3 calls it expired, is refused.
+        sts.deny_after(1, b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/xml\r\nContent-Length: "
+                       + str(len(ASSUME_ROLE_DENIED)).encode() + b"\r\nConnection: close\r\n\r\n"
+                       + ASSUME_ROLE_DENIED)
+        result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-workers", str(WORKERS))
+
+        assert result.returncode == 2, describe(result)
+        assert "Traceback" not in result.stderr
+        lines = error_lines(result.stderr)
+        assert len(lines) == 1, describe(result)  # one sentence, not one per object
+        assert ("Could not assume the source role arn:aws:iam::123456789012:role/copier" in lines[0]
+                and "is not authorized to perform: sts:AssumeRole" in lines[0]
+                and "trust policy" in lines[0]), lines
+        assert sts.counts.refused >= 1
+        progress = read_progress(job.progress_file)
+        assert progress["resume"]["failed"] == {}  # no object is to blame
+        assert progress["summary"]["state"] != "complete"
+        done_before = set(copied_keys(job.log_text()))
+        copied = object_snapshot(moto_buckets.client, moto_buckets.dest)
+        assert all(copied[key] == source[key] for key in copied)  # what is there is whole
+
+        sts.heal()  # the trust policy is mended
+        log_before = len(job.log_text())
+        rerun = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-workers", str(WORKERS))
+
+    assert rerun.returncode == 0, describe(rerun)
+    assert object_snapshot(moto_buckets.client, moto_buckets.dest) == source
+    assert incomplete_uploads(moto_buckets.client, moto_buckets.dest) == []
+    assert set(copied_keys(job.log_text()[log_before:])) & done_before == set()
+    print(f"role refused: {len(done_before)} objects done before the stop; the person reads: {lines[0]}")
