@@ -1941,6 +1941,7 @@ class CrtSideClient:
             tls_options = crt_io.ClientTlsContext(tls).new_connection_options()
         if isinstance(side.credentials, botocore.credentials.RefreshableCredentials):
             provider = auth.AwsCredentialsProvider.new_delegate(self._current_credentials)
+            keep_delegate_failures_off_stderr()
         else:  # keys that never change: signing need not call into Python (0.14 ms a request, measured)
             frozen = side.credentials.get_frozen_credentials()
             provider = auth.AwsCredentialsProvider.new_static(frozen.access_key, frozen.secret_key, frozen.token)
@@ -2032,6 +2033,20 @@ class CrtSideClient:
             name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
             raise TransportError(f"{operation} to the {self.side.settings.side} endpoint failed: {name}: {error}")
         return answer.status, answer.headers, answer.body()
+
+
+def keep_delegate_failures_off_stderr() -> None:
+    """awscrt reports an exception raised in a delegate credentials provider as "unraisable", which
+    Python prints as a traceback on stderr. Ours is kept and raised again in the workers whose
+    requests it failed (CrtSideClient._exchange), where it becomes one sentence, so only those are
+    kept quiet; anything else unraisable is reported as before."""
+    report = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if getattr(unraisable.object, "__func__", None) is not CrtSideClient._current_credentials:
+            report(unraisable)
+
+    sys.unraisablehook = hook
 
 
 class CrtTransport:

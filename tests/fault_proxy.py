@@ -57,7 +57,7 @@ import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Optional
+from typing import Callable, Optional
 
 LOOPBACK = "127.0.0.1"
 _HEAD_LIMIT = 64 * 1024
@@ -126,6 +126,15 @@ def _build_head(first: str, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def _with_body(response: bytes, rewrite: Callable[[bytes], bytes]) -> bytes:
+    """``response`` with its body rewritten and its Content-Length to match."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    first, headers = _header_lines(head + b"\r\n\r\n")
+    body = rewrite(body)
+    headers = [(name, str(len(body)) if name.lower() == "content-length" else value) for name, value in headers]
+    return _build_head(first, headers) + body
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with a TCP reset (RST), as a dropped connection looks to the client."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -167,6 +176,7 @@ class FaultProxy:
         self._token_expiry: dict[str, int] = {}  # session token -> request count from which it is refused
         self._session_lifetime: Optional[int] = None
         self._denial: Optional[tuple[int, bytes]] = None  # (requests let through, the answer to all after)
+        self._rewrite: Optional[Callable[[bytes], bytes]] = None  # applied to the body of every answer
         self._deadline = time.monotonic() + lifetime
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stopping = threading.Event()
@@ -264,6 +274,10 @@ class FaultProxy:
             if fault == "flip_request":
                 body = flip_middle_byte(body)
             response = self._forward(_build_head(first, headers) + body)
+            with self._lock:
+                rewrite = self._rewrite
+            if rewrite is not None:
+                response = _with_body(response, rewrite)
             if method == "PUT":
                 with self._lock:
                     self.counts.uploaded_bytes += len(body)
@@ -308,6 +322,11 @@ class FaultProxy:
         with ``answer``, a whole HTTP response: a permission withdrawn in the middle of a run."""
         with self._lock:
             self._denial = (requests, answer)
+
+    def rewrite_answers(self, rewrite: Callable[[bytes], bytes]) -> None:
+        """Pass the body of every answer from now on through ``rewrite`` (its length may change)."""
+        with self._lock:
+            self._rewrite = rewrite
 
     def heal(self) -> None:
         """No fault of any kind from now on, random or targeted, and no denial."""

@@ -8,6 +8,7 @@ session token, so a renewed session really is a different token the proxy lets t
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from pathlib import Path
@@ -105,12 +106,14 @@ def test_role_credentials_renew_themselves_when_s3_calls_them_expired(
 
 # What STS answers (its query protocol's error shape) when the role's trust policy no longer lets
 # the caller in.
-ASSUME_ROLE_DENIED = (
+_DENIAL_XML = (
     b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
     b"<Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/copier is not authorized to "
     b"perform: sts:AssumeRole on resource: arn:aws:iam::123456789012:role/copier</Message></Error>"
     b"<RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"
 )
+ASSUME_ROLE_DENIED = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/xml\r\nContent-Length: "
+                      + str(len(_DENIAL_XML)).encode() + b"\r\nConnection: close\r\n\r\n" + _DENIAL_XML)
 
 
 def test_a_role_that_can_no_longer_be_assumed_stops_the_run_with_one_sentence_and_a_rerun_resumes(
@@ -120,9 +123,7 @@ def test_a_role_that_can_no_longer_be_assumed_stops_the_run_with_one_sentence_an
         job = job_through(proxy, tool_env, tmp_path, role_arn="arn:aws:iam::123456789012:role/copier")
         proxy.expire_sessions_after(25)
         # The first session is granted; the renewal, once S3 calls it expired, is refused.
-        sts.deny_after(1, b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/xml\r\nContent-Length: "
-                       + str(len(ASSUME_ROLE_DENIED)).encode() + b"\r\nConnection: close\r\n\r\n"
-                       + ASSUME_ROLE_DENIED)
+        sts.deny_after(1, ASSUME_ROLE_DENIED)
         result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-workers", str(WORKERS))
 
         assert result.returncode == 2, describe(result)
@@ -149,3 +150,44 @@ def test_a_role_that_can_no_longer_be_assumed_stops_the_run_with_one_sentence_an
     assert incomplete_uploads(moto_buckets.client, moto_buckets.dest) == []
     assert set(copied_keys(job.log_text()[log_before:])) & done_before == set()
     print(f"role refused: {len(done_before)} objects done before the stop; the person reads: {lines[0]}")
+
+
+def expiring_in_five_minutes(body: bytes) -> bytes:
+    """An AssumeRole answer whose session ends five minutes from now: inside botocore's mandatory
+    renewal window (ten minutes), so botocore assumes the role again before it signs any request."""
+    soon = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return re.sub(rb"<Expiration>[^<]*</Expiration>", f"<Expiration>{soon}</Expiration>".encode(), body)
+
+
+@pytest.mark.parametrize("renewal", ["granted", "refused"])
+def test_credentials_botocore_renews_on_its_own_reach_every_request_or_stop_the_run_in_one_sentence(
+        moto_buckets: MotoBuckets, source: dict, tool_env: dict[str, str], tmp_path: Path, renewal: str) -> None:
+    """The renewal S3 never asks for: botocore's own, before the stated expiry. The crt engine signs
+    in C but takes each request's credentials from botocore (a delegate provider), so every renewed
+    session must show up at S3, and a renewal STS refuses must stop the run as it does with threads."""
+    with FaultProxy(moto_buckets.endpoint_url) as proxy, FaultProxy(moto_buckets.endpoint_url) as sts:
+        tool_env = {**tool_env, "AWS_ENDPOINT_URL_STS": sts.endpoint_url}
+        job = job_through(proxy, tool_env, tmp_path, role_arn="arn:aws:iam::123456789012:role/copier")
+        sts.rewrite_answers(expiring_in_five_minutes)
+        if renewal == "refused":  # after the listing: the renewals left are the body requests' (crt's or boto3's)
+            sts.deny_after(12, ASSUME_ROLE_DENIED)
+        result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-workers", str(WORKERS))
+
+    if renewal == "granted":
+        assert result.returncode == 0, describe(result)
+        assert object_snapshot(moto_buckets.client, moto_buckets.dest) == source
+        assert incomplete_uploads(moto_buckets.client, moto_buckets.dest) == []
+        # Each session S3 saw was one botocore had just renewed: far more than the one of the start.
+        assert len(proxy.counts.tokens) >= 10, len(proxy.counts.tokens)
+        print(f"botocore renewed the role {sts.counts.requests} times; S3 saw {len(proxy.counts.tokens)} sessions")
+        return
+    assert result.returncode == 2, describe(result)
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, describe(result)
+    assert ("Could not assume the source role arn:aws:iam::123456789012:role/copier" in lines[0]
+            and "is not authorized to perform: sts:AssumeRole" in lines[0]), lines
+    progress = read_progress(job.progress_file)
+    assert progress["resume"]["failed"] == {}  # no object is to blame
+    copied = object_snapshot(moto_buckets.client, moto_buckets.dest)
+    assert all(copied[key] == source[key] for key in copied)
