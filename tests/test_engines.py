@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import boto3
+import botocore.serialize
+import botocore.utils
 import pytest
 from s3servers import MotoBuckets, object_snapshot
 from toolcli import ToolJob, describe, write_source_credentials
@@ -80,6 +82,46 @@ def test_crt_engine_reads_headers_exactly_as_boto3_does(operation: str, headers:
         assert ours["Metadata"] == {"Colour": "blue", "lower": "x"}
         assert ours["Expires"] == datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
         assert ours["ContentLength"] == 262144 and ours["TagCount"] == 2 and ours["BucketKeyEnabled"] is True
+
+
+# Every kind of value the tool sends, and two it never does (Expires, a timestamp; an object lock
+# date) that must go through botocore's serializer unchanged.
+PUT_PARAMETERS = {
+    "ContentMD5": "1B2M2Y8AsgTpgAmY7PhCfg==", "ContentType": "text/plain; charset=utf-8", "CacheControl": "no-cache",
+    "ContentDisposition": 'attachment; filename="a b.txt"', "ContentEncoding": "gzip", "ContentLanguage": "fr",
+    "Metadata": {"Colour": "blue", "lower": "x", "unicode": "caf\u00e9"}, "Tagging": "a=1&b=two%20words",
+    "StorageClass": "STANDARD_IA", "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/k",
+    "BucketKeyEnabled": True, "ChecksumAlgorithm": "CRC32", "ChecksumCRC32": "AAAAAA==",
+    "ObjectLockEventHoldDurationDays": 3, "WebsiteRedirectLocation": "/elsewhere",
+}
+
+
+@pytest.mark.parametrize("operation, parameters", [
+    ("GetObject", {"ChecksumMode": "ENABLED"}),
+    ("GetObject", {"Range": "bytes=0-8388607", "IfMatch": '"0123456789abcdef0123456789abcdef-3"'}),
+    ("GetObject", {"PartNumber": 2, "VersionId": "v 1/2"}),
+    ("PutObject", PUT_PARAMETERS),
+    ("PutObject", {**PUT_PARAMETERS, "BucketKeyEnabled": False, "Metadata": {}}),
+    ("PutObject", {**PUT_PARAMETERS, "Expires": datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)}),
+    ("PutObject", {"ObjectLockRetainUntilDate": datetime.datetime(2031, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc),
+                   "ObjectLockMode": "GOVERNANCE", "ContentType": None}),
+    ("UploadPart", {"UploadId": "a/b+c=", "PartNumber": 10_000, "ContentMD5": "1B2M2Y8AsgTpgAmY7PhCfg==",
+                    "ChecksumCRC32C": "AAAAAA=="}),
+])
+def test_crt_engine_writes_requests_exactly_as_boto3_does(operation: str, parameters: dict) -> None:
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+    model = client.meta.service_model.operation_model(operation)
+    serializer = botocore.serialize.create_serializer("rest-xml", include_validation=False)
+    writer = tool.HeaderWriter(model, serializer)
+
+    headers, query = writer.write("bucket", "dir/key é", parameters)
+
+    expected = serializer.serialize_to_request({"Bucket": "bucket", "Key": "dir/key é", **parameters}, model)
+    assert {name: str(value) for name, value in headers.items()} == {
+        name: str(value) for name, value in expected["headers"].items()}
+    assert query == expected["query_string"]
+    assert (botocore.utils.percent_encode_sequence(query) == botocore.utils.percent_encode_sequence(
+        expected["query_string"]))
 
 
 @pytest.mark.parametrize("listing_url, expected", [
