@@ -1898,7 +1898,8 @@ class HeaderWriter:
     def __init__(self, model: Any, serializer: Any) -> None:
         self._model = model
         self._serializer = serializer
-        self._members: dict[str, tuple[str, str, str]] = {}  # parameter -> (location, name on the wire, type)
+        # parameter -> (location, name on the wire, type); location "" leaves the request to botocore
+        self._members: dict[str, tuple[str, str, str]] = {}
         for name, member in model.input_shape.members.items():
             location = member.serialization.get("location", "")
             if member.type_name == "map":
