@@ -94,6 +94,7 @@ import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
 import botocore.loaders
+import botocore.parsers
 import botocore.serialize
 import botocore.session
 import botocore.utils
@@ -588,12 +589,19 @@ def shared_data_loader(data_path: Optional[str]) -> botocore.loaders.Loader:
     return botocore.loaders.create_loader(data_path)
 
 
+def quick_timestamps_parsers() -> botocore.parsers.ResponseParserFactory:
+    """Response parsers that read timestamps with parse_timestamp (botocore's documented parser
+    default, as the AWS CLI sets its own)."""
+    factory = botocore.parsers.ResponseParserFactory()
+    factory.set_parser_defaults(timestamp_parser=parse_timestamp)
+    return factory
+
+
 def quick_timestamps_session() -> botocore.session.Session:
-    """A botocore session whose responses parse timestamps with parse_timestamp (botocore's
-    documented parser default, as the AWS CLI sets its own)."""
+    """A botocore session whose responses are read by quick_timestamps_parsers."""
     core = botocore.session.get_session()
     core.register_component("data_loader", shared_data_loader(core.get_config_variable("data_path")))
-    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    core.register_component("response_parser_factory", quick_timestamps_parsers())
     return core
 
 
@@ -1961,9 +1969,9 @@ class CrtSideClient:
 
     What it must agree on with boto3 it takes from botocore: the bucket's URL as botocore resolved
     it, the side's credentials (a delegate provider for refreshable ones, so a role botocore renews
-    is used at once), botocore's serializer for the headers sent, and its model (HeaderReader) and
-    parser for the answers, so that headers sent and answers read, errors included, are the very
-    ones of the threads engine.
+    is used at once), its model for the headers sent (HeaderWriter) and the answers read
+    (HeaderReader), and its parser for error answers, so that headers sent and answers read, errors
+    included, are the very ones of the threads engine.
     """
 
     def __init__(self, side: Side, *, read_timeout: float) -> None:
@@ -2001,7 +2009,7 @@ class CrtSideClient:
         )
         self._service = side.client.meta.service_model
         serializer = botocore.serialize.create_serializer("rest-xml", include_validation=False)
-        self._parser = quick_timestamps_session().get_component("response_parser_factory").create_parser("rest-xml")
+        self._parser = quick_timestamps_parsers().create_parser("rest-xml")
         operations = ("GetObject", "PutObject", "UploadPart")
         self._writers = {name: HeaderWriter(self._service.operation_model(name), serializer) for name in operations}
         self._readers = {name: HeaderReader(self._service.operation_model(name).output_shape) for name in operations}
@@ -2082,6 +2090,7 @@ class CrtSideClient:
         return answer.status, answer.headers, answer.body()
 
 
+@functools.lru_cache(maxsize=None)  # once per process, however many sides sign through a delegate
 def keep_delegate_failures_off_stderr() -> None:
     """awscrt reports an exception raised in a delegate credentials provider as "unraisable", which
     Python prints as a traceback on stderr. Ours is kept and raised again in the workers whose

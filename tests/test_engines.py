@@ -52,11 +52,15 @@ GET_HEADERS = [
 ]
 
 
+# boto3's own model of S3, which the crt engine's readers and writers are held to.
+S3_MODEL = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a",
+                        aws_secret_access_key="b").meta.service_model
+
+
 def botocore_reading(operation: str, headers: list[tuple[str, str]]) -> dict:
     """What boto3 returns for these headers (its parser, with the tool's timestamp parser)."""
-    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
-    parser = tool.quick_timestamps_session().get_component("response_parser_factory").create_parser("rest-xml")
-    model = client.meta.service_model.operation_model(operation)
+    parser = tool.quick_timestamps_parsers().create_parser("rest-xml")
+    model = S3_MODEL.operation_model(operation)
     from botocore.awsrequest import HeadersDict
 
     parsed = parser.parse({"status_code": 200, "headers": HeadersDict(headers), "body": b""}, model.output_shape)
@@ -72,8 +76,7 @@ def botocore_reading(operation: str, headers: list[tuple[str, str]]) -> dict:
     ("UploadPart", [("ETag", '"abc"'), ("x-amz-server-side-encryption", "AES256")]),
 ])
 def test_crt_engine_reads_headers_exactly_as_boto3_does(operation: str, headers: list[tuple[str, str]]) -> None:
-    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
-    reader = tool.HeaderReader(client.meta.service_model.operation_model(operation).output_shape)
+    reader = tool.HeaderReader(S3_MODEL.operation_model(operation).output_shape)
 
     ours = reader.read(headers)
 
@@ -109,8 +112,7 @@ PUT_PARAMETERS = {
                     "ChecksumCRC32C": "AAAAAA=="}),
 ])
 def test_crt_engine_writes_requests_exactly_as_boto3_does(operation: str, parameters: dict) -> None:
-    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
-    model = client.meta.service_model.operation_model(operation)
+    model = S3_MODEL.operation_model(operation)
     serializer = botocore.serialize.create_serializer("rest-xml", include_validation=False)
     writer = tool.HeaderWriter(model, serializer)
 

@@ -202,9 +202,7 @@ def test_a_flat_prefix_of_many_pages_is_split_after_reading_two_pages(moto_bucke
     """Looking for folders under a prefix that has none must not list it in full: for a flat prefix
     of millions of keys that would be a second whole listing before the copy even starts."""
     flat = [f"flat/{index:05d}" for index in range(1_001)]  # two pages: the old way read three
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=key, Body=b""),
-                      flat))
+    put(moto_buckets, flat)
     pages: list[str] = []
     moto_buckets.client.meta.events.register("before-send.s3.ListObjectsV2",
                                               lambda request, **_: pages.append(request.url))
