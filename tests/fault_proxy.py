@@ -40,6 +40,14 @@ threads happen to run in: a seed always injects the same faults into the same re
 the client retries the same way (the crt engine retries some faults inside a request, the threads
 engine in the tool, so one seed gives each engine its own run).
 
+S3's own behaviour, where the local servers differ from it (``behave``): each request that reaches
+the server passes through the behaviours a test installs, in the order installed, as a ``Request``
+(parsed: operation, bucket, key, signing region) that a behaviour may answer itself, change, or
+forward, and whose ``Answer`` (status, headers, body) it may rewrite. tests/aws_behaviour.py holds
+the behaviours, each with the S3 API reference it follows. ``counts.log`` records every request
+that was answered (operation, key, status, bytes of the answer's body) for assertions on what the
+tool asked.
+
 Bounded: at most ``max_connections`` connections are served at once (others wait in the listen
 backlog), every socket has a timeout, and the proxy stops by itself after ``lifetime`` seconds
 even if a test forgets to stop it. All threads are daemons.
@@ -49,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import socket
 import struct
 import threading
@@ -92,6 +101,10 @@ class FaultCounts:
     tokens: list[str] = field(default_factory=list)  # session tokens, in the order first seen
     uploaded_bytes: int = 0  # request bodies of PUTs that reached the server (PutObject, UploadPart)
     errors: list[str] = field(default_factory=list)
+    log: list["Seen"] = field(default_factory=list)  # every request answered by way of the server
+
+    def operations(self, name: str) -> list["Seen"]:
+        return [seen for seen in self.log if seen.operation == name]
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -148,6 +161,145 @@ def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
             "Connection: close\r\n\r\n").encode() + body
 
 
+
+# -- requests and answers, for the behaviours -----------------------------------------------
+
+
+@dataclass
+class Request:
+    """One request as the proxy read it. Path-style addressing (``/BUCKET/KEY``), as the tool uses
+    with a custom endpoint; ``target`` is the request line's target, percent-encoded as sent."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    @property
+    def path(self) -> str:
+        return urllib.parse.unquote(urllib.parse.urlsplit(self.target).path)
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(self.target).query, keep_blank_values=True)
+
+    @property
+    def bucket(self) -> str:
+        return self.path.lstrip("/").partition("/")[0]
+
+    @property
+    def key(self) -> str:
+        return self.path.lstrip("/").partition("/")[2]
+
+    def header(self, name: str) -> Optional[str]:
+        return next((value for header, value in self.headers if header.lower() == name.lower()), None)
+
+    @property
+    def signing_region(self) -> Optional[str]:
+        """The region of a SigV4 signature's credential scope (Credential=KEY/DATE/REGION/SERVICE/...)."""
+        match = re.search(r"Credential=[^/,]+/\d{8}/([^/,]+)/", self.header("Authorization") or "")
+        return match.group(1) if match else None
+
+    @property
+    def operation(self) -> str:
+        """The S3 (or STS) operation this request is, from its method, query and headers."""
+        query, copy = self.query, self.header("x-amz-copy-source") is not None
+        if self.method == "POST" and not self.bucket and b"Action=AssumeRole" in self.body:
+            return "AssumeRole"
+        if not self.key:
+            if self.method == "HEAD":
+                return "HeadBucket"
+            if self.method == "GET":
+                return ("ListMultipartUploads" if "uploads" in query else "ListObjectsV2" if "list-type" in query
+                        else "GetBucketLocation" if "location" in query else "ListObjects")
+            return {"PUT": "CreateBucket", "POST": "DeleteObjects", "DELETE": "DeleteBucket"}.get(self.method, "")
+        if self.method == "HEAD":
+            return "HeadObject"
+        if self.method == "GET":
+            return "GetObjectTagging" if "tagging" in query else "ListParts" if "uploadId" in query else "GetObject"
+        if self.method == "PUT":
+            if "uploadId" in query:
+                return "UploadPartCopy" if copy else "UploadPart"
+            return "PutObjectTagging" if "tagging" in query else "CopyObject" if copy else "PutObject"
+        if self.method == "POST":
+            return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+        if self.method == "DELETE":
+            return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+        return ""
+
+    def to_bytes(self) -> bytes:
+        return _build_head(f"{self.method} {self.target} HTTP/1.1", self.headers) + self.body
+
+
+@dataclass
+class Answer:
+    """One answer: status, headers and body. ``to_bytes`` sets Content-Length to the body's, except
+    for the answer to a HEAD, which keeps the length of the body it describes."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    to_head: bool = False
+
+    @classmethod
+    def parse(cls, raw: bytes, *, to_head: bool = False) -> "Answer":
+        head, _, body = raw.partition(b"\r\n\r\n")
+        first, headers = _header_lines(head + b"\r\n\r\n")
+        _version, status, reason = (first.split(" ", 2) + [""])[:3]
+        return cls(int(status), reason, headers, body, to_head)
+
+    @classmethod
+    def s3_error(cls, status: int, code: str, message: str, *, headers: Optional[list[tuple[str, str]]] = None,
+                 **elements: str) -> "Answer":
+        """An error as S3 writes it: <Error><Code/><Message/>, any further elements (BucketName, Region,
+        Key...), <RequestId/>."""
+        extra = "".join(f"<{name}>{value}</{name}>" for name, value in elements.items())
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                f"{extra}<RequestId>FAULTPROXY</RequestId></Error>").encode()
+        return cls(status, _REASONS.get(status, "Error"), [("Content-Type", "application/xml"), *(headers or [])],
+                   body)
+
+    def header(self, name: str) -> Optional[str]:
+        return next((value for header, value in self.headers if header.lower() == name.lower()), None)
+
+    def set_header(self, name: str, value: str) -> None:
+        self.drop_header(name)
+        self.headers.append((name, value))
+
+    def drop_header(self, name: str) -> None:
+        self.headers = [(header, value) for header, value in self.headers if header.lower() != name.lower()]
+
+    def to_bytes(self) -> bytes:
+        headers = self.headers if self.to_head else [
+            *((name, value) for name, value in self.headers if name.lower() != "content-length"),
+            ("Content-Length", str(len(self.body)))]
+        return _build_head(f"HTTP/1.1 {self.status} {self.reason}", headers) + (b"" if self.to_head else self.body)
+
+
+_REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+            409: "Conflict", 412: "Precondition Failed", 500: "Internal Server Error", 503: "Slow Down"}
+
+# A behaviour: given a request and the way on (to the next behaviour, and in the end to the server),
+# its answer. It may answer without going on, change the request, or rewrite the answer.
+Forward = Callable[[Request], Answer]
+Behaviour = Callable[[Request, Forward], Answer]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One answered request, as ``counts.log`` records it."""
+
+    operation: str
+    bucket: str
+    key: str
+    query: dict[str, list[str]]
+    status: int
+    body_bytes: int  # of the answer (a GET's object bytes; 0 for a HEAD)
+    signing_region: Optional[str]
+    headers: tuple[tuple[str, str], ...]  # of the request
+
+
 class FaultProxy:
     """Forward to ``upstream_url``; damage GETs of ``corrupt`` keys, refuse HEADs of ``refuse_head`` keys,
     and inject random faults at ``rates``.
@@ -177,6 +329,7 @@ class FaultProxy:
         self._session_lifetime: Optional[int] = None
         self._denial: Optional[tuple[int, bytes]] = None  # (requests let through, the answer to all after)
         self._rewrite: Optional[Callable[[bytes], bytes]] = None  # applied to the body of every answer
+        self._behaviours: list[Behaviour] = []
         self._deadline = time.monotonic() + lifetime
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stopping = threading.Event()
@@ -273,7 +426,13 @@ class FaultProxy:
                 return
             if fault == "flip_request":
                 body = flip_middle_byte(body)
-            response = self._forward(_build_head(first, headers) + body)
+            request = Request(method, target, headers, body)
+            answer = self._through_behaviours(request)
+            response = answer.to_bytes()
+            with self._lock:
+                self.counts.log.append(Seen(request.operation, request.bucket, request.key, request.query,
+                                            answer.status, 0 if method == "HEAD" else len(answer.body),
+                                            request.signing_region, tuple(request.headers)))
             with self._lock:
                 rewrite = self._rewrite
             if rewrite is not None:
@@ -327,6 +486,23 @@ class FaultProxy:
         """Pass the body of every answer from now on through ``rewrite`` (its length may change)."""
         with self._lock:
             self._rewrite = rewrite
+
+    def behave(self, *behaviours: Behaviour) -> None:
+        """Pass every request from now on through these behaviours too (after those already
+        installed), each an S3 behaviour the server lacks (tests/aws_behaviour.py)."""
+        with self._lock:
+            self._behaviours.extend(behaviours)
+
+    def _through_behaviours(self, request: Request) -> Answer:
+        with self._lock:
+            behaviours = list(self._behaviours)
+
+        def at(index: int) -> Forward:
+            if index == len(behaviours):
+                return lambda sent: Answer.parse(self._forward(sent.to_bytes()), to_head=sent.method == "HEAD")
+            return lambda sent: behaviours[index](sent, at(index + 1))
+
+        return at(0)(request)
 
     def heal(self) -> None:
         """No fault of any kind from now on, random or targeted, and no denial."""
@@ -389,6 +565,8 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stopping.set()
+        for behaviour in self._behaviours:  # one that holds requests lets them go (unanswered)
+            getattr(behaviour, "close", lambda: None)()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> "FaultProxy":
