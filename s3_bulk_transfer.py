@@ -2181,10 +2181,17 @@ def content_md5(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+# Encryption under which S3's ETag of an object or a part is no MD5 of its bytes (Object, ETag: "encrypted by
+# SSE-C or SSE-KMS, have ETags that are not an MD5 digest"); DSSE-KMS is KMS's double layer.
+OPAQUE_ETAG_ENCRYPTION = {"aws:kms", "aws:kms:dsse"}
+
+
 def etag_is_opaque(response: dict[str, Any]) -> bool:
-    """Whether a HeadObject or GetObject answer describes an object whose ETag is no hash of its bytes:
-    SSE-KMS or SSE-C encryption."""
-    return response.get("ServerSideEncryption") == "aws:kms" or bool(response.get("SSECustomerAlgorithm"))
+    """Whether an answer (HeadObject, GetObject, PutObject, CopyObject, CreateMultipartUpload,
+    UploadPart, UploadPartCopy) says its object or part is encrypted so that its ETag is no hash of
+    its bytes: SSE-KMS, DSSE-KMS or SSE-C. Decided from what S3 answered, never from our own flags: a
+    bucket's default encryption applies whatever we asked."""
+    return response.get("ServerSideEncryption") in OPAQUE_ETAG_ENCRYPTION or bool(response.get("SSECustomerAlgorithm"))
 
 
 def plain_md5_etag(etag: str, response: dict[str, Any]) -> Optional[str]:
@@ -2209,47 +2216,208 @@ def equal_part_layout(size: int, parts_count: int, first: int, last: int) -> Opt
 
 CHECKSUM_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")  # S3's additional checksums
 FULL_OBJECT_MULTIPART_ALGORITHMS = {"CRC64NVME", "CRC32C", "CRC32"}  # S3 combines only CRCs of parts
+# S3's CRCs, all reflected with an initial value and final XOR of all ones: (reflected polynomial, width in
+# bits). The polynomials are what makes part CRCs combine into the CRC of the whole (CrcCombiner).
+CRC_POLYNOMIALS = {"CRC32": (0xEDB88320, 32), "CRC32C": (0x82F63B78, 32), "CRC64NVME": (0x9A6C9329AC4BC9B5, 64)}
 
 
-def _crc_functions() -> dict[str, tuple[Callable[[Any, int], int], int]]:
-    """CRC algorithm -> (incremental function, width in bytes). CRC32C and CRC64NVME come from awscrt
-    (boto3[crt]); without it, objects carrying them are checked by their ETag alone."""
-    functions: dict[str, tuple[Callable[[Any, int], int], int]] = {"CRC32": (zlib.crc32, 4)}
+def _crc_functions() -> dict[str, Callable[[Any, int], int]]:
+    """CRC algorithm -> incremental function. CRC32C and CRC64NVME come from awscrt (boto3[crt]);
+    without it, objects carrying them are checked by their ETag alone."""
+    functions: dict[str, Callable[[Any, int], int]] = {"CRC32": zlib.crc32}
     try:
         from awscrt import checksums
     except ImportError:
         return functions
-    functions["CRC32C"] = (checksums.crc32c, 4)
-    functions["CRC64NVME"] = (checksums.crc64nvme, 8)
+    functions["CRC32C"] = checksums.crc32c
+    functions["CRC64NVME"] = checksums.crc64nvme
     return functions
 
 
 CRC_FUNCTIONS = _crc_functions()
+# The checksum every part of a streamed multipart copy carries when the source has none of its own: so
+# that S3 checks each part as it arrives, and so that a part uploaded before a crash can be compared with
+# the source's bytes even where its ETag is no MD5 (SSE-KMS). S3 gives every new object a full-object
+# CRC64NVME when the uploader names none, so the destination ends up with what it would have had anyway.
+OWN_PART_CHECKSUM = "CRC64NVME" if "CRC64NVME" in CRC_FUNCTIONS else "CRC32"
 
 
-class ChecksumHasher:
-    """One of S3's additional checksum algorithms, with hashlib's update() and digest()."""
+class Crc:
+    """One of S3's CRCs, fed incrementally; its state is its value, which a progress file can keep."""
 
-    def __init__(self, algorithm: str) -> None:
-        self._hash = hashlib.new(algorithm.lower()) if algorithm in ("SHA1", "SHA256") else None
-        self._crc, self._width = CRC_FUNCTIONS.get(algorithm, (zlib.crc32, 4))
-        self._value = 0
+    exportable = True
 
-    def update(self, data: Any) -> None:
-        if self._hash is not None:
-            self._hash.update(data)
-        else:
-            self._value = self._crc(data, self._value)
+    def __init__(self, algorithm: str, state: Optional[str] = None) -> None:
+        self._crc = CRC_FUNCTIONS[algorithm]
+        self._width = CRC_POLYNOMIALS[algorithm][1] // 8
+        self._value = int(state) if state else 0
+
+    def update(self, data: bytes, start: int = 0, stop: Optional[int] = None) -> None:
+        whole = start == 0 and (stop is None or stop == len(data))
+        self._value = self._crc(data if whole else memoryview(data)[start:stop], self._value)
 
     def digest(self) -> bytes:
-        return self._hash.digest() if self._hash is not None else self._value.to_bytes(self._width, "big")
+        return self._value.to_bytes(self._width, "big")
+
+    def state(self) -> Optional[str]:
+        return str(self._value)
+
+
+@functools.lru_cache(maxsize=None)
+def _libcrypto() -> Optional[ctypes.CDLL]:
+    """The OpenSSL library that hashlib itself uses (already loaded with it), or None."""
+    import ctypes.util
+
+    import _hashlib  # noqa: F401 - loads the libcrypto hashlib is built on, which is the one to share
+
+    candidates: list[str] = []
+    with contextlib.suppress(OSError):  # on Linux, the library hashlib loaded; elsewhere the usual search
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+            candidates += sorted({line.split()[-1] for line in maps if "libcrypto" in line})
+    candidates += [name for name in (ctypes.util.find_library("crypto"),) if name]
+    for candidate in candidates:
+        try:
+            library = ctypes.CDLL(candidate)  # CDLL releases the GIL for each call: workers hash in parallel
+        except OSError:
+            continue
+        if all(hasattr(library, f"{name}_{step}") for name, _ in _OPENSSL_CONTEXTS.values()
+               for step in ("Init", "Update", "Final")):
+            for name, _ in _OPENSSL_CONTEXTS.values():
+                getattr(library, f"{name}_Update").argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            return library
+    return None
+
+
+# hashlib name -> (OpenSSL's name for the low-level functions, size of their context struct: MD5_CTX,
+# SHA_CTX, SHA256_CTX, as declared in OpenSSL's md5.h and sha.h and unchanged since OpenSSL 0.9).
+_OPENSSL_CONTEXTS = {"md5": ("MD5", 92), "sha1": ("SHA1", 96), "sha256": ("SHA256", 112)}
+
+
+class ResumableHash:
+    """MD5, SHA1 or SHA256 whose running state can be saved and taken up again in another process.
+
+    hashlib cannot export its state, and the digest of a multipart copy must be of the bytes that were
+    uploaded, not of a fresh read after a crash. OpenSSL's own context for these functions is a plain
+    struct of a few dozen bytes, so the hash runs in OpenSSL (the library hashlib uses) and the struct
+    is what is saved. Where that library cannot be found, hashlib does the hashing and `state()` is
+    None: a rerun then compares each uploaded part with a fresh read instead (see MultipartCopy)."""
+
+    def __init__(self, name: str, state: Optional[str] = None) -> None:
+        library = _libcrypto()
+        self._name = name
+        self.exportable = library is not None
+        if library is None:
+            if state is not None:
+                raise ValueError("a saved hash state needs OpenSSL's libcrypto, which is not loadable here")
+            self._hashlib = hashlib.new(name)
+            return
+        function, size = _OPENSSL_CONTEXTS[name]
+        self._update = getattr(library, f"{function}_Update")
+        self._final = getattr(library, f"{function}_Final")
+        self._size = size
+        self._context = ctypes.create_string_buffer(size)
+        if state is None:
+            getattr(library, f"{function}_Init")(self._context)
+        else:
+            saved = base64.b64decode(state)
+            if len(saved) != size:
+                raise ValueError(f"a saved {name} state of {len(saved)} bytes, not {size}")
+            ctypes.memmove(self._context, saved, size)
+
+    def update(self, data: bytes, start: int = 0, stop: Optional[int] = None) -> None:
+        stop = len(data) if stop is None else stop
+        if not self.exportable:
+            self._hashlib.update(memoryview(data)[start:stop])
+            return
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        # c_char_p points into the bytes object itself (no copy); it lives as long as `data` does here.
+        address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+        self._update(self._context, address + start, stop - start)
+
+    def digest(self) -> bytes:
+        if not self.exportable:
+            return self._hashlib.digest()
+        final = ctypes.create_string_buffer(self._context.raw, self._size)  # Final consumes its context
+        output = ctypes.create_string_buffer(64)
+        self._final(output, final)
+        return output.raw[:hashlib.new(self._name).digest_size]
+
+    def state(self) -> Optional[str]:
+        return base64.b64encode(self._context.raw).decode("ascii") if self.exportable else None
+
+
+def new_hasher(algorithm: str, state: Optional[str] = None) -> Any:
+    """A hasher (update, digest, state) for "MD5" (ETags) or one of S3's additional checksums,
+    started afresh or from a saved `state`."""
+    if algorithm in CRC_POLYNOMIALS:
+        return Crc(algorithm, state)
+    return ResumableHash(algorithm.lower(), state)
 
 
 def checksum_of(algorithm: str, body: bytes) -> str:
     """A body's checksum as S3 writes it in a Checksum<ALGORITHM> header: base64."""
-    hasher = ChecksumHasher(algorithm)
+    hasher = new_hasher(algorithm)
     hasher.update(body)
     return base64.b64encode(hasher.digest()).decode("ascii")
+
+
+class CrcCombiner:
+    """The CRC of a concatenation from the CRCs of its pieces and their lengths, without the bytes:
+    how S3 makes a full-object CRC out of part CRCs, and how the tool checks an upload that was
+    completed before a crash against what it uploaded. zlib's crc32_combine, for any of S3's CRCs:
+    appending n zero bytes is a linear map of the CRC register, computed by squaring the map of one
+    zero bit; the map for each length is kept, since parts share one length but for the last."""
+
+    def __init__(self, algorithm: str) -> None:
+        self._polynomial, self._width = CRC_POLYNOMIALS[algorithm]
+        self._zero_bytes: dict[int, list[int]] = {}
+
+    @staticmethod
+    def _times(matrix: list[int], vector: int) -> int:
+        total, row = 0, 0
+        while vector:
+            if vector & 1:
+                total ^= matrix[row]
+            vector >>= 1
+            row += 1
+        return total
+
+    def _square(self, matrix: list[int]) -> list[int]:
+        return [self._times(matrix, column) for column in matrix]
+
+    def _after_zero_bytes(self, length: int) -> list[int]:
+        if length not in self._zero_bytes:
+            power = [self._polynomial] + [1 << bit for bit in range(self._width - 1)]  # one zero bit
+            for _ in range(3):  # ... then two, four and eight: one zero byte
+                power = self._square(power)
+            result = [1 << bit for bit in range(self._width)]  # the identity
+            remaining = length
+            while remaining:
+                if remaining & 1:
+                    result = [self._times(power, column) for column in result]
+                remaining >>= 1
+                if remaining:
+                    power = self._square(power)
+            self._zero_bytes[length] = result
+        return self._zero_bytes[length]
+
+    def combine(self, first: int, second: int, second_length: int) -> int:
+        """The CRC of A + B, given crc(A), crc(B) and len(B)."""
+        return self._times(self._after_zero_bytes(second_length), first) ^ second if second_length else first
+
+
+def combined_checksum(algorithm: str, part_checksums: Iterable[str], part_sizes: Iterable[int], *,
+                      full_object: bool) -> str:
+    """The checksum S3 gives an object of these parts: the CRC of the whole (full-object), or the
+    checksum of the concatenated part checksums and "-N" (composite)."""
+    digests = [base64.b64decode(value) for value in part_checksums]
+    if not full_object:
+        return f"{checksum_of(algorithm, b''.join(digests))}-{len(digests)}"
+    combiner, total = CrcCombiner(algorithm), 0
+    for digest, size in zip(digests, part_sizes):
+        total = combiner.combine(total, int.from_bytes(digest, "big"), size)
+    return base64.b64encode(total.to_bytes(CRC_POLYNOMIALS[algorithm][1] // 8, "big")).decode("ascii")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2287,31 +2455,40 @@ def find_source_checksum(response: dict[str, Any], etag: str) -> Optional[Source
 
 class LayoutHash:
     """One algorithm over one object: of the whole body, or S3's composite form, the hash of the
-    concatenated hashes of the source's parts (its multipart ETag, or a composite checksum)."""
+    concatenated hashes of the source's parts (its multipart ETag, or a composite checksum).
 
-    def __init__(self, make: Callable[[], Any], part_sizes: tuple[int, ...], *, composite: bool) -> None:
-        self._make = make
+    Its state (where it is in the layout, the digests of the source's parts so far, the running hash)
+    can be saved and restored, when the running hash can (see ResumableHash)."""
+
+    def __init__(self, algorithm: str, part_sizes: tuple[int, ...], *, composite: bool,
+                 state: Optional[dict[str, Any]] = None) -> None:
+        self._algorithm = algorithm
         self._sizes = part_sizes
         self._composite = composite
         self._index = 0
         self._left = part_sizes[0] if composite else 0
-        self._current = make()
         self._part_digests: list[bytes] = []
+        self._current = new_hasher(algorithm, state["current"] if state else None)
+        if state:
+            self._index, self._left = state["index"], state["left"]
+            blob, width = base64.b64decode(state["parts"]), len(self._current.digest())
+            self._part_digests = [blob[start:start + width] for start in range(0, len(blob), width)]
 
-    def update(self, view: memoryview, part_digest: Optional[bytes] = None) -> None:
+    def update(self, body: bytes, part_digest: Optional[bytes] = None) -> None:
         """Feed the next bytes. `part_digest`, when the bytes are exactly one of the source's parts,
         is their digest computed already (for Content-MD5 or the part checksum): not hashed twice."""
         if not self._composite:
-            self._current.update(view)
+            self._current.update(body)
             return
-        if part_digest is not None and len(view) == self._left == self._sizes[self._index]:
+        if part_digest is not None and len(body) == self._left == self._sizes[self._index]:
             self._finish_part(part_digest)
             return
-        while len(view):
-            take = min(self._left, len(view))
-            self._current.update(view[:take])
+        start = 0
+        while start < len(body):
+            take = min(self._left, len(body) - start)
+            self._current.update(body, start, start + take)
             self._left -= take
-            view = view[take:]
+            start += take
             if self._left == 0:
                 self._finish_part(self._current.digest())
 
@@ -2320,7 +2497,7 @@ class LayoutHash:
         self._index += 1
         if self._index < len(self._sizes):
             self._left = self._sizes[self._index]
-            self._current = self._make()
+            self._current = new_hasher(self._algorithm)
 
     def value(self) -> tuple[bytes, str]:
         """The digest, and the "-N" suffix S3 writes after a composite one (an upload of one part too)."""
@@ -2329,9 +2506,17 @@ class LayoutHash:
         digests = self._part_digests
         if len(digests) < len(self._sizes):  # fewer bytes than the layout: a mismatch, whatever they hash to
             digests = [*digests, self._current.digest()]
-        combined = self._make()
+        combined = new_hasher(self._algorithm)
         combined.update(b"".join(digests))
         return combined.digest(), f"-{len(self._sizes)}"
+
+    def state(self) -> Optional[dict[str, Any]]:
+        """What a rerun needs to go on from here, or None when the running hash cannot be saved."""
+        current = self._current.state()
+        if current is None:
+            return None
+        return {"index": self._index, "left": self._left, "current": current,
+                "parts": base64.b64encode(b"".join(self._part_digests)).decode("ascii")}
 
 
 class OrderedDigest:
@@ -2340,22 +2525,28 @@ class OrderedDigest:
 
     A worker whose part is not next waits here with its body (already counted in the memory
     budget) until the parts before it are hashed; parts are submitted in order, so the part it
-    waits for is always in flight.
+    waits for is always in flight. `state()` is what the progress file keeps of it, so that a rerun
+    takes the digest up after the last part hashed instead of reading the uploaded parts again.
     """
 
-    def __init__(self, etag: Optional[LayoutHash], checksum: Optional[LayoutHash]) -> None:
+    def __init__(self, etag: Optional[LayoutHash], checksum: Optional[LayoutHash], *, next_part: int = 1) -> None:
         self._etag = etag
         self._checksum = checksum
-        self._next = 1
+        self._next = next_part
         self._turn = threading.Condition()
+
+    @property
+    def parts_hashed(self) -> int:
+        with self._turn:
+            return self._next - 1
 
     def update(self, body: bytes, *, part_md5: Optional[bytes] = None, part_checksum: Optional[bytes] = None) -> None:
         """Feed the next bytes of the object (no ordering: the caller feeds them in order), with their
         MD5 and checksum if already computed."""
         if self._etag is not None:
-            self._etag.update(memoryview(body), part_md5)
+            self._etag.update(body, part_md5)
         if self._checksum is not None:
-            self._checksum.update(memoryview(body), part_checksum)
+            self._checksum.update(body, part_checksum)
 
     def feed(self, number: int, body: bytes, *, cancelled: Callable[[], bool], part_md5: Optional[bytes] = None,
              part_checksum: Optional[bytes] = None) -> None:
@@ -2365,8 +2556,8 @@ class OrderedDigest:
                 if cancelled():
                     raise StopRequested()
                 self._turn.wait(TICK_SECONDS)
-        self.update(body, part_md5=part_md5, part_checksum=part_checksum)
-        with self._turn:
+            # Under the lock, so that state() never sees a part half fed.
+            self.update(body, part_md5=part_md5, part_checksum=part_checksum)
             self._next = number + 1
             self._turn.notify_all()
 
@@ -2381,6 +2572,31 @@ class OrderedDigest:
         assert self._checksum is not None
         digest, suffix = self._checksum.value()
         return base64.b64encode(digest).decode("ascii") + suffix
+
+    def state(self) -> Optional[dict[str, Any]]:
+        """The digest after the parts fed so far, for the progress file; None when it cannot be saved."""
+        with self._turn:
+            saved: dict[str, Any] = {"next_part": self._next}
+            for name, layout in (("etag", self._etag), ("checksum", self._checksum)):
+                if layout is not None:
+                    saved[name] = layout.state()
+                    if saved[name] is None:
+                        return None
+            return saved
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadChecksum:
+    """The additional checksum of a multipart upload: its algorithm, and whether S3 combines the part
+    checksums into one of the whole object (FULL_OBJECT, CRCs only) or keeps a checksum of them
+    (COMPOSITE)."""
+
+    algorithm: str
+    full_object: bool
+
+    def create_arguments(self) -> dict[str, str]:
+        """For CreateMultipartUpload."""
+        return {"ChecksumAlgorithm": self.algorithm, "ChecksumType": "FULL_OBJECT" if self.full_object else "COMPOSITE"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2399,15 +2615,27 @@ class IntegrityCheck:
     checksum: Optional[SourceChecksum] = None
     reason: str = ""
 
-    def new_digest(self) -> Optional[OrderedDigest]:
-        """A fresh digest computing what is expected, or None when there is nothing to compute."""
+    def new_digest(self, saved: Optional[dict[str, Any]] = None) -> Optional[OrderedDigest]:
+        """A digest computing what is expected, fresh or taken up from a `saved` state (see
+        OrderedDigest.state); None when there is nothing to compute."""
         sizes = self.source_part_sizes or (1,)
-        etag = LayoutHash(hashlib.md5, sizes, composite=self.method == "etag") if self.expected else None
+        saved = saved or {}
+        etag = (LayoutHash("MD5", sizes, composite=self.method == "etag", state=saved.get("etag"))
+                if self.expected else None)
         checksum = None
         if self.checksum is not None:
-            algorithm = self.checksum.algorithm
-            checksum = LayoutHash(lambda: ChecksumHasher(algorithm), sizes, composite=self.checksum.composite)
-        return OrderedDigest(etag, checksum) if etag or checksum else None
+            checksum = LayoutHash(self.checksum.algorithm, sizes, composite=self.checksum.composite,
+                                  state=saved.get("checksum"))
+        if not (etag or checksum):
+            return None
+        return OrderedDigest(etag, checksum, next_part=saved.get("next_part", 1))
+
+    def identity(self) -> str:
+        """What a saved digest must have been computing to be taken up by this check."""
+        checksum = self.checksum
+        described = [self.method, self.expected, list(self.source_part_sizes),
+                     [checksum.algorithm, checksum.value, checksum.composite] if checksum else None]
+        return hashlib.blake2b(json.dumps(described).encode(), digest_size=12).hexdigest()
 
     @property
     def checksum_algorithm(self) -> Optional[str]:
@@ -2426,12 +2654,13 @@ class IntegrityCheck:
         return (self.checksum is not None and not self.checksum.composite
                 and self.checksum.algorithm in FULL_OBJECT_MULTIPART_ALGORITHMS)
 
-    def multipart_checksum_arguments(self) -> dict[str, str]:
-        """CreateMultipartUpload arguments that make the destination keep the source's algorithm."""
-        if self.checksum is None:
-            return {}
-        return {"ChecksumAlgorithm": self.checksum.algorithm,
-                "ChecksumType": "FULL_OBJECT" if self.full_object_checksum else "COMPOSITE"}
+    def upload_checksum(self, *, server_side: bool) -> Optional[UploadChecksum]:
+        """The checksum a multipart copy's parts carry: the source's algorithm, so that the destination
+        keeps it; else, for a copy streamed through here, OWN_PART_CHECKSUM as a full-object CRC; a
+        server-side copy of a source without one asks for none (S3 computes its parts' bytes)."""
+        if self.checksum is not None:
+            return UploadChecksum(self.checksum.algorithm, full_object=self.full_object_checksum)
+        return None if server_side else UploadChecksum(OWN_PART_CHECKSUM, full_object=True)
 
     def mismatch(self, digest: OrderedDigest) -> Optional[str]:
         """What does not match, as a sentence with both values; None when everything does."""
@@ -2612,30 +2841,66 @@ class PermissionBreaker:
             return self._denials[action] >= DENIALS_BEFORE_STOP
 
 
+@dataclasses.dataclass(frozen=True)
+class UploadedPart:
+    """A part S3 already has of an upload (ListParts) that a rerun has not hashed: its ETag, and its
+    checksum where ListParts or the progress file has it."""
+
+    etag: str
+    checksum: Optional[str]
+
+    def holds(self, *, md5: Optional[bytes], checksum: Optional[str], etag_is_md5: Optional[bool]) -> Optional[bool]:
+        """Whether it holds the bytes of this MD5 and checksum (a fresh read of the source's part):
+        by the checksum when both have one, else by the ETag where it is the part's MD5 (no SSE-KMS).
+        None when nothing can tell."""
+        if self.checksum and checksum:
+            return self.checksum == checksum
+        if md5 is not None and etag_is_md5 is not False:
+            if self.etag.strip('"') == md5.hex():
+                return True
+            return False if etag_is_md5 else None  # an ETag of unknown kind that differs may be an opaque one
+        return None
+
+
 class MultipartCopy:
     """One large object in flight: its upload, its part plan, and the parts already uploaded.
 
     Whoever creates the upload registers it here; `abandon` is the single place that aborts it, so
     no failure path can leave parts behind (the s3transfer pattern).
+
+    The digest is of what was uploaded, never of a fresh read: a rerun takes it up from the state the
+    progress file kept (the parts up to `digest.parts_hashed` are then neither read nor sent again),
+    and each part S3 has beyond it (`to_recheck`) is read again and compared with what S3 holds,
+    kept if it holds the same bytes, uploaded again if not (see UploadedPart.holds).
     """
 
     def __init__(self, source: ListedObject, destination_key: str, upload_id: str, part_size: int,
-                 completed: dict[int, str], check: Optional[IntegrityCheck] = None, *,
-                 server_side: bool = False) -> None:
+                 check: IntegrityCheck, *, upload_checksum: Optional[UploadChecksum],
+                 part_etags_are_md5: Optional[bool], server_side: bool = False,
+                 digest: Optional[OrderedDigest] = None) -> None:
         self.source = source
         self.server_side = server_side  # parts copied by S3 (UploadPartCopy): no bytes here to hash
-        self.check = check or IntegrityCheck("size-only", reason="no checksum was planned")
-        self.digest = None if server_side else self.check.new_digest()
+        self.check = check
+        self.upload_checksum = upload_checksum
+        # From CreateMultipartUpload's answer: False under SSE-KMS or SSE-C, None when unknown (an upload
+        # begun by an older version of the tool).
+        self.part_etags_are_md5 = part_etags_are_md5
+        self.digest = None if server_side else (digest or self.check.new_digest())
         self.destination_key = destination_key
         self.upload_id = upload_id
         self.part_size = part_size
         self.parts = plan_parts(source.size, part_size)
-        self.completed = dict(completed)
-        self.part_checksums: dict[int, str] = {}  # our parts' checksums, when the source has one
+        self.completed: dict[int, str] = {}
+        self.part_checksums: dict[int, str] = {}  # our parts' checksums, when the upload has an algorithm
+        self.to_recheck: dict[int, UploadedPart] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self.abandoned = False
+        self.rechecking = False
 
+    @property
+    def part_algorithm(self) -> Optional[str]:
+        return self.upload_checksum.algorithm if self.upload_checksum else None
 
     def missing_parts(self) -> list[PartRange]:
         return [part for part in self.parts if part.number not in self.completed]
@@ -2655,6 +2920,38 @@ class MultipartCopy:
                 return False
             self.abandoned = True
             return True
+
+    def claim_recheck(self) -> bool:
+        """True for the first caller only: one recheck of the parts per mismatch."""
+        with self._lock:
+            if self.abandoned or self.rechecking:
+                return False
+            self.rechecking = True
+            return True
+
+    def expected_destination(self) -> dict[str, Any]:
+        """What the completed object will be, for a rerun that finds the upload gone because it was
+        completed just before a crash: its size, its ETag where our part ETags are MD5s, its checksum."""
+        numbers = [part.number for part in self.parts]
+        etags = [self.completed[number] for number in numbers]
+        expected: dict[str, Any] = {"size": self.source.size,
+                                    "etag": etag_of_parts(etags) if self.part_etags_are_md5 is not False else None}
+        if self.upload_checksum is not None and all(number in self.part_checksums for number in numbers):
+            expected["checksum"] = {
+                "algorithm": self.part_algorithm,
+                "value": combined_checksum(self.part_algorithm, (self.part_checksums[n] for n in numbers),
+                                           (part.size for part in self.parts),
+                                           full_object=self.upload_checksum.full_object)}
+        return expected
+
+
+class UploadGone(Exception):
+    """The multipart upload a progress file recorded no longer exists at the destination."""
+
+
+class PartsToRecheck(Exception):
+    """The uploaded parts do not make the source's ETag or checksum: read each again from the source
+    and upload again those S3 holds differently, rather than start the whole object over."""
 
 
 class TransferEngine:
@@ -2825,20 +3122,16 @@ class TransferEngine:
         except Exception as error:  # noqa: BLE001 - settled as this object's failure, never swallowed
             self._handle_unit_error(listed, attempt, error, action="s3:CreateMultipartUpload")
             return
-        if job.digest is None and not job.missing_parts():  # every part survived a previous run
+        if job is None:  # a previous run completed it just before it was stopped
+            return
+        if not job.missing_parts():  # every part survived a previous run, and is hashed
             self._submit(lambda: self._guarded(listed, attempt, self._complete_multipart, job), cost=0)
             return
-        # In part order, so that the part the OrderedDigest waits for is always in flight. A part a
-        # previous run uploaded is read again only when the digest needs its bytes.
-        for part in job.parts:
+        # In part order, so that the part the OrderedDigest waits for is always in flight.
+        for part in job.missing_parts():
             if job.abandoned:  # a part already failed and settled the object
                 return
-            if part.number not in job.completed:
-                work = self._copy_part_server_side if job.server_side else self._copy_part
-            elif job.digest is not None:
-                work = self._hash_uploaded_part
-            else:
-                continue
+            work = self._copy_part_server_side if job.server_side else self._copy_part
             if not self._submit(lambda work=work, part=part: self._guarded(listed, attempt, work, job, part),
                                 cost=0 if job.server_side else part.size):
                 return
@@ -2873,7 +3166,14 @@ class TransferEngine:
             if job is None or self._abandon(job, "S3 refused the server-side copy; streaming it instead"):
                 self._restarts.put((listed, attempt))
             return
-        if isinstance(error, IntegrityMismatch):
+        if isinstance(error, PartsToRecheck) and job is not None and attempt < OBJECT_ATTEMPTS:
+            if job.claim_recheck():
+                LOG.warning("%s: %s; reading its parts from the source again to upload again those S3 holds "
+                            "differently", json.dumps(listed.key, ensure_ascii=False), error)
+                self.progress.recheck_upload(listed.key)
+                self._restarts.put((listed, attempt + 1))
+            return
+        if isinstance(error, (IntegrityMismatch, PartsToRecheck)):
             why = str(error)
         elif isinstance(error, SourceChanged):
             why = "the source object changed during the copy (If-Match failed); it is read again at its new version"
@@ -3022,20 +3322,19 @@ class TransferEngine:
 
     # -- large objects ---------------------------------------------------------------------
 
-    def _start_multipart(self, listed: ListedObject, destination_key: str, *, server_side: bool) -> MultipartCopy:
-        """Resume the recorded upload for this key if it still fits the source, else create one.
+    def _start_multipart(self, listed: ListedObject, destination_key: str, *,
+                         server_side: bool) -> Optional[MultipartCopy]:
+        """Resume the recorded upload for this key if it still fits the source, else create one; None
+        when the record's upload was completed just before a previous run was stopped (then settled).
 
         Runs on the main thread: it costs a few requests per object of 100 MiB or more. When the
         source was itself uploaded in parts of a size that fits the memory budget, the copy uses the
         same part boundaries, so the destination's ETag comes out identical to the source's.
         """
+        head = self._head_source(listed)
         try:
-            head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag,
-                                                  ChecksumMode="ENABLED")
             check = self._integrity_check(listed.key, head["ETag"], head, head["ContentLength"])
         except botocore.exceptions.ClientError as error:
-            if error_code(error) in {"PreconditionFailed", "412"}:
-                raise SourceChanged() from None
             _annotate(error, action="s3:GetObject", side="source")
             raise
         if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES and 'ongoing-request="false"' not in head.get(
@@ -3047,29 +3346,50 @@ class TransferEngine:
             check = server_side_check(check)
         record = self.progress.upload_for(listed.key)
         if record is not None:
-            resumed = self._resume_multipart(listed, destination_key, part_size, record, check, server_side=server_side)
+            try:
+                resumed = self._resume_multipart(listed, destination_key, part_size, record, check,
+                                                 server_side=server_side)
+            except UploadGone:
+                if self._completed_before_the_stop(listed, destination_key, record):
+                    return None
+                LOG.info("the recorded upload for %s no longer exists; starting it again",
+                         json.dumps(listed.key, ensure_ascii=False))
+                resumed = None
             if resumed is not None:
                 return resumed
         tags = self._tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
+        upload_checksum = check.upload_checksum(server_side=server_side)
         try:
-            upload_id = self.destination.client.create_multipart_upload(
-                Bucket=self.destination.bucket, Key=destination_key, **arguments, **check.multipart_checksum_arguments()
-            )["UploadId"]
+            created = self.destination.client.create_multipart_upload(
+                Bucket=self.destination.bucket, Key=destination_key, **arguments,
+                **(upload_checksum.create_arguments() if upload_checksum else {}))
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
         self.permissions.allowed("s3:PutObject")
-        job = MultipartCopy(listed, destination_key, upload_id, part_size, completed={}, check=check,
+        job = MultipartCopy(listed, destination_key, created["UploadId"], part_size, check,
+                            upload_checksum=upload_checksum, part_etags_are_md5=not etag_is_opaque(created),
                             server_side=server_side)
         # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
         self.progress.record_upload(listed, job)
         self.progress.save(self.status.summary())
-        self._abort_unrecorded_uploads(destination_key, keep=upload_id)
+        self._abort_unrecorded_uploads(destination_key, keep=job.upload_id)
         LOG.info("started %smultipart upload of %s (%s, %d parts of %s, verified by %s)",
                  "server-side " if server_side else "", json.dumps(listed.key, ensure_ascii=False),
                  format_size(listed.size), len(job.parts), format_size(part_size), check.method)
         return job
+
+    def _head_source(self, listed: ListedObject) -> dict[str, Any]:
+        """HeadObject of the listed version of a source object, with its checksum."""
+        try:
+            return self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag,
+                                                  ChecksumMode="ENABLED")
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in {"PreconditionFailed", "412"}:
+                raise SourceChanged() from None
+            _annotate(error, action="s3:GetObject", side="source")
+            raise
 
     def _part_size_for(self, listed: ListedObject, check: IntegrityCheck, *, server_side: bool) -> int:
         """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
@@ -3093,85 +3413,159 @@ class TransferEngine:
                           server_side: bool) -> Optional[MultipartCopy]:
         """Continue a recorded upload with only its missing parts, whichever mode uploaded them;
         ListParts, not our file, says which parts S3 has. None when the upload cannot be continued
-        (it is then aborted)."""
-        job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], completed={},
-                            check=check, server_side=server_side)
+        (it is then aborted). UploadGone when S3 no longer has it."""
+        recorded_checksum = record.get("checksum_algorithm")
+        # An upload of a source without a checksum goes on with whatever its parts carry (ours, or none
+        # when an older version of the tool began it); one of a source with a checksum needs that one.
+        upload_checksum = (check.upload_checksum(server_side=server_side) if check.checksum is not None
+                           else UploadChecksum(recorded_checksum, full_object=record.get("checksum_type") != "COMPOSITE")
+                           if recorded_checksum else None)
+        job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], check,
+                            upload_checksum=upload_checksum, part_etags_are_md5=record.get("part_etags_are_md5"),
+                            server_side=server_side)
         if (record.get("source_etag") != listed.etag or record.get("size") != listed.size
                 or record.get("part_size") != part_size or record.get("destination_key") != destination_key
-                or record.get("checksum_algorithm") != check.checksum_algorithm):
+                or (check.checksum is not None and recorded_checksum != check.checksum_algorithm)):
             self._abandon(job, "the source object or the part size changed since the upload began")
             return None
-        planned = {part.number: part.size for part in job.parts}
-        checksum_field = f"Checksum{check.checksum_algorithm}" if check.checksum_algorithm else None
-        recorded_checksums = record.get("part_checksums") or {}
         try:
-            paginator = self.destination.client.get_paginator("list_parts")
-            for page in paginator.paginate(Bucket=self.destination.bucket, Key=destination_key,
-                                           UploadId=job.upload_id):
-                for part in page.get("Parts", ()):
-                    if planned.get(part["PartNumber"]) != part["Size"]:
-                        continue
-                    # The completion names each part's checksum: ListParts has it on S3 (moto omits it),
-                    # and our own record has what we sent.
-                    part_checksum = part.get(checksum_field or "") or recorded_checksums.get(str(part["PartNumber"]))
-                    if checksum_field is not None and not part_checksum:
-                        continue  # its checksum is nowhere to be found: upload it again
-                    job.part_done(part["PartNumber"], part["ETag"], part_checksum if checksum_field else None)
+            uploaded = self._uploaded_parts(job, record)
         except botocore.exceptions.ClientError as error:
-            if error_code(error) == "NoSuchUpload":
-                LOG.info("the recorded upload for %s no longer exists; starting it again",
-                         json.dumps(listed.key, ensure_ascii=False))
-                self.progress.forget_upload(listed.key)
-                return None
-            _annotate(error, action="s3:ListMultipartUploadParts", side="destination")
-            raise
-        LOG.info("resuming multipart upload of %s: %d of %d parts already uploaded",
-                 json.dumps(listed.key, ensure_ascii=False), len(job.completed), len(job.parts))
+            if error_code(error) != "NoSuchUpload":
+                _annotate(error, action="s3:ListMultipartUploadParts", side="destination")
+                raise
+            self.progress.forget_upload(listed.key)
+            raise UploadGone() from None
+        hashed = self._take_up_digest(job, record, uploaded)
+        for number, part in uploaded.items():
+            if number <= hashed or job.digest is None:
+                job.part_done(number, part.etag, part.checksum)
+            else:
+                job.to_recheck[number] = part
+        LOG.info("resuming multipart upload of %s: %d of %d parts already uploaded%s",
+                 json.dumps(listed.key, ensure_ascii=False), len(uploaded), len(job.parts),
+                 f", {len(job.to_recheck)} of them to be read again and compared with the source"
+                 if job.to_recheck else "")
         self.progress.record_upload(listed, job)
         return job
 
+    def _uploaded_parts(self, job: MultipartCopy, record: dict[str, Any]) -> dict[int, UploadedPart]:
+        """The parts S3 has of the upload at their planned size, with their checksums: ListParts has
+        them on S3 (moto and SeaweedFS omit them), and our own record has what we sent."""
+        planned = {part.number: part.size for part in job.parts}
+        checksum_field = f"Checksum{job.part_algorithm}" if job.part_algorithm else ""
+        recorded_checksums = record.get("part_checksums") or {}
+        uploaded: dict[int, UploadedPart] = {}
+        paginator = self.destination.client.get_paginator("list_parts")
+        for page in paginator.paginate(Bucket=self.destination.bucket, Key=job.destination_key,
+                                       UploadId=job.upload_id):
+            for part in page.get("Parts", ()):
+                number = part["PartNumber"]
+                checksum = (part.get(checksum_field) or recorded_checksums.get(str(number))) if checksum_field else None
+                # A part copied server-side has no bytes here to compute its checksum again from, and the
+                # completion must name it: without one it is copied again.
+                if planned.get(number) == part["Size"] and (checksum or not (checksum_field and job.server_side)):
+                    uploaded[number] = UploadedPart(part["ETag"], checksum)
+        return uploaded
+
+    def _take_up_digest(self, job: MultipartCopy, record: dict[str, Any], uploaded: dict[int, UploadedPart]) -> int:
+        """Restore the digest the last run saved, when it belongs to this check and every part it
+        hashed is still the one S3 has (the same ETag as recorded); the number of parts it hashed."""
+        saved = record.get("digest")
+        if job.digest is None or record.get("recheck") or not saved or saved.get("identity") != job.check.identity():
+            return 0
+        hashed = saved["next_part"] - 1
+        recorded = record.get("parts") or {}
+        if any(number not in uploaded or recorded.get(str(number), "").strip('"') != uploaded[number].etag.strip('"')
+               for number in range(1, hashed + 1)):
+            return 0
+        try:
+            job.digest = job.check.new_digest(saved)
+        except (ValueError, KeyError, TypeError):  # a state this machine cannot take up (no OpenSSL here)
+            return 0
+        return hashed
+
+    def _completed_before_the_stop(self, listed: ListedObject, destination_key: str, record: dict[str, Any]) -> bool:
+        """Whether the destination holds the object the recorded upload was completing when the last
+        run stopped (killed between S3's completion and the progress save): the same size, and the
+        ETag or checksum the parts we uploaded make. Then it is settled as done, not copied again."""
+        expected = record.get("completing")
+        if not expected:
+            return False
+        try:
+            head = self.destination.client.head_object(Bucket=self.destination.bucket, Key=destination_key,
+                                                       ChecksumMode="ENABLED")
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in MISSING_OBJECT_CODES:
+                return False
+            _annotate(error, action="s3:GetObject", side="destination")
+            raise
+        checksum = expected.get("checksum") or {}
+        if head["ContentLength"] != expected["size"]:
+            return False
+        if expected.get("etag") and head["ETag"].strip('"') == expected["etag"]:
+            method = "etag"
+        elif checksum and head.get(f"Checksum{checksum['algorithm']}") == checksum["value"]:
+            method = "checksum"
+        else:
+            return False
+        LOG.info("%s was completed at the destination just before the last run stopped (its %s is what the "
+                 "uploaded parts make); not copied again", json.dumps(listed.key, ensure_ascii=False),
+                 "ETag" if method == "etag" else f"{checksum['algorithm']} checksum")
+        self.progress.mark_done(listed.key, listed.size)
+        self.status.skipped()
+        return True
+
     def _copy_part(self, job: MultipartCopy, part: PartRange) -> None:
+        """GET one part and upload it; or, for a part S3 already has from before an interruption, GET
+        it and keep S3's copy when it holds the same bytes. Then hash it, in its turn."""
         if job.abandoned:
             return
         body = self._download_part(job, part)
-        algorithm = job.check.checksum_algorithm
-        checksum = {f"Checksum{algorithm}": checksum_of(algorithm, body)} if algorithm else {}
+        algorithm = job.part_algorithm
+        part_checksum = checksum_of(algorithm, body) if algorithm else None
+        uploaded = job.to_recheck.get(part.number)
         # S3 checks the body against the part's checksum, so Content-MD5 would be a second guard at the
-        # price of an MD5 pass (MD5 is the slowest hash here, about 450 MiB/s): sent only when there is
-        # no checksum, or when the digest of the source's ETag needs this part's MD5 anyway.
-        part_md5 = md5_digest(body) if not algorithm or job.check.method == "etag" else None
-        md5_base64 = content_md5(part_md5) if part_md5 is not None else None
+        # price of an MD5 pass (the slowest hash here): computed only when there is no checksum, when
+        # the digest of the source's ETag needs this part's MD5 anyway, or to compare with an ETag.
+        needs_md5 = not algorithm or job.check.method == "etag" or (uploaded is not None and not uploaded.checksum)
+        part_md5 = md5_digest(body) if needs_md5 else None
+        holds = uploaded.holds(md5=part_md5, checksum=part_checksum, etag_is_md5=job.part_etags_are_md5) \
+            if uploaded is not None else None
+        if holds:
+            etag = uploaded.etag  # type: ignore[union-attr]
+        else:
+            if uploaded is not None:
+                LOG.warning("part %d of %s, uploaded before the last run stopped, %s; uploading it again",
+                            part.number, json.dumps(job.source.key, ensure_ascii=False),
+                            "holds other bytes than the source" if holds is False else
+                            "cannot be compared with the source (its ETag is no MD5, as under SSE-KMS, and S3 "
+                            "gave no checksum for it)")
+            etag = self._upload_part(job, part, body, md5=part_md5, checksum=part_checksum)
+        self.progress.record_part(job.source.key, part.number, etag, part_checksum)
+        all_uploaded = job.part_done(part.number, etag, part_checksum)
+        if job.digest is not None:
+            job.digest.feed(part.number, body, cancelled=lambda: job.abandoned or self._should_stop(),
+                            part_md5=part_md5 if job.check.method == "etag" else None,
+                            part_checksum=base64.b64decode(part_checksum)
+                            if part_checksum and algorithm == job.check.checksum_algorithm else None)
+            if part.number == len(job.parts):  # whoever hashes the last part completes the upload
+                self._complete_multipart(job)
+        elif all_uploaded:
+            self._complete_multipart(job)
+
+    def _upload_part(self, job: MultipartCopy, part: PartRange, body: bytes, *, md5: Optional[bytes],
+                     checksum: Optional[str]) -> str:
         etag = self._with_body_retries(
             lambda: self.transport.upload_part(
-                self.destination.bucket, job.destination_key, upload_id=job.upload_id,
-                part_number=part.number, body=body, content_md5=md5_base64, checksum=checksum,
+                self.destination.bucket, job.destination_key, upload_id=job.upload_id, part_number=part.number,
+                body=body, content_md5=content_md5(md5) if md5 is not None and not checksum else None,
+                checksum={f"Checksum{job.part_algorithm}": checksum} if checksum else {},
             ),
             what=f"UploadPart {part.number} of {job.destination_key}", action="s3:PutObject", side=self.destination,
         )
         self.status.bytes_moved_by_part(part.size)
-        part_checksum = next(iter(checksum.values()), None)
-        self.progress.record_part(job.source.key, part.number, etag, part_checksum)
-        all_uploaded = job.part_done(part.number, etag, part_checksum)
-        if job.digest is not None:
-            self._feed_digest(job, part, body, part_md5=part_md5,
-                              part_checksum=base64.b64decode(part_checksum) if part_checksum else None)
-        elif all_uploaded:
-            self._complete_multipart(job)
-
-    def _hash_uploaded_part(self, job: MultipartCopy, part: PartRange) -> None:
-        """A part a previous run uploaded: read it again only to hash it (the digest cannot be saved)."""
-        if job.abandoned:
-            return
-        self._feed_digest(job, part, self._download_part(job, part))
-
-    def _feed_digest(self, job: MultipartCopy, part: PartRange, body: bytes, *, part_md5: Optional[bytes] = None,
-                     part_checksum: Optional[bytes] = None) -> None:
-        """Hash the part in its turn; whoever hashes the last part completes the upload."""
-        assert job.digest is not None
-        job.digest.feed(part.number, body, cancelled=lambda: job.abandoned or self._should_stop(),
-                        part_md5=part_md5, part_checksum=part_checksum)
-        if part.number == len(job.parts):
-            self._complete_multipart(job)
+        return etag
 
     def _download_part(self, job: MultipartCopy, part: PartRange) -> bytes:
         return self._with_body_retries(
@@ -3189,31 +3583,31 @@ class TransferEngine:
             raise
 
     def _complete_multipart(self, job: MultipartCopy) -> None:
-        """Check the parts against the plan, then complete: never a short or stitched object."""
+        """Check the parts against the plan and the source, then complete: never a short or stitched
+        object. The progress file learns what the completed object will be first, so that a run
+        killed after S3 completed it and before the next save finds it done instead of copying it again."""
         numbers = sorted(job.completed)
         if numbers != [part.number for part in job.parts]:
             raise ObjectFailure(f"only {len(numbers)} of {len(job.parts)} parts were uploaded")
-        mismatch = job.check.mismatch(job.digest) if job.digest is not None else None
-        if job.server_side and job.check.method == "etag":
-            made = etag_of_parts(job.completed[number] for number in numbers) or "none (a part ETag is not an MD5)"
-            if made != job.check.expected:
-                mismatch = (f"integrity mismatch: the parts S3 copied make the ETag {made}, "
-                            f"the source ETag says {job.check.expected}")
-        if mismatch:
-            raise IntegrityMismatch(mismatch)
+        if job.digest is not None:
+            mismatch = job.check.mismatch(job.digest)
+            if mismatch:
+                raise PartsToRecheck(mismatch)
+        check = self._server_side_verification(job) if job.server_side else job.check
         parts: list[dict[str, Any]] = [{"PartNumber": n, "ETag": job.completed[n]} for n in numbers]
         checksum: dict[str, str] = {}
-        check = job.check
-        algorithm = check.checksum_algorithm
+        algorithm = job.part_algorithm
         if algorithm and all(number in job.part_checksums for number in numbers):
             for part in parts:
                 part[f"Checksum{algorithm}"] = job.part_checksums[part["PartNumber"]]
-            if check.full_object_checksum and check.checksum is not None:
+            if job.check.full_object_checksum and job.check.checksum is not None:
                 # S3 combines the part CRCs and refuses to complete if they do not make this value.
-                checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": check.checksum.value}
+                checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": job.check.checksum.value}
         elif algorithm and check.method == "checksum":
             # moto returns no checksum for a copied part (S3 does): nothing can be checked then.
             check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
+        self.progress.completing(job.source.key, job.expected_destination())
+        self.progress.save(self.status.summary())
         try:
             self.destination.client.complete_multipart_upload(
                 Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
@@ -3227,6 +3621,36 @@ class TransferEngine:
             self._server_side_succeeded()
         self._object_done(job.source.key, job.source.size, job.started, check, counted_bytes=0,
                           server_side=job.server_side)
+
+    def _server_side_verification(self, job: MultipartCopy) -> IntegrityCheck:
+        """How the parts S3 copied are proven to make the source: their ETags make its multipart ETag,
+        where the destination's encryption leaves part ETags MD5s (CreateMultipartUpload's and each
+        UploadPartCopy's answer say); else their checksums make its checksum; else only the size."""
+        check = job.check
+        numbers = sorted(job.completed)
+        if check.method == "etag" and job.part_etags_are_md5 is not False:
+            made = etag_of_parts(job.completed[number] for number in numbers) or "none (a part ETag is not an MD5)"
+            if made != check.expected:
+                raise IntegrityMismatch(f"integrity mismatch: the parts S3 copied make the ETag {made}, "
+                                        f"the source ETag says {check.expected}")
+            return check
+        source_checksum = check.checksum
+        if source_checksum is not None and all(number in job.part_checksums for number in numbers):
+            if source_checksum.composite and check.method == "etag":  # the copy repeats the source's parts
+                made = combined_checksum(source_checksum.algorithm, (job.part_checksums[n] for n in numbers),
+                                         (part.size for part in job.parts), full_object=False)
+                if made != source_checksum.value:
+                    raise IntegrityMismatch(f"integrity mismatch: the parts S3 copied make the "
+                                            f"{source_checksum.algorithm} {made}, the source says "
+                                            f"{source_checksum.value}")
+                return IntegrityCheck("checksum", checksum=source_checksum)
+            if check.full_object_checksum:  # S3 checks the combined value at completion
+                return IntegrityCheck("checksum", checksum=source_checksum)
+        if check.method == "etag":
+            return IntegrityCheck("size-only", reason="it was copied server-side into a bucket whose encryption "
+                                                      "(SSE-KMS or SSE-C) makes part ETags no MD5s, and S3 gave no "
+                                                      "checksums that make the source's")
+        return check
 
     def _abandon(self, job: MultipartCopy, reason: str) -> bool:
         """Abort the job's upload and forget it: the one clean-up every failure path runs. True for
@@ -3276,37 +3700,62 @@ class TransferEngine:
     # -- server-side copies (workers): S3 moves the bytes, we only ask -----------------------
 
     def _copy_small_server_side(self, listed: ListedObject, destination_key: str) -> None:
-        """CopyObject keeps metadata, headers, tags and the checksum (the COPY directives); the copy's
-        ETag is the source's when it is an MD5, which is what proves it."""
+        """CopyObject keeps metadata, headers, tags and the checksum (the COPY directives), but not the
+        website redirect, which S3 copies only when the request names it (CopyObject reference,
+        x-amz-website-redirect-location): so the source is read with HeadObject first, which also says
+        how the copy can be proven (see _verified_copy)."""
         started = time.monotonic()
+        head = self._head_source(listed)
+        checksum = find_source_checksum(head, listed.etag.strip('"'))
+        # Asked for by name, the copy gets a checksum of the source's algorithm, computed by S3 from the
+        # bytes it copied and returned with the answer: the proof where ETags are no MD5s.
+        ask = {"ChecksumAlgorithm": checksum.algorithm} if checksum is not None and not checksum.composite else {}
+        redirect = {"WebsiteRedirectLocation": head["WebsiteRedirectLocation"]} \
+            if head.get("WebsiteRedirectLocation") else {}
         response = self._server_side_request(
             listed.key, "CopyObject",
             lambda: self.destination.client.copy_object(
                 Bucket=self.destination.bucket, Key=destination_key,
                 CopySource={"Bucket": self.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
-                MetadataDirective="COPY", TaggingDirective="COPY", **storage_arguments(self.config),
+                MetadataDirective="COPY", TaggingDirective="COPY", **ask, **redirect, **storage_arguments(self.config),
             ),
         )
-        copied_etag = response["CopyObjectResult"]["ETag"].strip('"')
-        source_etag = listed.etag.strip('"')
-        if copied_etag == source_etag:
-            check = IntegrityCheck("md5" if plain_md5_etag(listed.etag, {}) else "etag", source_etag)
-        elif plain_md5_etag(listed.etag, {}) and self.config.sse != "aws:kms" and not self._source_encrypted(listed):
-            raise IntegrityMismatch(f"integrity mismatch: the server-side copy has the ETag {copied_etag}, the "
-                                    f"source ETag says {source_etag}")
-        else:
-            check = IntegrityCheck("size-only", reason="it was copied server-side and an ETag is not the MD5 of "
-                                                       "the whole object (uploaded in parts, or SSE-KMS/SSE-C)")
+        check = self._verified_copy(listed, head, response, checksum)
         self._server_side_succeeded()
         self._object_done(listed.key, listed.size, started, check, server_side=True)
+
+    @staticmethod
+    def _verified_copy(listed: ListedObject, head: dict[str, Any], response: dict[str, Any],
+                       checksum: Optional[SourceChecksum]) -> IntegrityCheck:
+        """How a CopyObject is proven, from what S3 answered: by the ETag where neither object's
+        encryption makes it opaque (HeadObject's and CopyObject's x-amz-server-side-encryption, SSE-C
+        headers); else by the checksum S3 computed for the copy; else by size only, saying why.
+        Raises IntegrityMismatch when what is comparable differs."""
+        result = response["CopyObjectResult"]
+        copied_etag, source_etag = result["ETag"].strip('"'), listed.etag.strip('"')
+        comparable = not etag_is_opaque(head) and not etag_is_opaque(response)
+        if comparable and copied_etag == source_etag:
+            return IntegrityCheck("md5" if plain_md5_etag(listed.etag, head) else "etag", source_etag)
+        if comparable and plain_md5_etag(listed.etag, head):
+            raise IntegrityMismatch(f"integrity mismatch: the server-side copy has the ETag {copied_etag}, the "
+                                    f"source ETag says {source_etag}")
+        copied_checksum = result.get(f"Checksum{checksum.algorithm}") if checksum is not None else None
+        if checksum is not None and not checksum.composite and copied_checksum:
+            if copied_checksum != checksum.value:
+                raise IntegrityMismatch(f"integrity mismatch: the server-side copy has the {checksum.algorithm} "
+                                        f"{copied_checksum}, the source says {checksum.value}")
+            return IntegrityCheck("checksum", checksum=checksum)
+        if not comparable:
+            reason = ("it was copied server-side, an ETag is not an MD5 (SSE-KMS, DSSE-KMS or SSE-C on the source "
+                      "or the destination) and the source has no full-object checksum for S3 to compute again")
+        else:
+            reason = ("it was copied server-side, its ETag is of a multipart upload, which a CopyObject does not "
+                      "repeat, and it has no full-object checksum for S3 to compute again")
+        return IntegrityCheck("size-only", reason=reason)
 
     def _server_side_succeeded(self) -> None:
         self.copy_mode.succeeded()
         self.permissions.allowed(SERVER_SIDE_COPY)
-
-    def _source_encrypted(self, listed: ListedObject) -> bool:
-        """Whether the source's ETag is opaque (SSE-KMS, SSE-C): the listing does not say, HeadObject does."""
-        return etag_is_opaque(self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key))
 
     def _copy_part_server_side(self, job: MultipartCopy, part: PartRange) -> None:
         if job.abandoned:
@@ -3320,7 +3769,9 @@ class TransferEngine:
             ),
         )
         result = response["CopyPartResult"]
-        algorithm = job.check.checksum_algorithm
+        if etag_is_opaque(response):  # the destination's encryption, whatever CreateMultipartUpload said
+            job.part_etags_are_md5 = False
+        algorithm = job.part_algorithm
         part_checksum = result.get(f"Checksum{algorithm}") if algorithm else None
         self.status.bytes_moved_by_part(part.size)
         self.progress.record_part(job.source.key, part.number, result["ETag"], part_checksum)
@@ -3537,6 +3988,8 @@ class ProgressStore:
                                       entry.get("done_beyond_watermark", ())) for entry in ranges]
         self._failed: dict[str, str] = dict(resume.get("failed", {}))
         self._uploads: dict[str, dict[str, Any]] = dict(resume.get("multipart_uploads", {}))
+        self._digests: dict[str, tuple[str, OrderedDigest]] = {}  # the uploads' digests: (check identity, digest)
+        self._writing = threading.Lock()  # one writer at a time, in the order their texts were made
         self._listing_complete = False
         self._objects_done = int(totals.get("objects_done", 0))
         self._bytes_done = int(totals.get("bytes_done", 0))
@@ -3652,6 +4105,8 @@ class ProgressStore:
             return dict(record) if record else None
 
     def record_upload(self, source: ListedObject, job: MultipartCopy) -> None:
+        """Keep an upload for resume, and its digest: saved with it each time the file is written, so
+        that a rerun goes on hashing after the parts it hashed instead of reading them again."""
         with self._lock:
             self._uploads[source.key] = {
                 "upload_id": job.upload_id,
@@ -3659,11 +4114,33 @@ class ProgressStore:
                 "source_etag": source.etag,
                 "size": source.size,
                 "part_size": job.part_size,
-                "checksum_algorithm": job.check.checksum_algorithm,
+                "checksum_algorithm": job.part_algorithm,
+                "checksum_type": ("FULL_OBJECT" if job.upload_checksum.full_object else "COMPOSITE")
+                if job.upload_checksum else None,
+                "part_etags_are_md5": job.part_etags_are_md5,
                 "parts": {str(number): etag for number, etag in sorted(job.completed.items())},
                 "part_checksums": {str(number): value for number, value in sorted(job.part_checksums.items())},
             }
+            if job.digest is not None:
+                self._digests[source.key] = (job.check.identity(), job.digest)
             self._dirty = True
+
+    def recheck_upload(self, key: str) -> None:
+        """The parts of this upload do not make the source: the next attempt compares each with the
+        source again, so the digest saved so far, of those very parts, must not be taken up."""
+        with self._lock:
+            self._digests.pop(key, None)
+            if key in self._uploads:
+                self._uploads[key].pop("digest", None)
+                self._uploads[key]["recheck"] = True
+                self._dirty = True
+
+    def completing(self, key: str, expected: dict[str, Any]) -> None:
+        """The upload is about to be completed into this object (see TransferEngine._completed_before_the_stop)."""
+        with self._lock:
+            if key in self._uploads:
+                self._uploads[key]["completing"] = expected
+                self._dirty = True
 
     def record_part(self, key: str, number: int, etag: str, checksum: Optional[str]) -> None:
         with self._lock:
@@ -3675,6 +4152,7 @@ class ProgressStore:
 
     def forget_upload(self, key: str) -> None:
         with self._lock:
+            self._digests.pop(key, None)
             if self._uploads.pop(key, None) is not None:
                 self._dirty = True
 
@@ -3703,11 +4181,19 @@ class ProgressStore:
             self.save(this_run)
 
     def save(self, this_run: dict[str, Any]) -> None:
-        with self._lock:  # serialised under the lock: workers add parts to the dicts being written
-            text = json.dumps(self._document(this_run), indent=2, ensure_ascii=False) + "\n"
-            self._dirty = False
-            self._last_save = time.monotonic()
-        write_atomically(self.path, text)
+        """Write the file now. The main thread saves; so does a worker about to complete an upload,
+        which must not go on before the file says what it is completing: writes are one at a time and
+        in order, so a later state is never overwritten by an earlier one."""
+        with self._writing:
+            with self._lock:  # serialised under the lock: workers add parts to the dicts being written
+                for key, (identity, digest) in self._digests.items():
+                    state = digest.state()
+                    if key in self._uploads and state is not None:
+                        self._uploads[key]["digest"] = {"identity": identity, **state}
+                text = json.dumps(self._document(this_run), indent=2, ensure_ascii=False) + "\n"
+                self._dirty = False
+                self._last_save = time.monotonic()
+            write_atomically(self.path, text)
 
     def _document(self, this_run: dict[str, Any]) -> dict[str, Any]:
         """Summary first, so `cat transfer_progress.json` reads top-down; resume state after."""

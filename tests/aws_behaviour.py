@@ -12,7 +12,10 @@ tool at that exact moment.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
+import urllib.parse
 from typing import Callable, Optional
 
 from fault_proxy import Answer, Forward, Request
@@ -65,3 +68,119 @@ class Hold:
 
     def close(self) -> None:
         self._closed.set()
+
+
+# -- lead: integrity on resume, SSE-KMS ETags, the website redirect of a copy (items 1, 2, 12, 14) --
+
+
+class DamageOnce:
+    """One GetObject answer damaged on its way, once: the middle byte of the first successful answer
+    to a GET of `key` whose Range header is `byte_range` ("bytes=A-B"; None for any) is inverted, as
+    a faulty network or NIC would. Length and headers are left alone: only a hash can tell."""
+
+    def __init__(self, bucket: str, key: str, byte_range: Optional[str] = None) -> None:
+        self._target = (bucket, key)
+        self._range = byte_range
+        self.damaged = 0
+
+    def __call__(self, request: Request, forward: Forward) -> Answer:
+        answer = forward(request)
+        if (self.damaged == 0 and request.operation == "GetObject" and (request.bucket, request.key) == self._target
+                and (self._range is None or request.header("Range") == self._range)
+                and answer.status in (200, 206) and answer.body):
+            self.damaged += 1
+            middle = len(answer.body) // 2
+            answer.body = answer.body[:middle] + bytes([answer.body[middle] ^ 0xFF]) + answer.body[middle + 1:]
+        return answer
+
+
+class SseKmsBucket:
+    """A bucket whose default encryption is SSE-KMS, as S3 answers for it: every object and part
+    written there is encrypted with a KMS key, whatever the request asked, so the answers to
+    PutObject, CopyObject, CreateMultipartUpload, UploadPart, UploadPartCopy, CompleteMultipartUpload,
+    HeadObject and GetObject carry `x-amz-server-side-encryption: aws:kms` and its key id, and every
+    ETag (in headers and in the XML of CopyObjectResult, CopyPartResult, CompleteMultipartUploadResult,
+    ListParts and ListObjectsV2) is not an MD5 of the bytes. S3 API reference, Object (ETag): "Objects
+    created by the PUT Object, POST Object, or Copy operation ... encrypted by SSE-C or SSE-KMS, have
+    ETags that are not an MD5 digest of their object data"; the same holds for parts.
+
+    The opaque ETags are a fixed function of the server's own, so that they are stable (ListParts gives
+    a part the ETag UploadPart gave it) and can be turned back into the server's where a request
+    names them (the parts of CompleteMultipartUpload, If-Match). That changes signed requests: in front
+    of moto only, which checks no signature."""
+
+    KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    _WRITES_AND_READS = {"PutObject", "CopyObject", "CreateMultipartUpload", "UploadPart", "UploadPartCopy",
+                         "CompleteMultipartUpload", "HeadObject", "GetObject"}
+
+    def __init__(self, bucket: str) -> None:
+        self._bucket = bucket
+        self._server_etag: dict[str, str] = {}  # opaque -> the server's
+        self._lock = threading.Lock()
+
+    def _opaque(self, etag: str) -> str:
+        value = etag.strip('"').replace("&quot;", "")
+        digest, dash, count = value.partition("-")
+        opaque = hashlib.md5(b"sse-kms:" + digest.encode()).hexdigest() + dash + count  # noqa: S324
+        with self._lock:
+            self._server_etag[opaque] = value
+        return opaque
+
+    def _server(self, etag: str) -> str:
+        value = etag.strip('"').replace("&quot;", "")
+        with self._lock:
+            return self._server_etag.get(value, value)
+
+    def __call__(self, request: Request, forward: Forward) -> Answer:
+        if request.bucket != self._bucket:
+            return forward(request)
+        if request.operation == "CompleteMultipartUpload":
+            request.body = re.sub(rb"<ETag>([^<]*)</ETag>",
+                                  lambda match: f'<ETag>"{self._server(match.group(1).decode())}"</ETag>'.encode(),
+                                  request.body)
+        for name in ("If-Match", "If-None-Match"):
+            if request.header(name):
+                request.headers = [(header, f'"{self._server(value)}"' if header.lower() == name.lower() else value)
+                                   for header, value in request.headers]
+        answer = forward(request)
+        if answer.status >= 300:
+            return answer
+        if request.operation in self._WRITES_AND_READS:
+            answer.set_header("x-amz-server-side-encryption", "aws:kms")
+            answer.set_header("x-amz-server-side-encryption-aws-kms-key-id", self.KEY_ID)
+        if answer.header("ETag"):
+            answer.set_header("ETag", f'"{self._opaque(answer.header("ETag") or "")}"')
+        if request.operation in {"CopyObject", "UploadPartCopy", "CompleteMultipartUpload", "ListParts",
+                                 "ListObjectsV2", "ListObjects"}:
+            answer.body = re.sub(rb"<ETag>([^<]*)</ETag>",
+                                 lambda match: f"<ETag>&quot;{self._opaque(match.group(1).decode())}&quot;</ETag>"
+                                 .encode(), answer.body)
+        return answer
+
+
+class CopyKeepsNoWebsiteRedirect:
+    """S3's CopyObject does not copy an object's website redirect: "x-amz-website-redirect-location is
+    unique to each object and is not copied when using the x-amz-metadata-directive header. To copy the
+    value, you must specify x-amz-website-redirect-location in the request header" (CopyObject, S3 API
+    reference). moto copies it. So a CopyObject that does not name one is sent on with
+    MetadataDirective REPLACE and the source's other headers and metadata, read with a HeadObject: what
+    S3 would store."""
+
+    _KEPT = ("content-type", "content-encoding", "content-disposition", "content-language", "cache-control",
+             "expires")
+
+    def __call__(self, request: Request, forward: Forward) -> Answer:
+        if (request.operation != "CopyObject" or request.header("x-amz-website-redirect-location")
+                or (request.header("x-amz-metadata-directive") or "COPY").upper() != "COPY"):
+            return forward(request)
+        source = urllib.parse.unquote(request.header("x-amz-copy-source") or "").lstrip("/")
+        credentials = [(name, value) for name, value in request.headers if name.lower() in ("authorization", "host")]
+        head = forward(Request("HEAD", "/" + urllib.parse.quote(source), credentials))
+        if head.status != 200:
+            return forward(request)
+        kept = [(name, value) for name, value in head.headers
+                if name.lower() in self._KEPT or name.lower().startswith("x-amz-meta-")]
+        request.headers = [*((name, value) for name, value in request.headers
+                             if name.lower() not in self._KEPT and name.lower() != "x-amz-metadata-directive"),
+                           ("x-amz-metadata-directive", "REPLACE"), *kept]
+        return forward(request)

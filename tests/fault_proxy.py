@@ -228,7 +228,12 @@ class Request:
         return ""
 
     def to_bytes(self) -> bytes:
-        return _build_head(f"{self.method} {self.target} HTTP/1.1", self.headers) + self.body
+        """The request as sent upstream, its Content-Length that of its body (which a behaviour may
+        have changed: only moto, which checks no signature, takes a changed request)."""
+        headers = [(name, value) for name, value in self.headers if name.lower() != "content-length"]
+        if self.body or self.header("Content-Length") is not None:
+            headers.append(("Content-Length", str(len(self.body))))
+        return _build_head(f"{self.method} {self.target} HTTP/1.1", headers) + self.body
 
 
 @dataclass
@@ -492,6 +497,15 @@ class FaultProxy:
         installed), each an S3 behaviour the server lacks (tests/aws_behaviour.py)."""
         with self._lock:
             self._behaviours.extend(behaviours)
+
+    def behave_only(self, *behaviours: Behaviour) -> None:
+        """Replace the behaviours installed so far by these (a rerun after a kill at a held request:
+        the held requests, which the killed tool sent, are dropped unanswered)."""
+        with self._lock:
+            previous, self._behaviours = self._behaviours, list(behaviours)
+        for behaviour in previous:
+            if behaviour not in behaviours:
+                getattr(behaviour, "close", lambda: None)()
 
     def _through_behaviours(self, request: Request) -> Answer:
         with self._lock:

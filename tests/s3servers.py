@@ -402,6 +402,7 @@ def object_snapshot(client: BaseClient, bucket: str, prefix: str = "") -> dict[s
             "content_language": response.get("ContentLanguage"),
             "cache_control": response.get("CacheControl"),
             "expires": response["ResponseMetadata"]["HTTPHeaders"].get("expires"),
+            "website_redirect_location": response.get("WebsiteRedirectLocation"),
             "metadata": response.get("Metadata", {}),
             "tags": {tag["Key"]: tag["Value"] for tag in tag_set},
         }

@@ -1,5 +1,6 @@
 """--copy-mode: S3 copies server-side where the destination's keys may read the source, the tool
-streams where they may not, and ``auto`` finds out which.
+streams where they may not, and ``auto`` finds out which; and what S3 does to server-side copies
+that the local servers do not (the last tests, against moto behind tests/aws_behaviour.py).
 
 SeaweedFS plays the accounts as in test_cross_account.py. Its ``dest_reads_source``
 identity stands for destination keys that may also read the source (one account, or a
@@ -9,14 +10,19 @@ UploadPartCopy can work. The ``dest`` identity may not read the source, as acros
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
-from s3servers import DEST_BUCKET, SOURCE_BUCKET, SeaweedServer
+from aws_behaviour import CopyKeepsNoWebsiteRedirect, SseKmsBucket
+from conftest import FAKE_KEYS
+from fault_proxy import FaultProxy
+from s3servers import DEST_BUCKET, SOURCE_BUCKET, MotoBuckets, SeaweedServer, incomplete_uploads, object_snapshot
 from test_cross_account import CrossAccount
-from toolcli import MIB, assert_usage_error, describe, error_lines, write_source_credentials
-from uploads import body, etag_of, upload_parts, verified_by
+from toolcli import KIB, MIB, ToolJob, assert_usage_error, describe, error_lines, write_source_credentials
+from uploads import body, etag_of, md5_hex, plain_client, upload, upload_parts, verified_by
 
 SERVER_SIDE_LINE = "Copied server-side by S3, no byte through this machine: 5 objects"
 FALLBACK_LINE = "copy mode: streaming from now on (auto), because S3 refused a server-side copy"
@@ -134,3 +140,70 @@ def test_server_side_needs_both_buckets_on_one_endpoint(accounts: CrossAccount) 
     result = job.run(accounts.source_uri, accounts.destination_uri)
 
     assert_usage_error(result, "--copy-mode server-side needs both buckets on one S3 endpoint", "--copy-mode stream")
+
+
+# -- what S3 does that SeaweedFS and moto do not (tests/aws_behaviour.py), in front of moto ----------
+
+
+def headers_of_every_kind(index: int) -> dict[str, Any]:
+    """Every header the tool promises to carry over (README, "Preserved"), with metadata and tags."""
+    return {"ContentType": "text/x-test", "ContentEncoding": "identity", "ContentDisposition": f'attachment; n="{index}"',
+            "ContentLanguage": "de-CH", "CacheControl": "max-age=60", "WebsiteRedirectLocation": f"/elsewhere/{index}",
+            "Expires": datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+            "Metadata": {"index": str(index), "kind": "every-header"}, "Tagging": f"n={index}&k=v"}
+
+
+@pytest.mark.parametrize("copy_mode", ["stream", "server-side"])
+def test_every_preserved_header_arrives_whichever_way_the_bytes_travel(
+        copy_mode: str, moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> None:
+    """S3 does not copy a website redirect under CopyObject's COPY directive unless the request names
+    it; moto does, so the proxy answers as S3 would (CopyKeepsNoWebsiteRedirect)."""
+    client, src, dst = moto_buckets.client, moto_buckets.source, moto_buckets.dest
+    client.put_object(Bucket=src, Key="small.txt", Body=body(3 * KIB, seed=1), **headers_of_every_kind(1))
+    upload_parts(client, src, "large.bin", body(12 * MIB, seed=2), [6 * MIB, 6 * MIB], **headers_of_every_kind(2))
+    with FaultProxy(moto_buckets.endpoint_url) as proxy:
+        proxy.behave(CopyKeepsNoWebsiteRedirect())
+        job = ToolJob(workdir=tmp_path, env=tool_env, dest_endpoint_url=proxy.endpoint_url, copy_mode=copy_mode,
+                      credentials=write_source_credentials(tmp_path / "creds.json", FAKE_KEYS, proxy.endpoint_url))
+        result = job.run(f"s3://{src}", f"s3://{dst}")
+
+    assert result.returncode == 0, describe(result)
+    copied, source = object_snapshot(client, dst), object_snapshot(client, src)
+    assert copied == source
+    assert {key: entry["website_redirect_location"] for key, entry in copied.items()} == {
+        "small.txt": "/elsewhere/1", "large.bin": "/elsewhere/2"}
+    assert incomplete_uploads(client, dst) == []
+    if copy_mode == "server-side":  # a redirect asked for by name: the behaviour really stood in the way
+        copies = proxy.counts.operations("CopyObject")
+        assert [dict(seen.headers).get("x-amz-website-redirect-location") for seen in copies] == ["/elsewhere/1"]
+
+
+def test_server_side_copies_into_an_sse_kms_bucket_are_proven_by_checksum_or_size_not_failed(
+        moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> None:
+    """A destination whose default encryption is SSE-KMS gives every copy and copied part an ETag that
+    is no MD5, whatever the command line says (no --sse here): the copies must not be failed for it,
+    and are proven by what S3 answers instead."""
+    client, src, dst = moto_buckets.client, moto_buckets.source, moto_buckets.dest
+    plain = plain_client(moto_buckets.endpoint_url)  # no CRC32 of botocore's own: nothing but the ETag
+    data = {"plain.txt": body(2 * KIB, seed=3), "crc32.txt": body(2 * KIB, seed=4),
+            "parts.bin": body(12 * MIB, seed=5)}
+    upload(plain, src, "plain.txt", data["plain.txt"])
+    client.put_object(Bucket=src, Key="crc32.txt", Body=data["crc32.txt"], ChecksumAlgorithm="CRC32")
+    upload_parts(plain, src, "parts.bin", data["parts.bin"], [6 * MIB, 6 * MIB])
+    with FaultProxy(moto_buckets.endpoint_url) as proxy:
+        proxy.behave(SseKmsBucket(dst))
+        job = ToolJob(workdir=tmp_path, env=tool_env, dest_endpoint_url=proxy.endpoint_url, copy_mode="server-side",
+                      credentials=write_source_credentials(tmp_path / "creds.json", FAKE_KEYS, proxy.endpoint_url))
+        result = job.run(f"s3://{src}", f"s3://{dst}")
+
+    assert result.returncode == 0, describe(result)
+    copied = object_snapshot(client, dst)
+    assert {key: entry["md5"] for key, entry in copied.items()} == {key: md5_hex(value) for key, value in data.items()}
+    assert incomplete_uploads(client, dst) == []
+    log = job.log_text()
+    assert verified_by(log) == {"plain.txt": "size-only", "crc32.txt": "checksum", "parts.bin": "size-only"}, log
+    assert "an ETag is not an MD5 (SSE-KMS, DSSE-KMS or SSE-C" in log
+    assert "whose encryption (SSE-KMS or SSE-C) makes part ETags no MD5s" in log
+    # The checksum was asked for by name, so that S3 computed it for the bytes it copied.
+    assert [dict(seen.headers).get("x-amz-checksum-algorithm") for seen in proxy.counts.operations("CopyObject")
+            if seen.key == "crc32.txt"] == ["CRC32"]

@@ -23,7 +23,7 @@ def s3_multipart_etag(body: bytes, part_size: int) -> str:
 
 
 def md5_digest(part_sizes: tuple[int, ...], *, composite: bool) -> tool.OrderedDigest:
-    return tool.OrderedDigest(tool.LayoutHash(hashlib.md5, part_sizes, composite=composite), None)
+    return tool.OrderedDigest(tool.LayoutHash("MD5", part_sizes, composite=composite), None)
 
 
 def test_whole_object_md5_is_the_same_however_the_bytes_are_fed() -> None:

@@ -207,13 +207,15 @@ def test_a_body_damaged_in_transit_is_never_written(
     assert target not in copied_keys(job.log_text())
 
     # Retried as promised: a small body BODY_ATTEMPTS times (as a damaged body), a large object
-    # OBJECT_ATTEMPTS times whole.
+    # OBJECT_ATTEMPTS times, each time reading every part again to compare it with what S3 holds.
     parts = 1 if copy_part is None else -(-size // copy_part)
     attempts = tool.BODY_ATTEMPTS if copy_part is None else tool.OBJECT_ATTEMPTS
     assert proxy.counts.corrupted == attempts * parts, (proxy.counts, job.log_text())
     if copy_part is not None:
         again = [line for line in job.log_text().splitlines()
-                 if f'"{target}": integrity mismatch' in line and line.endswith("; copying it again whole")]
+                 if f'"{target}": integrity mismatch' in line
+                 and line.endswith("; reading its parts from the source again to upload again those S3 holds "
+                                   "differently")]
         assert len(again) == attempts - 1, job.log_text()
         assert f"(after {tool.OBJECT_ATTEMPTS} attempts)" in failed_lines[0]
 

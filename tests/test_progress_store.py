@@ -89,7 +89,8 @@ def test_file_is_valid_json_with_the_summary_first_and_owner_only(tmp_path: Path
 def test_multipart_uploads_in_flight_are_recorded_and_forgotten(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     source = tool.ListedObject(key="big", size=20 * tool.MiB, etag='"abc-2"')
-    job = tool.MultipartCopy(source, "big", "upload-1", 8 * tool.MiB, completed={})
+    job = tool.MultipartCopy(source, "big", "upload-1", 8 * tool.MiB, tool.IntegrityCheck("size-only"),
+                             upload_checksum=None, part_etags_are_md5=True)
     store.record_upload(source, job)
     store.record_part("big", 2, '"e2"', "AAAAAA==")
     store.save({})

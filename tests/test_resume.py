@@ -795,3 +795,185 @@ def test_a_second_run_of_the_same_job_is_refused_while_the_first_runs(make_job: 
     copied = copied_keys(job.log_text())
     assert sorted(copied) == sorted(objects)  # each object copied once, by the first run
     assert_fully_copied(job)
+
+
+# ----------------------------------------------------------------------------------------
+# 8. A kill at an exact request: what was uploaded is what gets proven, and nothing is read twice
+# ----------------------------------------------------------------------------------------
+#
+# A proxy in front of moto holds the tool at one request (aws_behaviour.Hold): either that request is
+# answered and every later one held, or the server carries it out and its answer is held. The test kills
+# the tool there once the progress file shows what the moment means, then reruns through a clean proxy.
+# One worker, so that the parts go one after another and "the moment" is one state of the copy.
+
+HOLD_BIG = "b/big.bin"
+HOLD_SIZE = 3 * PART_SIZE + 3 * MIB  # four parts: 5, 5, 5 and 3 MiB
+SMALL_KEYS = ("a/one.txt", "c/two.txt")
+
+
+def part_range(number: int) -> str:
+    start = (number - 1) * PART_SIZE
+    return f"bytes={start}-{min(start + PART_SIZE, HOLD_SIZE) - 1}"
+
+
+@dataclass
+class HeldJob:
+    """The objects of these tests, and a job whose source and destination are reached through a proxy."""
+
+    job: ToolJob
+    data: dict[str, bytes]
+
+    def through(self, proxy: Any) -> None:
+        """Send every request of the next runs through `proxy`."""
+        credentials = json.loads(self.job.credentials.read_text())
+        self.job.credentials.write_text(json.dumps({**credentials, "endpoint_url": proxy.endpoint_url}))
+        self.job.extra_args = ["--max-workers", "1", "--dest-endpoint-url", proxy.endpoint_url]
+
+    def record(self) -> dict[str, Any]:
+        """The progress file's record of the big object's upload ({} while there is none)."""
+        try:
+            return self.job.progress()["resume"]["multipart_uploads"].get(HOLD_BIG, {})
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def kill_when(self, process: subprocess.Popen[bytes], condition: Callable[[], Any], what: str) -> None:
+        self.job.wait_for(process, condition, what)
+        process.send_signal(signal.SIGKILL)
+        assert self.job.wait(process) == -signal.SIGKILL
+
+    def assert_identical(self) -> None:
+        client, buckets = self.job.buckets.client, self.job.buckets
+        assert {key: entry["md5"] for key, entry in object_snapshot(client, buckets.dest).items()} == {
+            key: md5_of(value) for key, value in self.data.items()}
+        assert incomplete_uploads(client, buckets.dest) == []
+
+
+@pytest.fixture
+def held(make_job: Callable[..., ToolJob]) -> HeldJob:
+    """A big object uploaded in one PUT (its ETag the MD5 of all of it) or in 5 MiB parts, and two small
+    ones; no additional checksum (a client that adds none), so the ETag is the only proof."""
+    from uploads import plain_client, upload
+
+    job = make_job()
+    rng = random.Random(15)
+    data = {HOLD_BIG: rng.randbytes(HOLD_SIZE), **{key: rng.randbytes(20 * KIB) for key in SMALL_KEYS}}
+    client = plain_client(job.buckets.endpoint_url)
+    for key, value in data.items():
+        upload(client, job.buckets.source, key, value)
+    return HeldJob(job, data)
+
+
+def hashed_through(held: HeldJob, parts: int) -> Callable[[], bool]:
+    """A condition: the progress file records `parts` parts of the big object, and keeps its digest
+    after them (a file without a digest, as versions before it wrote, goes by its parts alone)."""
+
+    def condition() -> bool:
+        record = held.record()
+        return str(parts) in record.get("parts", {}) and record.get("digest", {}).get("next_part", parts + 1) == parts + 1
+
+    return condition
+
+
+@pytest.mark.parametrize("moment", ["after it was hashed and saved", "before its answer arrived",
+                                    "before its answer arrived, SSE-KMS destination"])
+def test_a_part_damaged_before_a_kill_is_found_and_uploaded_again(held: HeldJob, moment: str) -> None:
+    """Part 2's GET is damaged on the way; the damaged bytes are uploaded (their own checksum is right)
+    and the run is killed before it could find out. The rerun must not complete them into the object:
+    the digest it takes up is of what was uploaded, and a part S3 has beyond it is compared with a fresh
+    read. Under SSE-KMS a part's ETag proves nothing, and moto (unlike S3) lists no part checksums, so
+    there the part is uploaded again rather than trusted."""
+    from aws_behaviour import DamageOnce, Hold, SseKmsBucket, operation_is
+    from fault_proxy import FaultProxy
+
+    buckets = held.job.buckets
+    uploaded_two = operation_is("UploadPart", key=HOLD_BIG, partNumber="2")
+    with FaultProxy(buckets.endpoint_url) as proxy:
+        hold = Hold(uploaded_two, answer_trigger=moment == "after it was hashed and saved")
+        kms = [SseKmsBucket(buckets.dest)] if "SSE-KMS" in moment else []
+        proxy.behave(DamageOnce(buckets.source, HOLD_BIG, part_range(2)), hold, *kms)
+        held.through(proxy)
+        process = held.job.start()
+        if hold._answer_trigger:
+            held.kill_when(process, hashed_through(held, 2), "the damaged part 2 hashed and saved")
+        else:
+            held.job.wait_for(process, hashed_through(held, 1), "part 1 hashed and saved")
+            held.kill_when(process, hold.triggered.is_set, "part 2 uploaded, its answer held")
+        assert sorted(parts_on_server(buckets.client, buckets.dest, HOLD_BIG)() or {}) == [1, 2]  # damaged 2 too
+
+        log_offset, first_request = held.job.log_size(), len(proxy.counts.log)
+        proxy.behave_only(*kms)  # the same endpoint (the same job), without the damage or the hold
+        assert held.job.run() == 0, held.job.diagnostics()
+
+    held.assert_identical()
+    rerun = held.job.log_text(since=log_offset)
+    reason = ("cannot be compared with the source (its ETag is no MD5, as under SSE-KMS, and S3 gave no checksum "
+              "for it)" if kms else "holds other bytes than the source")
+    assert f'part 2 of "{HOLD_BIG}", uploaded before the last run stopped, {reason}; uploading it again' in rerun
+    uploaded_again = [seen.query["partNumber"] for seen in proxy.counts.log[first_request:]
+                      if seen.operation == "UploadPart"]
+    assert uploaded_again.count(["2"]) == 1, uploaded_again
+
+
+@pytest.mark.parametrize("layout", ["one PUT", "5 MiB parts"])
+def test_a_resumed_upload_reads_again_only_the_parts_it_had_not_hashed(
+        make_job: Callable[..., ToolJob], layout: str) -> None:
+    """The digest of the parts uploaded before a kill is taken up from the progress file: the rerun
+    reads the parts after it and no others (before, it read every uploaded part again to hash it: a
+    5 TiB object stopped at 90% would have meant 4.5 TiB read twice). With one PUT at the source, the
+    digest is the MD5 of the whole object, whose state OpenSSL's context lets the file keep; with parts,
+    the MD5s of the parts so far."""
+    from aws_behaviour import Hold, operation_is
+    from fault_proxy import FaultProxy
+    from uploads import plain_client, upload
+
+    job = make_job()
+    data = {HOLD_BIG: random.Random(16).randbytes(HOLD_SIZE)}
+    upload(plain_client(job.buckets.endpoint_url), job.buckets.source, HOLD_BIG, data[HOLD_BIG],
+           part_size=PART_SIZE if layout == "5 MiB parts" else None)
+    held = HeldJob(job, data)
+    with FaultProxy(job.buckets.endpoint_url) as proxy:
+        proxy.behave(Hold(operation_is("UploadPart", key=HOLD_BIG, partNumber="3")))
+        held.through(proxy)
+        held.kill_when(held.job.start(), hashed_through(held, 3), "three parts hashed and saved")
+        first_request = len(proxy.counts.log)
+        proxy.behave_only()
+        assert held.job.run() == 0, held.job.diagnostics()
+
+    held.assert_identical()
+    read_again = sum(seen.body_bytes for seen in proxy.counts.log[first_request:]
+                     if seen.operation == "GetObject" and seen.key == HOLD_BIG)
+    assert read_again == HOLD_SIZE - 3 * PART_SIZE, read_again
+    print(f"{layout}: the rerun read {read_again / MIB:.0f} MiB of the {HOLD_SIZE / MIB:.0f} MiB object")
+
+
+@pytest.mark.parametrize("destination", ["plain", "SSE-KMS"])
+def test_an_upload_completed_just_before_a_kill_is_found_done_and_not_copied_again(
+        held: HeldJob, destination: str) -> None:
+    """Killed after S3 completed the upload and before the progress file could say so: the rerun finds
+    the recorded upload gone, and the object at the destination is the one the parts make (by their
+    ETags, or under SSE-KMS by the CRC64NVME the recorded part checksums combine into), so it is done,
+    neither read nor written again (before: copied again whole, a second version on a versioned bucket)."""
+    from aws_behaviour import Hold, SseKmsBucket, operation_is
+    from fault_proxy import FaultProxy
+
+    buckets = held.job.buckets
+    kms = [SseKmsBucket(buckets.dest)] if destination == "SSE-KMS" else []
+    with FaultProxy(buckets.endpoint_url) as proxy:
+        hold = Hold(operation_is("CompleteMultipartUpload", key=HOLD_BIG), answer_trigger=False)
+        proxy.behave(hold, *kms)
+        held.through(proxy)
+        held.kill_when(held.job.start(), hold.triggered.is_set, "the upload completed, its answer held")
+        assert incomplete_uploads(buckets.client, buckets.dest) == []  # S3 did complete it
+        assert HOLD_BIG in held.job.progress()["resume"]["multipart_uploads"]  # and the file did not learn of it
+
+        log_offset, first_request = held.job.log_size(), len(proxy.counts.log)
+        proxy.behave_only(*kms)
+        assert held.job.run() == 0, held.job.diagnostics()
+
+    held.assert_identical()
+    touched = [seen.operation for seen in proxy.counts.log[first_request:] if seen.key == HOLD_BIG
+               and seen.operation in ("GetObject", "CreateMultipartUpload", "UploadPart", "PutObject")]
+    assert touched == [], touched
+    rerun = held.job.log_text(since=log_offset)
+    assert f'"{HOLD_BIG}" was completed at the destination just before the last run stopped' in rerun
+    assert held.job.progress()["summary"]["state"] == "complete"
