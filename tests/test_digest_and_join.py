@@ -158,3 +158,59 @@ def test_source_checksums_are_believed_only_where_they_cannot_be_misread() -> No
     # moto's HeadObject: a composite value without its -N and no type: not to be trusted.
     assert tool.find_source_checksum({"ChecksumCRC32": "AAAA"}, "abc-3") is None
     assert tool.find_source_checksum({}, "abc") is None
+
+
+# -- digests whose state outlives the process (resume after a crash) -----------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA1", "SHA256"])
+def test_a_hash_saved_and_taken_up_in_pieces_gives_hashlibs_digest(algorithm: str) -> None:
+    """OpenSSL's context, saved at arbitrary points (not only at block boundaries) and restored, goes on
+    to the digest hashlib gives the whole."""
+    rng = __import__("random").Random(algorithm)
+    body = rng.randbytes(3 * MiB + 777)
+    cuts = sorted(rng.sample(range(1, len(body)), 5))
+    hasher = tool.new_hasher(algorithm)
+    assert hasher.exportable, "OpenSSL's libcrypto (which hashlib uses) was not found"
+    for start, stop in zip([0, *cuts], [*cuts, len(body)]):
+        hasher.update(body, start, stop)
+        hasher = tool.new_hasher(algorithm, hasher.state())  # as a rerun takes it up
+    assert hasher.digest() == hashlib.new(algorithm.lower(), body).digest()
+    assert tool.new_hasher(algorithm).digest() == hashlib.new(algorithm.lower()).digest()  # nothing fed
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_part_crcs_combine_into_the_crc_of_the_whole(algorithm: str) -> None:
+    """What S3 computes for a FULL_OBJECT multipart checksum, from part checksums alone."""
+    rng = __import__("random").Random(algorithm)
+    body = rng.randbytes(2 * MiB + 12345)
+    sizes = [MiB, MiB, 12345]
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(tool.checksum_of(algorithm, body[start:start + size]))
+        start += size
+    whole = tool.combined_checksum(algorithm, parts, sizes, full_object=True)
+    assert whole == tool.checksum_of(algorithm, body)
+    if algorithm == "CRC32":  # against zlib itself, not only the tool's own CRC code
+        import base64
+        import zlib
+        assert whole == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    assert tool.CrcCombiner(algorithm).combine(7, 9, 0) == 7  # nothing appended
+
+
+def test_a_digest_saved_mid_object_and_restored_gives_the_same_etag_and_checksum() -> None:
+    body = os.urandom(4 * 5 * MiB + 1000)
+    layout = tool.equal_part_layout(len(body), 5, 5 * MiB, 1000)
+    checksum = tool.SourceChecksum("CRC32", tool.checksum_of("CRC32", body), composite=False)
+    for method, expected in (("md5", hashlib.md5(body).hexdigest()), ("etag", s3_multipart_etag(body, 5 * MiB))):
+        check = tool.IntegrityCheck(method, expected, layout if method == "etag" else (len(body),), checksum)
+        digest = check.new_digest()
+        parts = [body[start:start + 3 * MiB] for start in range(0, len(body), 3 * MiB)]  # not the source's parts
+        for number, part in enumerate(parts[:4], start=1):
+            digest.feed(number, part, cancelled=lambda: False)
+        restored = check.new_digest(digest.state())
+        assert restored.parts_hashed == 4
+        for number, part in enumerate(parts[4:], start=5):
+            restored.feed(number, part, cancelled=lambda: False)
+        assert check.mismatch(restored) is None, method
+        assert restored.etag() == expected
