@@ -782,6 +782,9 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
     client.meta.events.register_last("before-call.s3", _expect_continue_for_large_bodies_only)
     client.meta.events.register_first("needs-retry.s3", _no_retry_for_an_unverifiable_certificate)
+    for operation in RAW_EXPIRES_OPERATIONS:
+        client.meta.events.register(f"provide-client-params.s3.{operation}", _take_raw_expires)
+        client.meta.events.register(f"before-call.s3.{operation}", _send_raw_expires)
     credentials = session.get_credentials()
     if isinstance(credentials, RenewableRoleCredentials):
         renewal = RoleRenewalOnExpiry(credentials, side=settings.side)
@@ -846,6 +849,28 @@ def _expect_continue_for_large_bodies_only(model: Any, params: dict[str, Any], *
     length = botocore.utils.determine_content_length(params.get("body"))
     if length is not None and length < EXPECT_CONTINUE_MIN_BODY:
         del params["headers"]["Expect"]
+
+
+# S3 stores an object's Expires header as whatever string it was sent ("5d" as readily as a date) and
+# answers with it as stored; botocore's answers carry it so as ExpiresString (handle_expires_header in
+# botocore/handlers.py). But botocore's Expires parameter is a timestamp, which its validator refuses
+# unless it is a date and its serializer spells its own way: so the tool sends the raw value as a
+# parameter of its own of that name, which these hooks make the request's header (HeaderWriter does
+# the same for the crt engine).
+RAW_EXPIRES = "ExpiresString"
+RAW_EXPIRES_OPERATIONS = ("PutObject", "CreateMultipartUpload")
+
+
+def _take_raw_expires(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """provide-client-params: keep the raw Expires out of the parameters botocore validates."""
+    if RAW_EXPIRES in params:
+        context[RAW_EXPIRES] = params.pop(RAW_EXPIRES)
+
+
+def _send_raw_expires(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """before-call: the raw Expires, byte for byte, as the request's header (signed with the rest)."""
+    if RAW_EXPIRES in context:
+        params["headers"]["Expires"] = context[RAW_EXPIRES]
 
 
 def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str) -> str:
@@ -1688,7 +1713,7 @@ PRESERVED_HEADERS = (
     "ContentDisposition",
     "ContentLanguage",
     "CacheControl",
-    "Expires",
+    RAW_EXPIRES,  # as S3 stores it, which need not be a date
     "WebsiteRedirectLocation",
 )
 
@@ -1863,7 +1888,10 @@ class HeaderReader:
     """Reads a successful answer's headers into the dict boto3 returns, by the operation's output
     shape in botocore's model: what botocore's parser does, in a tenth of its time (20 us, not 200 us
     for a GET, measured here), which matters when a whole small object costs the crt engine about
-    3.5 ms of CPU. Error answers, rare and with an XML body, go to botocore's parser itself."""
+    3.5 ms of CPU. Error answers, rare and with an XML body, go to botocore's parser itself.
+
+    Like botocore (handle_expires_header), it gives the Expires header raw as ExpiresString too,
+    and leaves Expires out when the value is no date rather than failing the answer."""
 
     CONVERSIONS: dict[str, Callable[[str], Any]] = {
         "integer": int, "long": int, "boolean": lambda value: value.lower() == "true",
@@ -1871,22 +1899,32 @@ class HeaderReader:
     }
 
     def __init__(self, shape: Any) -> None:
-        self._members: dict[str, tuple[str, Callable[[str], Any]]] = {}
+        # header -> its members (a model may give one header to two members), each with its conversion
+        self._members: dict[str, list[tuple[str, Callable[[str], Any]]]] = {}
         self._prefixes: list[tuple[str, str]] = []  # x-amz-meta- -> Metadata
         for name, member in shape.members.items():
             location, header = member.serialization.get("location"), member.serialization.get("name", "")
             if location == "header":
-                self._members[header.lower()] = (name, self.CONVERSIONS.get(member.type_name, str))
+                self._members.setdefault(header.lower(), []).append(
+                    (name, self.CONVERSIONS.get(member.type_name, str)))
             elif location == "headers":
                 self._prefixes.append((header.lower(), name))
+        expires = shape.members.get("Expires")
+        if expires is not None and expires.serialization.get("name") == "Expires" and RAW_EXPIRES not in shape.members:
+            self._members["expires"].append((RAW_EXPIRES, str))
 
     def read(self, headers: list[tuple[str, str]]) -> dict[str, Any]:
         parsed: dict[str, Any] = {prefix_member: {} for _, prefix_member in self._prefixes}
         for header, value in headers:
             lowered = header.lower()
-            member = self._members.get(lowered)
-            if member is not None:
-                parsed[member[0]] = member[1](value)
+            members = self._members.get(lowered)
+            if members is not None:
+                for name, convert in members:
+                    try:
+                        parsed[name] = convert(value)
+                    except (ValueError, RuntimeError):
+                        if name != "Expires":
+                            raise
                 continue
             for prefix, prefix_member in self._prefixes:
                 if lowered.startswith(prefix):
@@ -1898,8 +1936,10 @@ class HeaderWriter:
     """Writes a request's headers and query string from its parameters by the operation's input
     shape in botocore's model, as botocore's rest-xml serializer does for the kinds of value this
     tool sends (strings, integers, booleans, user metadata), in a sixth of its time (2 us, not 12,
-    for a PutObject; measured). Any other kind of value (a timestamp such as Expires, a list) sends
-    the whole request through botocore's serializer itself."""
+    for a PutObject; measured). Any other kind of value (a timestamp, a list), and a parameter the
+    installed botocore's model lacks, sends the whole request through botocore's serializer itself,
+    which refuses what boto3 would refuse (give it a validating one). The raw Expires (RAW_EXPIRES)
+    is written as it is, either way."""
 
     SIMPLE_TYPES = frozenset({"string", "integer", "long", "boolean"})
 
@@ -1917,6 +1957,11 @@ class HeaderWriter:
                                 and not member.serialization.get("jsonvalue"))
             self._members[name] = (location if written_here else "", member.serialization.get("name", name),
                                    member.type_name)
+        expires = model.input_shape.members.get("Expires")
+        self._raw_expires_header = expires.serialization.get("name", "Expires") if (
+            expires is not None and expires.serialization.get("location") == "header") else None
+        if self._raw_expires_header is not None:
+            self._members[RAW_EXPIRES] = ("header", self._raw_expires_header, "string")
 
     def write(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         headers: dict[str, Any] = {}
@@ -1924,7 +1969,7 @@ class HeaderWriter:
         for name, value in parameters.items():
             if value is None:
                 continue
-            location, wire_name, type_name = self._members[name]
+            location, wire_name, type_name = self._members.get(name, ("", name, ""))
             if location in ("header", "querystring"):
                 if type_name == "boolean":
                     value = str(value).lower()
@@ -1934,10 +1979,16 @@ class HeaderWriter:
             elif location == "headers":
                 headers.update((wire_name + suffix, text) for suffix, text in value.items())
             else:
-                serialized = self._serializer.serialize_to_request({"Bucket": bucket, "Key": key, **parameters},
-                                                                   self._model)
-                return serialized["headers"], serialized["query_string"]
+                return self._serialized(bucket, key, parameters)
         return headers, query
+
+    def _serialized(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        modelled = {name: value for name, value in parameters.items() if value is not None}  # None: not given
+        raw_expires = modelled.pop(RAW_EXPIRES, None) if self._raw_expires_header else None
+        serialized = self._serializer.serialize_to_request({"Bucket": bucket, "Key": key, **modelled}, self._model)
+        if raw_expires is not None:
+            serialized["headers"][self._raw_expires_header] = raw_expires
+        return serialized["headers"], serialized["query_string"]
 
 
 class CrtAnswer:
@@ -2008,7 +2059,8 @@ class CrtSideClient:
             connect_timeout_ms=10_000,
         )
         self._service = side.client.meta.service_model
-        serializer = botocore.serialize.create_serializer("rest-xml", include_validation=False)
+        # Validating, as boto3's own: HeaderWriter hands it only what it does not write itself.
+        serializer = botocore.serialize.create_serializer("rest-xml", include_validation=True)
         self._parser = quick_timestamps_parsers().create_parser("rest-xml")
         operations = ("GetObject", "PutObject", "UploadPart")
         self._writers = {name: HeaderWriter(self._service.operation_model(name), serializer) for name in operations}
