@@ -121,7 +121,9 @@ MIN_PART_SIZE = 5 * MiB  # S3: every part but the last must be at least 5 MiB
 MAX_PART_SIZE = 5 * GiB  # S3: no part may exceed 5 GiB
 MAX_PARTS = 10_000  # S3: at most 10,000 parts per multipart upload
 MAX_SINGLE_PUT_SIZE = 5 * GiB  # S3: PutObject takes at most 5 GiB
-MAX_OBJECT_SIZE = 5 * TiB  # S3: no object may exceed 5 TiB, however it is uploaded
+# S3: the largest object is what its part limits allow, 10,000 parts of 5 GiB ("Maximum object size
+# 48.8 TiB", Amazon S3 multipart upload limits, S3 User Guide; older copies of that page say 5 TiB).
+MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
 MAX_KEY_BYTES = 1024  # S3: keys are at most 1,024 bytes of UTF-8
 
 DEFAULT_CHUNK_SIZE = 8 * MiB
@@ -994,17 +996,20 @@ def why_uncopyable(relative_key: str, destination_key: str, size: int) -> Option
         return (f"the destination key would be {key_bytes} bytes, over S3's {MAX_KEY_BYTES}-byte limit; "
                 "use a shorter destination prefix")
     if size > MAX_OBJECT_SIZE:
-        return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of 5 TiB "
-                f"({MAX_OBJECT_SIZE:,} bytes) for one object, so S3 cannot store it and nothing was written for it")
+        return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of {format_size(MAX_OBJECT_SIZE)} "
+                f"({MAX_OBJECT_SIZE:,} bytes, 10,000 parts of 5 GiB) for one object, so S3 cannot store it and "
+                "nothing was written for it")
     return None
 
 
 def choose_part_size(object_size: int, requested: int) -> int:
     """The part size for an object: the requested chunk size, raised (to a whole MiB) only when the
-    object would otherwise need more than 10,000 parts; never below 5 MiB. A 5 TiB object gets 525 MiB
-    parts, so S3's 5 GiB part limit never stops an object that its 5 TiB object limit lets through."""
+    object would otherwise need more than 10,000 parts; never below 5 MiB, never above 5 GiB. A 5 TiB
+    object gets 525 MiB parts, and the largest object S3 can hold (MAX_OBJECT_SIZE, 48.8 TiB) parts of
+    exactly 5 GiB, so no object S3 can hold is ever refused for its part count."""
     if object_size > MAX_OBJECT_SIZE:
-        raise ValueError(f"an object of {object_size:,} bytes is over S3's 5 TiB limit for one object")
+        raise ValueError(f"an object of {object_size:,} bytes is over S3's {format_size(MAX_OBJECT_SIZE)} limit "
+                         "for one object (10,000 parts of 5 GiB)")
     part_size = max(requested, MIN_PART_SIZE)
     if math.ceil(object_size / part_size) > MAX_PARTS:
         part_size = math.ceil(object_size / MAX_PARTS / MiB) * MiB
