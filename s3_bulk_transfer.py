@@ -278,6 +278,24 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
+# S3 Express One Zone directory buckets are named BASE--ZONE-ID--x-s3 (S3 User Guide, "Directory bucket
+# naming rules"); general purpose bucket names may not end so.
+DIRECTORY_BUCKET_SUFFIX = "--x-s3"
+
+
+def refuse_directory_bucket(location: S3Location) -> None:
+    """A directory bucket breaks what the copy rests on: its ListObjectsV2 is not in key order and takes
+    no StartAfter (the key ranges and watermarks of resume), its ETags are not MD5s (the integrity
+    checks) and it has no object tags. Support, designed for those rules, may come later."""
+    if location.bucket.endswith(DIRECTORY_BUCKET_SUFFIX):
+        raise ConfigurationError(
+            f"{location} is an S3 Express One Zone directory bucket (its name ends in {DIRECTORY_BUCKET_SUFFIX}), "
+            "which this tool cannot copy from or to yet: a directory bucket lists keys not in key order and without "
+            "StartAfter, and has ETags that are not MD5s and no object tags, where the tool's resumable listing and "
+            "integrity checks need all of these; copy it with a tool that supports directory buckets, such as "
+            "aws s3 cp --recursive.")
+
+
 def canonical_endpoint(url: Optional[str]) -> Optional[str]:
     """One spelling per endpoint (case, default port, trailing slash), so that two spellings of the
     same server are recognised as one when checking for overlap or matching a progress file."""
@@ -4383,6 +4401,8 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
     """Turn parsed arguments into a validated TransferConfig; every rule a person can break is here."""
     source = S3Location.parse(args.source)
     destination = S3Location.parse(args.destination)
+    for location in (source, destination):
+        refuse_directory_bucket(location)
     if not MIN_PART_SIZE <= args.chunk_size <= MAX_PART_SIZE:
         raise ConfigurationError(
             f"--chunk-size {args.chunk_size:,} is outside S3's part size limits: use 5MiB to 5GiB (e.g. 8MiB)."

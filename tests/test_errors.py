@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from conftest import FAKE_KEYS
+from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, assert_usage_error, describe, read_progress, run_tool, write_source_credentials
 
@@ -175,6 +176,29 @@ def test_bad_uri(job: ToolJob, moto_buckets: MotoBuckets, source_objects: dict, 
     result = job.run(source, destination)
 
     assert_usage_error(result, repr(uri))
+    assert_nothing_written(moto_buckets, source_objects, job)
+
+
+@pytest.mark.parametrize("which", ["source", "destination"])
+def test_a_directory_bucket_is_refused_before_any_request(job: ToolJob, moto_buckets: MotoBuckets,
+                                                          source_objects: dict, which: str) -> None:
+    """S3 Express One Zone directory buckets (names ending in --x-s3, S3 User Guide, "Directory bucket
+    naming rules") list keys out of key order, take no StartAfter, have ETags that are no MD5s and no
+    tags: the key-range listing, the watermarks and the integrity checks would all be wrong there, so
+    such a bucket is refused on either side before a single request (the tool used to connect, and
+    botocore's CreateSession got NoSuchBucket from moto, called "does not exist")."""
+    directory = "mybucket--usw2-az1--x-s3"
+    source = f"s3://{directory}/photos" if which == "source" else f"s3://{moto_buckets.source}"
+    destination = f"s3://{directory}/photos" if which == "destination" else f"s3://{moto_buckets.dest}"
+    with FaultProxy(moto_buckets.endpoint_url) as proxy:
+        job.credentials = write_source_credentials(job.credentials, FAKE_KEYS, proxy.endpoint_url)
+        job.dest_endpoint_url = proxy.endpoint_url
+
+        result = job.run(source, destination)
+
+    assert_usage_error(result, f"s3://{directory}/photos/", "directory bucket", "S3 Express One Zone",
+                       "not in key order", "StartAfter")
+    assert proxy.counts.requests == 0 and proxy.counts.log == []
     assert_nothing_written(moto_buckets, source_objects, job)
 
 
