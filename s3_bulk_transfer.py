@@ -68,6 +68,7 @@ import fcntl
 import fnmatch
 import functools
 import hashlib
+import importlib.metadata
 import io
 import heapq
 import json
@@ -1875,12 +1876,28 @@ class EngineChoice:
         return f"the {self.whole_objects} engine for whole objects and the {self.parts} engine for parts"
 
 
+# The crt engine's S3Client takes a retry_config (awscrt 0.37) and a connect_timeout_ms (0.38);
+# requirements.txt's botocore[crt] brings such an awscrt, but one installed otherwise may be older.
+CRT_ENGINE_AWSCRT = (0, 38)
+
+
+def awscrt_too_old(version: str) -> bool:
+    """Whether an awscrt of this version lacks what the crt engine uses."""
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    return numbers is not None and (int(numbers[1]), int(numbers[2])) < CRT_ENGINE_AWSCRT
+
+
 def crt_unavailable(sides: Iterable[Side]) -> str:
     """Why the crt engine cannot serve these sides, as a clause; "" when it can."""
     try:
         import awscrt.s3  # noqa: F401 - only whether it imports
     except ImportError:
         return "awscrt is not installed (pip install -r requirements.txt installs it)"
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # run from a source tree: trust it
+        version = importlib.metadata.version("awscrt")
+        if awscrt_too_old(version):
+            return (f"awscrt {version} is older than {'.'.join(map(str, CRT_ENGINE_AWSCRT))}, which the crt engine "
+                    "needs (pip install -r requirements.txt upgrades it)")
     for side in sides:
         # botocore honours HTTPS_PROXY/HTTP_PROXY; awscrt's S3 client in Python takes no proxy.
         if botocore.utils.get_environ_proxies(side.objects_url):

@@ -215,6 +215,14 @@ def test_auto_chooses_crt_when_awscrt_is_installed(no_proxy_environment: pytest.
     assert choice == tool.EngineChoice("crt", "threads", "auto: awscrt is installed")
 
 
+@pytest.mark.parametrize("version, too_old", [("0.23.4", True), ("0.37.0", True), ("0.38.0", False),
+                                               ("0.38.1", False), ("0.40.2", False), ("1.0.0", False)])
+def test_an_awscrt_older_than_the_crt_engine_needs_is_recognised(version: str, too_old: bool) -> None:
+    """awscrt 0.23 (botocore 1.36's) has no S3RetryConfig, and 0.37 no connect_timeout_ms: the crt
+    engine then says so instead of failing every object with an AttributeError."""
+    assert tool.awscrt_too_old(version) is too_old
+
+
 def test_threads_is_always_possible(no_proxy_environment: pytest.MonkeyPatch) -> None:
     no_proxy_environment.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     assert tool.choose_engine("threads", (a_side("source"),)) == tool.EngineChoice("threads", "threads",
