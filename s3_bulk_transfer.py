@@ -1950,7 +1950,8 @@ class HeaderReader:
             elif location == "headers":
                 self._prefixes.append((header.lower(), name))
         expires = shape.members.get("Expires")
-        if expires is not None and expires.serialization.get("name") == "Expires" and RAW_EXPIRES not in shape.members:
+        if (expires is not None and expires.serialization.get("location") == "header"
+                and expires.serialization.get("name") == "Expires" and RAW_EXPIRES not in shape.members):
             self._members["expires"].append((RAW_EXPIRES, str))
 
     def read(self, headers: list[tuple[str, str]]) -> dict[str, Any]:
