@@ -68,6 +68,7 @@ import fcntl
 import fnmatch
 import functools
 import hashlib
+import importlib.metadata
 import io
 import heapq
 import json
@@ -121,7 +122,9 @@ MIN_PART_SIZE = 5 * MiB  # S3: every part but the last must be at least 5 MiB
 MAX_PART_SIZE = 5 * GiB  # S3: no part may exceed 5 GiB
 MAX_PARTS = 10_000  # S3: at most 10,000 parts per multipart upload
 MAX_SINGLE_PUT_SIZE = 5 * GiB  # S3: PutObject takes at most 5 GiB
-MAX_OBJECT_SIZE = 5 * TiB  # S3: no object may exceed 5 TiB, however it is uploaded
+# S3: the largest object is what its part limits allow, 10,000 parts of 5 GiB ("Maximum object size
+# 48.8 TiB", Amazon S3 multipart upload limits, S3 User Guide; older copies of that page say 5 TiB).
+MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
 MAX_KEY_BYTES = 1024  # S3: keys are at most 1,024 bytes of UTF-8
 
 DEFAULT_CHUNK_SIZE = 8 * MiB
@@ -274,6 +277,24 @@ class S3Location:
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+
+# S3 Express One Zone directory buckets are named BASE--ZONE-ID--x-s3 (S3 User Guide, "Directory bucket
+# naming rules"); general purpose bucket names may not end so.
+DIRECTORY_BUCKET_SUFFIX = "--x-s3"
+
+
+def refuse_directory_bucket(location: S3Location) -> None:
+    """A directory bucket breaks what the copy rests on: its ListObjectsV2 is not in key order and takes
+    no StartAfter (the key ranges and watermarks of resume), its ETags are not MD5s (the integrity
+    checks) and it has no object tags. Support, designed for those rules, may come later."""
+    if location.bucket.endswith(DIRECTORY_BUCKET_SUFFIX):
+        raise ConfigurationError(
+            f"{location} is an S3 Express One Zone directory bucket (its name ends in {DIRECTORY_BUCKET_SUFFIX}), "
+            "which this tool cannot copy from or to yet: a directory bucket lists keys not in key order and without "
+            "StartAfter, and has ETags that are not MD5s and no object tags, where the tool's resumable listing and "
+            "integrity checks need all of these; copy it with a tool that supports directory buckets, such as "
+            "aws s3 cp --recursive.")
 
 
 def canonical_endpoint(url: Optional[str]) -> Optional[str]:
@@ -782,6 +803,9 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
     client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
     client.meta.events.register_last("before-call.s3", _expect_continue_for_large_bodies_only)
     client.meta.events.register_first("needs-retry.s3", _no_retry_for_an_unverifiable_certificate)
+    for operation in RAW_EXPIRES_OPERATIONS:
+        client.meta.events.register(f"provide-client-params.s3.{operation}", _take_raw_expires)
+        client.meta.events.register(f"before-call.s3.{operation}", _send_raw_expires)
     credentials = session.get_credentials()
     if isinstance(credentials, RenewableRoleCredentials):
         renewal = RoleRenewalOnExpiry(credentials, side=settings.side)
@@ -846,6 +870,28 @@ def _expect_continue_for_large_bodies_only(model: Any, params: dict[str, Any], *
     length = botocore.utils.determine_content_length(params.get("body"))
     if length is not None and length < EXPECT_CONTINUE_MIN_BODY:
         del params["headers"]["Expect"]
+
+
+# S3 stores an object's Expires header as whatever string it was sent ("5d" as readily as a date) and
+# answers with it as stored; botocore's answers carry it so as ExpiresString (handle_expires_header in
+# botocore/handlers.py). But botocore's Expires parameter is a timestamp, which its validator refuses
+# unless it is a date and its serializer spells its own way: so the tool sends the raw value as a
+# parameter of its own of that name, which these hooks make the request's header (HeaderWriter does
+# the same for the crt engine).
+RAW_EXPIRES = "ExpiresString"
+RAW_EXPIRES_OPERATIONS = ("PutObject", "CreateMultipartUpload")
+
+
+def _take_raw_expires(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """provide-client-params: keep the raw Expires out of the parameters botocore validates."""
+    if RAW_EXPIRES in params:
+        context[RAW_EXPIRES] = params.pop(RAW_EXPIRES)
+
+
+def _send_raw_expires(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """before-call: the raw Expires, byte for byte, as the request's header (signed with the rest)."""
+    if RAW_EXPIRES in context:
+        params["headers"]["Expires"] = context[RAW_EXPIRES]
 
 
 def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str) -> str:
@@ -969,17 +1015,20 @@ def why_uncopyable(relative_key: str, destination_key: str, size: int) -> Option
         return (f"the destination key would be {key_bytes} bytes, over S3's {MAX_KEY_BYTES}-byte limit; "
                 "use a shorter destination prefix")
     if size > MAX_OBJECT_SIZE:
-        return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of 5 TiB "
-                f"({MAX_OBJECT_SIZE:,} bytes) for one object, so S3 cannot store it and nothing was written for it")
+        return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of {format_size(MAX_OBJECT_SIZE)} "
+                f"({MAX_OBJECT_SIZE:,} bytes, 10,000 parts of 5 GiB) for one object, so S3 cannot store it and "
+                "nothing was written for it")
     return None
 
 
 def choose_part_size(object_size: int, requested: int) -> int:
     """The part size for an object: the requested chunk size, raised (to a whole MiB) only when the
-    object would otherwise need more than 10,000 parts; never below 5 MiB. A 5 TiB object gets 525 MiB
-    parts, so S3's 5 GiB part limit never stops an object that its 5 TiB object limit lets through."""
+    object would otherwise need more than 10,000 parts; never below 5 MiB, never above 5 GiB. A 5 TiB
+    object gets 525 MiB parts, and the largest object S3 can hold (MAX_OBJECT_SIZE, 48.8 TiB) parts of
+    exactly 5 GiB, so no object S3 can hold is ever refused for its part count."""
     if object_size > MAX_OBJECT_SIZE:
-        raise ValueError(f"an object of {object_size:,} bytes is over S3's 5 TiB limit for one object")
+        raise ValueError(f"an object of {object_size:,} bytes is over S3's {format_size(MAX_OBJECT_SIZE)} limit "
+                         "for one object (10,000 parts of 5 GiB)")
     part_size = max(requested, MIN_PART_SIZE)
     if math.ceil(object_size / part_size) > MAX_PARTS:
         part_size = math.ceil(object_size / MAX_PARTS / MiB) * MiB
@@ -1688,7 +1737,7 @@ PRESERVED_HEADERS = (
     "ContentDisposition",
     "ContentLanguage",
     "CacheControl",
-    "Expires",
+    RAW_EXPIRES,  # as S3 stores it, which need not be a date
     "WebsiteRedirectLocation",
 )
 
@@ -1827,12 +1876,28 @@ class EngineChoice:
         return f"the {self.whole_objects} engine for whole objects and the {self.parts} engine for parts"
 
 
+# The crt engine's S3Client takes a retry_config (awscrt 0.37) and a connect_timeout_ms (0.38);
+# requirements.txt's botocore[crt] brings such an awscrt, but one installed otherwise may be older.
+CRT_ENGINE_AWSCRT = (0, 38)
+
+
+def awscrt_too_old(version: str) -> bool:
+    """Whether an awscrt of this version lacks what the crt engine uses."""
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    return numbers is not None and (int(numbers[1]), int(numbers[2])) < CRT_ENGINE_AWSCRT
+
+
 def crt_unavailable(sides: Iterable[Side]) -> str:
     """Why the crt engine cannot serve these sides, as a clause; "" when it can."""
     try:
         import awscrt.s3  # noqa: F401 - only whether it imports
     except ImportError:
         return "awscrt is not installed (pip install -r requirements.txt installs it)"
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # run from a source tree: trust it
+        version = importlib.metadata.version("awscrt")
+        if awscrt_too_old(version):
+            return (f"awscrt {version} is older than {'.'.join(map(str, CRT_ENGINE_AWSCRT))}, which the crt engine "
+                    "needs (pip install -r requirements.txt upgrades it)")
     for side in sides:
         # botocore honours HTTPS_PROXY/HTTP_PROXY; awscrt's S3 client in Python takes no proxy.
         if botocore.utils.get_environ_proxies(side.objects_url):
@@ -1863,7 +1928,10 @@ class HeaderReader:
     """Reads a successful answer's headers into the dict boto3 returns, by the operation's output
     shape in botocore's model: what botocore's parser does, in a tenth of its time (20 us, not 200 us
     for a GET, measured here), which matters when a whole small object costs the crt engine about
-    3.5 ms of CPU. Error answers, rare and with an XML body, go to botocore's parser itself."""
+    3.5 ms of CPU. Error answers, rare and with an XML body, go to botocore's parser itself.
+
+    Like botocore (handle_expires_header), it gives the Expires header raw as ExpiresString too,
+    and leaves Expires out when the value is no date rather than failing the answer."""
 
     CONVERSIONS: dict[str, Callable[[str], Any]] = {
         "integer": int, "long": int, "boolean": lambda value: value.lower() == "true",
@@ -1871,22 +1939,33 @@ class HeaderReader:
     }
 
     def __init__(self, shape: Any) -> None:
-        self._members: dict[str, tuple[str, Callable[[str], Any]]] = {}
+        # header -> its members (a model may give one header to two members), each with its conversion
+        self._members: dict[str, list[tuple[str, Callable[[str], Any]]]] = {}
         self._prefixes: list[tuple[str, str]] = []  # x-amz-meta- -> Metadata
         for name, member in shape.members.items():
             location, header = member.serialization.get("location"), member.serialization.get("name", "")
             if location == "header":
-                self._members[header.lower()] = (name, self.CONVERSIONS.get(member.type_name, str))
+                self._members.setdefault(header.lower(), []).append(
+                    (name, self.CONVERSIONS.get(member.type_name, str)))
             elif location == "headers":
                 self._prefixes.append((header.lower(), name))
+        expires = shape.members.get("Expires")
+        if (expires is not None and expires.serialization.get("location") == "header"
+                and expires.serialization.get("name") == "Expires" and RAW_EXPIRES not in shape.members):
+            self._members["expires"].append((RAW_EXPIRES, str))
 
     def read(self, headers: list[tuple[str, str]]) -> dict[str, Any]:
         parsed: dict[str, Any] = {prefix_member: {} for _, prefix_member in self._prefixes}
         for header, value in headers:
             lowered = header.lower()
-            member = self._members.get(lowered)
-            if member is not None:
-                parsed[member[0]] = member[1](value)
+            members = self._members.get(lowered)
+            if members is not None:
+                for name, convert in members:
+                    try:
+                        parsed[name] = convert(value)
+                    except (ValueError, RuntimeError):
+                        if name != "Expires":
+                            raise
                 continue
             for prefix, prefix_member in self._prefixes:
                 if lowered.startswith(prefix):
@@ -1898,8 +1977,10 @@ class HeaderWriter:
     """Writes a request's headers and query string from its parameters by the operation's input
     shape in botocore's model, as botocore's rest-xml serializer does for the kinds of value this
     tool sends (strings, integers, booleans, user metadata), in a sixth of its time (2 us, not 12,
-    for a PutObject; measured). Any other kind of value (a timestamp such as Expires, a list) sends
-    the whole request through botocore's serializer itself."""
+    for a PutObject; measured). Any other kind of value (a timestamp, a list), and a parameter the
+    installed botocore's model lacks, sends the whole request through botocore's serializer itself,
+    which refuses what boto3 would refuse (give it a validating one). The raw Expires (RAW_EXPIRES)
+    is written as it is, either way."""
 
     SIMPLE_TYPES = frozenset({"string", "integer", "long", "boolean"})
 
@@ -1917,6 +1998,11 @@ class HeaderWriter:
                                 and not member.serialization.get("jsonvalue"))
             self._members[name] = (location if written_here else "", member.serialization.get("name", name),
                                    member.type_name)
+        expires = model.input_shape.members.get("Expires")
+        self._raw_expires_header = expires.serialization.get("name", "Expires") if (
+            expires is not None and expires.serialization.get("location") == "header") else None
+        if self._raw_expires_header is not None:
+            self._members[RAW_EXPIRES] = ("header", self._raw_expires_header, "string")
 
     def write(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         headers: dict[str, Any] = {}
@@ -1924,7 +2010,7 @@ class HeaderWriter:
         for name, value in parameters.items():
             if value is None:
                 continue
-            location, wire_name, type_name = self._members[name]
+            location, wire_name, type_name = self._members.get(name, ("", name, ""))
             if location in ("header", "querystring"):
                 if type_name == "boolean":
                     value = str(value).lower()
@@ -1934,10 +2020,16 @@ class HeaderWriter:
             elif location == "headers":
                 headers.update((wire_name + suffix, text) for suffix, text in value.items())
             else:
-                serialized = self._serializer.serialize_to_request({"Bucket": bucket, "Key": key, **parameters},
-                                                                   self._model)
-                return serialized["headers"], serialized["query_string"]
+                return self._serialized(bucket, key, parameters)
         return headers, query
+
+    def _serialized(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        modelled = {name: value for name, value in parameters.items() if value is not None}  # None: not given
+        raw_expires = modelled.pop(RAW_EXPIRES, None) if self._raw_expires_header else None
+        serialized = self._serializer.serialize_to_request({"Bucket": bucket, "Key": key, **modelled}, self._model)
+        if raw_expires is not None:
+            serialized["headers"][self._raw_expires_header] = raw_expires
+        return serialized["headers"], serialized["query_string"]
 
 
 class CrtAnswer:
@@ -2008,7 +2100,8 @@ class CrtSideClient:
             connect_timeout_ms=10_000,
         )
         self._service = side.client.meta.service_model
-        serializer = botocore.serialize.create_serializer("rest-xml", include_validation=False)
+        # Validating, as boto3's own: HeaderWriter hands it only what it does not write itself.
+        serializer = botocore.serialize.create_serializer("rest-xml", include_validation=True)
         self._parser = quick_timestamps_parsers().create_parser("rest-xml")
         operations = ("GetObject", "PutObject", "UploadPart")
         self._writers = {name: HeaderWriter(self._service.operation_model(name), serializer) for name in operations}
@@ -4812,6 +4905,8 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
     """Turn parsed arguments into a validated TransferConfig; every rule a person can break is here."""
     source = S3Location.parse(args.source)
     destination = S3Location.parse(args.destination)
+    for location in (source, destination):
+        refuse_directory_bucket(location)
     if not MIN_PART_SIZE <= args.chunk_size <= MAX_PART_SIZE:
         raise ConfigurationError(
             f"--chunk-size {args.chunk_size:,} is outside S3's part size limits: use 5MiB to 5GiB (e.g. 8MiB)."

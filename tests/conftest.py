@@ -24,6 +24,17 @@ def pytest_configure(config: pytest.Config) -> None:
     toolcli.ENGINE = config.getoption("engine")
 
 
+# A test that uses one of these starts a local S3 server; every other test is a unit test, which
+# scripts/test-floor.sh runs alone (-m "not servers") against the oldest dependencies allowed.
+SERVER_FIXTURES = frozenset({"moto_server", "seaweed"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not SERVER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"s3_bulk_transfer engine: {config.getoption('engine') or 'auto (the default)'}"
 

@@ -381,8 +381,9 @@ def object_snapshot(client: BaseClient, bucket: str, prefix: str = "") -> dict[s
     Two buckets hold the same data exactly when their snapshots are equal. The
     bytes are compared through an MD5 of a full GET rather than the ETag,
     because a multipart copy may legitimately choose other part boundaries and
-    so get another ETag. ``expires`` is the raw header, since botocore's parsed
-    datetime would hide a reformatted value.
+    so get another ETag. ``expires`` is the raw header as S3 stores it (botocore's
+    ``ExpiresString``): botocore's parsed datetime would hide a reformatted value,
+    and for a value that is no date botocore drops the header from HTTPHeaders.
     """
 
     def describe(key: str) -> dict[str, Any]:
@@ -401,7 +402,7 @@ def object_snapshot(client: BaseClient, bucket: str, prefix: str = "") -> dict[s
             "content_disposition": response.get("ContentDisposition"),
             "content_language": response.get("ContentLanguage"),
             "cache_control": response.get("CacheControl"),
-            "expires": response["ResponseMetadata"]["HTTPHeaders"].get("expires"),
+            "expires": response.get("ExpiresString"),
             "website_redirect_location": response.get("WebsiteRedirectLocation"),
             "metadata": response.get("Metadata", {}),
             "tags": {tag["Key"]: tag["Value"] for tag in tag_set},

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 import botocore.serialize
 import botocore.utils
 import pytest
@@ -52,18 +53,25 @@ GET_HEADERS = [
 ]
 
 
-# boto3's own model of S3, which the crt engine's readers and writers are held to.
-S3_MODEL = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a",
-                        aws_secret_access_key="b").meta.service_model
+# boto3's own model of S3, which the crt engine's readers and writers are held to, and a client of it
+# that never sends anything: its handlers are boto3's, which the readers are held to as well.
+S3_CLIENT = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+S3_MODEL = S3_CLIENT.meta.service_model
 
 
 def botocore_reading(operation: str, headers: list[tuple[str, str]]) -> dict:
-    """What boto3 returns for these headers (its parser, with the tool's timestamp parser)."""
+    """What boto3 returns for these headers: its before-parse handlers (which keep Expires raw as
+    ExpiresString), then its parser with the tool's timestamp parser, as botocore's endpoint does."""
     parser = tool.quick_timestamps_parsers().create_parser("rest-xml")
     model = S3_MODEL.operation_model(operation)
     from botocore.awsrequest import HeadersDict
 
-    parsed = parser.parse({"status_code": 200, "headers": HeadersDict(headers), "body": b""}, model.output_shape)
+    response = {"status_code": 200, "headers": HeadersDict(headers), "body": b""}
+    customized: dict = {}
+    S3_CLIENT.meta.events.emit(f"before-parse.s3.{operation}", operation_model=model, response_dict=response,
+                               customized_response_dict=customized)
+    parsed = parser.parse(response, model.output_shape)
+    parsed.update(customized)
     parsed.pop("ResponseMetadata")
     parsed.pop("Body", None)
     return parsed
@@ -74,6 +82,9 @@ def botocore_reading(operation: str, headers: list[tuple[str, str]]) -> dict:
     ("GetObject", [("Content-Length", "0"), ("ETag", '"d41d8cd98f00b204e9800998ecf8427e"')]),
     ("PutObject", [("ETag", '"abc"'), ("x-amz-checksum-crc32", "AAAAAA=="), ("x-amz-version-id", "v1")]),
     ("UploadPart", [("ETag", '"abc"'), ("x-amz-server-side-encryption", "AES256")]),
+    # S3 stores Expires as any string: boto3 keeps it raw and does not fail the answer.
+    ("GetObject", [("Content-Length", "3"), ("ETag", '"abc"'), ("Expires", "5d")]),
+    ("GetObject", [("Content-Length", "3"), ("ETag", '"abc"'), ("Expires", "Wed, 1 Jan 2031 00:00:00 +0000")]),
 ])
 def test_crt_engine_reads_headers_exactly_as_boto3_does(operation: str, headers: list[tuple[str, str]]) -> None:
     reader = tool.HeaderReader(S3_MODEL.operation_model(operation).output_shape)
@@ -85,6 +96,16 @@ def test_crt_engine_reads_headers_exactly_as_boto3_does(operation: str, headers:
         assert ours["Metadata"] == {"Colour": "blue", "lower": "x"}
         assert ours["Expires"] == datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
         assert ours["ContentLength"] == 262144 and ours["TagCount"] == 2 and ours["BucketKeyEnabled"] is True
+    expires = dict(headers).get("Expires")
+    if expires is not None:
+        assert ours["ExpiresString"] == expires  # what S3 stores, as it stores it
+
+
+@pytest.mark.parametrize("operation", ["GetObject", "HeadObject"])
+def test_crt_engine_reads_an_expires_that_is_not_a_date_as_the_raw_string(operation: str) -> None:
+    ours = tool.HeaderReader(S3_MODEL.operation_model(operation).output_shape).read([("Expires", "5d")])
+
+    assert ours == {"ExpiresString": "5d", "Metadata": {}}
 
 
 # Every kind of value the tool sends, and two it never does (Expires, a timestamp; an object lock
@@ -114,7 +135,8 @@ PUT_PARAMETERS = {
 def test_crt_engine_writes_requests_exactly_as_boto3_does(operation: str, parameters: dict) -> None:
     model = S3_MODEL.operation_model(operation)
     serializer = botocore.serialize.create_serializer("rest-xml", include_validation=False)
-    writer = tool.HeaderWriter(model, serializer)
+    # validating, as the crt engine's: what it hands to botocore must pass boto3's own checks
+    writer = tool.HeaderWriter(model, botocore.serialize.create_serializer("rest-xml", include_validation=True))
 
     headers, query = writer.write("bucket", "dir/key é", parameters)
 
@@ -124,6 +146,42 @@ def test_crt_engine_writes_requests_exactly_as_boto3_does(operation: str, parame
     assert query == expected["query_string"]
     assert (botocore.utils.percent_encode_sequence(query) == botocore.utils.percent_encode_sequence(
         expected["query_string"]))
+
+
+@pytest.mark.parametrize("operation, parameters", [
+    ("PutObject", {**PUT_PARAMETERS, "ExpiresString": "5d"}),
+    ("CreateMultipartUpload", {"ContentType": "text/plain", "ExpiresString": "Wed, 1 Jan 2031 00:00:00 +0000"}),
+    # with a value that only botocore's serializer writes, the raw Expires must survive that path too
+    ("PutObject", {"ObjectLockRetainUntilDate": datetime.datetime(2031, 2, 3, tzinfo=datetime.timezone.utc),
+                   "ObjectLockMode": "GOVERNANCE", "ExpiresString": "5d"}),
+])
+def test_crt_engine_writes_the_raw_expires_byte_for_byte(operation: str, parameters: dict) -> None:
+    model = S3_MODEL.operation_model(operation)
+    serializer = botocore.serialize.create_serializer("rest-xml", include_validation=True)
+    writer = tool.HeaderWriter(model, serializer)
+
+    headers, query = writer.write("bucket", "key", parameters)
+
+    modelled = {name: value for name, value in parameters.items() if name != "ExpiresString"}
+    expected = serializer.serialize_to_request({"Bucket": "bucket", "Key": "key", **modelled}, model)
+    assert {name: str(value) for name, value in headers.items()} == {
+        **{name: str(value) for name, value in expected["headers"].items()}, "Expires": parameters["ExpiresString"]}
+    assert query == expected["query_string"]
+
+
+def test_crt_engine_hands_a_parameter_its_botocore_lacks_to_botocore() -> None:
+    """A parameter the installed botocore's model has no member for (as ObjectLockEventHoldDurationDays
+    was in older botocore 1.43 releases) is refused exactly as boto3 refuses it, not with a KeyError."""
+    model = S3_MODEL.operation_model("PutObject")
+    writer = tool.HeaderWriter(model, botocore.serialize.create_serializer("rest-xml", include_validation=True))
+    parameters = {"ContentType": "text/plain", "NotAMemberOfThisBotocore": 3}
+
+    with pytest.raises(botocore.exceptions.ParamValidationError) as ours:
+        writer.write("bucket", "key", parameters)
+    with pytest.raises(botocore.exceptions.ParamValidationError) as boto3s:
+        S3_CLIENT.put_object(Bucket="bucket", Key="key", **parameters)  # refused before anything is sent
+    assert str(ours.value) == str(boto3s.value)
+    assert "NotAMemberOfThisBotocore" in str(ours.value)
 
 
 @pytest.mark.parametrize("listing_url, expected", [
@@ -155,6 +213,14 @@ def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_auto_chooses_crt_when_awscrt_is_installed(no_proxy_environment: pytest.MonkeyPatch) -> None:
     choice = tool.choose_engine("auto", (a_side("source"), a_side("destination")))
     assert choice == tool.EngineChoice("crt", "threads", "auto: awscrt is installed")
+
+
+@pytest.mark.parametrize("version, too_old", [("0.23.4", True), ("0.37.0", True), ("0.38.0", False),
+                                               ("0.38.1", False), ("0.40.2", False), ("1.0.0", False)])
+def test_an_awscrt_older_than_the_crt_engine_needs_is_recognised(version: str, too_old: bool) -> None:
+    """awscrt 0.23 (botocore 1.36's) has no S3RetryConfig, and 0.37 no connect_timeout_ms: the crt
+    engine then says so instead of failing every object with an AttributeError."""
+    assert tool.awscrt_too_old(version) is too_old
 
 
 def test_threads_is_always_possible(no_proxy_environment: pytest.MonkeyPatch) -> None:

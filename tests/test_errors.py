@@ -8,7 +8,7 @@ multipart upload was started, the source is unchanged and no progress file was
 created (or an existing one was left byte for byte as it was).
 
 Hostile or impossible objects (a key with "." or ".." segments, an object over
-S3's 5 TiB limit) are refused one by one instead: the run copies the others
+S3's limit of 10,000 parts of 5 GiB) are refused one by one instead: the run copies the others
 and exits 1, and nothing at all is written for the refused ones.
 README.md's "Mistakes the tool catches" names the test for each mistake.
 """
@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from conftest import FAKE_KEYS
+from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, assert_usage_error, describe, read_progress, run_tool, write_source_credentials
 
@@ -175,6 +176,29 @@ def test_bad_uri(job: ToolJob, moto_buckets: MotoBuckets, source_objects: dict, 
     result = job.run(source, destination)
 
     assert_usage_error(result, repr(uri))
+    assert_nothing_written(moto_buckets, source_objects, job)
+
+
+@pytest.mark.parametrize("which", ["source", "destination"])
+def test_a_directory_bucket_is_refused_before_any_request(job: ToolJob, moto_buckets: MotoBuckets,
+                                                          source_objects: dict, which: str) -> None:
+    """S3 Express One Zone directory buckets (names ending in --x-s3, S3 User Guide, "Directory bucket
+    naming rules") list keys out of key order, take no StartAfter, have ETags that are no MD5s and no
+    tags: the key-range listing, the watermarks and the integrity checks would all be wrong there, so
+    such a bucket is refused on either side before a single request (the tool used to connect, and
+    botocore's CreateSession got NoSuchBucket from moto, called "does not exist")."""
+    directory = "mybucket--usw2-az1--x-s3"
+    source = f"s3://{directory}/photos" if which == "source" else f"s3://{moto_buckets.source}"
+    destination = f"s3://{directory}/photos" if which == "destination" else f"s3://{moto_buckets.dest}"
+    with FaultProxy(moto_buckets.endpoint_url) as proxy:
+        job.credentials = write_source_credentials(job.credentials, FAKE_KEYS, proxy.endpoint_url)
+        job.dest_endpoint_url = proxy.endpoint_url
+
+        result = job.run(source, destination)
+
+    assert_usage_error(result, f"s3://{directory}/photos/", "directory bucket", "S3 Express One Zone",
+                       "not in key order", "StartAfter")
+    assert proxy.counts.requests == 0 and proxy.counts.log == []
     assert_nothing_written(moto_buckets, source_objects, job)
 
 
@@ -390,19 +414,20 @@ def listing_that_claims(upstream_url: str, sizes: dict[str, int]) -> Iterator[st
 def test_an_object_larger_than_s3_allows_fails_alone_before_anything_is_written(
     moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """An object over S3's 5 TiB limit (a MinIO or Ceph source may hold one) fails with one sentence
-    naming its key, its size and the limit, before any CreateMultipartUpload; the others are copied.
+    """An object over S3's limit of 10,000 parts of 5 GiB (48.8 TiB; a MinIO or Ceph source may hold
+    one) fails with one sentence naming its key, its size and the limit, before any
+    CreateMultipartUpload; the others are copied.
 
-    No 6 TiB object can be made on a test machine, so the source is moto behind a proxy whose listing
-    says huge.bin is 6 TiB (its real body is 1 KiB). That is honest for what is tested: the tool
+    No 49 TiB object can be made on a test machine, so the source is moto behind a proxy whose listing
+    says huge.bin is 49 TiB (its real body is 1 KiB). That is honest for what is tested: the tool
     decides from the listing alone, before it reads or writes anything for the object, so a listing
-    that says 6 TiB is all it would see of a real one. What this does not prove is how a real
-    server answers a 6 TiB copy, which the tool never attempts.
+    that says 49 TiB is all it would see of a real one. What this does not prove is how a real
+    server answers a 49 TiB copy, which the tool never attempts.
     """
     client, source, dest = moto_buckets.client, moto_buckets.source, moto_buckets.dest
     client.put_object(Bucket=source, Key="huge.bin", Body=b"\x00" * 1024)
     client.put_object(Bucket=source, Key="ok.txt", Body=b"fine")
-    claimed = 6 * 1024**4
+    claimed = 49 * 1024**4
     with listing_that_claims(moto_buckets.endpoint_url, {"huge.bin": claimed}) as proxy_url:
         credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, proxy_url)
         job = ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
@@ -414,11 +439,38 @@ def test_an_object_larger_than_s3_allows_fails_alone_before_anything_is_written(
     assert "Traceback" not in result.stderr
     failures = failure_lines(result)
     assert list(failures) == ["huge.bin"], describe(result)
-    assert "6.0 TiB" in failures["huge.bin"] and f"{claimed:,} bytes" in failures["huge.bin"]
-    assert "limit of 5 TiB" in failures["huge.bin"]
+    assert "49.0 TiB" in failures["huge.bin"] and f"{claimed:,} bytes" in failures["huge.bin"]
+    assert "limit of 48.8 TiB (53,687,091,200,000 bytes, 10,000 parts of 5 GiB)" in failures["huge.bin"]
     assert sorted(object_snapshot(client, dest)) == ["ok.txt"]
     assert incomplete_uploads(client, dest) == []
     assert list(read_progress(job.progress_file)["resume"]["failed"]) == ["huge.bin"]
+
+
+def test_an_object_over_the_old_five_tib_limit_is_planned_in_parts_within_s3s_ten_thousand(
+    moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """S3 holds objects of up to 10,000 parts of 5 GiB (48.8 TiB), no longer 5 TiB: a dry run through a
+    listing that claims 6 TiB (as the test above, a 1 KiB body) plans the object in parts raised to
+    fit 10,000, where it used to be refused as "over S3's limit of 5 TiB"."""
+    client, source, dest = moto_buckets.client, moto_buckets.source, moto_buckets.dest
+    client.put_object(Bucket=source, Key="big.bin", Body=b"\x00" * 1024)
+    claimed = 6 * 1024**4
+    with listing_that_claims(moto_buckets.endpoint_url, {"big.bin": claimed}) as proxy_url:
+        credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, proxy_url)
+        job = ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
+                      dest_endpoint_url=moto_buckets.endpoint_url)
+
+        result = job.run(f"s3://{source}", f"s3://{dest}", "--dry-run")
+
+    assert result.returncode == 0, describe(result)
+    assert "cannot copy" not in result.stdout, describe(result)
+    planned = re.search(r"multipart:\s+1 objects \(6\.0 TiB, ([\d,]+) parts\)", result.stdout)
+    assert planned is not None, describe(result)
+    assert 9_000 < int(planned.group(1).replace(",", "")) <= 10_000  # parts of 630 MiB, not 5 MiB
+    assert re.search(r"largest single unit 630\.0 MiB", result.stdout), describe(result)
+    assert object_snapshot(client, dest) == {}
+    assert incomplete_uploads(client, dest) == []
+    assert not job.progress_file.exists()
 
 
 # -- help -------------------------------------------------------------------------------------

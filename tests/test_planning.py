@@ -72,35 +72,48 @@ def test_part_size_is_the_chunk_size_while_it_fits_ten_thousand_parts() -> None:
     assert tool.choose_part_size(10_000 * 8 * MiB, 8 * MiB) == 8 * MiB
 
 
-def test_part_size_grows_for_a_five_tib_object() -> None:
-    part_size = tool.choose_part_size(5 * TiB, 8 * MiB)
+def test_the_largest_object_is_what_ten_thousand_parts_of_five_gib_make() -> None:
+    # S3's multipart limits page: 10,000 parts of at most 5 GiB, "Maximum object size 48.8 TiB".
+    assert tool.MAX_OBJECT_SIZE == 10_000 * 5 * GiB
+    assert f"{tool.MAX_OBJECT_SIZE / TiB:.1f} TiB" == "48.8 TiB"
+
+
+@pytest.mark.parametrize("size", [5 * TiB, 6 * TiB, 48 * TiB])
+def test_part_size_grows_for_an_object_of_terabytes(size: int) -> None:
+    part_size = tool.choose_part_size(size, 8 * MiB)
     assert part_size % MiB == 0
-    assert math.ceil(5 * TiB / part_size) <= tool.MAX_PARTS
-    assert part_size - MiB < 5 * TiB / tool.MAX_PARTS  # the smallest whole-MiB size that fits
+    assert math.ceil(size / part_size) <= tool.MAX_PARTS
+    assert part_size - MiB < size / tool.MAX_PARTS  # the smallest whole-MiB size that fits
     assert tool.MIN_PART_SIZE <= part_size <= tool.MAX_PART_SIZE
-    assert len(tool.plan_parts(5 * TiB, part_size)) <= tool.MAX_PARTS
+    assert len(tool.plan_parts(size, part_size)) <= tool.MAX_PARTS
 
 
 def test_part_size_stops_at_the_largest_object_s3_can_hold() -> None:
-    # 5 TiB, not 10,000 x 5 GiB: S3 refuses a larger object however it is cut into parts.
-    assert tool.choose_part_size(tool.MAX_OBJECT_SIZE, tool.MAX_PART_SIZE) == tool.MAX_PART_SIZE
-    with pytest.raises(ValueError, match="5 TiB"):
+    # 10,000 parts of 5 GiB: a byte more fits no plan of S3's parts.
+    assert tool.choose_part_size(tool.MAX_OBJECT_SIZE, 8 * MiB) == tool.MAX_PART_SIZE
+    assert len(tool.plan_parts(tool.MAX_OBJECT_SIZE, tool.MAX_PART_SIZE)) == tool.MAX_PARTS
+    with pytest.raises(ValueError, match="48.8 TiB"):
         tool.choose_part_size(tool.MAX_OBJECT_SIZE + 1, 8 * MiB)
 
 
 @pytest.mark.parametrize("chunk_size", [tool.MIN_PART_SIZE, 8 * MiB, tool.MAX_PART_SIZE])
 def test_every_object_s3_can_hold_fits_ten_thousand_parts_at_any_chunk_size(chunk_size: int) -> None:
-    """No --chunk-size can make an object of at most 5 TiB impossible: its parts are raised instead."""
+    """No --chunk-size can make an object S3 can hold impossible: its parts are raised instead."""
     part_size = tool.choose_part_size(tool.MAX_OBJECT_SIZE, chunk_size)
     assert tool.MIN_PART_SIZE <= part_size <= tool.MAX_PART_SIZE
     assert math.ceil(tool.MAX_OBJECT_SIZE / part_size) <= tool.MAX_PARTS
 
 
-def test_an_object_over_five_tib_is_refused_with_its_size_and_the_limit() -> None:
-    size = 6 * TiB
+def test_an_object_of_six_tib_is_copyable() -> None:
+    assert tool.why_uncopyable("big.bin", "copy/big.bin", 6 * TiB) is None
+
+
+def test_an_object_over_s3s_limit_is_refused_with_its_size_and_the_limit() -> None:
+    size = 49 * TiB
     reason = tool.why_uncopyable("huge.bin", "copy/huge.bin", size)
     assert reason is not None
-    assert "6.0 TiB" in reason and f"{size:,} bytes" in reason and "5 TiB" in reason
+    assert "49.0 TiB" in reason and f"{size:,} bytes" in reason
+    assert f"limit of 48.8 TiB ({tool.MAX_OBJECT_SIZE:,} bytes, 10,000 parts of 5 GiB)" in reason
     assert tool.why_uncopyable("huge.bin", "copy/huge.bin", tool.MAX_OBJECT_SIZE) is None
 
 
