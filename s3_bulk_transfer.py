@@ -971,7 +971,38 @@ def why_uncopyable(relative_key: str, destination_key: str, size: int) -> Option
     if size > MAX_OBJECT_SIZE:
         return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of 5 TiB "
                 f"({MAX_OBJECT_SIZE:,} bytes) for one object, so S3 cannot store it and nothing was written for it")
+    forbidden = xml_forbidden_characters(destination_key)
+    if forbidden and size > MAX_SINGLE_PUT_SIZE:
+        named = ", ".join(f"U+{ord(character):04X}" for character in forbidden)
+        return (f"its key contains {named}, which XML 1.0 forbids, so S3's answer to CreateMultipartUpload "
+                "(which echoes the key) cannot be read and the upload could be neither continued nor aborted, "
+                f"and at {format_size(size)} ({size:,} bytes) it is over the 5 GiB one PutObject takes; nothing "
+                "was written for it: rename it at the source to copy it")
     return None
+
+
+# XML 1.0's Char production (https://www.w3.org/TR/xml/#charsets). S3 writes any other character of a
+# key as a character reference (&#x7;), which no XML parser accepts either (boto/botocore#3496).
+_XML_FORBIDDEN = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_forbidden_characters(text: str) -> str:
+    """The characters of `text` that XML 1.0 forbids, each once, in order of appearance ("" for none):
+    the C0 controls but tab, line feed and carriage return, the surrogates, U+FFFE and U+FFFF.
+
+    A carriage return is allowed, though a parser reads a literal one back as a line feed: that changes
+    a key read back from XML, never what S3 does with it, so it is answered by asking listings for
+    URL-encoded keys (EncodingType=url), not by avoiding multipart uploads."""
+    return "".join(dict.fromkeys(_XML_FORBIDDEN.findall(text)))
+
+
+def copied_in_one_request(destination_key: str, size: int, *, multipart_threshold: int) -> bool:
+    """Whether an object is copied with one PutObject (or CopyObject) rather than in parts: below the
+    threshold, and also above it up to 5 GiB when its key holds a character XML 1.0 forbids, since
+    S3's answer to CreateMultipartUpload for such a key cannot be read (see why_uncopyable for larger ones)."""
+    if size < multipart_threshold:
+        return True
+    return size <= MAX_SINGLE_PUT_SIZE and bool(xml_forbidden_characters(destination_key))
 
 
 def choose_part_size(object_size: int, requested: int) -> int:
@@ -994,6 +1025,12 @@ def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
         PartRange(number, start, min(start + part_size, object_size) - 1)
         for number, start in enumerate(range(0, object_size, part_size), start=1)
     ]
+
+
+def listed_key(key: str, listing: dict[str, Any]) -> str:
+    """A key as a listing answer holds it, decoded when S3 URL-encoded it (EncodingType=url), the way
+    botocore decodes the keys of ListObjects and ListObjectsV2 itself; other listings it leaves to us."""
+    return urllib.parse.unquote_plus(key) if listing.get("EncodingType") == "url" else key
 
 
 def list_objects(client: Any, location: S3Location, start_after: Optional[str],
@@ -2811,8 +2848,8 @@ class TransferEngine:
             self._settle_failure(listed.key, ObjectFailure(refusal))
             return
         server_side = self.copy_mode.server_side()
-        if listed.size < self.config.multipart_threshold:
-            self._abort_recorded_upload(listed.key, "the source object is now below the multipart threshold")
+        if copied_in_one_request(destination_key, listed.size, multipart_threshold=self.config.multipart_threshold):
+            self._abort_recorded_upload(listed.key, "the object is now copied with one request, not in parts")
             copy = self._copy_small_server_side if server_side else self._copy_small_object
             self._submit(lambda: self._guarded(listed, attempt, copy, listed, destination_key),
                          cost=0 if server_side else listed.size)
@@ -3256,13 +3293,16 @@ class TransferEngine:
         sent again. The object is being written anyway. Best effort: without
         s3:ListBucketMultipartUploads, skip it."""
         try:
+            # URL-encoded: any other upload under this prefix, of a key XML cannot carry, would make the
+            # whole answer unreadable (botocore asks so for ListObjects only).
             listing = self.destination.client.list_multipart_uploads(Bucket=self.destination.bucket,
-                                                                     Prefix=destination_key)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+                                                                     Prefix=destination_key, EncodingType="url")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
+                botocore.parsers.ResponseParserError) as error:  # an answer botocore cannot read, too
             LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
             return
         for upload in listing.get("Uploads", ()):
-            if upload["Key"] == destination_key and upload["UploadId"] != keep:
+            if listed_key(upload["Key"], listing) == destination_key and upload["UploadId"] != keep:
                 self._abort_upload(destination_key, upload["UploadId"],
                                    "an unfinished upload of the same key that no progress file records")
 
@@ -4488,7 +4528,7 @@ def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inv
             counts["uncopyable"] += 1
             print(f"  cannot copy {json.dumps(listed.key, ensure_ascii=False)}: {refusal}")
             continue
-        if listed.size >= config.multipart_threshold:
+        if not copied_in_one_request(destination_key, listed.size, multipart_threshold=config.multipart_threshold):
             part_size = choose_part_size(listed.size, config.chunk_size)
             counts["multipart"] += 1
             counts["multipart_bytes"] += listed.size
