@@ -396,6 +396,7 @@ class TransferConfig:
     storage_class: Optional[str] = None
     sse: Optional[str] = None
     sse_kms_key_id: Optional[str] = None
+    copy_tags: bool = True  # --no-tags turns it off
     dry_run: bool = False
     restart: bool = False
     verify: bool = False
@@ -909,6 +910,43 @@ def objects_url(listing_url: str) -> str:
     own ("https://b.s3.eu-west-1.amazonaws.com/?list-type=2") or a path ("http://host:9000/b?list-type=2")."""
     parts = urllib.parse.urlsplit(listing_url)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/", "", ""))
+
+
+def tag_access_refusal(config: TransferConfig, source: Side) -> Optional[str]:
+    """Why the tags cannot be copied, as the sentence that stops the run, or None.
+
+    S3 tells how many tags an object has (x-amz-tagging-count) only to a caller allowed
+    s3:GetObjectTagging, so to credentials that may read objects but not their tags every object looks
+    untagged, and would be copied without its tags and without a word: asked here, of one object under
+    the source prefix, before anything is written. No object, nothing to ask (and no tag to lose); with
+    --no-tags, no question. Any other answer is left to the copy, which meets it object by object.
+    """
+    if not config.copy_tags:
+        return None
+    client, bucket, key = source.client, config.source.bucket, None
+    try:
+        listing = client.list_objects_v2(Bucket=bucket, Prefix=config.source.prefix, MaxKeys=1)
+        key = next((entry["Key"] for entry in listing.get("Contents", ())), None)
+        if key is not None:
+            client.get_object_tagging(Bucket=bucket, Key=key)
+        return None
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        LOG.debug("asking for the tags of an object in the source: %s", error)
+        if error_code(error) not in DENIED_CODES or key is None or not _may_read(client, bucket, key):
+            return None
+    return (f"The source credentials ({config.source_side.origin}) may not read object tags (s3:GetObjectTagging "
+            f"on bucket {bucket}), so S3 would hide every object's tags and the copies would lose them: grant "
+            "s3:GetObjectTagging on the source objects to them, or rerun with --no-tags to copy without tags.")
+
+
+def _may_read(client: Any, bucket: str, key: str) -> bool:
+    """Whether these credentials may read the object (HeadObject is not denied): a missing
+    s3:GetObject is told by the copy itself, naming that permission."""
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        return error_code(error) not in DENIED_CODES
+    return True
 
 
 # =============================================================================================
@@ -2963,7 +3001,7 @@ class TransferEngine:
             lambda: self._fetch_verified(listed.key, listed.size), what=f"GET {listed.key}", action="s3:GetObject",
             side=self.source,
         )
-        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0))
+        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0)) if self.config.copy_tags else []
         arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(self.config)
         if check.checksum is not None:
             # Sent with its value, S3 checks the body against it and keeps the source's algorithm. A
@@ -3045,8 +3083,9 @@ class TransferEngine:
         return layout
 
     def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
-        """The object's tags. GetObject says how many there are (no header means none), which saves
-        a request per untagged object; HeadObject does not, so tag_count=None means ask."""
+        """The object's tags. GetObject says how many there are (no header means none, to credentials
+        that may read tags, as tag_access_refusal made sure), which saves a request per untagged object;
+        tag_count=None means ask."""
         if tag_count == 0:
             return []
         try:
@@ -3087,7 +3126,7 @@ class TransferEngine:
             resumed = self._resume_multipart(listed, destination_key, part_size, record, check, server_side=server_side)
             if resumed is not None:
                 return resumed
-        tags = self._tags_if_any(listed.key, None)
+        tags = self._tags_if_any(listed.key, None) if self.config.copy_tags else []
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
         try:
             upload_id = self.destination.client.create_multipart_upload(
@@ -3324,7 +3363,8 @@ class TransferEngine:
             lambda: self.destination.client.copy_object(
                 Bucket=self.destination.bucket, Key=destination_key,
                 CopySource={"Bucket": self.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
-                MetadataDirective="COPY", TaggingDirective="COPY", **storage_arguments(self.config),
+                MetadataDirective="COPY", TaggingDirective="COPY" if self.config.copy_tags else "REPLACE",
+                **storage_arguments(self.config),
             ),
         )
         copied_etag = response["CopyObjectResult"]["ETag"].strip('"')
@@ -4186,6 +4226,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
                                                    figures["verified"].items()) + ".",
         f"Object bodies moved by {engine.describe()} ({engine.reason}).",
+        *([] if config.copy_tags else ["Tags were not copied (--no-tags)."]),
         f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
     ]
     if failures:
@@ -4294,6 +4335,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
     selection.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
     selection.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms")
+    selection.add_argument("--no-tags", dest="copy_tags", action="store_false",
+                           help="copy objects without their tags and never ask for them, for source credentials "
+                                "without s3:GetObjectTagging; the final report says so (default: tags are copied, "
+                                "and a run whose source credentials may not read them stops before writing anything)")
     state = parser.add_argument_group("progress, logging and output")
     state.add_argument("--progress-file", type=Path, metavar="PATH",
                        help=f"resume state (default: {DEFAULT_PROGRESS_FILE}; with --shard I/N, "
@@ -4415,7 +4460,7 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         memory_limit=memory_limit,
         filters=tuple(args.filters or ()), shard=args.shard, inventory=inventory, copy_mode=args.copy_mode,
         max_bandwidth=args.max_bandwidth, storage_class=args.storage_class, sse=args.sse,
-        sse_kms_key_id=args.sse_kms_key_id, dry_run=args.dry_run, restart=args.restart,
+        sse_kms_key_id=args.sse_kms_key_id, copy_tags=args.copy_tags, dry_run=args.dry_run, restart=args.restart,
         verify=args.verify, verify_only=args.verify_only, skip_existing=args.skip_existing,
         report_file=args.report,
         progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
@@ -4495,8 +4540,10 @@ def listing_split_points(config: TransferConfig, source: Side) -> list[str]:
                                                action="s3:ListBucket")) from None
 
 
-def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inventory] = None) -> int:
-    """List and plan without writing anything: what would be copied, and what it costs in memory."""
+def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inventory] = None, *,
+                   tags_refused: Optional[str] = None) -> int:
+    """List and plan without writing anything: what would be copied, and what it costs in memory; and
+    `tags_refused`, the preflight refusal that would stop the real run, after the plan (exit 2)."""
     saved = read_progress_file(config.progress_file) if not config.restart else None
     if saved is not None and saved.get("job") != config.job_identity():
         saved = None
@@ -4554,6 +4601,11 @@ def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inv
     print(f"  memory bound: {format_size(max(config.memory_limit, largest_unit))} of object data in flight "
           f"({config.max_workers} workers, --memory-limit {format_size(config.memory_limit)}, largest single unit "
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
+    if not config.copy_tags:
+        print("  tags:         not copied (--no-tags)")
+    if tags_refused:
+        LOG.error("%s", tags_refused)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -4593,9 +4645,12 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
                                list_prefix=config.destination.prefix, read_timeout=config.read_timeout)
     inventory = open_inventory(config.inventory, source) if config.inventory else None
     if config.dry_run:
-        return report_dry_run(config, source, inventory)
+        return report_dry_run(config, source, inventory, tags_refused=tag_access_refusal(config, source))
     if config.verify_only:
-        return audit(config, source, destination, inventory)
+        return audit(config, source, destination, inventory)  # compares listings: no tag is read
+    tags_refused = tag_access_refusal(config, source)
+    if tags_refused:
+        raise ConfigurationError(tags_refused)
     engine_choice = choose_engine(config.engine, (source, destination))
     if engine_choice.parts == "threads":
         return_freed_bodies_to_the_system()
@@ -4604,12 +4659,13 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if config.restart:
         discard_progress(config.progress_file, destination)
     progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)
-    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); memory bound %s%s%s",
+    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); memory bound %s%s%s%s",
              config.source, config.destination, config.max_workers, format_size(config.chunk_size),
              format_size(config.multipart_threshold), engine_choice.describe(), engine_choice.reason,
              config.memory_bound(),
              f"; shard {config.shard}" if config.shard else "",
-             f"; bandwidth cap {format_size(config.max_bandwidth)}/s" if config.max_bandwidth else "")
+             f"; bandwidth cap {format_size(config.max_bandwidth)}/s" if config.max_bandwidth else "",
+             "" if config.copy_tags else "; tags not copied (--no-tags)")
     copy_mode = CopyModeChoice(config.copy_mode, unavailable="" if on_one_endpoint(
                                config.source_side, config.destination_side) else
                                "the source and destination are on different endpoints")
