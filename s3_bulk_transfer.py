@@ -4659,7 +4659,8 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if config.restart:
         discard_progress(config.progress_file, destination)
     progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)
-    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); memory bound %s%s%s%s",
+    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); "
+             "memory bound %s%s%s%s",
              config.source, config.destination, config.max_workers, format_size(config.chunk_size),
              format_size(config.multipart_threshold), engine_choice.describe(), engine_choice.reason,
              config.memory_bound(),
