@@ -417,6 +417,7 @@ class TransferConfig:
     storage_class: Optional[str] = None
     sse: Optional[str] = None
     sse_kms_key_id: Optional[str] = None
+    copy_tags: bool = True  # --no-tags turns it off
     dry_run: bool = False
     restart: bool = False
     verify: bool = False
@@ -957,6 +958,43 @@ def objects_url(listing_url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/", "", ""))
 
 
+def tag_access_refusal(config: TransferConfig, source: Side) -> Optional[str]:
+    """Why the tags cannot be copied, as the sentence that stops the run, or None.
+
+    S3 tells how many tags an object has (x-amz-tagging-count) only to a caller allowed
+    s3:GetObjectTagging, so to credentials that may read objects but not their tags every object looks
+    untagged, and would be copied without its tags and without a word: asked here, of one object under
+    the source prefix, before anything is written. No object, nothing to ask (and no tag to lose); with
+    --no-tags, no question. Any other answer is left to the copy, which meets it object by object.
+    """
+    if not config.copy_tags:
+        return None
+    client, bucket, key = source.client, config.source.bucket, None
+    try:
+        listing = client.list_objects_v2(Bucket=bucket, Prefix=config.source.prefix, MaxKeys=1)
+        key = next((entry["Key"] for entry in listing.get("Contents", ())), None)
+        if key is not None:
+            client.get_object_tagging(Bucket=bucket, Key=key)
+        return None
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        LOG.debug("asking for the tags of an object in the source: %s", error)
+        if error_code(error) not in DENIED_CODES or key is None or not _may_read(client, bucket, key):
+            return None
+    return (f"The source credentials ({config.source_side.origin}) may not read object tags (s3:GetObjectTagging "
+            f"on bucket {bucket}), so S3 would hide every object's tags and the copies would lose them: grant "
+            "s3:GetObjectTagging on the source objects to them, or rerun with --no-tags to copy without tags.")
+
+
+def _may_read(client: Any, bucket: str, key: str) -> bool:
+    """Whether these credentials may read the object (HeadObject is not denied): a missing
+    s3:GetObject is told by the copy itself, naming that permission."""
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        return error_code(error) not in DENIED_CODES
+    return True
+
+
 # =============================================================================================
 # 4. Listing and planning
 # =============================================================================================
@@ -1018,7 +1056,38 @@ def why_uncopyable(relative_key: str, destination_key: str, size: int) -> Option
         return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of {format_size(MAX_OBJECT_SIZE)} "
                 f"({MAX_OBJECT_SIZE:,} bytes, 10,000 parts of 5 GiB) for one object, so S3 cannot store it and "
                 "nothing was written for it")
+    forbidden = xml_forbidden_characters(destination_key)
+    if forbidden and size > MAX_SINGLE_PUT_SIZE:
+        named = ", ".join(f"U+{ord(character):04X}" for character in forbidden)
+        return (f"its key contains {named}, which XML 1.0 forbids, so S3's answer to CreateMultipartUpload "
+                "(which echoes the key) cannot be read and the upload could be neither continued nor aborted, "
+                f"and at {format_size(size)} ({size:,} bytes) it is over the 5 GiB one PutObject takes; nothing "
+                "was written for it: rename it at the source to copy it")
     return None
+
+
+# XML 1.0's Char production (https://www.w3.org/TR/xml/#charsets). S3 writes any other character of a
+# key as a character reference (&#x7;), which no XML parser accepts either (boto/botocore#3496).
+_XML_FORBIDDEN = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_forbidden_characters(text: str) -> str:
+    """The characters of `text` that XML 1.0 forbids, each once, in order of appearance ("" for none):
+    the C0 controls but tab, line feed and carriage return, the surrogates, U+FFFE and U+FFFF.
+
+    A carriage return is allowed, though a parser reads a literal one back as a line feed: that changes
+    a key read back from XML, never what S3 does with it, so it is answered by asking listings for
+    URL-encoded keys (EncodingType=url), not by avoiding multipart uploads."""
+    return "".join(dict.fromkeys(_XML_FORBIDDEN.findall(text)))
+
+
+def copied_in_one_request(destination_key: str, size: int, *, multipart_threshold: int) -> bool:
+    """Whether an object is copied with one PutObject (or CopyObject) rather than in parts: below the
+    threshold, and also above it up to 5 GiB when its key holds a character XML 1.0 forbids, since
+    S3's answer to CreateMultipartUpload for such a key cannot be read (see why_uncopyable for larger ones)."""
+    if size < multipart_threshold:
+        return True
+    return size <= MAX_SINGLE_PUT_SIZE and bool(xml_forbidden_characters(destination_key))
 
 
 def choose_part_size(object_size: int, requested: int) -> int:
@@ -1043,6 +1112,12 @@ def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
         PartRange(number, start, min(start + part_size, object_size) - 1)
         for number, start in enumerate(range(0, object_size, part_size), start=1)
     ]
+
+
+def listed_key(key: str, listing: dict[str, Any]) -> str:
+    """A key as a listing answer holds it, decoded when S3 URL-encoded it (EncodingType=url), the way
+    botocore decodes the keys of ListObjects and ListObjectsV2 itself; other listings it leaves to us."""
+    return urllib.parse.unquote_plus(key) if listing.get("EncodingType") == "url" else key
 
 
 def list_objects(client: Any, location: S3Location, start_after: Optional[str],
@@ -3201,8 +3276,8 @@ class TransferEngine:
             self._settle_failure(listed.key, ObjectFailure(refusal))
             return
         server_side = self.copy_mode.server_side()
-        if listed.size < self.config.multipart_threshold:
-            self._abort_recorded_upload(listed.key, "the source object is now below the multipart threshold")
+        if copied_in_one_request(destination_key, listed.size, multipart_threshold=self.config.multipart_threshold):
+            self._abort_recorded_upload(listed.key, "the object is now copied with one request, not in parts")
             copy = self._copy_small_server_side if server_side else self._copy_small_object
             self._submit(lambda: self._guarded(listed, attempt, copy, listed, destination_key),
                          cost=0 if server_side else listed.size)
@@ -3319,7 +3394,7 @@ class TransferEngine:
             lambda: self._fetch_verified(listed.key, listed.size), what=f"GET {listed.key}", action="s3:GetObject",
             side=self.source,
         )
-        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0))
+        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0)) if self.config.copy_tags else []
         arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(self.config)
         if check.checksum is not None:
             # Sent with its value, S3 checks the body against it and keeps the source's algorithm. A
@@ -3401,8 +3476,9 @@ class TransferEngine:
         return layout
 
     def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
-        """The object's tags. GetObject says how many there are (no header means none), which saves
-        a request per untagged object; HeadObject does not, so tag_count=None means ask."""
+        """The object's tags. GetObject says how many there are (no header means none, to credentials
+        that may read tags, as tag_access_refusal made sure), which saves a request per untagged object;
+        tag_count=None means ask."""
         if tag_count == 0:
             return []
         try:
@@ -3450,7 +3526,7 @@ class TransferEngine:
                 resumed = None
             if resumed is not None:
                 return resumed
-        tags = self._tags_if_any(listed.key, None)
+        tags = self._tags_if_any(listed.key, None) if self.config.copy_tags else []
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
         upload_checksum = check.upload_checksum(server_side=server_side)
         try:
@@ -3773,13 +3849,16 @@ class TransferEngine:
         sent again. The object is being written anyway. Best effort: without
         s3:ListBucketMultipartUploads, skip it."""
         try:
+            # URL-encoded: any other upload under this prefix, of a key XML cannot carry, would make the
+            # whole answer unreadable (botocore asks so for ListObjects only).
             listing = self.destination.client.list_multipart_uploads(Bucket=self.destination.bucket,
-                                                                     Prefix=destination_key)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+                                                                     Prefix=destination_key, EncodingType="url")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
+                botocore.parsers.ResponseParserError) as error:  # an answer botocore cannot read, too
             LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
             return
         for upload in listing.get("Uploads", ()):
-            if upload["Key"] == destination_key and upload["UploadId"] != keep:
+            if listed_key(upload["Key"], listing) == destination_key and upload["UploadId"] != keep:
                 self._abort_upload(destination_key, upload["UploadId"],
                                    "an unfinished upload of the same key that no progress file records")
 
@@ -3810,7 +3889,8 @@ class TransferEngine:
             lambda: self.destination.client.copy_object(
                 Bucket=self.destination.bucket, Key=destination_key,
                 CopySource={"Bucket": self.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
-                MetadataDirective="COPY", TaggingDirective="COPY", **ask, **redirect, **storage_arguments(self.config),
+                MetadataDirective="COPY", TaggingDirective="COPY" if self.config.copy_tags else "REPLACE",
+                **ask, **redirect, **storage_arguments(self.config),
             ),
         )
         check = self._verified_copy(listed, head, response, checksum)
@@ -4725,6 +4805,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
                                                    figures["verified"].items()) + ".",
         f"Object bodies moved by {engine.describe()} ({engine.reason}).",
+        *([] if config.copy_tags else ["Tags were not copied (--no-tags)."]),
         f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
     ]
     if failures:
@@ -4833,6 +4914,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
     selection.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
     selection.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms")
+    selection.add_argument("--no-tags", dest="copy_tags", action="store_false",
+                           help="copy objects without their tags and never ask for them, for source credentials "
+                                "without s3:GetObjectTagging; the final report says so (default: tags are copied, "
+                                "and a run whose source credentials may not read them stops before writing anything)")
     state = parser.add_argument_group("progress, logging and output")
     state.add_argument("--progress-file", type=Path, metavar="PATH",
                        help=f"resume state (default: {DEFAULT_PROGRESS_FILE}; with --shard I/N, "
@@ -4956,7 +5041,7 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
         memory_limit=memory_limit,
         filters=tuple(args.filters or ()), shard=args.shard, inventory=inventory, copy_mode=args.copy_mode,
         max_bandwidth=args.max_bandwidth, storage_class=args.storage_class, sse=args.sse,
-        sse_kms_key_id=args.sse_kms_key_id, dry_run=args.dry_run, restart=args.restart,
+        sse_kms_key_id=args.sse_kms_key_id, copy_tags=args.copy_tags, dry_run=args.dry_run, restart=args.restart,
         verify=args.verify, verify_only=args.verify_only, skip_existing=args.skip_existing,
         report_file=args.report,
         progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
@@ -5036,8 +5121,10 @@ def listing_split_points(config: TransferConfig, source: Side) -> list[str]:
                                                action="s3:ListBucket")) from None
 
 
-def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inventory] = None) -> int:
-    """List and plan without writing anything: what would be copied, and what it costs in memory."""
+def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inventory] = None, *,
+                   tags_refused: Optional[str] = None) -> int:
+    """List and plan without writing anything: what would be copied, and what it costs in memory; and
+    `tags_refused`, the preflight refusal that would stop the real run, after the plan (exit 2)."""
     saved = read_progress_file(config.progress_file) if not config.restart else None
     if saved is not None and saved.get("job") != config.job_identity():
         saved = None
@@ -5069,7 +5156,7 @@ def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inv
             counts["uncopyable"] += 1
             print(f"  cannot copy {json.dumps(listed.key, ensure_ascii=False)}: {refusal}")
             continue
-        if listed.size >= config.multipart_threshold:
+        if not copied_in_one_request(destination_key, listed.size, multipart_threshold=config.multipart_threshold):
             part_size = choose_part_size(listed.size, config.chunk_size)
             counts["multipart"] += 1
             counts["multipart_bytes"] += listed.size
@@ -5095,6 +5182,11 @@ def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inv
     print(f"  memory bound: {format_size(max(config.memory_limit, largest_unit))} of object data in flight "
           f"({config.max_workers} workers, --memory-limit {format_size(config.memory_limit)}, largest single unit "
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
+    if not config.copy_tags:
+        print("  tags:         not copied (--no-tags)")
+    if tags_refused:
+        LOG.error("%s", tags_refused)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -5134,9 +5226,12 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
                                list_prefix=config.destination.prefix, read_timeout=config.read_timeout)
     inventory = open_inventory(config.inventory, source) if config.inventory else None
     if config.dry_run:
-        return report_dry_run(config, source, inventory)
+        return report_dry_run(config, source, inventory, tags_refused=tag_access_refusal(config, source))
     if config.verify_only:
-        return audit(config, source, destination, inventory)
+        return audit(config, source, destination, inventory)  # compares listings: no tag is read
+    tags_refused = tag_access_refusal(config, source)
+    if tags_refused:
+        raise ConfigurationError(tags_refused)
     engine_choice = choose_engine(config.engine, (source, destination))
     if engine_choice.parts == "threads":
         return_freed_bodies_to_the_system()
@@ -5145,12 +5240,14 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if config.restart:
         discard_progress(config.progress_file, destination)
     progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)
-    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); memory bound %s%s%s",
+    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); "
+             "memory bound %s%s%s%s",
              config.source, config.destination, config.max_workers, format_size(config.chunk_size),
              format_size(config.multipart_threshold), engine_choice.describe(), engine_choice.reason,
              config.memory_bound(),
              f"; shard {config.shard}" if config.shard else "",
-             f"; bandwidth cap {format_size(config.max_bandwidth)}/s" if config.max_bandwidth else "")
+             f"; bandwidth cap {format_size(config.max_bandwidth)}/s" if config.max_bandwidth else "",
+             "" if config.copy_tags else "; tags not copied (--no-tags)")
     copy_mode = CopyModeChoice(config.copy_mode, unavailable="" if on_one_endpoint(
                                config.source_side, config.destination_side) else
                                "the source and destination are on different endpoints")
