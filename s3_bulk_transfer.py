@@ -248,10 +248,42 @@ def has_dot_segments(key: str) -> bool:
     return any(segment in (".", "..") for segment in key.split("/"))
 
 
+# An access point's ARN (S3 User Guide, "Using access points"): partition, region, account, name.
+ACCESS_POINT_ARN = re.compile(
+    r"arn:(aws[a-z-]*):s3:([a-z0-9-]+):(\d{12}):accesspoint/([a-z0-9][a-z0-9-]{1,48}[a-z0-9])")
+MULTI_REGION_ACCESS_POINT_ARN = re.compile(r"arn:aws[a-z-]*:s3::\d{12}:accesspoint/[^/]+")
+
+
+def access_point_region(bucket: str) -> Optional[str]:
+    """The region of an access point named by its ARN; None for a bucket name."""
+    match = ACCESS_POINT_ARN.fullmatch(bucket)
+    return match.group(2) if match else None
+
+
+def split_access_point_arn(path: str, uri: str) -> tuple[str, str]:
+    """The access point ARN at the start of an S3 URI's path and the prefix after it, as `aws s3`
+    reads s3://arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME/PREFIX. botocore sends requests for the
+    ARN to the access point's own host, signed for its region, and names it in a copy's source."""
+    head, _, rest = path.partition("/")
+    name, _, prefix = rest.partition("/")
+    arn = f"{head}/{name}"
+    if MULTI_REGION_ACCESS_POINT_ARN.fullmatch(arn):
+        raise ConfigurationError(
+            f"{arn} in {uri!r} is a Multi-Region Access Point, which needs SigV4A signing (not done here) and may "
+            "serve each request from another of its buckets: give one of its buckets, or a single-Region access "
+            "point (arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME), instead.")
+    if not ACCESS_POINT_ARN.fullmatch(arn):
+        raise ConfigurationError(
+            f"{arn!r} in {uri!r} is not an S3 access point ARN: write it as "
+            "s3://arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME[/PREFIX] (ACCOUNT of 12 digits, NAME of 3-50 lowercase "
+            "letters, digits and hyphens); Object Lambda and Outposts access points are not supported.")
+    return arn, prefix
+
+
 @dataclasses.dataclass(frozen=True)
 class S3Location:
-    """A bucket and a key prefix. A non-empty prefix always ends in '/', as a folder does in
-    `aws s3 cp --recursive` and rclone: s3://b/photos means the keys under photos/."""
+    """A bucket (or an access point's ARN) and a key prefix. A non-empty prefix always ends in '/', as
+    a folder does in `aws s3 cp --recursive` and rclone: s3://b/photos means the keys under photos/."""
 
     bucket: str
     prefix: str
@@ -260,12 +292,16 @@ class S3Location:
     def parse(cls, uri: str) -> "S3Location":
         if not uri.startswith("s3://"):
             raise ConfigurationError(f"{uri!r} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX.")
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
-            raise ConfigurationError(
-                f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 lowercase "
-                "letters, digits, dots and hyphens."
-            )
+        path = uri[len("s3://"):]
+        if path.startswith("arn:"):
+            bucket, prefix = split_access_point_arn(path, uri)
+        else:
+            bucket, _, prefix = path.partition("/")
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+                raise ConfigurationError(
+                    f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 lowercase "
+                    "letters, digits, dots and hyphens."
+                )
         if has_dot_segments(prefix):
             raise ConfigurationError(
                 f"The prefix of {uri!r} has a '.' or '..' segment, which a server that normalises URLs would "
@@ -389,6 +425,7 @@ class SideSettings:
     session_token: Optional[str] = dataclasses.field(default=None, repr=False)
     role_arn: Optional[str] = None
     external_id: Optional[str] = dataclasses.field(default=None, repr=False)
+    request_payer: Optional[str] = None  # --request-payer: "requester" declares that this account pays
 
 
 def on_one_endpoint(first: SideSettings, second: SideSettings) -> bool:
@@ -539,7 +576,7 @@ def source_side_settings(args: argparse.Namespace) -> SideSettings:
         origin = f"profile {args.source_profile}" if args.source_profile else "the default credential chain"
         return SideSettings(
             side="source", origin=origin, profile=args.source_profile,
-            endpoint_url=args.source_endpoint_url, region=args.source_region,
+            endpoint_url=args.source_endpoint_url, region=args.source_region, request_payer=args.request_payer,
         )
     values = load_credentials_file(Path(path))
     return SideSettings(
@@ -553,6 +590,7 @@ def source_side_settings(args: argparse.Namespace) -> SideSettings:
         session_token=values.get("aws_session_token"),
         role_arn=values.get("role_arn"),
         external_id=values.get("external_id"),
+        request_payer=args.request_payer,
     )
 
 
@@ -561,7 +599,7 @@ def destination_side_settings(args: argparse.Namespace) -> SideSettings:
     origin = f"profile {args.dest_profile}" if args.dest_profile else "the default credential chain"
     return SideSettings(
         side="destination", origin=origin, profile=args.dest_profile,
-        endpoint_url=args.dest_endpoint_url, region=args.dest_region,
+        endpoint_url=args.dest_endpoint_url, region=args.dest_region, request_payer=args.request_payer,
     )
 
 
@@ -628,11 +666,8 @@ def quick_timestamps_session() -> botocore.session.Session:
 
 
 def build_session(settings: SideSettings) -> boto3.Session:
-    """A boto3 session for one side; with a role_arn, credentials refresh by themselves.
-
-    A transfer of terabytes outlives the one-hour default of an assumed role, so the role is
-    assumed through botocore's RefreshableCredentials, which renews shortly before expiry.
-    """
+    """A boto3 session for one side's own credentials: its keys, its profile or the default chain.
+    With a role_arn, these are what assume the role (role_session)."""
     try:
         if settings.access_key_id:
             base = boto3.Session(
@@ -649,9 +684,19 @@ def build_session(settings: SideSettings) -> boto3.Session:
         raise ConfigurationError(
             f"The {settings.side} profile {settings.profile!r} is not in ~/.aws/config or ~/.aws/credentials."
         ) from None
-    if not settings.role_arn:
-        return base
-    sts = base.client("sts", region_name=settings.region)
+    return base
+
+
+def role_session(base: boto3.Session, settings: SideSettings, *, region: str) -> boto3.Session:
+    """A boto3 session whose credentials are settings.role_arn assumed with the base session's, and
+    refresh by themselves.
+
+    A transfer of terabytes outlives the one-hour default of an assumed role, so the role is
+    assumed through botocore's RefreshableCredentials, which renews shortly before expiry. STS is
+    asked in the bucket's region (its regional endpoint, as AWS advises, rather than the global one
+    in us-east-1), which the caller learnt from S3 with the base credentials.
+    """
+    sts = base.client("sts", region_name=region)
     session_name = f"s3-bulk-transfer-{os.getpid()}"
 
     def assume() -> dict[str, str]:
@@ -678,7 +723,7 @@ def build_session(settings: SideSettings) -> boto3.Session:
     )
     core = quick_timestamps_session()
     core._credentials = refreshing  # botocore's documented way to plug in custom refreshing credentials
-    return boto3.Session(botocore_session=core, region_name=settings.region)
+    return boto3.Session(botocore_session=core, region_name=region)
 
 
 # =============================================================================================
@@ -733,7 +778,7 @@ def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertV
 
 def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
     """One sentence naming the side, the bucket, the action and what to do about it."""
-    where = f"s3://{bucket}/{key}" if key else f"bucket {bucket}"
+    where = f"s3://{bucket}/{key}" if key else bucket_or_access_point(bucket)
     code = error_code(error)
     if code in CREDENTIAL_ERROR_CODES:
         return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
@@ -807,6 +852,8 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
     for operation in RAW_EXPIRES_OPERATIONS:
         client.meta.events.register(f"provide-client-params.s3.{operation}", _take_raw_expires)
         client.meta.events.register(f"before-call.s3.{operation}", _send_raw_expires)
+    if settings.request_payer:
+        client.meta.events.register("before-sign.s3", functools.partial(_declare_request_payer, settings.request_payer))
     credentials = session.get_credentials()
     if isinstance(credentials, RenewableRoleCredentials):
         renewal = RoleRenewalOnExpiry(credentials, side=settings.side)
@@ -858,6 +905,13 @@ def _no_retry_for_an_unverifiable_certificate(caught_exception: Optional[BaseExc
     return False if certificate_failure(caught_exception) is not None else None
 
 
+def _declare_request_payer(payer: str, request: Any, **_: Any) -> None:
+    """--request-payer on every request of the client, signed with it, as a Requester Pays bucket
+    wants it (S3 User Guide, "Downloading objects in Requester Pays buckets"): S3 answers 403 to
+    any request without it, listing, HEAD, GET, tagging and a copy reading such a bucket alike."""
+    request.headers["x-amz-request-payer"] = payer
+
+
 EXPECT_CONTINUE_MIN_BODY = 2 * MiB
 
 
@@ -896,10 +950,33 @@ def _send_raw_expires(params: dict[str, Any], context: dict[str, Any], **_: Any)
 
 
 def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str) -> str:
-    """The bucket's region, from the x-amz-bucket-region header S3 sends even on 301 and 403 answers."""
-    if settings.region:
-        return settings.region
-    probe = make_s3_client(session, settings, region="us-east-1", max_workers=1)
+    """The region every request to the bucket is signed for: the one S3 states.
+
+    S3 refuses a request signed for another region than its bucket's (AuthorizationHeaderMalformed).
+    boto3 recovers from that by its region redirector, awscrt does not, so a configured region is
+    not trusted: source_credentials.json.example says us-east-1, and people copy it. One that
+    differs from S3's is a warning. An access point is in the region its ARN names; a bucket's is
+    HeadBucket's x-amz-bucket-region, which S3 sends on 200, 301 and 403 answers alike, whatever
+    the request was signed for (HeadBucket, S3 API reference). Only where the endpoint sends no
+    such header (some S3-compatible servers) is the region the configured one, else the session's,
+    else us-east-1.
+    """
+    fallback = settings.region or session.region_name or "us-east-1"
+    stated = access_point_region(bucket) or stated_bucket_region(session, settings, bucket, asking_in=fallback)
+    if not stated:
+        return fallback
+    if settings.region and settings.region != stated:
+        LOG.warning("The %s %s is in region %s, not %s as configured: its requests are signed for %s, the region "
+                    "S3 states (correct the configured region to silence this warning).",
+                    settings.side, bucket_or_access_point(bucket), stated, settings.region, stated)
+    return stated
+
+
+def stated_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str, *,
+                         asking_in: str) -> Optional[str]:
+    """HeadBucket's x-amz-bucket-region, signed for ``asking_in`` (botocore follows a 301 to the
+    bucket's region); None when the endpoint sends none, or cannot be asked."""
+    probe = make_s3_client(session, settings, region=asking_in, max_workers=1)
     try:
         response = probe.head_bucket(Bucket=bucket)
         headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -907,7 +984,12 @@ def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket:
         headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     except botocore.exceptions.BotoCoreError:
         headers = {}
-    return headers.get("x-amz-bucket-region") or session.region_name or "us-east-1"
+    return headers.get("x-amz-bucket-region")
+
+
+def bucket_or_access_point(bucket: str) -> str:
+    """How messages name what a side reaches: "bucket NAME", or "access point ARN"."""
+    return f"access point {bucket}" if access_point_region(bucket) else f"bucket {bucket}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -929,8 +1011,10 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
                  read_timeout: float = DEFAULT_READ_TIMEOUT) -> Side:
     """Build the client and prove the bucket is there and usable, before anything is copied."""
     session = build_session(settings)
+    region = detect_bucket_region(session, settings, bucket)
+    if settings.role_arn:
+        session = role_session(session, settings, region=region)
     try:
-        region = detect_bucket_region(session, settings, bucket)
         client = make_s3_client(session, settings, region=region, max_workers=max_workers,
                                 read_timeout=read_timeout)
         action = "s3:ListBucket"
@@ -943,8 +1027,15 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
     except FatalTransferError as error:
         raise ConfigurationError(str(error)) from None
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
-        raise ConfigurationError(explain_error(error, side=settings, bucket=bucket, action=action)) from None
-    LOG.info("%s: bucket %s in region %s, credentials from %s", settings.side, bucket, region, settings.origin)
+        message = explain_error(error, side=settings, bucket=bucket, action=action)
+        if error_code(error) in DENIED_CODES and not settings.request_payer:
+            # S3 refuses a Requester Pays bucket's requests that do not declare who pays as it refuses
+            # a missing permission, and nothing in its answer tells the two apart.
+            message = (f"{message.rstrip('.')}, or, if {bucket} is a Requester Pays bucket, rerun with "
+                       "--request-payer requester.")
+        raise ConfigurationError(message) from None
+    LOG.info("%s: %s in region %s, credentials from %s", settings.side, bucket_or_access_point(bucket), region,
+             settings.origin)
     # AWS_CA_BUNDLE or the profile's ca_bundle, as botocore resolved it (boto3 has no public getter).
     ca_bundle = session._session.get_config_variable("ca_bundle")
     return Side(settings=settings, client=client, bucket=bucket, region=region, credentials=credentials,
@@ -2149,6 +2240,8 @@ class CrtSideClient:
         self.side = side
         self._host = url.netloc
         self._path = url.path
+        # What the boto3 clients add to every request (_declare_request_payer), signed by the crt client.
+        self._declared = [("x-amz-request-payer", side.settings.request_payer)] if side.settings.request_payer else []
         self._read_timeout = read_timeout
         self._credentials = side.credentials
         self._credentials_failure: Optional[BaseException] = None
@@ -2202,7 +2295,8 @@ class CrtSideClient:
         path = self._path + botocore.utils.percent_encode(key, safe="/~")
         if query:
             path += "?" + botocore.utils.percent_encode_sequence(query)
-        headers = [("Host", self._host), *((name, str(value)) for name, value in written_headers.items())]
+        headers = [("Host", self._host), *self._declared,
+                   *((name, str(value)) for name, value in written_headers.items())]
         if body is not None:
             headers.append(("Content-Length", str(len(body))))
         for attempt in range(1, RoleRenewalOnExpiry.ATTEMPTS + 1):
@@ -4873,8 +4967,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="AWS profile for the destination (default: the default chain, e.g. the instance role)")
     creds.add_argument("--source-endpoint-url", metavar="URL", help="S3 endpoint for the source (default: AWS)")
     creds.add_argument("--dest-endpoint-url", metavar="URL", help="S3 endpoint for the destination (default: AWS)")
-    creds.add_argument("--source-region", metavar="REGION", help="source bucket region (default: detected)")
-    creds.add_argument("--dest-region", metavar="REGION", help="destination bucket region (default: detected)")
+    creds.add_argument("--source-region", metavar="REGION",
+                       help="source bucket region, for an endpoint that does not say (S3 does, and its word wins: a "
+                            "region that differs is a warning) (default: detected)")
+    creds.add_argument("--dest-region", metavar="REGION",
+                       help="destination bucket region, as --source-region (default: detected)")
+    creds.add_argument("--request-payer", choices=("requester",),
+                       help="send x-amz-request-payer: requester with every request to either bucket, as aws s3's "
+                            "option does: a Requester Pays bucket refuses other accounts' requests without it, and "
+                            "with it charges the requests and data transfer to your account, not the owner's "
+                            "(default: not sent)")
     tuning = parser.add_argument_group("speed and memory")
     tuning.add_argument("--chunk-size", type=size_argument, default=DEFAULT_CHUNK_SIZE, metavar="BYTES",
                         help="part size for multipart objects, 5MiB to 5GiB, e.g. 8388608, 8MiB, 16MB (binary units); "

@@ -48,6 +48,10 @@ the behaviours, each with the S3 API reference it follows. ``counts.log`` record
 that was answered (operation, key, status, bytes of the answer's body) for assertions on what the
 tool asked.
 
+A client may also use the proxy as its HTTP proxy (``HTTP_PROXY``): a request line naming the
+whole URL (absolute-form) is read as the path it names, its Host header left as sent, so that a
+behaviour can route by host names that do not resolve here (tests/aws_behaviour.py, AccessPoint).
+
 Bounded: at most ``max_connections`` connections are served at once (others wait in the listen
 backlog), every socket has a timeout, and the proxy stops by itself after ``lifetime`` seconds
 even if a test forgets to stop it. All threads are daemons.
@@ -379,6 +383,12 @@ class FaultProxy:
             head, rest = _read_head(client)
             first, headers = _header_lines(head)
             method, target, _version = first.split(" ", 2)
+            if not target.startswith("/"):
+                # A client that has this proxy as its HTTP_PROXY names the whole URL (absolute-form,
+                # RFC 9112 section 3.2.2); its Host header names the same authority. The server is
+                # sent the origin-form, as a forward proxy does.
+                absolute = urllib.parse.urlsplit(target)
+                target = urllib.parse.urlunsplit(("", "", absolute.path or "/", absolute.query, ""))
             length = next((int(value) for name, value in headers if name.lower() == "content-length"), 0)
             if any(name.lower() == "expect" and value.lower() == "100-continue" for name, value in headers):
                 # Answer for the server, or the client waits a second (botocore's timeout) for it.
