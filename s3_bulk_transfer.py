@@ -2484,7 +2484,7 @@ CRC_POLYNOMIALS = {"CRC32": (0xEDB88320, 32), "CRC32C": (0x82F63B78, 32), "CRC64
 
 
 def _crc_functions() -> dict[str, Callable[[Any, int], int]]:
-    """CRC algorithm -> incremental function. CRC32C and CRC64NVME come from awscrt (boto3[crt]);
+    """CRC algorithm -> incremental function. CRC32C and CRC64NVME come from awscrt (requirements.txt);
     without it, objects carrying them are checked by their ETag alone."""
     functions: dict[str, Callable[[Any, int], int]] = {"CRC32": zlib.crc32}
     try:

@@ -23,14 +23,13 @@
 #   INSTALL_DIR    target directory (default: /opt/s3_transfer)
 #   INSTALL_OWNER  user that will own $INSTALL_DIR and run the transfer
 #                  (default: the user who invoked sudo, else the current user)
-#   PYTHON         interpreter used to create the venv (default: /usr/bin/python3.11 on
-#                  Amazon Linux 2023, whose python3 is 3.9; /usr/bin/python3 elsewhere)
+#   PYTHON         interpreter used to create the venv (default: /usr/bin/python3)
 
 set -euo pipefail
 
 readonly DEFAULT_INSTALL_DIR="/opt/s3_transfer"
 readonly MIN_PYTHON_MAJOR=3
-readonly MIN_PYTHON_MINOR=10  # boto3 and botocore at requirements.txt's floor (1.43.122) need 3.10
+readonly MIN_PYTHON_MINOR=9
 readonly REQUIRED_FILES=(
     "s3_bulk_transfer.py"
     "requirements.txt"
@@ -38,7 +37,7 @@ readonly REQUIRED_FILES=(
 )
 
 INSTALL_DIR="${INSTALL_DIR:-$DEFAULT_INSTALL_DIR}"
-PYTHON="${PYTHON:-}"  # chosen for the OS by default_python unless set
+PYTHON="${PYTHON:-/usr/bin/python3}"
 OS_RELEASE_FILE="${OS_RELEASE_FILE:-/etc/os-release}"
 
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -122,7 +121,7 @@ install_os_packages() {
     case "$pm" in
         dnf)
             command -v dnf >/dev/null 2>&1 || die "dnf not found, but the OS looks like Amazon Linux 2023."
-            pkgs=(python3.11 python3.11-pip)
+            pkgs=(python3 python3-pip)
             if rpm -q "${pkgs[@]}" >/dev/null 2>&1; then
                 info "OS packages already installed: ${pkgs[*]}"
             else
@@ -153,21 +152,9 @@ install_os_packages() {
     esac
 }
 
-# Echo the interpreter to use by default for this package manager.
-default_python() {
-    case "$1" in
-        dnf) echo /usr/bin/python3.11 ;;
-        *) echo /usr/bin/python3 ;;
-    esac
-}
-
-python_is_new_enough() {
-    "$1" -c "import sys; sys.exit(0 if sys.version_info >= (${MIN_PYTHON_MAJOR}, ${MIN_PYTHON_MINOR}) else 1)"
-}
-
 check_python() {
     [[ -x "$PYTHON" ]] || die "$PYTHON not found after installing OS packages (set PYTHON=/path/to/python3 to override)."
-    if ! python_is_new_enough "$PYTHON"; then
+    if ! "$PYTHON" -c "import sys; sys.exit(0 if sys.version_info >= (${MIN_PYTHON_MAJOR}, ${MIN_PYTHON_MINOR}) else 1)"; then
         die "$PYTHON is $("$PYTHON" -V 2>&1); Python >= ${MIN_PYTHON_MAJOR}.${MIN_PYTHON_MINOR} is required."
     fi
     "$PYTHON" -c "import venv, ensurepip" 2>/dev/null ||
@@ -217,11 +204,11 @@ setup_venv() {
     local venv="$INSTALL_DIR/venv"
     local vpy="$venv/bin/python"
 
-    if [[ -x "$vpy" ]] && python_is_new_enough "$vpy" >/dev/null 2>&1 && "$vpy" -m pip --version >/dev/null 2>&1; then
+    if [[ -x "$vpy" ]] && "$vpy" -c "import sys" >/dev/null 2>&1 && "$vpy" -m pip --version >/dev/null 2>&1; then
         info "Reusing existing virtualenv $venv"
     else
         if [[ -e "$venv" ]]; then
-            warn "$venv exists but is not a working virtualenv of Python >= ${MIN_PYTHON_MAJOR}.${MIN_PYTHON_MINOR}; recreating it."
+            warn "$venv exists but is not a working virtualenv; recreating it."
             as_root "$PYTHON" -m venv --clear "$venv"
         else
             info "Creating virtualenv $venv"
@@ -305,7 +292,6 @@ main() {
     pm="$(detect_package_manager)"
     info "Detected package manager: $pm"
     install_os_packages "$pm"
-    PYTHON="${PYTHON:-$(default_python "$pm")}"
     check_python
     owner="$(resolve_owner)"
     copy_files

@@ -39,7 +39,7 @@ from botocore.exceptions import ClientError
 from s3servers import DEST_BUCKET, SOURCE_BUCKET, SeaweedServer, incomplete_uploads, object_snapshot
 from toolcli import MIB, ToolJob, describe, write_source_credentials
 
-awscrt_checksums = pytest.importorskip("awscrt.checksums", reason="CRC32C / CRC64NVME need awscrt (boto3[crt])")
+awscrt_checksums = pytest.importorskip("awscrt.checksums", reason="CRC32C / CRC64NVME need awscrt (requirements.txt)")
 
 # The sizes the brief fixes; appended after ToolJob's own size arguments, so they win.
 CHUNK = 5 * MIB

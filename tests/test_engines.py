@@ -116,7 +116,7 @@ PUT_PARAMETERS = {
     "Metadata": {"Colour": "blue", "lower": "x", "unicode": "caf\u00e9"}, "Tagging": "a=1&b=two%20words",
     "StorageClass": "STANDARD_IA", "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/k",
     "BucketKeyEnabled": True, "ChecksumAlgorithm": "CRC32", "ChecksumCRC32": "AAAAAA==",
-    "ObjectLockEventHoldDurationDays": 3, "WebsiteRedirectLocation": "/elsewhere",
+    "ContentLength": 3, "WebsiteRedirectLocation": "/elsewhere",
 }
 
 
