@@ -5,7 +5,7 @@ points, so tests/aws_behaviour.py plays S3's part in front of it (BucketInRegion
 AccessPoint); every test then asserts on what a person sees: the exit code, the sentence, the
 bytes, metadata and tags of the copies.
 
-* A region nobody checked (issue 15, item 6): source_credentials.json.example says us-east-1, and
+* A region nobody checked (issue 15, item 6): source_credentials.json.example said us-east-1, and
   people copy it. S3 refuses a request signed for another region than its bucket's; boto3 recovers
   through its region redirector, awscrt does not, so the crt engine failed every small object.
 * Requester Pays (item 11b): S3 answers 403 to a request without ``x-amz-request-payer``.
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import s3_bulk_transfer as tool  # noqa: E402  (S3Location, connect_side)
 
 BUCKET_REGION = "eu-west-1"
-EXAMPLE_REGION = "us-east-1"  # what source_credentials.json.example says
+EXAMPLE_REGION = "us-east-1"  # what source_credentials.json.example said, and people copied
 
 
 @pytest.fixture
