@@ -143,6 +143,7 @@ LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ET
 # a second or two of HEADs on S3, against copying the object with nothing but its size checked.
 LAYOUT_PROBE_LIMIT = 1_000
 BODY_ATTEMPTS = 5  # tries for one GET/PUT whose body broke mid-transfer
+DEFAULT_MAX_ATTEMPTS = 10  # botocore's (and awscrt's) attempts per request, unless the user set AWS_MAX_ATTEMPTS
 # Whole-object attempts, after the source changed under us or the bytes did not make its ETag. As many
 # as a body gets: a byte flipped in any one part costs the whole object, so an object of many parts on a
 # lossy path needs them (the soak, 5% of GETs damaged, lost an object of three parts with 3 attempts).
@@ -759,19 +760,35 @@ def explicit_endpoint(settings: SideSettings) -> Optional[str]:
     return settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+def retry_settings(session: boto3.Session) -> dict[str, Any]:
+    """botocore's retries for a side's clients: the user's retry mode and attempts where they chose
+    them (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, the profile's retry_mode and max_attempts), which botocore
+    then applies itself; else standard mode with DEFAULT_MAX_ATTEMPTS. botocore's own default mode
+    is legacy in the older releases requirements.txt allows, so "not chosen" is read from the
+    environment and the profile rather than from botocore's resolved value."""
+    core = session._session  # boto3 exposes no getter for these
+    retries: dict[str, Any] = {}
+    if not (os.environ.get("AWS_RETRY_MODE") or core.get_scoped_config().get("retry_mode")):
+        retries["mode"] = "standard"
+    if core.get_config_variable("max_attempts") is None:
+        retries["total_max_attempts"] = DEFAULT_MAX_ATTEMPTS
+    return retries
+
+
 def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: str, max_workers: int,
                    read_timeout: float = DEFAULT_READ_TIMEOUT) -> Any:
     """An S3 client tuned for many threads.
 
     The pool is sized to the workers plus a few for bookkeeping calls: botocore's default of 10
-    throws connections away under load ("Connection pool is full"). Standard retries with 10
-    attempts ride out SlowDown. Request checksums are left to our Content-MD5 (computed anyway for
-    verification) instead of a second CRC32 pass over every body.
+    throws connections away under load ("Connection pool is full"). botocore retries as the user
+    configured it (retry_settings); what it gives up on while S3 is busy, the tool's Retries sends
+    again. Request checksums are left to our Content-MD5 (computed anyway for verification)
+    instead of a second CRC32 pass over every body.
     """
     config = Config(
         region_name=region,
         max_pool_connections=max_workers + 4,
-        retries={"mode": "standard", "max_attempts": 10},
+        retries=retry_settings(session),
         connect_timeout=10,
         read_timeout=read_timeout,
         tcp_keepalive=True,
@@ -2004,7 +2021,10 @@ class CrtSideClient:
             tls_mode=s3.S3RequestTlsMode.ENABLED if url.scheme == "https" else s3.S3RequestTlsMode.DISABLED,
             tls_connection_options=tls_options,
             signing_config=s3.create_default_s3_signing_config(region=side.region, credential_provider=provider),
-            retry_config=s3.S3RetryConfig(max_retries=9),  # 10 attempts, as the boto3 clients make
+            # As many attempts as the side's boto3 client makes (the user's AWS_MAX_ATTEMPTS, if set), but
+            # at least two: awscrt reads max_retries=0 as its default of 5.
+            retry_config=s3.S3RetryConfig(
+                max_retries=max(side.client.meta.config.retries["total_max_attempts"] - 1, 1)),
             connect_timeout_ms=10_000,
         )
         self._service = side.client.meta.service_model
