@@ -680,6 +680,16 @@ DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 # damaged on the way up, so the same bytes (still in memory) are sent again.
 DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 MISSING_BUCKET_CODES = {"NoSuchBucket"}
+# S3 is busy, or failed inside, and asks for the request again (S3 User Guide, "Amazon S3 error best
+# practices": retry InternalError, slow down on SlowDown; S3 API reference, "Error responses"): these
+# codes, or these statuses, which are all that the answer to a HEAD carries. botocore retries them
+# within its attempts and its retry quota; Retries goes on after that.
+BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError"}
+BUSY_STATUSES = {500, 502, 503, 504}
+# While any request of the run succeeds, a request S3 refuses as busy is only waiting its turn: it
+# is given up only once nothing at all has succeeded, on either side, for this long.
+THROTTLE_PATIENCE = 15 * 60.0  # seconds
+MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
 RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.IncompleteReadError,
@@ -698,6 +708,21 @@ def error_code(error: BaseException) -> str:
     if isinstance(error, botocore.exceptions.ClientError):
         return str(error.response.get("Error", {}).get("Code", ""))
     return ""
+
+
+def error_detail(error: BaseException, element: str) -> str:
+    """An element of S3's error answer (Message, BucketName, StorageClass...); "" when it has none."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get(element) or "")
+    return ""
+
+
+def is_busy(error: BaseException) -> bool:
+    """S3 refused the request for being busy or failing inside: worth sending again later."""
+    if not isinstance(error, botocore.exceptions.ClientError):
+        return False
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error_code(error) in BUSY_CODES or status in BUSY_STATUSES
 
 
 def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
@@ -740,10 +765,93 @@ def explain_error(error: BaseException, *, side: SideSettings, bucket: str, acti
         )
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
         return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
+    if is_busy(error):
+        return (f"S3 stayed too busy to answer {action} on {where} ({side.side}): {code}: "
+                f"{error_detail(error, 'Message') or code}, after every retry; rerun later to copy it (fewer "
+                "--max-workers ask less of S3).")
     if isinstance(error, botocore.exceptions.ClientError):
         message = error.response.get("Error", {}).get("Message") or code
         return f"{action} on {where} ({side.side}) failed: {code}: {message}"
     return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before sending a request again for the `attempt`-th time: doubling from half a
+    second up to MAX_BACKOFF, each between half and one and a half times that, so that workers
+    refused together do not all come back together."""
+    return min(0.5 * 2 ** min(attempt - 1, 8), MAX_BACKOFF) * (0.5 + random.random())
+
+
+class Retries:
+    """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
+    as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
+
+    * while S3 answers that it is busy (is_busy: SlowDown, 503, InternalError...): for as long as any
+      request of the run succeeds, so that no object fails for throttling while the run makes
+      progress. Only once nothing at all has succeeded for THROTTLE_PATIENCE is it given up. These
+      retries do not use up the attempts below.
+    * with `retry_bodies`, up to BODY_ATTEMPTS attempts in all: a body broken after the headers
+      arrived (which botocore does not retry), a body that does not match its ETag, or one that S3
+      refused as damaged on its way up (the same bytes, still in memory, are sent again).
+
+    Anything else, and the last error when it gives up, is raised for the caller to word. One
+    instance serves both sides and every thread; `on_throttle` and `on_retry` count what it does for
+    the status line, and a wait ends with StopRequested when `stopping` is set (Ctrl-C).
+    """
+
+    def __init__(self, stopping: Optional[threading.Event] = None, *, on_throttle: Callable[[], None] = lambda: None,
+                 on_retry: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stopping = stopping or threading.Event()
+        self._on_throttle = on_throttle
+        self._on_retry = on_retry
+        self._clock = clock
+        self._last_success = clock()  # of any request of the run: one float, replaced whole
+
+    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
+        """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
+        attempt = throttled = 0
+        while True:
+            error: BaseException
+            try:
+                result = operation()
+            except botocore.exceptions.ClientError as refused:
+                if is_busy(refused):
+                    throttled += 1
+                    self._wait_while_busy(refused, what=what, times=throttled)
+                    continue
+                if not (retry_bodies and error_code(refused) in DAMAGED_UPLOAD_CODES):
+                    raise
+                error = refused
+            except RETRYABLE_BODY_ERRORS as broken:
+                if not retry_bodies:
+                    raise
+                error = broken
+            else:
+                self._last_success = self._clock()
+                return result
+            attempt += 1
+            if attempt == BODY_ATTEMPTS:
+                raise error
+            self._on_retry()
+            delay = backoff_delay(attempt)
+            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
+                        BODY_ATTEMPTS)
+            self._wait(delay, error)
+
+    def _wait_while_busy(self, error: botocore.exceptions.ClientError, *, what: str, times: int) -> None:
+        idle = self._clock() - self._last_success
+        if idle >= THROTTLE_PATIENCE:
+            LOG.warning("%s: S3 answered %s %d times, and no request of this run has succeeded for %.0f minutes; "
+                        "giving up on it", what, error_code(error), times, idle / 60)
+            raise error
+        self._on_throttle()
+        delay = backoff_delay(times)
+        LOG.info("%s: S3 is busy (%s); sending it again in %.1f s (%d so far)", what, error_code(error), delay, times)
+        self._wait(delay, error)
+
+    def _wait(self, delay: float, error: BaseException) -> None:
+        if self._stopping.wait(delay):
+            raise StopRequested() from error
 
 
 def is_fatal_error(error: BaseException) -> bool:
@@ -884,7 +992,9 @@ def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket:
 class Side:
     """A connected side: its settings, its client and its bucket; and for the crt engine, which
     signs and sends on its own, the credentials, the URL of the bucket's objects as botocore
-    resolved it (virtual-hosted or path-style, the regional endpoint) and the CA bundle to trust."""
+    resolved it (virtual-hosted or path-style, the regional endpoint) and the CA bundle to trust.
+    `retries` is the run's Retries (one for both sides), which every request to the side goes
+    through; run_transfer sets it."""
 
     settings: SideSettings
     client: Any
@@ -893,6 +1003,7 @@ class Side:
     credentials: Any = dataclasses.field(default=None, repr=False)
     objects_url: str = ""  # ends with "/": a key, percent-encoded, follows
     ca_bundle: Optional[str] = None
+    retries: Retries = dataclasses.field(default_factory=Retries, repr=False, compare=False)
 
 
 def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_prefix: str,
@@ -1013,14 +1124,33 @@ def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
     ]
 
 
-def list_objects(client: Any, location: S3Location, start_after: Optional[str],
+# The request field that asks for the next page, and the answer's field that gives it, per listing.
+PAGE_MARKERS = {"list_objects_v2": ("ContinuationToken", "NextContinuationToken"),
+                "list_parts": ("PartNumberMarker", "NextPartNumberMarker")}
+
+
+def pages(side: Side, operation: str, **request: Any) -> Iterator[dict[str, Any]]:
+    """The pages of a listing (`operation`, a boto3 method name), one request each, fetched as they are
+    wanted and each sent through the side's Retries: a page S3 refuses as busy is asked for again,
+    which botocore's paginator cannot do without starting over."""
+    call = getattr(side.client, operation)
+    sent, received = PAGE_MARKERS[operation]
+    while True:
+        page = side.retries.call(lambda: call(**request), what=f"{operation} of bucket {side.bucket}")
+        yield page
+        if not page.get("IsTruncated") or not page.get(received):
+            return
+        request = {**request, sent: page[received]}
+
+
+def list_objects(side: Side, location: S3Location, start_after: Optional[str],
                  through: Optional[str] = None) -> Iterator[ListedObject]:
     """Stream a listing in key order, one page in memory at a time, after `start_after` and up to
     and including `through` (None: to the end)."""
     request: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.prefix}
     if start_after:
         request["StartAfter"] = start_after
-    for page in client.get_paginator("list_objects_v2").paginate(**request):
+    for page in pages(side, "list_objects_v2", **request):
         for entry in page.get("Contents", ()):
             if through is not None and entry["Key"] > through:
                 return  # the paginator asks for no further page
@@ -1079,19 +1209,19 @@ def choose_split_points(candidates: Iterable[str], ranges_wanted: int) -> list[s
     return sorted({ordered[int(step * index)] for index in range(1, ranges_wanted)})
 
 
-def discover_split_points(client: Any, location: S3Location, ranges_wanted: int) -> list[str]:
+def discover_split_points(side: Side, location: S3Location, ranges_wanted: int) -> list[str]:
     """Split points for a listing in `ranges_wanted` ranges: folders (CommonPrefixes of a listing with
     Delimiter "/"), one level deeper while there are too few, else the next character after the
     deepest single folder."""
     if ranges_wanted <= 1:
         return []
     # A listing of one page gains nothing from ranges, each of which reads a page of its own.
-    first = client.list_objects_v2(Bucket=location.bucket, Prefix=location.prefix)
+    first = next(pages(side, "list_objects_v2", Bucket=location.bucket, Prefix=location.prefix))
     if not first.get("IsTruncated"):
         return []
     level = [location.prefix]
     for _ in range(SPLIT_DISCOVERY_DEPTH):
-        found = list_folders(client, location.bucket, level, limit=SPLIT_DISCOVERY_PREFIXES)
+        found = list_folders(side, location.bucket, level, limit=SPLIT_DISCOVERY_PREFIXES)
         if not found:
             break
         level = found
@@ -1102,7 +1232,7 @@ def discover_split_points(client: Any, location: S3Location, ranges_wanted: int)
     return choose_split_points((level[0] + character for character in SPLIT_ALPHABET), ranges_wanted)
 
 
-def list_folders(client: Any, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
+def list_folders(side: Side, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
     """The folders (CommonPrefixes with Delimiter "/") directly under each of `prefixes`, at most `limit`.
 
     One page of each prefix only: a prefix of a million keys and no folder would otherwise be listed
@@ -1110,7 +1240,7 @@ def list_folders(client: Any, bucket: str, prefixes: list[str], *, limit: int) -
     the first 1,000 names of a prefix are not seen, which makes the ranges less even, never wrong."""
     found: list[str] = []
     for prefix in prefixes:
-        page = client.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        page = next(pages(side, "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/"))
         found.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", ()))
         if len(found) >= limit:
             return found[:limit]
@@ -1325,23 +1455,18 @@ def _s3_parts(uri: str) -> tuple[str, str]:
 
 def _read_inventory_range(location: str, start: int, length: int, source: Side) -> bytes:
     """`length` bytes of a file from `start`: a local read, or a ranged GET with the source's client,
-    sent again when its body breaks off (botocore retries only what fails before the body)."""
+    sent again when its body breaks off (botocore retries only what fails before the body) or S3 is busy."""
     if not location.startswith("s3://"):
         with open(location, "rb") as handle:
             handle.seek(start)
             return handle.read(length)
     bucket, key = _s3_parts(location)
-    for attempt in range(1, BODY_ATTEMPTS + 1):
-        try:
-            response = source.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
-            return read_exact(response, length)
-        except RETRYABLE_BODY_ERRORS as error:
-            if attempt == BODY_ATTEMPTS:
-                raise
-            LOG.warning("reading %s: %s; reading it again (attempt %d of %d)", location, error, attempt + 1,
-                        BODY_ATTEMPTS)
-            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+
+    def read() -> bytes:
+        response = source.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
+        return read_exact(response, length)
+
+    return source.retries.call(read, what=f"reading {location}", retry_bodies=True)
 
 
 def inventory_chunks(file: InventoryFile, source: Side, *, name: str) -> Iterator[tuple[bytes, bool]]:
@@ -1485,7 +1610,8 @@ def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing:
 
     def head(key: str) -> Optional[ListedObject]:
         try:
-            response = source.client.head_object(Bucket=source.bucket, Key=key)
+            response = source.retries.call(lambda: source.client.head_object(Bucket=source.bucket, Key=key),
+                                           what=f"HeadObject of {key}")
         except botocore.exceptions.ClientError as error:
             if error_code(error) in MISSING_OBJECT_CODES:
                 return None
@@ -1538,7 +1664,8 @@ def _read_inventory_document(location: str, source: Side, *, what: str) -> Optio
                                      "it is a file this user may read.") from None
     bucket, key = _s3_parts(location)
     try:
-        return source.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return source.retries.call(lambda: source.client.get_object(Bucket=bucket, Key=key)["Body"].read(),
+                                   what=f"reading {location}", retry_bodies=True)
     except botocore.exceptions.ClientError as error:
         if error_code(error) in MISSING_OBJECT_CODES:
             return None
@@ -1556,7 +1683,8 @@ def _inventory_file_size(location: str, source: Side) -> Optional[int]:
         return path.stat().st_size if path.is_file() else None
     bucket, key = _s3_parts(location)
     try:
-        return int(source.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        return int(source.retries.call(lambda: source.client.head_object(Bucket=bucket, Key=key),
+                                       what=f"HeadObject of {location}")["ContentLength"])
     except botocore.exceptions.ClientError as error:
         if error_code(error) in MISSING_OBJECT_CODES:
             return None
@@ -1822,6 +1950,9 @@ ENGINES = ("auto", "threads", "crt")
 # one is sent: silence is expected for as long as the body takes at this (slow) rate, on top of
 # --read-timeout, before a request counts as stalled.
 CRT_SLOWEST_EXPECTED_RATE = 1 * MiB  # bytes per second
+# awscrt's own errors for a request it gave up on while S3 refused it as busy, when it does not hand
+# over S3's answer itself: read as that answer's status, so that Retries sends the request again.
+CRT_BUSY_ERRORS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
 
 
 class TransportError(ConnectionError):
@@ -2106,6 +2237,8 @@ class CrtSideClient:
             if failure is not None:
                 raise failure
             name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
+            if name in CRT_BUSY_ERRORS:
+                return CRT_BUSY_ERRORS[name], [], b""
             raise TransportError(f"{operation} to the {self.side.settings.side} endpoint failed: {name}: {error}")
         return answer.status, answer.headers, answer.body()
 
@@ -2697,6 +2830,7 @@ class TransferEngine:
         self.status = status
         self.stopping = stopping
         self.permissions = PermissionBreaker()
+        self.retries = source.retries  # every request of the engine goes through it (one for both sides)
         self.fatal: Optional[FatalTransferError] = None
         self._stop_announced = False
         self._last_tick = 0.0
@@ -2784,7 +2918,8 @@ class TransferEngine:
     def _head_for_retry(self, key: str) -> Optional[ListedObject]:
         """A failed or changed key, as it is now: None (and settled) when it is gone or unreadable."""
         try:
-            head = self.source.client.head_object(Bucket=self.source.bucket, Key=key)
+            head = self.retries.call(lambda: self.source.client.head_object(Bucket=self.source.bucket, Key=key),
+                                     what=f"HeadObject of {key}")
         except botocore.exceptions.ClientError as error:
             if error_code(error) in MISSING_OBJECT_CODES:
                 self.source_vanished(key)
@@ -3012,16 +3147,18 @@ class TransferEngine:
         it. A version that changed since is caught anyway: its sizes would not add up, or the
         If-Match of the ranged GETs fails, or the bytes do not hash to the ETag.
         """
-        first = self.source.client.head_object(Bucket=self.source.bucket, Key=key, PartNumber=1)
-        last = first if parts_count == 1 else self.source.client.head_object(
-            Bucket=self.source.bucket, Key=key, PartNumber=parts_count)
+
+        def part_head(number: int) -> dict[str, Any]:
+            return self.retries.call(lambda: self.source.client.head_object(
+                Bucket=self.source.bucket, Key=key, PartNumber=number), what=f"HeadObject of part {number} of {key}")
+
+        first = part_head(1)
+        last = first if parts_count == 1 else part_head(parts_count)
         if int(first.get("PartsCount") or parts_count) != parts_count:
             return None
         layout = equal_part_layout(size, parts_count, first["ContentLength"], last["ContentLength"])
         if layout is None and 2 <= parts_count <= LAYOUT_PROBE_LIMIT:
-            middle = tuple(self.source.client.head_object(Bucket=self.source.bucket, Key=key,
-                                                          PartNumber=number)["ContentLength"]
-                           for number in range(2, parts_count))
+            middle = tuple(part_head(number)["ContentLength"] for number in range(2, parts_count))
             layout = (first["ContentLength"], *middle, last["ContentLength"])
             if sum(layout) != size:
                 return None
@@ -3033,7 +3170,8 @@ class TransferEngine:
         if tag_count == 0:
             return []
         try:
-            tags = self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key)["TagSet"]
+            tags = self.retries.call(lambda: self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key),
+                                     what=f"GetObjectTagging of {key}")["TagSet"]
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:GetObjectTagging", side="source")
             raise
@@ -3050,8 +3188,9 @@ class TransferEngine:
         same part boundaries, so the destination's ETag comes out identical to the source's.
         """
         try:
-            head = self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag,
-                                                  ChecksumMode="ENABLED")
+            head = self.retries.call(lambda: self.source.client.head_object(
+                Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag, ChecksumMode="ENABLED"),
+                what=f"HeadObject of {listed.key}")
             check = self._integrity_check(listed.key, head["ETag"], head, head["ContentLength"])
         except botocore.exceptions.ClientError as error:
             if error_code(error) in {"PreconditionFailed", "412"}:
@@ -3073,9 +3212,9 @@ class TransferEngine:
         tags = self._tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
         try:
-            upload_id = self.destination.client.create_multipart_upload(
+            upload_id = self.retries.call(lambda: self.destination.client.create_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, **arguments, **check.multipart_checksum_arguments()
-            )["UploadId"]
+            ), what=f"CreateMultipartUpload of {destination_key}")["UploadId"]
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
@@ -3125,9 +3264,8 @@ class TransferEngine:
         checksum_field = f"Checksum{check.checksum_algorithm}" if check.checksum_algorithm else None
         recorded_checksums = record.get("part_checksums") or {}
         try:
-            paginator = self.destination.client.get_paginator("list_parts")
-            for page in paginator.paginate(Bucket=self.destination.bucket, Key=destination_key,
-                                           UploadId=job.upload_id):
+            for page in pages(self.destination, "list_parts", Bucket=self.destination.bucket, Key=destination_key,
+                              UploadId=job.upload_id):
                 for part in page.get("Parts", ()):
                     if planned.get(part["PartNumber"]) != part["Size"]:
                         continue
@@ -3235,10 +3373,10 @@ class TransferEngine:
             # moto returns no checksum for a copied part (S3 does): nothing can be checked then.
             check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
         try:
-            self.destination.client.complete_multipart_upload(
+            self.retries.call(lambda: self.destination.client.complete_multipart_upload(
                 Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
                 MultipartUpload={"Parts": parts}, **checksum,
-            )
+            ), what=f"CompleteMultipartUpload of {job.destination_key}")
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
@@ -3259,9 +3397,9 @@ class TransferEngine:
 
     def _abort_upload(self, destination_key: str, upload_id: str, reason: str) -> None:
         try:
-            self.destination.client.abort_multipart_upload(
+            self.retries.call(lambda: self.destination.client.abort_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, UploadId=upload_id
-            )
+            ), what=f"AbortMultipartUpload of {destination_key}")
             LOG.info("aborted multipart upload of %s: %s", json.dumps(destination_key, ensure_ascii=False), reason)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             if error_code(error) != "NoSuchUpload":
@@ -3276,8 +3414,9 @@ class TransferEngine:
         sent again. The object is being written anyway. Best effort: without
         s3:ListBucketMultipartUploads, skip it."""
         try:
-            listing = self.destination.client.list_multipart_uploads(Bucket=self.destination.bucket,
-                                                                     Prefix=destination_key)
+            listing = self.retries.call(lambda: self.destination.client.list_multipart_uploads(
+                Bucket=self.destination.bucket, Prefix=destination_key),
+                what=f"ListMultipartUploads of {destination_key}")
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
             return
@@ -3326,7 +3465,8 @@ class TransferEngine:
 
     def _source_encrypted(self, listed: ListedObject) -> bool:
         """Whether the source's ETag is opaque (SSE-KMS, SSE-C): the listing does not say, HeadObject does."""
-        return etag_is_opaque(self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key))
+        return etag_is_opaque(self.retries.call(lambda: self.source.client.head_object(
+            Bucket=self.source.bucket, Key=listed.key), what=f"HeadObject of {listed.key}"))
 
     def _copy_part_server_side(self, job: MultipartCopy, part: PartRange) -> None:
         if job.abandoned:
@@ -3351,7 +3491,7 @@ class TransferEngine:
         """Send a CopyObject or UploadPartCopy; a changed source restarts the object, and a refusal
         before any server-side copy succeeded turns --copy-mode auto to streaming."""
         try:
-            return request()
+            return self.retries.call(request, what=f"{operation} of {key}")
         except botocore.exceptions.ClientError as error:
             code = error_code(error)
             if code in {"PreconditionFailed", "412"}:
@@ -3393,32 +3533,20 @@ class TransferEngine:
                  elapsed, format_size(size / elapsed), verified, " (server-side copy)" if server_side else "")
 
     def _with_body_retries(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
-        """Retry errors botocore does not: a body broken after the headers arrived, or a body that
-        does not match its ETag. Exponential backoff with jitter. A unit already started is let
-        finish when the run stops (Ctrl-C), but it is not retried then."""
-        for attempt in range(1, BODY_ATTEMPTS + 1):
-            error: BaseException
-            try:
-                return operation()
-            except botocore.exceptions.ClientError as refused:
-                if error_code(refused) not in DAMAGED_UPLOAD_CODES:
-                    _annotate(refused, action=action, side=side.settings.side)
-                    raise
-                error = refused  # S3 refused a body damaged on its way up: send it again
-            except RETRYABLE_BODY_ERRORS as broken:
-                error = broken
-            if attempt == BODY_ATTEMPTS:
-                damaged = isinstance(error, (botocore.exceptions.FlexibleChecksumError,
-                                             botocore.exceptions.ClientError))
-                kind = "integrity mismatch: " if damaged else ""
-                raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{error}") from error
-            self.status.retried()
-            delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
-            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
-                        BODY_ATTEMPTS)
-            if self.stopping.wait(delay):
-                raise StopRequested() from error
-        raise AssertionError("unreachable")
+        """A GET or PUT of a body through Retries, which also sends again what botocore does not: a
+        body broken after the headers arrived, or one that does not match its ETag. A unit already
+        started is let finish when the run stops (Ctrl-C), but it is not retried then."""
+        try:
+            return self.retries.call(operation, what=what, retry_bodies=True)
+        except botocore.exceptions.ClientError as refused:
+            if error_code(refused) in DAMAGED_UPLOAD_CODES:  # S3 refused the body every time as damaged
+                raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
+                                    f"{refused}") from refused
+            _annotate(refused, action=action, side=side.settings.side)
+            raise
+        except RETRYABLE_BODY_ERRORS as broken:
+            kind = "integrity mismatch: " if isinstance(broken, botocore.exceptions.FlexibleChecksumError) else ""
+            raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{broken}") from broken
 
 
 def _annotate(error: botocore.exceptions.ClientError, *, action: str, side: str) -> None:
@@ -3769,9 +3897,9 @@ def discard_progress(path: Path, destination: Side) -> None:
         saved = None
     for key, record in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
         try:
-            destination.client.abort_multipart_upload(
+            destination.retries.call(lambda: destination.client.abort_multipart_upload(
                 Bucket=destination.bucket, Key=record["destination_key"], UploadId=record["upload_id"]
-            )
+            ), what=f"AbortMultipartUpload of {record['destination_key']}")
             LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
             LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
@@ -3856,11 +3984,13 @@ class ObjectComparer:
         return MATCH_SIZE_ONLY, "the objects were uploaded with different part layouts and share no checksum"
 
     def _fingerprint(self, side: Side, listed: ListedObject) -> Fingerprint:
-        head = side.client.head_object(Bucket=side.bucket, Key=listed.key, ChecksumMode="ENABLED")
+        what = f"HeadObject of {listed.key} ({side.settings.side})"
+        head = side.retries.call(lambda: side.client.head_object(Bucket=side.bucket, Key=listed.key,
+                                                                 ChecksumMode="ENABLED"), what=what)
         layout: tuple[Any, ...] = ("whole",)
         if "-" in listed.etag:
-            layout = ("parts", side.client.head_object(Bucket=side.bucket, Key=listed.key,
-                                                        PartNumber=1)["ContentLength"])
+            layout = ("parts", side.retries.call(lambda: side.client.head_object(
+                Bucket=side.bucket, Key=listed.key, PartNumber=1), what=what)["ContentLength"])
         return Fingerprint(layout, not etag_is_opaque(head), find_source_checksum(head, listed.etag))
 
 
@@ -3879,7 +4009,7 @@ def objects_to_copy(config: TransferConfig, source: Side, destination: Side, sta
     joined = merge_join(
         source_objects(config, source, start_after, through, inventory=inventory, on_missing=on_missing),
         config.source.prefix,
-        selected_objects(list_objects(destination.client, config.destination, on_destination(start_after),
+        selected_objects(list_objects(destination, config.destination, on_destination(start_after),
                                       on_destination(through)), config, side="destination"),
         config.destination.prefix,
     )
@@ -3923,13 +4053,13 @@ def audit(config: TransferConfig, source: Side, destination: Side, inventory: Op
     counts: collections.Counter[str] = collections.Counter()
     shown = 0
     report = AuditReportFile(config.report_file)
-    source_listing = selected_objects(list_objects(source.client, config.source, None), config)
+    source_listing = selected_objects(list_objects(source, config.source, None), config)
     if inventory is not None:
         source_listing = listed_in(source_listing, (row.key for row in
                                                     inventory_rows(inventory, source, config.source, None)))
     joined = merge_join(
         source_listing, config.source.prefix,
-        selected_objects(list_objects(destination.client, config.destination, None), config, side="destination"),
+        selected_objects(list_objects(destination, config.destination, None), config, side="destination"),
         config.destination.prefix,
     )
     try:
@@ -4020,7 +4150,7 @@ class StatusReporter:
         self._drawn = False
         self.objects_listed = self.bytes_listed = 0
         self.objects_done = self.bytes_done = self.bytes_moved = 0
-        self.objects_failed = self.objects_skipped = self.retries = self.busy = 0
+        self.objects_failed = self.objects_skipped = self.retries = self.throttles = self.busy = 0
         self.objects_vanished = 0
         self.verified: collections.Counter[str] = collections.Counter()
         self.objects_server_side = 0
@@ -4063,6 +4193,11 @@ class StatusReporter:
         with self._lock:
             self.retries += 1
 
+    def throttled(self) -> None:
+        """S3 refused a request as busy and it is to be sent again (Retries)."""
+        with self._lock:
+            self.throttles += 1
+
     def worker_busy(self, delta: int) -> None:
         with self._lock:
             self.busy += delta
@@ -4089,6 +4224,7 @@ class StatusReporter:
                 "objects_no_longer_in_source": self.objects_vanished,
                 "verified": {method: self.verified[method] for method in ("md5", "etag", "checksum", "size-only")},
                 "retries": self.retries,
+                "throttled": self.throttles,
                 "elapsed": format_duration(self.elapsed()),
                 "rate": f"{format_size(rate)}/s",
                 "eta": eta,
@@ -4102,7 +4238,7 @@ class StatusReporter:
             f"{figures['objects_done']:,}/{listed} objects, {format_size(self.bytes_moved)}/"
             f"{format_size(figures['bytes_listed'])}, {figures['rate']}, ETA {eta}, "
             f"workers {self.busy}/{self._max_workers} busy, {figures['objects_failed']} failed, "
-            f"{figures['retries']} retries"
+            f"{figures['retries']} retries, {figures['throttled']} throttled"
         )
 
     # display, called from the main thread
@@ -4163,6 +4299,8 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
             f"since they were listed); each is named in {config.log_file}.")] if status.objects_vanished else []),
         *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
            f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
+        *([f"S3 answered {status.throttles:,} requests with SlowDown or another busy error after botocore's "
+           "retries; each was sent again after a pause."] if status.throttles else []),
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
                                                    figures["verified"].items()) + ".",
         f"Object bodies moved by {engine.describe()} ({engine.reason}).",
@@ -4460,7 +4598,7 @@ def source_objects(config: TransferConfig, source: Side, start_after: Optional[s
     ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
     row without a size or ETag costs (see inventory_objects)."""
     if inventory is None:
-        return selected_objects(list_objects(source.client, config.source, start_after, through), config)
+        return selected_objects(list_objects(source, config.source, start_after, through), config)
     rows = (row for row in inventory_rows(inventory, source, config.source, start_after, through)
             if is_wanted(row.key[len(config.source.prefix):], config))
     return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
@@ -4469,7 +4607,7 @@ def source_objects(config: TransferConfig, source: Side, start_after: Optional[s
 def listing_split_points(config: TransferConfig, source: Side) -> list[str]:
     """Where to cut the source's keyspace for --list-concurrency listers; refusals as a listing's."""
     try:
-        return discover_split_points(source.client, config.source, config.list_concurrency * RANGES_PER_LISTER)
+        return discover_split_points(source, config.source, config.list_concurrency * RANGES_PER_LISTER)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         raise FatalTransferError(explain_error(error, side=config.source_side, bucket=config.source.bucket,
                                                action="s3:ListBucket")) from None
@@ -4564,13 +4702,18 @@ def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[],
 
 def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     """Connect both sides, then copy everything not yet done, saving progress as it goes."""
+    stopping = threading.Event()
+    retries = Retries(stopping, on_throttle=status.throttled, on_retry=status.retried)
     # The source's connection pool serves the workers' GETs and the listers at once; too small a pool
     # throws connections away, silently (urllib3 logs it to no one).
-    source = connect_side(config.source_side, config.source.bucket,
-                          max_workers=config.max_workers + config.list_concurrency,
-                          list_prefix=config.source.prefix, read_timeout=config.read_timeout)
-    destination = connect_side(config.destination_side, config.destination.bucket, max_workers=config.max_workers,
-                               list_prefix=config.destination.prefix, read_timeout=config.read_timeout)
+    source = dataclasses.replace(connect_side(config.source_side, config.source.bucket,
+                                              max_workers=config.max_workers + config.list_concurrency,
+                                              list_prefix=config.source.prefix, read_timeout=config.read_timeout),
+                                 retries=retries)
+    destination = dataclasses.replace(connect_side(config.destination_side, config.destination.bucket,
+                                                   max_workers=config.max_workers,
+                                                   list_prefix=config.destination.prefix,
+                                                   read_timeout=config.read_timeout), retries=retries)
     inventory = open_inventory(config.inventory, source) if config.inventory else None
     if config.dry_run:
         return report_dry_run(config, source, inventory)
@@ -4594,7 +4737,6 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
                                config.source_side, config.destination_side) else
                                "the source and destination are on different endpoints")
     progress.save(status.summary())
-    stopping = threading.Event()
     engine = TransferEngine(config, source=source, destination=destination,
                             transport=make_transport(engine_choice, source, destination, config),
                             progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
@@ -4640,7 +4782,10 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if not config.quiet or code != EXIT_OK:
         print(report, file=sys.stdout if code == EXIT_OK else sys.stderr)
     if code == EXIT_OK and config.verify:
-        return audit(config, source, destination, inventory)
+        # `stopping` is set by now (it let the listers go), which would stop any retry of the comparison.
+        comparing = Retries(on_throttle=status.throttled, on_retry=status.retried)
+        return audit(config, dataclasses.replace(source, retries=comparing),
+                     dataclasses.replace(destination, retries=comparing), inventory)
     return code
 
 

@@ -65,3 +65,45 @@ class Hold:
 
     def close(self) -> None:
         self._closed.set()
+
+
+# -- items 9, 10, 11a and 13 of issue 15: throttling, KMS denials, archive tiers, a vanished copy source --
+
+def _error_for(request: Request, status: int, code: str, message: str, **elements: str) -> Answer:
+    """An S3 error answer; to a HEAD, the status alone, with no body, as S3 answers a HEAD."""
+    answer = Answer.s3_error(status, code, message, **elements)
+    if request.method == "HEAD":
+        answer.body = b""
+        answer.drop_header("Content-Type")
+    return answer
+
+
+class SlowDownStorm:
+    """S3 throttling: ``503 SlowDown`` ("Please reduce your request rate.") to requests beyond the
+    rate a prefix supports, while S3 scales it up (S3 API reference, "Error responses", SlowDown;
+    S3 User Guide, "Best practices design patterns: optimizing Amazon S3 performance": back off and
+    retry). A HEAD gets the bare 503.
+
+    Count-based, so the same storm meets the same requests in every run: each distinct request
+    (method, target and Range) that ``which`` selects is answered SlowDown its first ``times``
+    times, then goes through. ``answered`` counts the SlowDowns sent.
+    """
+
+    def __init__(self, which: Predicate, *, times: int) -> None:
+        self._which = which
+        self._times = times
+        self._seen: dict[tuple[str, str, Optional[str]], int] = {}
+        self._lock = threading.Lock()
+        self.answered = 0
+
+    def __call__(self, request: Request, forward: Forward) -> Answer:
+        if self._which(request):
+            identity = (request.method, request.target, request.header("Range"))
+            with self._lock:
+                self._seen[identity] = self._seen.get(identity, 0) + 1
+                throttled = self._seen[identity] <= self._times
+                if throttled:
+                    self.answered += 1
+            if throttled:
+                return _error_for(request, 503, "SlowDown", "Please reduce your request rate.")
+        return forward(request)
