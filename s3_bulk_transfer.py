@@ -675,7 +675,14 @@ CREDENTIAL_ERROR_CODES = {
     "AllAccessDisabled": "all access to this resource has been disabled",
 }
 ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
+# The archive tiers of INTELLIGENT_TIERING, as HeadObject's x-amz-archive-status (ArchiveStatus) and
+# InvalidObjectState's AccessTier name them: readable only after a restore too.
+ARCHIVE_ACCESS_TIERS = {"ARCHIVE_ACCESS": "Archive Access", "DEEP_ARCHIVE_ACCESS": "Deep Archive Access"}
 DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# An AccessDenied whose message names a KMS action refuses the object's KMS key, not the bucket: S3
+# says "... is not authorized to perform: kms:Decrypt on resource: arn:aws:kms:...", or, reading with a
+# key the caller cannot use, that "The ciphertext refers to a customer master key" it may not access.
+KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
 # S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
 # damaged on the way up, so the same bytes (still in memory) are sent again.
 DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
@@ -725,6 +732,40 @@ def is_busy(error: BaseException) -> bool:
     return error_code(error) in BUSY_CODES or status in BUSY_STATUSES
 
 
+def kms_permission_denied(error: BaseException) -> Optional[str]:
+    """The KMS permission an AccessDenied refuses (kms:Decrypt to read an SSE-KMS object,
+    kms:GenerateDataKey to write one), when S3's message says it is about a KMS key; else None."""
+    if error_code(error) not in DENIED_CODES:
+        return None
+    message = error_detail(error, "Message")
+    found = KMS_ACTION.search(message)
+    if found:
+        return found.group(0)
+    return "kms:Decrypt" if "customer master key" in message else None
+
+
+def archived_in(storage_class: str, access_tier: str) -> str:
+    """Where an archived object waits and how to have it back, as the end of a sentence about it."""
+    if access_tier in ARCHIVE_ACCESS_TIERS or storage_class == "INTELLIGENT_TIERING":
+        tier = ARCHIVE_ACCESS_TIERS.get(access_tier, "Archive Access or Deep Archive Access")
+        return (f"archived in the Intelligent-Tiering {tier} tier and not restored: restore it (aws s3api "
+                "restore-object --restore-request '{}', without Days), and rerun once it is back in the Frequent "
+                "Access tier")
+    where = storage_class if storage_class in ARCHIVE_STORAGE_CLASSES else "GLACIER or DEEP_ARCHIVE"
+    return f"archived in {where} and not restored: restore it (aws s3api restore-object) and rerun to copy it"
+
+
+def unrestored_archive(head: dict[str, Any]) -> Optional[str]:
+    """How a HeadObject answer says the object is archived and not yet readable (archived_in), or None."""
+    if 'ongoing-request="false"' in head.get("Restore", ""):
+        return None
+    if head.get("ArchiveStatus") in ARCHIVE_ACCESS_TIERS:
+        return archived_in("INTELLIGENT_TIERING", head["ArchiveStatus"])
+    if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES:
+        return archived_in(head["StorageClass"], "")
+    return None
+
+
 def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
     """The failed certificate check behind an error (botocore's SSLError wraps urllib3's, which wraps
     ssl's), or None when the error is something else."""
@@ -741,18 +782,23 @@ def explain_error(error: BaseException, *, side: SideSettings, bucket: str, acti
     code = error_code(error)
     if code in CREDENTIAL_ERROR_CODES:
         return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
+    kms = kms_permission_denied(error)
+    if kms:
+        return (f"Access denied by AWS KMS: the {side.side} credentials ({side.origin}) may not use {kms} with the KMS "
+                f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
+                "key's policy (and in their IAM policy when the key is another account's).")
     if code in DENIED_CODES:
         return (
             f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
             f"grant {action} to them (see the README's IAM policies)."
         )
     if code in MISSING_BUCKET_CODES or (code in {"404", "NotFound"} and not key):
-        return f"The {side.side} bucket {bucket} does not exist (or is not reachable at this endpoint and region)."
+        # S3 names the missing bucket, which for a server-side copy may be the source it reads from.
+        named = error_detail(error, "BucketName") or bucket
+        whose = f"The {side.side} bucket" if named == bucket else "The bucket"
+        return f"{whose} {named} does not exist (or is not reachable at this endpoint and region)."
     if code == "InvalidObjectState":
-        return (
-            f"{where} is archived (GLACIER or DEEP_ARCHIVE) and not restored: restore it "
-            "(aws s3api restore-object) and rerun to copy it."
-        )
+        return f"{where} is {archived_in(error_detail(error, 'StorageClass'), error_detail(error, 'AccessTier'))}."
     if isinstance(error, botocore.exceptions.NoCredentialsError):
         return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
     untrusted = certificate_failure(error)
@@ -3044,8 +3090,20 @@ class TransferEngine:
             return
         if why:
             error = ObjectFailure(f"{why} (after {OBJECT_ATTEMPTS} attempts)")
-        side = self.destination if getattr(error, "side", None) == "destination" else self.source
-        self._settle_failure(listed.key, error, action=getattr(error, "action", "") or action, side=side)
+        self._settle_failure(listed.key, error, action=getattr(error, "action", "") or action,
+                             side=self._side_named_by(error))
+
+    def _side_named_by(self, error: BaseException) -> Side:
+        """The side an error is about: the one whose bucket S3 names in it (NoSuchBucket's BucketName,
+        the source's for an UploadPartCopy whose source is gone, though the request went to the
+        destination), else the side the request went to."""
+        named = error_detail(error, "BucketName")
+        if named and self.source.bucket != self.destination.bucket:
+            if named == self.source.bucket:
+                return self.source
+            if named == self.destination.bucket:
+                return self.destination
+        return self.destination if getattr(error, "side", None) == "destination" else self.source
 
     def _settle_failure(self, key: str, error: BaseException, *, action: str = "",
                         side: Optional[Side] = None) -> None:
@@ -3059,7 +3117,9 @@ class TransferEngine:
         else:
             reason = explain_error(error, side=side.settings, bucket=side.bucket, action=action or "the copy",
                                    key=key if side is self.source else "")
-            if is_fatal_error(error) or (error_code(error) in DENIED_CODES and self.permissions.denied(action)):
+            # A KMS denial is about the object's key: other objects, under other keys, may be readable.
+            denied = error_code(error) in DENIED_CODES and not kms_permission_denied(error)
+            if is_fatal_error(error) or (denied and self.permissions.denied(action)):
                 self._stop_run(FatalTransferError(reason))
                 if error_code(error) not in DENIED_CODES:
                     return  # no key is to blame for expired credentials or a missing bucket
@@ -3197,10 +3257,9 @@ class TransferEngine:
                 raise SourceChanged() from None
             _annotate(error, action="s3:GetObject", side="source")
             raise
-        if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES and 'ongoing-request="false"' not in head.get(
-                "Restore", ""):
-            raise ObjectFailure(f"it is archived in {head['StorageClass']} and not restored: restore it "
-                                "(aws s3api restore-object) and rerun to copy it")
+        archived = unrestored_archive(head)
+        if archived:
+            raise ObjectFailure(f"it is {archived}")
         part_size = self._part_size_for(listed, check, server_side=server_side)
         if server_side:
             check = server_side_check(check)
