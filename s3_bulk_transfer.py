@@ -41,7 +41,7 @@ Sections, in the order data moves
 ---------------------------------
  1. Limits, exit codes and errors
  2. Configuration and credentials
- 3. Connecting to each side (clients, region detection, preflight checks, error wording)
+ 3. Connecting to each side (clients, retries, region detection, preflight checks, error wording)
  4. Listing and planning (filters, key mapping, part plan)
  5. Moving bodies and proving them (the BodyTransport interface and its two engines, ETag checks)
  6. The transfer engine (scheduling, small objects, multipart objects, retries)
@@ -2918,6 +2918,8 @@ class TransferEngine:
                 # deleted from the source (or filtered away) since an earlier run: nothing will finish it.
                 for key in self.progress.uploads():
                     self._abort_recorded_upload(key, "the source object no longer exists")
+        except StopRequested:
+            pass  # Ctrl-C while the scheduler's own request waited out a busy S3: the units in flight finish below
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self.fatal is not None:

@@ -10,7 +10,8 @@ said, about the right object, side and bucket, and fail only what it concerns.
 * Intelligent-Tiering archive tiers: an archived object is refused before any upload is created
   for it, and named as archived in its Intelligent-Tiering tier, with how to restore it.
 
-moto has none of these behaviours: tests/aws_behaviour.py emulates S3's answers in front of it.
+moto has none of these behaviours: tests/aws_behaviour.py emulates S3's answers in front of it. The
+unit tests at the end hold the rules that tell these answers apart.
 """
 
 from __future__ import annotations
