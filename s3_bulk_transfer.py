@@ -41,7 +41,7 @@ Sections, in the order data moves
 ---------------------------------
  1. Limits, exit codes and errors
  2. Configuration and credentials
- 3. Connecting to each side (clients, region detection, preflight checks, error wording)
+ 3. Connecting to each side (clients, retries, region detection, preflight checks, error wording)
  4. Listing and planning (filters, key mapping, part plan)
  5. Moving bodies and proving them (the BodyTransport interface and its two engines, ETag checks)
  6. The transfer engine (scheduling, small objects, multipart objects, retries)
@@ -146,6 +146,7 @@ LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ET
 # a second or two of HEADs on S3, against copying the object with nothing but its size checked.
 LAYOUT_PROBE_LIMIT = 1_000
 BODY_ATTEMPTS = 5  # tries for one GET/PUT whose body broke mid-transfer
+DEFAULT_MAX_ATTEMPTS = 10  # botocore's (and awscrt's) attempts per request, unless the user set AWS_MAX_ATTEMPTS
 # Whole-object attempts, after the source changed under us or the bytes did not make its ETag. As many
 # as a body gets: a byte flipped in any one part costs the whole object, so an object of many parts on a
 # lossy path needs them (the soak, 5% of GETs damaged, lost an object of three parts with 3 attempts).
@@ -741,11 +742,28 @@ CREDENTIAL_ERROR_CODES = {
     "AllAccessDisabled": "all access to this resource has been disabled",
 }
 ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
+# The archive tiers of INTELLIGENT_TIERING, as HeadObject's x-amz-archive-status (ArchiveStatus) and
+# InvalidObjectState's AccessTier name them: readable only after a restore too.
+ARCHIVE_ACCESS_TIERS = {"ARCHIVE_ACCESS": "Archive Access", "DEEP_ARCHIVE_ACCESS": "Deep Archive Access"}
 DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# An AccessDenied whose message names a KMS action refuses the object's KMS key, not the bucket: S3
+# says "... is not authorized to perform: kms:Decrypt on resource: arn:aws:kms:...", or, reading with a
+# key the caller cannot use, that "The ciphertext refers to a customer master key" it may not access.
+KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
 # S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
 # damaged on the way up, so the same bytes (still in memory) are sent again.
 DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 MISSING_BUCKET_CODES = {"NoSuchBucket"}
+# S3 is busy, or failed inside, and asks for the request again (S3 User Guide, "Amazon S3 error best
+# practices": retry InternalError, slow down on SlowDown; S3 API reference, "Error responses"): these
+# codes, or these statuses, which are all that the answer to a HEAD carries. botocore retries them
+# within its attempts and its retry quota; Retries goes on after that.
+BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError"}
+BUSY_STATUSES = {500, 502, 503, 504}
+# While any request of the run succeeds, a request S3 refuses as busy is only waiting its turn: it
+# is given up only once nothing at all has succeeded, on either side, for this long.
+THROTTLE_PATIENCE = 15 * 60.0  # seconds
+MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
 RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.IncompleteReadError,
@@ -766,6 +784,55 @@ def error_code(error: BaseException) -> str:
     return ""
 
 
+def error_detail(error: BaseException, element: str) -> str:
+    """An element of S3's error answer (Message, BucketName, StorageClass...); "" when it has none."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get(element) or "")
+    return ""
+
+
+def is_busy(error: BaseException) -> bool:
+    """S3 refused the request for being busy or failing inside: worth sending again later."""
+    if not isinstance(error, botocore.exceptions.ClientError):
+        return False
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error_code(error) in BUSY_CODES or status in BUSY_STATUSES
+
+
+def kms_permission_denied(error: BaseException) -> Optional[str]:
+    """The KMS permission an AccessDenied refuses (kms:Decrypt to read an SSE-KMS object,
+    kms:GenerateDataKey to write one), when S3's message says it is about a KMS key; else None."""
+    if error_code(error) not in DENIED_CODES:
+        return None
+    message = error_detail(error, "Message")
+    found = KMS_ACTION.search(message)
+    if found:
+        return found.group(0)
+    return "kms:Decrypt" if "customer master key" in message else None
+
+
+def archived_in(storage_class: str, access_tier: str) -> str:
+    """Where an archived object waits and how to have it back, as the end of a sentence about it."""
+    if access_tier in ARCHIVE_ACCESS_TIERS or storage_class == "INTELLIGENT_TIERING":
+        tier = ARCHIVE_ACCESS_TIERS.get(access_tier, "Archive Access or Deep Archive Access")
+        return (f"archived in the Intelligent-Tiering {tier} tier and not restored: restore it (aws s3api "
+                "restore-object --restore-request '{}', without Days), and rerun once it is back in the Frequent "
+                "Access tier")
+    where = storage_class if storage_class in ARCHIVE_STORAGE_CLASSES else "GLACIER or DEEP_ARCHIVE"
+    return f"archived in {where} and not restored: restore it (aws s3api restore-object) and rerun to copy it"
+
+
+def unrestored_archive(head: dict[str, Any]) -> Optional[str]:
+    """How a HeadObject answer says the object is archived and not yet readable (archived_in), or None."""
+    if 'ongoing-request="false"' in head.get("Restore", ""):
+        return None
+    if head.get("ArchiveStatus") in ARCHIVE_ACCESS_TIERS:
+        return archived_in("INTELLIGENT_TIERING", head["ArchiveStatus"])
+    if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES:
+        return archived_in(head["StorageClass"], "")
+    return None
+
+
 def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
     """The failed certificate check behind an error (botocore's SSLError wraps urllib3's, which wraps
     ssl's), or None when the error is something else."""
@@ -782,18 +849,23 @@ def explain_error(error: BaseException, *, side: SideSettings, bucket: str, acti
     code = error_code(error)
     if code in CREDENTIAL_ERROR_CODES:
         return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
+    kms = kms_permission_denied(error)
+    if kms:
+        return (f"Access denied by AWS KMS: the {side.side} credentials ({side.origin}) may not use {kms} with the KMS "
+                f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
+                "key's policy (and in their IAM policy when the key is another account's).")
     if code in DENIED_CODES:
         return (
             f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
             f"grant {action} to them (see the README's IAM policies)."
         )
     if code in MISSING_BUCKET_CODES or (code in {"404", "NotFound"} and not key):
-        return f"The {side.side} bucket {bucket} does not exist (or is not reachable at this endpoint and region)."
+        # S3 names the missing bucket, which for a server-side copy may be the source it reads from.
+        named = error_detail(error, "BucketName") or bucket
+        whose = f"The {side.side} bucket" if named == bucket else "The bucket"
+        return f"{whose} {named} does not exist (or is not reachable at this endpoint and region)."
     if code == "InvalidObjectState":
-        return (
-            f"{where} is archived (GLACIER or DEEP_ARCHIVE) and not restored: restore it "
-            "(aws s3api restore-object) and rerun to copy it."
-        )
+        return f"{where} is {archived_in(error_detail(error, 'StorageClass'), error_detail(error, 'AccessTier'))}."
     if isinstance(error, botocore.exceptions.NoCredentialsError):
         return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
     untrusted = certificate_failure(error)
@@ -806,10 +878,93 @@ def explain_error(error: BaseException, *, side: SideSettings, bucket: str, acti
         )
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
         return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
+    if is_busy(error):
+        return (f"S3 stayed too busy to answer {action} on {where} ({side.side}): {code}: "
+                f"{error_detail(error, 'Message') or code}, after every retry; rerun later to copy it (fewer "
+                "--max-workers ask less of S3).")
     if isinstance(error, botocore.exceptions.ClientError):
         message = error.response.get("Error", {}).get("Message") or code
         return f"{action} on {where} ({side.side}) failed: {code}: {message}"
     return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before sending a request again for the `attempt`-th time: doubling from half a
+    second up to MAX_BACKOFF, each between half and one and a half times that, so that workers
+    refused together do not all come back together."""
+    return min(0.5 * 2 ** min(attempt - 1, 8), MAX_BACKOFF) * (0.5 + random.random())
+
+
+class Retries:
+    """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
+    as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
+
+    * while S3 answers that it is busy (is_busy: SlowDown, 503, InternalError...): for as long as any
+      request of the run succeeds, so that no object fails for throttling while the run makes
+      progress. Only once nothing at all has succeeded for THROTTLE_PATIENCE is it given up. These
+      retries do not use up the attempts below.
+    * with `retry_bodies`, up to BODY_ATTEMPTS attempts in all: a body broken after the headers
+      arrived (which botocore does not retry), a body that does not match its ETag, or one that S3
+      refused as damaged on its way up (the same bytes, still in memory, are sent again).
+
+    Anything else, and the last error when it gives up, is raised for the caller to word. One
+    instance serves both sides and every thread; `on_throttle` and `on_retry` count what it does for
+    the status line, and a wait ends with StopRequested when `stopping` is set (Ctrl-C).
+    """
+
+    def __init__(self, stopping: Optional[threading.Event] = None, *, on_throttle: Callable[[], None] = lambda: None,
+                 on_retry: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stopping = stopping or threading.Event()
+        self._on_throttle = on_throttle
+        self._on_retry = on_retry
+        self._clock = clock
+        self._last_success = clock()  # of any request of the run: one float, replaced whole
+
+    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
+        """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
+        attempt = throttled = 0
+        while True:
+            error: BaseException
+            try:
+                result = operation()
+            except botocore.exceptions.ClientError as refused:
+                if is_busy(refused):
+                    throttled += 1
+                    self._wait_while_busy(refused, what=what, times=throttled)
+                    continue
+                if not (retry_bodies and error_code(refused) in DAMAGED_UPLOAD_CODES):
+                    raise
+                error = refused
+            except RETRYABLE_BODY_ERRORS as broken:
+                if not retry_bodies:
+                    raise
+                error = broken
+            else:
+                self._last_success = self._clock()
+                return result
+            attempt += 1
+            if attempt == BODY_ATTEMPTS:
+                raise error
+            self._on_retry()
+            delay = backoff_delay(attempt)
+            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
+                        BODY_ATTEMPTS)
+            self._wait(delay, error)
+
+    def _wait_while_busy(self, error: botocore.exceptions.ClientError, *, what: str, times: int) -> None:
+        idle = self._clock() - self._last_success
+        if idle >= THROTTLE_PATIENCE:
+            LOG.warning("%s: S3 answered %s %d times, and no request of this run has succeeded for %.0f minutes; "
+                        "giving up on it", what, error_code(error), times, idle / 60)
+            raise error
+        self._on_throttle()
+        delay = backoff_delay(times)
+        LOG.info("%s: S3 is busy (%s); sending it again in %.1f s (%d so far)", what, error_code(error), delay, times)
+        self._wait(delay, error)
+
+    def _wait(self, delay: float, error: BaseException) -> None:
+        if self._stopping.wait(delay):
+            raise StopRequested() from error
 
 
 def is_fatal_error(error: BaseException) -> bool:
@@ -826,19 +981,35 @@ def explicit_endpoint(settings: SideSettings) -> Optional[str]:
     return settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+def retry_settings(session: boto3.Session) -> dict[str, Any]:
+    """botocore's retries for a side's clients: the user's retry mode and attempts where they chose
+    them (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, the profile's retry_mode and max_attempts), which botocore
+    then applies itself; else standard mode with DEFAULT_MAX_ATTEMPTS. botocore's own default mode
+    is legacy in the older releases requirements.txt allows, so "not chosen" is read from the
+    environment and the profile rather than from botocore's resolved value."""
+    core = session._session  # boto3 exposes no getter for these
+    retries: dict[str, Any] = {}
+    if not (os.environ.get("AWS_RETRY_MODE") or core.get_scoped_config().get("retry_mode")):
+        retries["mode"] = "standard"
+    if core.get_config_variable("max_attempts") is None:
+        retries["total_max_attempts"] = DEFAULT_MAX_ATTEMPTS
+    return retries
+
+
 def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: str, max_workers: int,
                    read_timeout: float = DEFAULT_READ_TIMEOUT) -> Any:
     """An S3 client tuned for many threads.
 
     The pool is sized to the workers plus a few for bookkeeping calls: botocore's default of 10
-    throws connections away under load ("Connection pool is full"). Standard retries with 10
-    attempts ride out SlowDown. Request checksums are left to our Content-MD5 (computed anyway for
-    verification) instead of a second CRC32 pass over every body.
+    throws connections away under load ("Connection pool is full"). botocore retries as the user
+    configured it (retry_settings); what it gives up on while S3 is busy, the tool's Retries sends
+    again. Request checksums are left to our Content-MD5 (computed anyway for verification)
+    instead of a second CRC32 pass over every body.
     """
     config = Config(
         region_name=region,
         max_pool_connections=max_workers + 4,
-        retries={"mode": "standard", "max_attempts": 10},
+        retries=retry_settings(session),
         connect_timeout=10,
         read_timeout=read_timeout,
         tcp_keepalive=True,
@@ -996,7 +1167,9 @@ def bucket_or_access_point(bucket: str) -> str:
 class Side:
     """A connected side: its settings, its client and its bucket; and for the crt engine, which
     signs and sends on its own, the credentials, the URL of the bucket's objects as botocore
-    resolved it (virtual-hosted or path-style, the regional endpoint) and the CA bundle to trust."""
+    resolved it (virtual-hosted or path-style, the regional endpoint) and the CA bundle to trust.
+    `retries` is the run's Retries (one for both sides), which every request to the side goes
+    through; run_transfer sets it."""
 
     settings: SideSettings
     client: Any
@@ -1005,6 +1178,7 @@ class Side:
     credentials: Any = dataclasses.field(default=None, repr=False)
     objects_url: str = ""  # ends with "/": a key, percent-encoded, follows
     ca_bundle: Optional[str] = None
+    retries: Retries = dataclasses.field(default_factory=Retries, repr=False, compare=False)
 
 
 def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_prefix: str,
@@ -1211,14 +1385,33 @@ def listed_key(key: str, listing: dict[str, Any]) -> str:
     return urllib.parse.unquote_plus(key) if listing.get("EncodingType") == "url" else key
 
 
-def list_objects(client: Any, location: S3Location, start_after: Optional[str],
+# The request field that asks for the next page, and the answer's field that gives it, per listing.
+PAGE_MARKERS = {"list_objects_v2": ("ContinuationToken", "NextContinuationToken"),
+                "list_parts": ("PartNumberMarker", "NextPartNumberMarker")}
+
+
+def pages(side: Side, operation: str, **request: Any) -> Iterator[dict[str, Any]]:
+    """The pages of a listing (`operation`, a boto3 method name), one request each, fetched as they are
+    wanted and each sent through the side's Retries: a page S3 refuses as busy is asked for again,
+    which botocore's paginator cannot do without starting over."""
+    call = getattr(side.client, operation)
+    sent, received = PAGE_MARKERS[operation]
+    while True:
+        page = side.retries.call(lambda: call(**request), what=f"{operation} of bucket {side.bucket}")
+        yield page
+        if not page.get("IsTruncated") or not page.get(received):
+            return
+        request = {**request, sent: page[received]}
+
+
+def list_objects(side: Side, location: S3Location, start_after: Optional[str],
                  through: Optional[str] = None) -> Iterator[ListedObject]:
     """Stream a listing in key order, one page in memory at a time, after `start_after` and up to
     and including `through` (None: to the end)."""
     request: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.prefix}
     if start_after:
         request["StartAfter"] = start_after
-    for page in client.get_paginator("list_objects_v2").paginate(**request):
+    for page in pages(side, "list_objects_v2", **request):
         for entry in page.get("Contents", ()):
             if through is not None and entry["Key"] > through:
                 return  # the paginator asks for no further page
@@ -1277,19 +1470,19 @@ def choose_split_points(candidates: Iterable[str], ranges_wanted: int) -> list[s
     return sorted({ordered[int(step * index)] for index in range(1, ranges_wanted)})
 
 
-def discover_split_points(client: Any, location: S3Location, ranges_wanted: int) -> list[str]:
+def discover_split_points(side: Side, location: S3Location, ranges_wanted: int) -> list[str]:
     """Split points for a listing in `ranges_wanted` ranges: folders (CommonPrefixes of a listing with
     Delimiter "/"), one level deeper while there are too few, else the next character after the
     deepest single folder."""
     if ranges_wanted <= 1:
         return []
     # A listing of one page gains nothing from ranges, each of which reads a page of its own.
-    first = client.list_objects_v2(Bucket=location.bucket, Prefix=location.prefix)
+    first = next(pages(side, "list_objects_v2", Bucket=location.bucket, Prefix=location.prefix))
     if not first.get("IsTruncated"):
         return []
     level = [location.prefix]
     for _ in range(SPLIT_DISCOVERY_DEPTH):
-        found = list_folders(client, location.bucket, level, limit=SPLIT_DISCOVERY_PREFIXES)
+        found = list_folders(side, location.bucket, level, limit=SPLIT_DISCOVERY_PREFIXES)
         if not found:
             break
         level = found
@@ -1300,7 +1493,7 @@ def discover_split_points(client: Any, location: S3Location, ranges_wanted: int)
     return choose_split_points((level[0] + character for character in SPLIT_ALPHABET), ranges_wanted)
 
 
-def list_folders(client: Any, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
+def list_folders(side: Side, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
     """The folders (CommonPrefixes with Delimiter "/") directly under each of `prefixes`, at most `limit`.
 
     One page of each prefix only: a prefix of a million keys and no folder would otherwise be listed
@@ -1308,7 +1501,7 @@ def list_folders(client: Any, bucket: str, prefixes: list[str], *, limit: int) -
     the first 1,000 names of a prefix are not seen, which makes the ranges less even, never wrong."""
     found: list[str] = []
     for prefix in prefixes:
-        page = client.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        page = next(pages(side, "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/"))
         found.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", ()))
         if len(found) >= limit:
             return found[:limit]
@@ -1523,23 +1716,18 @@ def _s3_parts(uri: str) -> tuple[str, str]:
 
 def _read_inventory_range(location: str, start: int, length: int, source: Side) -> bytes:
     """`length` bytes of a file from `start`: a local read, or a ranged GET with the source's client,
-    sent again when its body breaks off (botocore retries only what fails before the body)."""
+    sent again when its body breaks off (botocore retries only what fails before the body) or S3 is busy."""
     if not location.startswith("s3://"):
         with open(location, "rb") as handle:
             handle.seek(start)
             return handle.read(length)
     bucket, key = _s3_parts(location)
-    for attempt in range(1, BODY_ATTEMPTS + 1):
-        try:
-            response = source.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
-            return read_exact(response, length)
-        except RETRYABLE_BODY_ERRORS as error:
-            if attempt == BODY_ATTEMPTS:
-                raise
-            LOG.warning("reading %s: %s; reading it again (attempt %d of %d)", location, error, attempt + 1,
-                        BODY_ATTEMPTS)
-            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+
+    def read() -> bytes:
+        response = source.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
+        return read_exact(response, length)
+
+    return source.retries.call(read, what=f"reading {location}", retry_bodies=True)
 
 
 def inventory_chunks(file: InventoryFile, source: Side, *, name: str) -> Iterator[tuple[bytes, bool]]:
@@ -1683,7 +1871,8 @@ def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing:
 
     def head(key: str) -> Optional[ListedObject]:
         try:
-            response = source.client.head_object(Bucket=source.bucket, Key=key)
+            response = source.retries.call(lambda: source.client.head_object(Bucket=source.bucket, Key=key),
+                                           what=f"HeadObject of {key}")
         except botocore.exceptions.ClientError as error:
             if error_code(error) in MISSING_OBJECT_CODES:
                 return None
@@ -1736,7 +1925,8 @@ def _read_inventory_document(location: str, source: Side, *, what: str) -> Optio
                                      "it is a file this user may read.") from None
     bucket, key = _s3_parts(location)
     try:
-        return source.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return source.retries.call(lambda: source.client.get_object(Bucket=bucket, Key=key)["Body"].read(),
+                                   what=f"reading {location}", retry_bodies=True)
     except botocore.exceptions.ClientError as error:
         if error_code(error) in MISSING_OBJECT_CODES:
             return None
@@ -1754,7 +1944,8 @@ def _inventory_file_size(location: str, source: Side) -> Optional[int]:
         return path.stat().st_size if path.is_file() else None
     bucket, key = _s3_parts(location)
     try:
-        return int(source.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        return int(source.retries.call(lambda: source.client.head_object(Bucket=bucket, Key=key),
+                                       what=f"HeadObject of {location}")["ContentLength"])
     except botocore.exceptions.ClientError as error:
         if error_code(error) in MISSING_OBJECT_CODES:
             return None
@@ -2020,6 +2211,9 @@ ENGINES = ("auto", "threads", "crt")
 # one is sent: silence is expected for as long as the body takes at this (slow) rate, on top of
 # --read-timeout, before a request counts as stalled.
 CRT_SLOWEST_EXPECTED_RATE = 1 * MiB  # bytes per second
+# awscrt's own errors for a request it gave up on while S3 refused it as busy, when it does not hand
+# over S3's answer itself: read as that answer's status, so that Retries sends the request again.
+CRT_BUSY_ERRORS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
 
 
 class TransportError(ConnectionError):
@@ -2264,7 +2458,10 @@ class CrtSideClient:
             tls_mode=s3.S3RequestTlsMode.ENABLED if url.scheme == "https" else s3.S3RequestTlsMode.DISABLED,
             tls_connection_options=tls_options,
             signing_config=s3.create_default_s3_signing_config(region=side.region, credential_provider=provider),
-            retry_config=s3.S3RetryConfig(max_retries=9),  # 10 attempts, as the boto3 clients make
+            # As many attempts as the side's boto3 client makes (the user's AWS_MAX_ATTEMPTS, if set), but
+            # at least two: awscrt reads max_retries=0 as its default of 5.
+            retry_config=s3.S3RetryConfig(
+                max_retries=max(side.client.meta.config.retries["total_max_attempts"] - 1, 1)),
             connect_timeout_ms=10_000,
         )
         self._service = side.client.meta.service_model
@@ -2348,6 +2545,8 @@ class CrtSideClient:
             if failure is not None:
                 raise failure
             name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
+            if name in CRT_BUSY_ERRORS:
+                return CRT_BUSY_ERRORS[name], [], b""
             raise TransportError(f"{operation} to the {self.side.settings.side} endpoint failed: {name}: {error}")
         return answer.status, answer.headers, answer.body()
 
@@ -3236,6 +3435,7 @@ class TransferEngine:
         self.status = status
         self.stopping = stopping
         self.permissions = PermissionBreaker()
+        self.retries = source.retries  # every request of the engine goes through it (one for both sides)
         self.fatal: Optional[FatalTransferError] = None
         self._stop_announced = False
         self._last_tick = 0.0
@@ -3277,6 +3477,8 @@ class TransferEngine:
                 # deleted from the source (or filtered away) since an earlier run: nothing will finish it.
                 for key in self.progress.uploads():
                     self._abort_recorded_upload(key, "the source object no longer exists")
+        except StopRequested:
+            pass  # Ctrl-C while the scheduler's own request waited out a busy S3: the units in flight finish below
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self.fatal is not None:
@@ -3323,7 +3525,8 @@ class TransferEngine:
     def _head_for_retry(self, key: str) -> Optional[ListedObject]:
         """A failed or changed key, as it is now: None (and settled) when it is gone or unreadable."""
         try:
-            head = self.source.client.head_object(Bucket=self.source.bucket, Key=key)
+            head = self.retries.call(lambda: self.source.client.head_object(Bucket=self.source.bucket, Key=key),
+                                     what=f"HeadObject of {key}")
         except botocore.exceptions.ClientError as error:
             if error_code(error) in MISSING_OBJECT_CODES:
                 self.source_vanished(key)
@@ -3451,8 +3654,20 @@ class TransferEngine:
             return
         if why:
             error = ObjectFailure(f"{why} (after {OBJECT_ATTEMPTS} attempts)")
-        side = self.destination if getattr(error, "side", None) == "destination" else self.source
-        self._settle_failure(listed.key, error, action=getattr(error, "action", "") or action, side=side)
+        self._settle_failure(listed.key, error, action=getattr(error, "action", "") or action,
+                             side=self._side_named_by(error))
+
+    def _side_named_by(self, error: BaseException) -> Side:
+        """The side an error is about: the one whose bucket S3 names in it (NoSuchBucket's BucketName,
+        the source's for an UploadPartCopy whose source is gone, though the request went to the
+        destination), else the side the request went to."""
+        named = error_detail(error, "BucketName")
+        if named and self.source.bucket != self.destination.bucket:
+            if named == self.source.bucket:
+                return self.source
+            if named == self.destination.bucket:
+                return self.destination
+        return self.destination if getattr(error, "side", None) == "destination" else self.source
 
     def _settle_failure(self, key: str, error: BaseException, *, action: str = "",
                         side: Optional[Side] = None) -> None:
@@ -3466,7 +3681,9 @@ class TransferEngine:
         else:
             reason = explain_error(error, side=side.settings, bucket=side.bucket, action=action or "the copy",
                                    key=key if side is self.source else "")
-            if is_fatal_error(error) or (error_code(error) in DENIED_CODES and self.permissions.denied(action)):
+            # A KMS denial is about the object's key: other objects, under other keys, may be readable.
+            denied = error_code(error) in DENIED_CODES and not kms_permission_denied(error)
+            if is_fatal_error(error) or (denied and self.permissions.denied(action)):
                 self._stop_run(FatalTransferError(reason))
                 if error_code(error) not in DENIED_CODES:
                     return  # no key is to blame for expired credentials or a missing bucket
@@ -3554,16 +3771,18 @@ class TransferEngine:
         it. A version that changed since is caught anyway: its sizes would not add up, or the
         If-Match of the ranged GETs fails, or the bytes do not hash to the ETag.
         """
-        first = self.source.client.head_object(Bucket=self.source.bucket, Key=key, PartNumber=1)
-        last = first if parts_count == 1 else self.source.client.head_object(
-            Bucket=self.source.bucket, Key=key, PartNumber=parts_count)
+
+        def part_head(number: int) -> dict[str, Any]:
+            return self.retries.call(lambda: self.source.client.head_object(
+                Bucket=self.source.bucket, Key=key, PartNumber=number), what=f"HeadObject of part {number} of {key}")
+
+        first = part_head(1)
+        last = first if parts_count == 1 else part_head(parts_count)
         if int(first.get("PartsCount") or parts_count) != parts_count:
             return None
         layout = equal_part_layout(size, parts_count, first["ContentLength"], last["ContentLength"])
         if layout is None and 2 <= parts_count <= LAYOUT_PROBE_LIMIT:
-            middle = tuple(self.source.client.head_object(Bucket=self.source.bucket, Key=key,
-                                                          PartNumber=number)["ContentLength"]
-                           for number in range(2, parts_count))
+            middle = tuple(part_head(number)["ContentLength"] for number in range(2, parts_count))
             layout = (first["ContentLength"], *middle, last["ContentLength"])
             if sum(layout) != size:
                 return None
@@ -3576,7 +3795,8 @@ class TransferEngine:
         if tag_count == 0:
             return []
         try:
-            tags = self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key)["TagSet"]
+            tags = self.retries.call(lambda: self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key),
+                                     what=f"GetObjectTagging of {key}")["TagSet"]
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:GetObjectTagging", side="source")
             raise
@@ -3600,10 +3820,9 @@ class TransferEngine:
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:GetObject", side="source")
             raise
-        if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES and 'ongoing-request="false"' not in head.get(
-                "Restore", ""):
-            raise ObjectFailure(f"it is archived in {head['StorageClass']} and not restored: restore it "
-                                "(aws s3api restore-object) and rerun to copy it")
+        archived = unrestored_archive(head)
+        if archived:
+            raise ObjectFailure(f"it is {archived}")
         part_size = self._part_size_for(listed, check, server_side=server_side)
         if server_side:
             check = server_side_check(check)
@@ -3624,9 +3843,10 @@ class TransferEngine:
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
         upload_checksum = check.upload_checksum(server_side=server_side)
         try:
-            created = self.destination.client.create_multipart_upload(
+            created = self.retries.call(lambda: self.destination.client.create_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, **arguments,
-                **(upload_checksum.create_arguments() if upload_checksum else {}))
+                **(upload_checksum.create_arguments() if upload_checksum else {})),
+                what=f"CreateMultipartUpload of {destination_key}")
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
@@ -3646,8 +3866,9 @@ class TransferEngine:
     def _head_source(self, listed: ListedObject) -> dict[str, Any]:
         """HeadObject of the listed version of a source object, with its checksum."""
         try:
-            return self.source.client.head_object(Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag,
-                                                  ChecksumMode="ENABLED")
+            return self.retries.call(lambda: self.source.client.head_object(
+                Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag, ChecksumMode="ENABLED"),
+                what=f"HeadObject of {listed.key}")
         except botocore.exceptions.ClientError as error:
             if error_code(error) in {"PreconditionFailed", "412"}:
                 raise SourceChanged() from None
@@ -3719,9 +3940,8 @@ class TransferEngine:
         checksum_field = f"Checksum{job.part_algorithm}" if job.part_algorithm else ""
         recorded_checksums = record.get("part_checksums") or {}
         uploaded: dict[int, UploadedPart] = {}
-        paginator = self.destination.client.get_paginator("list_parts")
-        for page in paginator.paginate(Bucket=self.destination.bucket, Key=job.destination_key,
-                                       UploadId=job.upload_id):
+        for page in pages(self.destination, "list_parts", Bucket=self.destination.bucket, Key=job.destination_key,
+                          UploadId=job.upload_id):
             for part in page.get("Parts", ()):
                 number = part["PartNumber"]
                 checksum = (part.get(checksum_field) or recorded_checksums.get(str(number))) if checksum_field else None
@@ -3756,8 +3976,9 @@ class TransferEngine:
         if not expected:
             return False
         try:
-            head = self.destination.client.head_object(Bucket=self.destination.bucket, Key=destination_key,
-                                                       ChecksumMode="ENABLED")
+            head = self.retries.call(lambda: self.destination.client.head_object(
+                Bucket=self.destination.bucket, Key=destination_key, ChecksumMode="ENABLED"),
+                what=f"HeadObject of {destination_key}")
         except botocore.exceptions.ClientError as error:
             if error_code(error) in MISSING_OBJECT_CODES:
                 return False
@@ -3872,10 +4093,10 @@ class TransferEngine:
         self.progress.completing(job.source.key, job.expected_destination())
         self.progress.save(self.status.summary())
         try:
-            self.destination.client.complete_multipart_upload(
+            self.retries.call(lambda: self.destination.client.complete_multipart_upload(
                 Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
                 MultipartUpload={"Parts": parts}, **checksum,
-            )
+            ), what=f"CompleteMultipartUpload of {job.destination_key}")
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:PutObject", side="destination")
             raise
@@ -3926,9 +4147,9 @@ class TransferEngine:
 
     def _abort_upload(self, destination_key: str, upload_id: str, reason: str) -> None:
         try:
-            self.destination.client.abort_multipart_upload(
+            self.retries.call(lambda: self.destination.client.abort_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, UploadId=upload_id
-            )
+            ), what=f"AbortMultipartUpload of {destination_key}")
             LOG.info("aborted multipart upload of %s: %s", json.dumps(destination_key, ensure_ascii=False), reason)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             if error_code(error) != "NoSuchUpload":
@@ -3945,8 +4166,9 @@ class TransferEngine:
         try:
             # URL-encoded: any other upload under this prefix, of a key XML cannot carry, would make the
             # whole answer unreadable (botocore asks so for ListObjects only).
-            listing = self.destination.client.list_multipart_uploads(Bucket=self.destination.bucket,
-                                                                     Prefix=destination_key, EncodingType="url")
+            listing = self.retries.call(lambda: self.destination.client.list_multipart_uploads(
+                Bucket=self.destination.bucket, Prefix=destination_key, EncodingType="url"),
+                what=f"ListMultipartUploads of {destination_key}")
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
                 botocore.parsers.ResponseParserError) as error:  # an answer botocore cannot read, too
             LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
@@ -4049,7 +4271,7 @@ class TransferEngine:
         """Send a CopyObject or UploadPartCopy; a changed source restarts the object, and a refusal
         before any server-side copy succeeded turns --copy-mode auto to streaming."""
         try:
-            return request()
+            return self.retries.call(request, what=f"{operation} of {key}")
         except botocore.exceptions.ClientError as error:
             code = error_code(error)
             if code in {"PreconditionFailed", "412"}:
@@ -4091,32 +4313,20 @@ class TransferEngine:
                  elapsed, format_size(size / elapsed), verified, " (server-side copy)" if server_side else "")
 
     def _with_body_retries(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
-        """Retry errors botocore does not: a body broken after the headers arrived, or a body that
-        does not match its ETag. Exponential backoff with jitter. A unit already started is let
-        finish when the run stops (Ctrl-C), but it is not retried then."""
-        for attempt in range(1, BODY_ATTEMPTS + 1):
-            error: BaseException
-            try:
-                return operation()
-            except botocore.exceptions.ClientError as refused:
-                if error_code(refused) not in DAMAGED_UPLOAD_CODES:
-                    _annotate(refused, action=action, side=side.settings.side)
-                    raise
-                error = refused  # S3 refused a body damaged on its way up: send it again
-            except RETRYABLE_BODY_ERRORS as broken:
-                error = broken
-            if attempt == BODY_ATTEMPTS:
-                damaged = isinstance(error, (botocore.exceptions.FlexibleChecksumError,
-                                             botocore.exceptions.ClientError))
-                kind = "integrity mismatch: " if damaged else ""
-                raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{error}") from error
-            self.status.retried()
-            delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
-            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
-                        BODY_ATTEMPTS)
-            if self.stopping.wait(delay):
-                raise StopRequested() from error
-        raise AssertionError("unreachable")
+        """A GET or PUT of a body through Retries, which also sends again what botocore does not: a
+        body broken after the headers arrived, or one that does not match its ETag. A unit already
+        started is let finish when the run stops (Ctrl-C), but it is not retried then."""
+        try:
+            return self.retries.call(operation, what=what, retry_bodies=True)
+        except botocore.exceptions.ClientError as refused:
+            if error_code(refused) in DAMAGED_UPLOAD_CODES:  # S3 refused the body every time as damaged
+                raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
+                                    f"{refused}") from refused
+            _annotate(refused, action=action, side=side.settings.side)
+            raise
+        except RETRYABLE_BODY_ERRORS as broken:
+            kind = "integrity mismatch: " if isinstance(broken, botocore.exceptions.FlexibleChecksumError) else ""
+            raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{broken}") from broken
 
 
 def _annotate(error: botocore.exceptions.ClientError, *, action: str, side: str) -> None:
@@ -4502,9 +4712,9 @@ def discard_progress(path: Path, destination: Side) -> None:
         saved = None
     for key, record in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
         try:
-            destination.client.abort_multipart_upload(
+            destination.retries.call(lambda: destination.client.abort_multipart_upload(
                 Bucket=destination.bucket, Key=record["destination_key"], UploadId=record["upload_id"]
-            )
+            ), what=f"AbortMultipartUpload of {record['destination_key']}")
             LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
             LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
@@ -4589,11 +4799,13 @@ class ObjectComparer:
         return MATCH_SIZE_ONLY, "the objects were uploaded with different part layouts and share no checksum"
 
     def _fingerprint(self, side: Side, listed: ListedObject) -> Fingerprint:
-        head = side.client.head_object(Bucket=side.bucket, Key=listed.key, ChecksumMode="ENABLED")
+        what = f"HeadObject of {listed.key} ({side.settings.side})"
+        head = side.retries.call(lambda: side.client.head_object(Bucket=side.bucket, Key=listed.key,
+                                                                 ChecksumMode="ENABLED"), what=what)
         layout: tuple[Any, ...] = ("whole",)
         if "-" in listed.etag:
-            layout = ("parts", side.client.head_object(Bucket=side.bucket, Key=listed.key,
-                                                        PartNumber=1)["ContentLength"])
+            layout = ("parts", side.retries.call(lambda: side.client.head_object(
+                Bucket=side.bucket, Key=listed.key, PartNumber=1), what=what)["ContentLength"])
         return Fingerprint(layout, not etag_is_opaque(head), find_source_checksum(head, listed.etag))
 
 
@@ -4612,7 +4824,7 @@ def objects_to_copy(config: TransferConfig, source: Side, destination: Side, sta
     joined = merge_join(
         source_objects(config, source, start_after, through, inventory=inventory, on_missing=on_missing),
         config.source.prefix,
-        selected_objects(list_objects(destination.client, config.destination, on_destination(start_after),
+        selected_objects(list_objects(destination, config.destination, on_destination(start_after),
                                       on_destination(through)), config, side="destination"),
         config.destination.prefix,
     )
@@ -4656,13 +4868,13 @@ def audit(config: TransferConfig, source: Side, destination: Side, inventory: Op
     counts: collections.Counter[str] = collections.Counter()
     shown = 0
     report = AuditReportFile(config.report_file)
-    source_listing = selected_objects(list_objects(source.client, config.source, None), config)
+    source_listing = selected_objects(list_objects(source, config.source, None), config)
     if inventory is not None:
         source_listing = listed_in(source_listing, (row.key for row in
                                                     inventory_rows(inventory, source, config.source, None)))
     joined = merge_join(
         source_listing, config.source.prefix,
-        selected_objects(list_objects(destination.client, config.destination, None), config, side="destination"),
+        selected_objects(list_objects(destination, config.destination, None), config, side="destination"),
         config.destination.prefix,
     )
     try:
@@ -4753,7 +4965,7 @@ class StatusReporter:
         self._drawn = False
         self.objects_listed = self.bytes_listed = 0
         self.objects_done = self.bytes_done = self.bytes_moved = 0
-        self.objects_failed = self.objects_skipped = self.retries = self.busy = 0
+        self.objects_failed = self.objects_skipped = self.retries = self.throttles = self.busy = 0
         self.objects_vanished = 0
         self.verified: collections.Counter[str] = collections.Counter()
         self.objects_server_side = 0
@@ -4796,6 +5008,11 @@ class StatusReporter:
         with self._lock:
             self.retries += 1
 
+    def throttled(self) -> None:
+        """S3 refused a request as busy and it is to be sent again (Retries)."""
+        with self._lock:
+            self.throttles += 1
+
     def worker_busy(self, delta: int) -> None:
         with self._lock:
             self.busy += delta
@@ -4822,6 +5039,7 @@ class StatusReporter:
                 "objects_no_longer_in_source": self.objects_vanished,
                 "verified": {method: self.verified[method] for method in ("md5", "etag", "checksum", "size-only")},
                 "retries": self.retries,
+                "throttled": self.throttles,
                 "elapsed": format_duration(self.elapsed()),
                 "rate": f"{format_size(rate)}/s",
                 "eta": eta,
@@ -4835,7 +5053,7 @@ class StatusReporter:
             f"{figures['objects_done']:,}/{listed} objects, {format_size(self.bytes_moved)}/"
             f"{format_size(figures['bytes_listed'])}, {figures['rate']}, ETA {eta}, "
             f"workers {self.busy}/{self._max_workers} busy, {figures['objects_failed']} failed, "
-            f"{figures['retries']} retries"
+            f"{figures['retries']} retries, {figures['throttled']} throttled"
         )
 
     # display, called from the main thread
@@ -4896,6 +5114,8 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
             f"since they were listed); each is named in {config.log_file}.")] if status.objects_vanished else []),
         *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
            f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
+        *([f"S3 answered {status.throttles:,} requests with SlowDown or another busy error after botocore's "
+           "retries; each was sent again after a pause."] if status.throttles else []),
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
                                                    figures["verified"].items()) + ".",
         f"Object bodies moved by {engine.describe()} ({engine.reason}).",
@@ -5208,7 +5428,7 @@ def source_objects(config: TransferConfig, source: Side, start_after: Optional[s
     ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
     row without a size or ETag costs (see inventory_objects)."""
     if inventory is None:
-        return selected_objects(list_objects(source.client, config.source, start_after, through), config)
+        return selected_objects(list_objects(source, config.source, start_after, through), config)
     rows = (row for row in inventory_rows(inventory, source, config.source, start_after, through)
             if is_wanted(row.key[len(config.source.prefix):], config))
     return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
@@ -5217,7 +5437,7 @@ def source_objects(config: TransferConfig, source: Side, start_after: Optional[s
 def listing_split_points(config: TransferConfig, source: Side) -> list[str]:
     """Where to cut the source's keyspace for --list-concurrency listers; refusals as a listing's."""
     try:
-        return discover_split_points(source.client, config.source, config.list_concurrency * RANGES_PER_LISTER)
+        return discover_split_points(source, config.source, config.list_concurrency * RANGES_PER_LISTER)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         raise FatalTransferError(explain_error(error, side=config.source_side, bucket=config.source.bucket,
                                                action="s3:ListBucket")) from None
@@ -5319,13 +5539,18 @@ def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[],
 
 def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     """Connect both sides, then copy everything not yet done, saving progress as it goes."""
+    stopping = threading.Event()
+    retries = Retries(stopping, on_throttle=status.throttled, on_retry=status.retried)
     # The source's connection pool serves the workers' GETs and the listers at once; too small a pool
     # throws connections away, silently (urllib3 logs it to no one).
-    source = connect_side(config.source_side, config.source.bucket,
-                          max_workers=config.max_workers + config.list_concurrency,
-                          list_prefix=config.source.prefix, read_timeout=config.read_timeout)
-    destination = connect_side(config.destination_side, config.destination.bucket, max_workers=config.max_workers,
-                               list_prefix=config.destination.prefix, read_timeout=config.read_timeout)
+    source = dataclasses.replace(connect_side(config.source_side, config.source.bucket,
+                                              max_workers=config.max_workers + config.list_concurrency,
+                                              list_prefix=config.source.prefix, read_timeout=config.read_timeout),
+                                 retries=retries)
+    destination = dataclasses.replace(connect_side(config.destination_side, config.destination.bucket,
+                                                   max_workers=config.max_workers,
+                                                   list_prefix=config.destination.prefix,
+                                                   read_timeout=config.read_timeout), retries=retries)
     inventory = open_inventory(config.inventory, source) if config.inventory else None
     if config.dry_run:
         return report_dry_run(config, source, inventory, tags_refused=tag_access_refusal(config, source))
@@ -5354,7 +5579,6 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
                                config.source_side, config.destination_side) else
                                "the source and destination are on different endpoints")
     progress.save(status.summary())
-    stopping = threading.Event()
     engine = TransferEngine(config, source=source, destination=destination,
                             transport=make_transport(engine_choice, source, destination, config),
                             progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
@@ -5400,7 +5624,10 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     if not config.quiet or code != EXIT_OK:
         print(report, file=sys.stdout if code == EXIT_OK else sys.stderr)
     if code == EXIT_OK and config.verify:
-        return audit(config, source, destination, inventory)
+        # `stopping` is set by now (it let the listers go), which would stop any retry of the comparison.
+        comparing = Retries(on_throttle=status.throttled, on_retry=status.retried)
+        return audit(config, dataclasses.replace(source, retries=comparing),
+                     dataclasses.replace(destination, retries=comparing), inventory)
     return code
 
 
