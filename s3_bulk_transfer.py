@@ -1236,25 +1236,28 @@ def tag_access_refusal(config: TransferConfig, source: Side) -> Optional[str]:
         return None
     client, bucket, key = source.client, config.source.bucket, None
     try:
-        listing = client.list_objects_v2(Bucket=bucket, Prefix=config.source.prefix, MaxKeys=1)
+        listing = source.retries.call(lambda: client.list_objects_v2(Bucket=bucket, Prefix=config.source.prefix,
+                                                                     MaxKeys=1), what=f"ListObjectsV2 of {bucket}")
         key = next((entry["Key"] for entry in listing.get("Contents", ())), None)
         if key is not None:
-            client.get_object_tagging(Bucket=bucket, Key=key)
+            source.retries.call(lambda: client.get_object_tagging(Bucket=bucket, Key=key),
+                                what=f"GetObjectTagging of {key}")
         return None
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         LOG.debug("asking for the tags of an object in the source: %s", error)
-        if error_code(error) not in DENIED_CODES or key is None or not _may_read(client, bucket, key):
+        if error_code(error) not in DENIED_CODES or key is None or not _may_read(source, key):
             return None
     return (f"The source credentials ({config.source_side.origin}) may not read object tags (s3:GetObjectTagging "
             f"on bucket {bucket}), so S3 would hide every object's tags and the copies would lose them: grant "
             "s3:GetObjectTagging on the source objects to them, or rerun with --no-tags to copy without tags.")
 
 
-def _may_read(client: Any, bucket: str, key: str) -> bool:
+def _may_read(source: Side, key: str) -> bool:
     """Whether these credentials may read the object (HeadObject is not denied): a missing
     s3:GetObject is told by the copy itself, naming that permission."""
     try:
-        client.head_object(Bucket=bucket, Key=key)
+        source.retries.call(lambda: source.client.head_object(Bucket=source.bucket, Key=key),
+                            what=f"HeadObject of {key}")
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         return error_code(error) not in DENIED_CODES
     return True

@@ -64,6 +64,7 @@ def test_moto_round_trip_with_metadata_and_tags(moto_buckets: MotoBuckets) -> No
             "content_language": None,
             "cache_control": "max-age=60",
             "expires": None,
+            "website_redirect_location": None,
             "metadata": {"origin": "test"},
             "tags": {"team": "blue"},
         }
