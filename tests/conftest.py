@@ -29,10 +29,23 @@ def pytest_configure(config: pytest.Config) -> None:
 SERVER_FIXTURES = frozenset({"moto_server", "seaweed"})
 
 
+# What these modules test does not depend on which engine moves the bodies: the pure rules, the
+# command line's checks, listing and its key ranges, inventories, audits, the tag preflight, the
+# servers themselves. Their copies take the paths every other module takes under both engines. So CI
+# runs them once, in the crt pass, and the threads pass leaves them out (-m "not engine_independent",
+# scripts/run-tests.sh): the suite runs twice over within its time.
+ENGINE_INDEPENDENT_MODULES = frozenset({
+    "test_audit", "test_digest_and_join", "test_engines", "test_errors", "test_inventory", "test_parallel_listing",
+    "test_planning", "test_progress_store", "test_servers", "test_tag_access",
+})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not SERVER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.servers)
+        if item.module is not None and item.module.__name__ in ENGINE_INDEPENDENT_MODULES:
+            item.add_marker(pytest.mark.engine_independent)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -646,36 +646,40 @@ def test_source_changed_between_runs_discards_the_old_upload(
 
 
 def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[..., ToolJob]) -> None:
-    # Eight workers on twelve parts: after the first Ctrl-C the tool waits for eight ranged GETs,
-    # each of which makes moto read the whole 60 MiB object, so the second Ctrl-C finds it still
-    # finishing the parts in flight.
-    job = make_job("--max-workers", "8")
+    # A proxy holds every request after the first part is uploaded (aws_behaviour.Hold): the parts in
+    # flight when the first Ctrl-C comes can never finish, so only the second Ctrl-C ends the run.
+    from aws_behaviour import Hold, operation_is
+    from fault_proxy import FaultProxy
+
+    job = make_job()
     client, buckets = job.buckets.client, job.buckets
     rng = random.Random(6)
-    objects = {BIG_KEY: rng.randbytes(60 * MIB), "c/after-1": rng.randbytes(100 * KIB),
+    objects = {BIG_KEY: rng.randbytes(30 * MIB), "c/after-1": rng.randbytes(100 * KIB),
                "c/after-2": rng.randbytes(100 * KIB)}
     put_objects(client, buckets.source, objects)
 
-    process = job.start()
-    job.wait_for(process, lambda: _STARTED.search(job.log_text()), "the multipart upload to start")
-    # Once a part is on the server, the next ones are in flight (the log line of the upload's start
-    # comes before its parts are handed to the workers, and a Ctrl-C then would find nothing to wait for).
-    job.wait_for(process, parts_on_server(client, buckets.dest, BIG_KEY), "a part of the multipart upload")
-    process.send_signal(signal.SIGINT)
-    job.wait_for(process, lambda: "Interrupted: finishing the parts in flight" in job.log_text(),
-                 "the first Ctrl-C to be handled")
-    process.send_signal(signal.SIGINT)
-    assert job.wait(process) == 130, job.diagnostics()
+    with FaultProxy(buckets.endpoint_url) as proxy:
+        hold = Hold(operation_is("UploadPart", key=BIG_KEY))
+        proxy.behave(hold)
+        route_through(job, proxy, "--max-workers", "4")
+        process = job.start()
+        job.wait_for(process, hold.triggered.is_set, "a part of the multipart upload, the later requests held")
+        process.send_signal(signal.SIGINT)
+        job.wait_for(process, lambda: "Interrupted: finishing the parts in flight" in job.log_text(),
+                     "the first Ctrl-C to be handled")
+        process.send_signal(signal.SIGINT)
+        assert job.wait(process) == 130, job.diagnostics()
 
-    progress = job.progress()  # valid JSON
-    assert progress["summary"]["state"] == "interrupted"
-    # It left without draining: the orderly exit's final report was never written.
-    assert "Transfer interrupted after" not in job.log_text(), "the second Ctrl-C did not exit at once"
-    record = progress["resume"]["multipart_uploads"][BIG_KEY]
-    assert open_upload_ids(client, buckets.dest, BIG_KEY) == [record["upload_id"]]
+        progress = job.progress()  # valid JSON
+        assert progress["summary"]["state"] == "interrupted"
+        # It left without draining: the orderly exit's final report was never written.
+        assert "Transfer interrupted after" not in job.log_text(), "the second Ctrl-C did not exit at once"
+        record = progress["resume"]["multipart_uploads"][BIG_KEY]
+        assert open_upload_ids(client, buckets.dest, BIG_KEY) == [record["upload_id"]]
 
-    # And the job still resumes to a complete, identical copy.
-    assert job.run() == 0, job.diagnostics()
+        # And the job still resumes to a complete, identical copy.
+        proxy.behave_only()
+        assert job.run() == 0, job.diagnostics()
     assert_fully_copied(job)
 
 
@@ -816,6 +820,13 @@ def part_range(number: int) -> str:
     return f"bytes={start}-{min(start + PART_SIZE, HOLD_SIZE) - 1}"
 
 
+def route_through(job: ToolJob, proxy: Any, *extra_args: str) -> None:
+    """Send every request of the job's next runs (both sides) through `proxy`."""
+    credentials = json.loads(job.credentials.read_text())
+    job.credentials.write_text(json.dumps({**credentials, "endpoint_url": proxy.endpoint_url}))
+    job.extra_args = [*extra_args, "--dest-endpoint-url", proxy.endpoint_url]
+
+
 @dataclass
 class HeldJob:
     """The objects of these tests, and a job whose source and destination are reached through a proxy."""
@@ -824,10 +835,8 @@ class HeldJob:
     data: dict[str, bytes]
 
     def through(self, proxy: Any) -> None:
-        """Send every request of the next runs through `proxy`."""
-        credentials = json.loads(self.job.credentials.read_text())
-        self.job.credentials.write_text(json.dumps({**credentials, "endpoint_url": proxy.endpoint_url}))
-        self.job.extra_args = ["--max-workers", "1", "--dest-endpoint-url", proxy.endpoint_url]
+        """Send every request of the next runs through `proxy`, one worker at a time."""
+        route_through(self.job, proxy, "--max-workers", "1")
 
     def record(self) -> dict[str, Any]:
         """The progress file's record of the big object's upload ({} while there is none)."""
