@@ -28,14 +28,14 @@ fi
 threads_log=$(mktemp)
 floor_log=$(mktemp)
 trap 'rm -f "$threads_log" "$floor_log"' EXIT
-.venv/bin/python -m pytest tests -q -p no:cacheprovider --engine threads -m "not engine_independent" -n 2 \
+.venv/bin/python -m pytest tests -q -p no:cacheprovider --engine threads -m "not engine_independent" -n 3 \
     --dist loadfile >"$threads_log" 2>&1 &
 threads_pid=$!
 ./scripts/test-floor.sh >"$floor_log" 2>&1 &
 floor_pid=$!
 
 crt_status=0
-.venv/bin/python -m pytest tests -q --engine crt -n 2 --dist loadfile || crt_status=$?
+.venv/bin/python -m pytest tests -q --engine crt -n 4 --dist loadfile || crt_status=$?
 threads_status=0
 wait "$threads_pid" || threads_status=$?
 floor_status=0
