@@ -2554,18 +2554,21 @@ class CrtSideClient:
         return answer.status, answer.headers, answer.body()
 
 
-@functools.lru_cache(maxsize=None)  # once per process, however many sides sign through a delegate
 def keep_delegate_failures_off_stderr() -> None:
     """awscrt reports an exception raised in a delegate credentials provider as "unraisable", which
     Python prints as a traceback on stderr. Ours is kept and raised again in the workers whose
     requests it failed (CrtSideClient._exchange), where it becomes one sentence, so only those are
-    kept quiet; anything else unraisable is reported as before."""
+    kept quiet; anything else unraisable is reported as before, by the hook that was in place. Once
+    in place, not again (the hook may have been replaced since, by a host that runs main() itself)."""
     report = sys.unraisablehook
+    if getattr(report, "keeps_delegate_failures_quiet", False):
+        return
 
     def hook(unraisable: Any) -> None:
         if getattr(unraisable.object, "__func__", None) is not CrtSideClient._current_credentials:
             report(unraisable)
 
+    hook.keeps_delegate_failures_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
 
 
@@ -4368,10 +4371,11 @@ def write_atomically(path: Path, text: str) -> None:
         os.close(directory)
 
 
-def lock_progress_file(path: Path) -> None:
-    """Hold an exclusive lock beside the progress file until this process ends, which the kernel
-    ensures even after kill -9. Two runs of one job (a second terminal, a cron job that fires while
-    the last one still runs) would copy everything twice and overwrite each other's progress."""
+@contextlib.contextmanager
+def progress_file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the progress file while the job runs; the kernel releases it when
+    the process ends, even by kill -9. Two runs of one job (a second terminal, a cron job that fires
+    while the last one still runs) would copy everything twice and overwrite each other's progress."""
     descriptor = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -4381,7 +4385,10 @@ def lock_progress_file(path: Path) -> None:
             f"Another run is using the progress file {path} right now: let it finish, or stop it (Ctrl-C) "
             "and rerun this command to resume."
         ) from None
-    # The descriptor stays open on purpose: closing it would release the lock.
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # which releases the lock
 
 
 def remove_temporary_files_of_killed_runs(path: Path) -> None:
@@ -5565,7 +5572,20 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     engine_choice = choose_engine(config.engine, (source, destination))
     if engine_choice.parts == "threads":
         return_freed_bodies_to_the_system()
-    lock_progress_file(config.progress_file)  # before --restart, which aborts the uploads the file records
+    with progress_file_lock(config.progress_file):  # before --restart, which aborts the uploads the file records
+        code = copy_job(config, status, source=source, destination=destination, inventory=inventory,
+                        engine_choice=engine_choice, stopping=stopping)
+    if code == EXIT_OK and config.verify:
+        # `stopping` is set by now (it let the listers go), which would stop any retry of the comparison.
+        comparing = Retries(on_throttle=status.throttled, on_retry=status.retried)
+        return audit(config, dataclasses.replace(source, retries=comparing),
+                     dataclasses.replace(destination, retries=comparing), inventory)
+    return code
+
+
+def copy_job(config: TransferConfig, status: StatusReporter, *, source: Side, destination: Side,
+             inventory: Optional[Inventory], engine_choice: EngineChoice, stopping: threading.Event) -> int:
+    """Copy everything of the job not yet done, under its progress file's lock; the exit code."""
     remove_temporary_files_of_killed_runs(config.progress_file)
     if config.restart:
         discard_progress(config.progress_file, destination)
@@ -5626,11 +5646,6 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     LOG.info("%s", report)
     if not config.quiet or code != EXIT_OK:
         print(report, file=sys.stdout if code == EXIT_OK else sys.stderr)
-    if code == EXIT_OK and config.verify:
-        # `stopping` is set by now (it let the listers go), which would stop any retry of the comparison.
-        comparing = Retries(on_throttle=status.throttled, on_retry=status.retried)
-        return audit(config, dataclasses.replace(source, retries=comparing),
-                     dataclasses.replace(destination, retries=comparing), inventory)
     return code
 
 

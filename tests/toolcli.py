@@ -1,19 +1,23 @@
 """Running ``s3_bulk_transfer.py`` as a person does, and reading what it leaves behind.
 
-Shared by test_copy.py, test_errors.py and test_cross_account.py. The tool always
-runs as a subprocess of the venv's interpreter, so exit codes, stderr and file
-modes are exactly what a user gets; it only ever talks to the 127.0.0.1 servers
-the tests start (the source endpoint comes from the credentials file, the
-destination endpoint from --dest-endpoint-url).
+Shared by most test modules. The tool runs its ``main()`` with the command line, environment,
+working directory and standard streams a person's shell would give it (see ``run_tool``), so exit
+codes, stderr and file modes are what a user gets; it only ever talks to the 127.0.0.1 servers the
+tests start (the source endpoint comes from the credentials file, the destination endpoint from
+--dest-endpoint-url).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,8 @@ from typing import Any
 from s3servers import Identity
 
 TOOL = Path(__file__).resolve().parent.parent / "s3_bulk_transfer.py"
+sys.path.insert(0, str(TOOL.parent))
+import s3_bulk_transfer as tool  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -55,16 +61,42 @@ def write_source_credentials(path: Path, identity: Identity, endpoint_url: str, 
 
 
 def run_tool(args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with ``args`` and return its exit code, stdout and stderr."""
-    return subprocess.run(
-        [sys.executable, str(TOOL), *args],
-        check=False,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
+    """Run the CLI with ``args`` as a shell would, and return its exit code, stdout and stderr.
+
+    It runs in this process: ``main(args)`` (what ``python s3_bulk_transfer.py ARGS`` calls), in a
+    thread of its own, with this environment and working directory and standard streams of its own,
+    and an exception that escapes it written to its stderr as Python would. A new interpreter for each
+    run would cost its start-up and the imports of boto3, botocore and awscrt, most of a short run's
+    CPU, and the suite runs the tool hundreds of times. The tests that signal or kill the tool start
+    it as a process of its own (test_resume.py, test_security.py, some of test_copy.py).
+    """
+    outcome: dict[str, Any] = {}
+    stdout, stderr = io.StringIO(), io.StringIO()
+
+    def run() -> None:
+        try:
+            outcome["code"] = tool.main(list(args))
+        except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback on stderr, exit 1
+            stderr.write(traceback.format_exc())
+            outcome["code"] = 1
+
+    saved_environment, saved_directory = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            runner = threading.Thread(target=run, name="s3_bulk_transfer-main", daemon=True)
+            runner.start()
+            runner.join(RUN_TIMEOUT)
+    finally:
+        os.chdir(saved_directory)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+    if runner.is_alive():
+        raise AssertionError(f"the tool did not finish within {RUN_TIMEOUT} s: {args}\n{stderr.getvalue()[-3000:]}")
+    return subprocess.CompletedProcess([sys.executable, str(TOOL), *args], outcome["code"], stdout.getvalue(),
+                                       stderr.getvalue())
 
 
 def engine_args() -> list[str]:
