@@ -10,9 +10,12 @@ How the data moves
       list) in key order, streaming them from S3 or a local copy
       -> include/exclude filters, --shard (a stable hash of the key), key mapping (destination
          prefix + key minus source prefix)
-      -> plan: below --multipart-threshold one GET then one PUT;
+      -> plan: below --multipart-threshold one GET then one PUT (so too, up to 5 GiB, a key with a
+               character XML 1.0 forbids, which multipart answers could not carry);
                at or above it CreateMultipartUpload, ranged GETs of one part each (If-Match the
-               listed ETag) feeding UploadPart, then CompleteMultipartUpload;
+               listed ETag) feeding UploadPart, then CompleteMultipartUpload; a resumed upload
+               keeps the parts S3 has that its saved digest covers, and reads again the others
+               to compare them with what S3 holds;
                or, when the destination's keys may read the source (--copy-mode), the same plan
                with CopyObject and UploadPartCopy: S3 moves the bytes, none pass through here
       -> --max-bandwidth: one token bucket before every GET, shared by all workers
@@ -22,8 +25,9 @@ How the data moves
          (signing, HTTP and retries in C; the worker waits), or threads, boto3 in the worker itself;
          listing, multipart bookkeeping and server-side copies are boto3's under both
       -> the progress store: per key range a watermark in key order and the few keys done beyond it;
-         failed keys, and every multipart upload in flight -> transfer_progress.json (atomic
-         rewrite, every 2 s; one run per job at a time, by a lock beside it)
+         failed keys, and every multipart upload in flight with its digest so far ->
+         transfer_progress.json (atomic rewrite, every 2 s and before each completion; one run per
+         job at a time, by a lock beside it)
 
 Promises
 --------
@@ -31,11 +35,14 @@ Promises
 * Memory bound: at most --max-workers units of object data in flight, where a unit is one part
   (--chunk-size, raised only when an object would otherwise need more than 10,000 parts) or one
   object below the multipart threshold. About max_workers x unit size, plus Python's own ~100 MiB.
-* Every GET'd body of a plain single-part source object is checked against its MD5 ETag, and every
-  PUT and UploadPart carries Content-MD5 or the source's checksum algorithm, so S3 rejects a body
-  damaged on the way up.
+* What is uploaded is proven against the source before it is completed: its MD5 ETag, its
+  multipart ETag along the source's parts, or its additional checksum; the digest of a multipart
+  copy is of the bytes uploaded, across crashes too. Every PUT carries Content-MD5 and every
+  UploadPart a checksum (the source's algorithm, else CRC64NVME), so S3 rejects a body damaged on
+  the way up.
 * Rerunning the same command resumes: finished keys are not copied again, half-done multipart
-  uploads continue with only their missing parts (ListParts is the authority).
+  uploads continue with only their missing parts (ListParts is the authority), and a retry or a
+  rerun never fails an object for S3's throttling while the run makes progress.
 
 Sections, in the order data moves
 ---------------------------------
@@ -482,12 +489,15 @@ class TransferConfig:
             **({"shard": str(self.shard)} if self.shard else {}),
             # A watermark is a place in one listing's key order: a listing's and a report's do not mix.
             **({"inventory": self.inventory} if self.inventory else {}),
+            # Resumed without it, an upload begun without tags would complete without them, unsaid.
+            **({"tags": "not copied (--no-tags)"} if not self.copy_tags else {}),
         }
 
     def memory_bound(self) -> str:
         return (
             f"at most {self.max_workers} units and {format_size(self.memory_limit)} of object data in flight "
-            f"(a unit is one part or one object below the {format_size(self.multipart_threshold)} threshold; "
+            f"(a unit is one part, or one object copied with one PUT: below the "
+            f"{format_size(self.multipart_threshold)} threshold; "
             "a single unit larger than the limit runs alone)"
         )
 
@@ -630,8 +640,8 @@ def parse_timestamp(value: Any) -> datetime.datetime:
     """A timestamp of an S3 answer. Listing XML has ISO 8601 ("2026-11-27T04:35:51.000Z"), which
     datetime reads at once; headers have HTTP dates (Last-Modified of every GET and HEAD), which the
     standard library reads; only anything else goes to botocore's own parser, which tries dateutil's
-    many formats: 180 us a value, five times what the rest of parsing a ListObjectsV2 page costs, so
-    it alone held listing to about 5,000 keys a second."""
+    many formats and, for every key of a listing, cost more than the rest of parsing the page
+    (bench/listing_parse_cost.py)."""
     if isinstance(value, str):
         try:
             return datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
@@ -645,8 +655,8 @@ def parse_timestamp(value: Any) -> datetime.datetime:
 @functools.lru_cache(maxsize=None)
 def shared_data_loader(data_path: Optional[str]) -> botocore.loaders.Loader:
     """One loader of botocore's data files for every session of the run. Each session would load and
-    parse S3's model (a JSON file of 1 MB) and the endpoint rules anew: for the four sessions of a
-    run, 0.3 s of CPU, a fifth of the tool's start-up (measured on a run copying one object)."""
+    parse S3's model (a JSON file of 1 MB) and the endpoint rules anew, a good part of the tool's
+    start-up."""
     return botocore.loaders.create_loader(data_path)
 
 
@@ -697,6 +707,10 @@ def role_session(base: boto3.Session, settings: SideSettings, *, region: str) ->
     asked in the bucket's region (its regional endpoint, as AWS advises, rather than the global one
     in us-east-1), which the caller learnt from S3 with the base credentials.
     """
+    core = base._session  # boto3 exposes no setter for it
+    if not (os.environ.get("AWS_STS_REGIONAL_ENDPOINTS") or core.get_scoped_config().get("sts_regional_endpoints")):
+        # botocore's default only from 1.40; before, "legacy" sent most regions to the global endpoint.
+        core.set_config_variable("sts_regional_endpoints", "regional")
     sts = base.client("sts", region_name=region)
     session_name = f"s3-bulk-transfer-{os.getpid()}"
 
@@ -754,15 +768,20 @@ KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
 # damaged on the way up, so the same bytes (still in memory) are sent again.
 DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 MISSING_BUCKET_CODES = {"NoSuchBucket"}
-# S3 is busy, or failed inside, and asks for the request again (S3 User Guide, "Amazon S3 error best
-# practices": retry InternalError, slow down on SlowDown; S3 API reference, "Error responses"): these
-# codes, or these statuses, which are all that the answer to a HEAD carries. botocore retries them
-# within its attempts and its retry quota; Retries goes on after that.
-BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError"}
-BUSY_STATUSES = {500, 502, 503, 504}
-# While any request of the run succeeds, a request S3 refuses as busy is only waiting its turn: it
-# is given up only once nothing at all has succeeded, on either side, for this long.
+# S3 asks for the request again later (S3 User Guide, "Amazon S3 error best practices": slow down on
+# SlowDown, retry InternalError; S3 API reference, "Error responses"): throttled (these codes, or the
+# 503 that is all the answer to a HEAD carries), or failed inside. botocore retries both within its
+# attempts and its retry quota; Retries goes on after that.
+THROTTLED_CODES = {"SlowDown", "ServiceUnavailable"}
+THROTTLED_STATUSES = {503}
+SERVER_ERROR_CODES = {"InternalError"}
+SERVER_ERROR_STATUSES = {500, 502, 504}
+# While any request of the run succeeds, a request S3 throttles is only waiting its turn: it is given
+# up only once nothing at all has succeeded, on either side, for this long.
 THROTTLE_PATIENCE = 15 * 60.0  # seconds
+# A request S3 keeps failing inside is a fault of that request (an object S3 cannot serve), which
+# waiting does not mend while others succeed: the tool's own attempts at it, after botocore's.
+SERVER_ERROR_ATTEMPTS = 10
 MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
 RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ResponseStreamingError,
@@ -791,12 +810,20 @@ def error_detail(error: BaseException, element: str) -> str:
     return ""
 
 
-def is_busy(error: BaseException) -> bool:
-    """S3 refused the request for being busy or failing inside: worth sending again later."""
+def _answered(error: BaseException, codes: set[str], statuses: set[int]) -> bool:
     if not isinstance(error, botocore.exceptions.ClientError):
         return False
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return error_code(error) in BUSY_CODES or status in BUSY_STATUSES
+    return error_code(error) in codes or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in statuses
+
+
+def is_throttled(error: BaseException) -> bool:
+    """S3 refused the request for the rate of requests (SlowDown, 503): send it again after a pause."""
+    return _answered(error, THROTTLED_CODES, THROTTLED_STATUSES)
+
+
+def is_busy(error: BaseException) -> bool:
+    """S3 refused the request for being busy or failing inside: worth sending again later."""
+    return is_throttled(error) or _answered(error, SERVER_ERROR_CODES, SERVER_ERROR_STATUSES)
 
 
 def kms_permission_denied(error: BaseException) -> Optional[str]:
@@ -899,10 +926,11 @@ class Retries:
     """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
     as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
 
-    * while S3 answers that it is busy (is_busy: SlowDown, 503, InternalError...): for as long as any
-      request of the run succeeds, so that no object fails for throttling while the run makes
-      progress. Only once nothing at all has succeeded for THROTTLE_PATIENCE is it given up. These
-      retries do not use up the attempts below.
+    * while S3 throttles it (is_throttled: SlowDown, 503): for as long as any request of the run
+      succeeds, so that no object fails for throttling while the run makes progress. Only once
+      nothing at all has succeeded for THROTTLE_PATIENCE is it given up.
+    * while S3 fails inside (InternalError, 500, 502, 504): up to SERVER_ERROR_ATTEMPTS attempts.
+      Neither kind of retry uses up the attempts below.
     * with `retry_bodies`, up to BODY_ATTEMPTS attempts in all: a body broken after the headers
       arrived (which botocore does not retry), a body that does not match its ETag, or one that S3
       refused as damaged on its way up (the same bytes, still in memory, are sent again).
@@ -922,15 +950,21 @@ class Retries:
 
     def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
         """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
-        attempt = throttled = 0
+        attempt = throttled = failed_inside = 0
         while True:
             error: BaseException
             try:
                 result = operation()
             except botocore.exceptions.ClientError as refused:
-                if is_busy(refused):
+                if is_throttled(refused):
                     throttled += 1
                     self._wait_while_busy(refused, what=what, times=throttled)
+                    continue
+                if is_busy(refused):
+                    failed_inside += 1
+                    if failed_inside == SERVER_ERROR_ATTEMPTS:
+                        raise
+                    self._wait_while_busy(refused, what=what, times=failed_inside)
                     continue
                 if not (retry_bodies and error_code(refused) in DAMAGED_UPLOAD_CODES):
                     raise
@@ -1088,8 +1122,8 @@ EXPECT_CONTINUE_MIN_BODY = 2 * MiB
 
 def _expect_continue_for_large_bodies_only(model: Any, params: dict[str, Any], **_: Any) -> None:
     """botocore sends every PutObject and UploadPart with "Expect: 100-continue" and waits for S3's
-    go-ahead before the body: one more round trip per request, which for small objects is a third
-    of their copy time at 20 ms RTT. Like the AWS Go SDK (rclone), ask only for bodies over 2 MiB,
+    go-ahead before the body: one more round trip per request, a large part of a small object's copy
+    time far from S3. Like the AWS Go SDK (rclone), ask only for bodies over 2 MiB,
     where a refusal would waste more than the round trip costs."""
     if params.get("headers", {}).get("Expect") != "100-continue":
         return
@@ -1120,7 +1154,7 @@ def _send_raw_expires(params: dict[str, Any], context: dict[str, Any], **_: Any)
         params["headers"]["Expires"] = context[RAW_EXPIRES]
 
 
-def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str) -> str:
+def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str, *, retries: Retries) -> str:
     """The region every request to the bucket is signed for: the one S3 states.
 
     S3 refuses a request signed for another region than its bucket's (AuthorizationHeaderMalformed).
@@ -1133,7 +1167,8 @@ def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket:
     else us-east-1.
     """
     fallback = settings.region or session.region_name or "us-east-1"
-    stated = access_point_region(bucket) or stated_bucket_region(session, settings, bucket, asking_in=fallback)
+    stated = access_point_region(bucket) or stated_bucket_region(session, settings, bucket, asking_in=fallback,
+                                                                 retries=retries)
     if not stated:
         return fallback
     if settings.region and settings.region != stated:
@@ -1144,12 +1179,12 @@ def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket:
 
 
 def stated_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str, *,
-                         asking_in: str) -> Optional[str]:
+                         asking_in: str, retries: Retries) -> Optional[str]:
     """HeadBucket's x-amz-bucket-region, signed for ``asking_in`` (botocore follows a 301 to the
     bucket's region); None when the endpoint sends none, or cannot be asked."""
     probe = make_s3_client(session, settings, region=asking_in, max_workers=1)
     try:
-        response = probe.head_bucket(Bucket=bucket)
+        response = retries.call(lambda: probe.head_bucket(Bucket=bucket), what=f"HeadBucket of {bucket}")
         headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     except botocore.exceptions.ClientError as error:
         headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -1169,7 +1204,7 @@ class Side:
     signs and sends on its own, the credentials, the URL of the bucket's objects as botocore
     resolved it (virtual-hosted or path-style, the regional endpoint) and the CA bundle to trust.
     `retries` is the run's Retries (one for both sides), which every request to the side goes
-    through; run_transfer sets it."""
+    through."""
 
     settings: SideSettings
     client: Any
@@ -1182,10 +1217,12 @@ class Side:
 
 
 def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_prefix: str,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> Side:
-    """Build the client and prove the bucket is there and usable, before anything is copied."""
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, retries: Optional[Retries] = None) -> Side:
+    """Build the client and prove the bucket is there and usable, before anything is copied; every
+    request to the side goes through `retries` (the run's), from the first."""
+    retries = retries or Retries()
     session = build_session(settings)
-    region = detect_bucket_region(session, settings, bucket)
+    region = detect_bucket_region(session, settings, bucket, retries=retries)
     if settings.role_arn:
         session = role_session(session, settings, region=region)
     try:
@@ -1196,7 +1233,8 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
         client.meta.events.register("before-send.s3.ListObjectsV2", lambda request, **_: urls.append(request.url))
         # ListObjectsV2 rather than HeadBucket: a HEAD answer has no body, so a wrong secret key would
         # arrive as a bare 403 and be mistaken for a missing permission.
-        client.list_objects_v2(Bucket=bucket, Prefix=list_prefix, MaxKeys=1)
+        retries.call(lambda: client.list_objects_v2(Bucket=bucket, Prefix=list_prefix, MaxKeys=1),
+                     what=f"ListObjectsV2 of {bucket}")
         credentials = session.get_credentials()
     except FatalTransferError as error:
         raise ConfigurationError(str(error)) from None
@@ -1213,7 +1251,7 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
     # AWS_CA_BUNDLE or the profile's ca_bundle, as botocore resolved it (boto3 has no public getter).
     ca_bundle = session._session.get_config_variable("ca_bundle")
     return Side(settings=settings, client=client, bucket=bucket, region=region, credentials=credentials,
-                objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle)
+                objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle, retries=retries)
 
 
 def objects_url(listing_url: str) -> str:
@@ -1395,12 +1433,13 @@ PAGE_MARKERS = {"list_objects_v2": ("ContinuationToken", "NextContinuationToken"
 
 def pages(side: Side, operation: str, **request: Any) -> Iterator[dict[str, Any]]:
     """The pages of a listing (`operation`, a boto3 method name), one request each, fetched as they are
-    wanted and each sent through the side's Retries: a page S3 refuses as busy is asked for again,
-    which botocore's paginator cannot do without starting over."""
+    wanted and each sent through the side's Retries: a page S3 refuses as busy, or whose body breaks
+    off, is asked for again (the same request: a page is read whole before it is used)."""
     call = getattr(side.client, operation)
     sent, received = PAGE_MARKERS[operation]
     while True:
-        page = side.retries.call(lambda: call(**request), what=f"{operation} of bucket {side.bucket}")
+        page = side.retries.call(lambda: call(**request), what=f"{operation} of {bucket_or_access_point(side.bucket)}",
+                                 retry_bodies=True)
         yield page
         if not page.get("IsTruncated") or not page.get(received):
             return
@@ -1417,7 +1456,7 @@ def list_objects(side: Side, location: S3Location, start_after: Optional[str],
     for page in pages(side, "list_objects_v2", **request):
         for entry in page.get("Contents", ()):
             if through is not None and entry["Key"] > through:
-                return  # the paginator asks for no further page
+                return  # and no further page is asked for
             yield ListedObject(
                 key=entry["Key"], size=entry["Size"], etag=entry["ETag"],
                 storage_class=entry.get("StorageClass", "STANDARD"), last_modified=entry.get("LastModified"),
@@ -1428,7 +1467,7 @@ def list_objects(side: Side, location: S3Location, start_after: Optional[str],
 #
 # ListObjectsV2 answers 1,000 keys per call, one call after another: 100 million keys are 100,000
 # round trips, over an hour before the last object can start. So the keyspace is cut into ranges
-# at split points, each range listed by its own paginator (StartAfter, then stop past its end), a
+# at split points, each range listed page by page on its own (StartAfter, then stop past its end), a
 # few at a time. Ranges are intervals of key order, not prefixes, so that they cover every key,
 # including keys created under new prefixes between two runs of the job.
 
@@ -2271,10 +2310,9 @@ def crt_unavailable(sides: Iterable[Side]) -> str:
 
 def choose_engine(requested: str, sides: Iterable[Side]) -> EngineChoice:
     """--engine. "auto" takes crt for whole objects, where a request's CPU is most of an object's
-    cost and crt saves more than half of it, and threads for parts, where crt saves less (a fifth
-    of the CPU, measured on 256 MiB objects) and costs more than the memory bound allows (awscrt
-    holds each body in C too: 317 MiB peak instead of 164 at 10 workers x 8 MiB). "threads" is
-    always possible."""
+    cost and crt saves most of it, and threads for parts, where crt saves less and costs more than
+    the memory bound allows (awscrt holds each body in C too: see the README's Engines and
+    bench/README.md). "threads" is always possible."""
     if requested == "threads":
         return EngineChoice("threads", "threads", "as --engine asks")
     missing = crt_unavailable(sides)
@@ -2289,9 +2327,9 @@ def choose_engine(requested: str, sides: Iterable[Side]) -> EngineChoice:
 
 class HeaderReader:
     """Reads a successful answer's headers into the dict boto3 returns, by the operation's output
-    shape in botocore's model: what botocore's parser does, in a tenth of its time (20 us, not 200 us
-    for a GET, measured here), which matters when a whole small object costs the crt engine about
-    3.5 ms of CPU. Error answers, rare and with an XML body, go to botocore's parser itself.
+    shape in botocore's model: what botocore's parser does, in a fraction of its time, which matters
+    when a small object's whole cost is a few requests. Error answers, rare and with an XML body, go
+    to botocore's parser itself.
 
     Like botocore (handle_expires_header), it gives the Expires header raw as ExpiresString too,
     and leaves Expires out when the value is no date rather than failing the answer."""
@@ -2339,8 +2377,8 @@ class HeaderReader:
 class HeaderWriter:
     """Writes a request's headers and query string from its parameters by the operation's input
     shape in botocore's model, as botocore's rest-xml serializer does for the kinds of value this
-    tool sends (strings, integers, booleans, user metadata), in a sixth of its time (2 us, not 12,
-    for a PutObject; measured). Any other kind of value (a timestamp, a list), and a parameter the
+    tool sends (strings, integers, booleans, user metadata), in a fraction of its time. Any other
+    kind of value (a timestamp, a list), and a parameter the
     installed botocore's model lacks, sends the whole request through botocore's serializer itself,
     which refuses what boto3 would refuse (give it a validating one). The raw Expires (RAW_EXPIRES)
     is written as it is, either way."""
@@ -2453,7 +2491,7 @@ class CrtSideClient:
         if isinstance(side.credentials, botocore.credentials.RefreshableCredentials):
             provider = auth.AwsCredentialsProvider.new_delegate(self._current_credentials)
             keep_delegate_failures_off_stderr()
-        else:  # keys that never change: signing need not call into Python (0.14 ms a request, measured)
+        else:  # keys that never change: signing need not call into Python for each request
             frozen = side.credentials.get_frozen_credentials()
             provider = auth.AwsCredentialsProvider.new_static(frozen.access_key, frozen.secret_key, frozen.token)
         self._client = s3.S3Client(
@@ -2575,8 +2613,8 @@ def keep_delegate_failures_off_stderr() -> None:
 class CrtTransport:
     """BodyTransport over awscrt (--engine crt): each call blocks its worker while the request runs
     in C, so the thread pool, memory budget, progress and integrity checks are the threads engine's,
-    and only the costly part of a request (signing, HTTP, TLS: about 2 ms of Python in botocore)
-    leaves Python."""
+    and only the costly part of a request (signing, HTTP, TLS: most of its CPU in botocore) leaves
+    Python."""
 
     def __init__(self, source: Side, destination: Side, *, read_timeout: float) -> None:
         self._source = CrtSideClient(source, read_timeout=read_timeout)
@@ -2711,8 +2749,6 @@ OWN_PART_CHECKSUM = "CRC64NVME" if "CRC64NVME" in CRC_FUNCTIONS else "CRC32"
 
 class Crc:
     """One of S3's CRCs, fed incrementally; its state is its value, which a progress file can keep."""
-
-    exportable = True
 
     def __init__(self, algorithm: str, state: Optional[str] = None) -> None:
         self._crc = CRC_FUNCTIONS[algorithm]
@@ -2897,6 +2933,11 @@ class SourceChecksum:
     composite: bool
 
 
+def computable(algorithm: str) -> bool:
+    """Whether this build computes the checksum algorithm (CRC32C and CRC64NVME need awscrt)."""
+    return algorithm in CRC_FUNCTIONS or algorithm in ("SHA1", "SHA256")
+
+
 def find_source_checksum(response: dict[str, Any], etag: str) -> Optional[SourceChecksum]:
     """The additional checksum a GetObject or HeadObject with ChecksumMode=ENABLED reported, when this
     build can compute it."""
@@ -2904,7 +2945,7 @@ def find_source_checksum(response: dict[str, Any], etag: str) -> Optional[Source
         value = response.get(f"Checksum{algorithm}")
         if not value:
             continue
-        if algorithm not in CRC_FUNCTIONS and algorithm not in ("SHA1", "SHA256"):
+        if not computable(algorithm):
             return None
         kind = response.get("ChecksumType")
         if kind is None:
@@ -3343,8 +3384,7 @@ class MultipartCopy:
 
     def __init__(self, source: ListedObject, destination_key: str, upload_id: str, part_size: int,
                  check: IntegrityCheck, *, upload_checksum: Optional[UploadChecksum],
-                 part_etags_are_md5: Optional[bool], server_side: bool = False,
-                 digest: Optional[OrderedDigest] = None) -> None:
+                 part_etags_are_md5: Optional[bool], server_side: bool = False) -> None:
         self.source = source
         self.server_side = server_side  # parts copied by S3 (UploadPartCopy): no bytes here to hash
         self.check = check
@@ -3352,7 +3392,7 @@ class MultipartCopy:
         # From CreateMultipartUpload's answer: False under SSE-KMS or SSE-C, None when unknown (an upload
         # begun by an older version of the tool).
         self.part_etags_are_md5 = part_etags_are_md5
-        self.digest = None if server_side else (digest or self.check.new_digest())
+        self.digest = None if server_side else self.check.new_digest()
         self.destination_key = destination_key
         self.upload_id = upload_id
         self.part_size = part_size
@@ -3425,7 +3465,8 @@ class TransferEngine:
     """Schedules units of work (small objects, parts) onto a bounded pool and settles each object.
 
     The main thread lists, plans and submits; workers move bodies and report to the ProgressStore;
-    only the main thread writes the progress file. The MemoryBudget, taken before a unit is
+    the main thread writes the progress file, and a worker only just before it completes an upload
+    (ProgressStore.save). The MemoryBudget, taken before a unit is
     submitted and given back when it ends, is what bounds memory: never the whole listing queued.
     """
 
@@ -3711,7 +3752,7 @@ class TransferEngine:
             lambda: self._fetch_verified(listed.key, listed.size), what=f"GET {listed.key}", action="s3:GetObject",
             side=self.source,
         )
-        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0)) if self.config.copy_tags else []
+        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0))
         arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(self.config)
         if check.checksum is not None:
             # Sent with its value, S3 checks the body against it and keeps the source's algorithm. A
@@ -3795,10 +3836,11 @@ class TransferEngine:
         return layout
 
     def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
-        """The object's tags. GetObject says how many there are (no header means none, to credentials
-        that may read tags, as tag_access_refusal made sure), which saves a request per untagged object;
-        tag_count=None means ask."""
-        if tag_count == 0:
+        """The object's tags ([] with --no-tags). GetObject says how many there are (no header means
+        none to credentials that may read tags, as tag_access_refusal made sure of one object: a
+        policy that lets them read the tags of some objects only would leave the others untagged),
+        which saves a request per untagged object; tag_count=None means ask."""
+        if tag_count == 0 or not self.config.copy_tags:
             return []
         try:
             tags = self.retries.call(lambda: self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key),
@@ -3826,9 +3868,6 @@ class TransferEngine:
         except botocore.exceptions.ClientError as error:
             _annotate(error, action="s3:GetObject", side="source")
             raise
-        archived = unrestored_archive(head)
-        if archived:
-            raise ObjectFailure(f"it is {archived}")
         part_size = self._part_size_for(listed, check, server_side=server_side)
         if server_side:
             check = server_side_check(check)
@@ -3845,7 +3884,7 @@ class TransferEngine:
                 resumed = None
             if resumed is not None:
                 return resumed
-        tags = self._tags_if_any(listed.key, None) if self.config.copy_tags else []
+        tags = self._tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
         upload_checksum = check.upload_checksum(server_side=server_side)
         try:
@@ -3870,9 +3909,10 @@ class TransferEngine:
         return job
 
     def _head_source(self, listed: ListedObject) -> dict[str, Any]:
-        """HeadObject of the listed version of a source object, with its checksum."""
+        """HeadObject of the listed version of a source object, with its checksum; an object archived
+        and not restored fails here, before anything is written for it."""
         try:
-            return self.retries.call(lambda: self.source.client.head_object(
+            head = self.retries.call(lambda: self.source.client.head_object(
                 Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag, ChecksumMode="ENABLED"),
                 what=f"HeadObject of {listed.key}")
         except botocore.exceptions.ClientError as error:
@@ -3880,6 +3920,10 @@ class TransferEngine:
                 raise SourceChanged() from None
             _annotate(error, action="s3:GetObject", side="source")
             raise
+        archived = unrestored_archive(head)
+        if archived:
+            raise ObjectFailure(f"it is {archived}")
+        return head
 
     def _part_size_for(self, listed: ListedObject, check: IntegrityCheck, *, server_side: bool) -> int:
         """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
@@ -3917,6 +3961,10 @@ class TransferEngine:
                 or record.get("part_size") != part_size or record.get("destination_key") != destination_key
                 or (check.checksum is not None and recorded_checksum != check.checksum_algorithm)):
             self._abandon(job, "the source object or the part size changed since the upload began")
+            return None
+        if recorded_checksum and not computable(recorded_checksum):  # begun where awscrt was installed
+            self._abandon(job, f"its parts carry {recorded_checksum} checksums, which this installation cannot "
+                               "compute (pip install -r requirements.txt installs awscrt)")
             return None
         try:
             uploaded = self._uploaded_parts(job, record)
@@ -3976,35 +4024,40 @@ class TransferEngine:
 
     def _completed_before_the_stop(self, listed: ListedObject, destination_key: str, record: dict[str, Any]) -> bool:
         """Whether the destination holds the object the recorded upload was completing when the last
-        run stopped (killed between S3's completion and the progress save): the same size, and the
-        ETag or checksum the parts we uploaded make. Then it is settled as done, not copied again."""
-        expected = record.get("completing")
-        if not expected:
+        run stopped (killed between S3's completion and the progress save). Then it is settled as
+        done, not copied again."""
+        proof = self._destination_holds(destination_key, record.get("completing"))
+        if proof is None:
             return False
+        LOG.info("%s was completed at the destination just before the last run stopped (its %s is what the "
+                 "uploaded parts make); not copied again", json.dumps(listed.key, ensure_ascii=False), proof)
+        self.progress.mark_done(listed.key, listed.size)
+        self.status.skipped()
+        return True
+
+    def _destination_holds(self, destination_key: str, expected: Optional[dict[str, Any]]) -> Optional[str]:
+        """What proves the destination object is the one an upload completes into (MultipartCopy.
+        expected_destination): the same size, and the ETag or the checksum the uploaded parts make;
+        None when it is not, or there is none."""
+        if not expected:
+            return None
         try:
             head = self.retries.call(lambda: self.destination.client.head_object(
                 Bucket=self.destination.bucket, Key=destination_key, ChecksumMode="ENABLED"),
                 what=f"HeadObject of {destination_key}")
         except botocore.exceptions.ClientError as error:
             if error_code(error) in MISSING_OBJECT_CODES:
-                return False
+                return None
             _annotate(error, action="s3:GetObject", side="destination")
             raise
         checksum = expected.get("checksum") or {}
         if head["ContentLength"] != expected["size"]:
-            return False
+            return None
         if expected.get("etag") and head["ETag"].strip('"') == expected["etag"]:
-            method = "etag"
-        elif checksum and head.get(f"Checksum{checksum['algorithm']}") == checksum["value"]:
-            method = "checksum"
-        else:
-            return False
-        LOG.info("%s was completed at the destination just before the last run stopped (its %s is what the "
-                 "uploaded parts make); not copied again", json.dumps(listed.key, ensure_ascii=False),
-                 "ETag" if method == "etag" else f"{checksum['algorithm']} checksum")
-        self.progress.mark_done(listed.key, listed.size)
-        self.status.skipped()
-        return True
+            return "ETag"
+        if checksum and head.get(f"Checksum{checksum['algorithm']}") == checksum["value"]:
+            return f"{checksum['algorithm']} checksum"
+        return None
 
     def _copy_part(self, job: MultipartCopy, part: PartRange) -> None:
         """GET one part and upload it; or, for a part S3 already has from before an interruption, GET
@@ -4096,7 +4149,8 @@ class TransferEngine:
         elif algorithm and check.method == "checksum":
             # moto returns no checksum for a copied part (S3 does): nothing can be checked then.
             check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
-        self.progress.completing(job.source.key, job.expected_destination())
+        expected = job.expected_destination()
+        self.progress.completing(job.source.key, expected)
         self.progress.save(self.status.summary())
         try:
             self.retries.call(lambda: self.destination.client.complete_multipart_upload(
@@ -4104,13 +4158,18 @@ class TransferEngine:
                 MultipartUpload={"Parts": parts}, **checksum,
             ), what=f"CompleteMultipartUpload of {job.destination_key}")
         except botocore.exceptions.ClientError as error:
-            _annotate(error, action="s3:PutObject", side="destination")
-            raise
-        self.progress.forget_upload(job.source.key)
+            # An attempt S3 carried out but whose answer was lost, sent again by botocore, finds the
+            # upload gone: what it completed is at the destination.
+            if not (error_code(error) == "NoSuchUpload" and self._destination_holds(job.destination_key, expected)):
+                _annotate(error, action="s3:PutObject", side="destination")
+                raise
         if job.server_side:
             self._server_side_succeeded()
+        # Done first, then the upload forgotten: a save between the two keeps both (a rerun skips the
+        # key and finds the upload gone), never neither (which would copy the object again).
         self._object_done(job.source.key, job.source.size, job.started, check, counted_bytes=0,
                           server_side=job.server_side)
+        self.progress.forget_upload(job.source.key)
 
     def _server_side_verification(self, job: MultipartCopy) -> IntegrityCheck:
         """How the parts S3 copied are proven to make the source: their ETags make its multipart ETag,
@@ -4456,8 +4515,9 @@ class ProgressStore:
 
     Listing is in key order within each key range (one range unless the listing runs in parallel),
     so completion is a RangeProgress per range; failed keys with their reasons; and every multipart
-    upload in flight with its parts. Workers report here under a lock; only the main thread writes
-    the file. Its size is bounded by the ranges and the work in flight, never by the bucket.
+    upload in flight with its parts and its digest so far. Workers report here under a lock; the main
+    thread writes the file (and a worker about to complete an upload: see save). Its size is bounded
+    by the ranges and the work in flight, never by the bucket.
     """
 
     def __init__(self, path: Path, job: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
@@ -4476,7 +4536,9 @@ class ProgressStore:
         self._failed: dict[str, str] = dict(resume.get("failed", {}))
         self._uploads: dict[str, dict[str, Any]] = dict(resume.get("multipart_uploads", {}))
         self._digests: dict[str, tuple[str, OrderedDigest]] = {}  # the uploads' digests: (check identity, digest)
-        self._writing = threading.Lock()  # one writer at a time, in the order their texts were made
+        # One writer at a time, in the order their texts were made. Re-entrant: the second Ctrl-C's
+        # handler saves on the main thread, which it may have interrupted in the middle of a save.
+        self._writing = threading.RLock()
         self._listing_complete = False
         self._objects_done = int(totals.get("objects_done", 0))
         self._bytes_done = int(totals.get("bytes_done", 0))
@@ -4669,13 +4731,18 @@ class ProgressStore:
 
     def save(self, this_run: dict[str, Any]) -> None:
         """Write the file now. The main thread saves; so does a worker about to complete an upload,
-        which must not go on before the file says what it is completing: writes are one at a time and
-        in order, so a later state is never overwritten by an earlier one."""
+        which must not go on before the file says what it is completing (the one exception to a
+        single writer, for that reason): writes are one at a time and in order, so a later state is
+        never overwritten by an earlier one."""
         with self._writing:
+            # The digests first, outside the lock (a digest waits for the part being hashed): each part
+            # is recorded before it is hashed, so the records read next cover every part hashed here.
+            with self._lock:
+                digests = list(self._digests.items())
+            states = [(key, identity, digest.state()) for key, (identity, digest) in digests]
             with self._lock:  # serialised under the lock: workers add parts to the dicts being written
-                for key, (identity, digest) in self._digests.items():
-                    state = digest.state()
-                    if key in self._uploads and state is not None:
+                for key, identity, state in states:
+                    if key in self._uploads and key in self._digests and state is not None:
                         self._uploads[key]["digest"] = {"identity": identity, **state}
                 text = json.dumps(self._document(this_run), indent=2, ensure_ascii=False) + "\n"
                 self._dirty = False
@@ -5124,8 +5191,8 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
             f"since they were listed); each is named in {config.log_file}.")] if status.objects_vanished else []),
         *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
            f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
-        *([f"S3 answered {status.throttles:,} requests with SlowDown or another busy error after botocore's "
-           "retries; each was sent again after a pause."] if status.throttles else []),
+        *([f"S3 answered {status.throttles:,} times that it was busy (SlowDown, or a 5xx) after the retries of "
+           "the HTTP client; the tool sent those requests again after a pause."] if status.throttles else []),
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
                                                    figures["verified"].items()) + ".",
         f"Object bodies moved by {engine.describe()} ({engine.reason}).",
@@ -5398,9 +5465,8 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     LOG.setLevel(logging.DEBUG)
     LOG.propagate = False
     # What the format never shows (the caller's frame, the thread's and process's names) is not
-    # looked up for each record, as the logging HOWTO's "Optimization" section advises: the line of
-    # each copied object cost a worker 220 us of CPU inside a run, 50 us less without them, of the
-    # 1.7 ms a small object costs it in all.
+    # looked up for each record, as the logging HOWTO's "Optimization" section advises: a small part
+    # of a copied object's cost, but one paid for every object.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None
     LOG.addHandler(file_handler)
@@ -5553,14 +5619,12 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     retries = Retries(stopping, on_throttle=status.throttled, on_retry=status.retried)
     # The source's connection pool serves the workers' GETs and the listers at once; too small a pool
     # throws connections away, silently (urllib3 logs it to no one).
-    source = dataclasses.replace(connect_side(config.source_side, config.source.bucket,
-                                              max_workers=config.max_workers + config.list_concurrency,
-                                              list_prefix=config.source.prefix, read_timeout=config.read_timeout),
-                                 retries=retries)
-    destination = dataclasses.replace(connect_side(config.destination_side, config.destination.bucket,
-                                                   max_workers=config.max_workers,
-                                                   list_prefix=config.destination.prefix,
-                                                   read_timeout=config.read_timeout), retries=retries)
+    source = connect_side(config.source_side, config.source.bucket,
+                          max_workers=config.max_workers + config.list_concurrency,
+                          list_prefix=config.source.prefix, read_timeout=config.read_timeout, retries=retries)
+    destination = connect_side(config.destination_side, config.destination.bucket, max_workers=config.max_workers,
+                               list_prefix=config.destination.prefix, read_timeout=config.read_timeout,
+                               retries=retries)
     inventory = open_inventory(config.inventory, source) if config.inventory else None
     if config.dry_run:
         return report_dry_run(config, source, inventory, tags_refused=tag_access_refusal(config, source))
@@ -5657,13 +5721,13 @@ def return_freed_bodies_to_the_system() -> None:
 
     glibc serves a block above its mmap threshold (128 KiB) with mmap and unmaps it on free, but on
     each such free it raises the threshold (up to 32 MiB), so from then on parts are carved from
-    per-thread heaps that keep freed memory: measured here, 20 workers with 16 MiB parts peaked at
-    556 MiB instead of about 400. A fixed threshold of 1 MiB keeps the memory bound true, for a
-    page-fault cost of about 2% of a core at 90 MB/s. Other C libraries are left alone.
+    per-thread heaps that keep freed memory, and the memory bound no longer holds (bench/README.md,
+    the memory grid). A fixed threshold of 1 MiB keeps it true, for a small page-fault cost. Other C
+    libraries are left alone.
 
     Not for the crt engine: awscrt buffers each body in C as well, and with every one of those
-    buffers mapped and unmapped afresh, 4 x 256 MiB took 11.8 s of CPU instead of 6.9 s (measured
-    with bench/bench.py); it keeps more memory instead (see the README's Engines).
+    buffers mapped and unmapped afresh, large objects cost far more CPU (bench/bench.py); it keeps
+    more memory instead (see the README's Engines).
     """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)

@@ -76,7 +76,7 @@ def assert_every_throttle_counted(job: ToolJob, result: Any, proxy: FaultProxy, 
     assert storm.answered > 0
     absorbed_by_awscrt = sum(1 for seen in proxy.counts.log if seen.status == 503 and sent_by_awscrt(seen)) // 2
     reached_the_tool = storm.answered - absorbed_by_awscrt
-    assert f"S3 answered {reached_the_tool:,} requests with SlowDown" in result.stdout, describe(result)
+    assert f"S3 answered {reached_the_tool:,} times that it was busy (SlowDown" in result.stdout, describe(result)
     assert read_progress(job.progress_file)["summary"]["this_run"]["throttled"] == reached_the_tool
 
 
@@ -209,6 +209,24 @@ def test_a_throttled_request_is_given_up_only_when_nothing_succeeded_for_a_long_
     with pytest.raises(botocore.exceptions.ClientError):
         retries.call(throttled_for_ever, what="GET x")
     assert tool.THROTTLE_PATIENCE <= clock.now < tool.THROTTLE_PATIENCE + 2 * tool.MAX_BACKOFF
+
+
+def test_a_request_s3_keeps_failing_inside_is_given_up_after_its_attempts_while_others_succeed() -> None:
+    """An object S3 cannot serve (InternalError on every attempt) must not hold a worker for the whole
+    run: unlike throttling, waiting does not mend it."""
+    clock = Clock()
+    retries, waits = retries_at(clock)
+    original_wait = waits.wait
+
+    def others_succeed_meanwhile(timeout: float | None = None) -> bool:
+        retries.call(lambda: "another request", what="GET y")
+        return original_wait(timeout)
+
+    waits.wait = others_succeed_meanwhile  # type: ignore[method-assign]
+
+    with pytest.raises(botocore.exceptions.ClientError):
+        retries.call(failing([busy("InternalError", 500)] * 100), what="GET x")
+    assert len(waits.delays) == tool.SERVER_ERROR_ATTEMPTS - 1
 
 
 def test_a_request_given_up_as_throttled_is_one_sentence() -> None:
