@@ -39,25 +39,31 @@ class Hold:
 
     Requests pass until one matches ``trigger``. With ``answer_trigger`` (the default) that one is
     answered; with ``answer_trigger=False`` the server carries it out but its answer is never sent,
-    as when a machine dies after S3 acted and before the answer arrived. Every later request is held,
+    as when a machine dies after S3 acted and before the answer arrived. Every later request (that
+    ``holds`` selects: by default all) is held,
     never reaching the server, until ``close()`` (the proxy's stop), and then dropped unanswered, so
-    that nothing the tool sent after the moment can change the server once the test has killed it.
-    ``triggered`` is set at the moment.
+    that nothing the tool sent after the moment can change the server once the test has killed it;
+    or until ``release()``, which sends them on, for a tool that is to go on. ``triggered`` is set
+    at the moment.
     """
 
-    def __init__(self, trigger: Predicate, *, answer_trigger: bool = True) -> None:
+    def __init__(self, trigger: Predicate, *, answer_trigger: bool = True, holds: Predicate = lambda _: True) -> None:
         self._trigger = trigger
         self._answer_trigger = answer_trigger
+        self._holds = holds
         self.triggered = threading.Event()
         self._closed = threading.Event()
+        self._released = False
         self._lock = threading.Lock()
 
     def __call__(self, request: Request, forward: Forward) -> Answer:
         with self._lock:
-            holding = self.triggered.is_set()
-            fires = not holding and self._trigger(request)
+            holding = self.triggered.is_set() and not self._released and self._holds(request)
+            fires = not self.triggered.is_set() and self._trigger(request)
         if holding:
             self._closed.wait()
+            if self._released:
+                return forward(request)
             raise ConnectionAbortedError("held until the proxy stopped")
         answer = forward(request)
         if fires:
@@ -66,6 +72,11 @@ class Hold:
                 self._closed.wait()
                 raise ConnectionAbortedError("carried out, answer held until the proxy stopped")
         return answer
+
+    def release(self) -> None:
+        with self._lock:
+            self._released = True
+        self._closed.set()
 
     def close(self) -> None:
         self._closed.set()

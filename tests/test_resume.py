@@ -646,9 +646,10 @@ def test_source_changed_between_runs_discards_the_old_upload(
 
 
 def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[..., ToolJob]) -> None:
-    # A proxy holds every request after the first part is uploaded (aws_behaviour.Hold): the parts in
-    # flight when the first Ctrl-C comes can never finish, so only the second Ctrl-C ends the run.
-    from aws_behaviour import Hold, operation_is
+    # A proxy holds the answer to the GET of part 5, which the four workers reach only once parts
+    # are done, and every request after it (aws_behaviour.Hold): the part in flight when the first
+    # Ctrl-C comes can never finish, so only the second Ctrl-C ends the run.
+    from aws_behaviour import Hold
     from fault_proxy import FaultProxy
 
     job = make_job()
@@ -659,11 +660,13 @@ def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[...,
     put_objects(client, buckets.source, objects)
 
     with FaultProxy(buckets.endpoint_url) as proxy:
-        hold = Hold(operation_is("UploadPart", key=BIG_KEY))
+        fifth_part = f"bytes={4 * PART_SIZE}-{5 * PART_SIZE - 1}"
+        hold = Hold(lambda request: request.operation == "GetObject" and request.header("Range") == fifth_part,
+                    answer_trigger=False)
         proxy.behave(hold)
         route_through(job, proxy, "--max-workers", "4")
         process = job.start()
-        job.wait_for(process, hold.triggered.is_set, "a part of the multipart upload, the later requests held")
+        job.wait_for(process, hold.triggered.is_set, "the GET of part 5, its answer held")
         process.send_signal(signal.SIGINT)
         job.wait_for(process, lambda: "Interrupted: finishing the parts in flight" in job.log_text(),
                      "the first Ctrl-C to be handled")
@@ -781,21 +784,35 @@ def test_sigkill_at_seeded_random_moments_then_reruns_until_done(
           f"{lost_done_bytes / MIB:.1f} MiB finished after the last save before a kill)")
 
 
+COPYING = {"GetObject", "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
+
+
 def test_a_second_run_of_the_same_job_is_refused_while_the_first_runs(make_job: Callable[..., ToolJob]) -> None:
-    job = make_job("--max-bandwidth", "10MB/s")  # slow enough for the second run to start during the first
+    # The first run is held at the proxy after its first copy (aws_behaviour.Hold), so it is still
+    # running, whatever the machine's speed, when the second one starts; then it is let go on.
+    from aws_behaviour import Hold, operation_is
+    from fault_proxy import FaultProxy
+
+    job = make_job()
     client, buckets = job.buckets.client, job.buckets
     objects = mixed_objects(seed=8, big_size=20 * MIB, before=10, after=5)
     put_objects(client, buckets.source, objects)
 
-    first = job.start()
-    job.wait_for(first, lambda: copied_keys(job.log_text()), "the first run to copy an object")
-    second = subprocess.run(job.command(), env=job.env, cwd=job.workdir, capture_output=True, text=True,
-                            timeout=RUN_SECONDS, check=False)
+    with FaultProxy(buckets.endpoint_url) as proxy:
+        # Only the copying is held: the second run connects and reads its progress file's lock.
+        hold = Hold(operation_is("PutObject"), holds=lambda request: request.operation in COPYING)
+        proxy.behave(hold)
+        route_through(job, proxy)
+        first = job.start()
+        job.wait_for(first, hold.triggered.is_set, "the first run to copy an object")
+        second = subprocess.run(job.command(), env=job.env, cwd=job.workdir, capture_output=True, text=True,
+                                timeout=RUN_SECONDS, check=False)
+        hold.release()
 
-    assert second.returncode == 2, second.stderr
-    assert "Traceback" not in second.stderr
-    assert f"Another run is using the progress file {job.progress_path} right now" in second.stderr
-    assert job.wait(first) == 0, job.diagnostics()
+        assert second.returncode == 2, second.stderr
+        assert "Traceback" not in second.stderr
+        assert f"Another run is using the progress file {job.progress_path} right now" in second.stderr
+        assert job.wait(first) == 0, job.diagnostics()
     copied = copied_keys(job.log_text())
     assert sorted(copied) == sorted(objects)  # each object copied once, by the first run
     assert_fully_copied(job)
