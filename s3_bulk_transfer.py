@@ -1037,8 +1037,8 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
     The pool is sized to the workers plus a few for bookkeeping calls: botocore's default of 10
     throws connections away under load ("Connection pool is full"). botocore retries as the user
     configured it (retry_settings); what it gives up on while S3 is busy, the tool's Retries sends
-    again. Request checksums are left to our Content-MD5 (computed anyway for verification)
-    instead of a second CRC32 pass over every body.
+    again. Request checksums are left to the tool's own (Content-MD5, and the checksums it sends
+    with each part) instead of a second CRC32 pass over every body.
     """
     config = Config(
         region_name=region,
@@ -1159,7 +1159,7 @@ def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket:
 
     S3 refuses a request signed for another region than its bucket's (AuthorizationHeaderMalformed).
     boto3 recovers from that by its region redirector, awscrt does not, so a configured region is
-    not trusted: source_credentials.json.example says us-east-1, and people copy it. One that
+    not trusted (source_credentials.json.example said us-east-1, and people copied it). One that
     differs from S3's is a warning. An access point is in the region its ARN names; a bucket's is
     HeadBucket's x-amz-bucket-region, which S3 sends on 200, 301 and 403 answers alike, whatever
     the request was signed for (HeadBucket, S3 API reference). Only where the endpoint sends no
@@ -1213,6 +1213,7 @@ class Side:
     credentials: Any = dataclasses.field(default=None, repr=False)
     objects_url: str = ""  # ends with "/": a key, percent-encoded, follows
     ca_bundle: Optional[str] = None
+    first_key: Optional[str] = None  # the first key under the prefix the preflight listed, if any
     retries: Retries = dataclasses.field(default_factory=Retries, repr=False, compare=False)
 
 
@@ -1233,8 +1234,8 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
         client.meta.events.register("before-send.s3.ListObjectsV2", lambda request, **_: urls.append(request.url))
         # ListObjectsV2 rather than HeadBucket: a HEAD answer has no body, so a wrong secret key would
         # arrive as a bare 403 and be mistaken for a missing permission.
-        retries.call(lambda: client.list_objects_v2(Bucket=bucket, Prefix=list_prefix, MaxKeys=1),
-                     what=f"ListObjectsV2 of {bucket}")
+        first = retries.call(lambda: client.list_objects_v2(Bucket=bucket, Prefix=list_prefix, MaxKeys=1),
+                             what=f"ListObjectsV2 of {bucket}")
         credentials = session.get_credentials()
     except FatalTransferError as error:
         raise ConfigurationError(str(error)) from None
@@ -1251,7 +1252,8 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
     # AWS_CA_BUNDLE or the profile's ca_bundle, as botocore resolved it (boto3 has no public getter).
     ca_bundle = session._session.get_config_variable("ca_bundle")
     return Side(settings=settings, client=client, bucket=bucket, region=region, credentials=credentials,
-                objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle, retries=retries)
+                objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle,
+                first_key=next((entry["Key"] for entry in first.get("Contents", ())), None), retries=retries)
 
 
 def objects_url(listing_url: str) -> str:
@@ -1266,27 +1268,25 @@ def tag_access_refusal(config: TransferConfig, source: Side) -> Optional[str]:
 
     S3 tells how many tags an object has (x-amz-tagging-count) only to a caller allowed
     s3:GetObjectTagging, so to credentials that may read objects but not their tags every object looks
-    untagged, and would be copied without its tags and without a word: asked here, of one object under
-    the source prefix, before anything is written. No object, nothing to ask (and no tag to lose); with
-    --no-tags, no question. Any other answer is left to the copy, which meets it object by object.
+    untagged, and would be copied without its tags and without a word: asked here, of the first object
+    under the source prefix (connect_side's preflight found it), before anything is written. No object,
+    nothing to ask (and no tag to lose); with --no-tags, no question. Any other answer is left to the
+    copy, which meets it object by object.
     """
-    if not config.copy_tags:
+    key = source.first_key
+    if not config.copy_tags or key is None:
         return None
-    client, bucket, key = source.client, config.source.bucket, None
     try:
-        listing = source.retries.call(lambda: client.list_objects_v2(Bucket=bucket, Prefix=config.source.prefix,
-                                                                     MaxKeys=1), what=f"ListObjectsV2 of {bucket}")
-        key = next((entry["Key"] for entry in listing.get("Contents", ())), None)
-        if key is not None:
-            source.retries.call(lambda: client.get_object_tagging(Bucket=bucket, Key=key),
-                                what=f"GetObjectTagging of {key}")
+        source.retries.call(lambda: source.client.get_object_tagging(Bucket=source.bucket, Key=key),
+                            what=f"GetObjectTagging of {key}")
         return None
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         LOG.debug("asking for the tags of an object in the source: %s", error)
-        if error_code(error) not in DENIED_CODES or key is None or not _may_read(source, key):
+        if error_code(error) not in DENIED_CODES or not _may_read(source, key):
             return None
     return (f"The source credentials ({config.source_side.origin}) may not read object tags (s3:GetObjectTagging "
-            f"on bucket {bucket}), so S3 would hide every object's tags and the copies would lose them: grant "
+            f"on {bucket_or_access_point(source.bucket)}), so S3 would hide every object's tags and the copies "
+            "would lose them: grant "
             "s3:GetObjectTagging on the source objects to them, or rerun with --no-tags to copy without tags.")
 
 
@@ -2279,7 +2279,7 @@ class EngineChoice:
 
 
 # The crt engine's S3Client takes a retry_config (awscrt 0.37) and a connect_timeout_ms (0.38);
-# requirements.txt's botocore[crt] brings such an awscrt, but one installed otherwise may be older.
+# requirements.txt asks for such an awscrt, but one installed otherwise may be older.
 CRT_ENGINE_AWSCRT = (0, 38)
 
 
@@ -2378,10 +2378,9 @@ class HeaderWriter:
     """Writes a request's headers and query string from its parameters by the operation's input
     shape in botocore's model, as botocore's rest-xml serializer does for the kinds of value this
     tool sends (strings, integers, booleans, user metadata), in a fraction of its time. Any other
-    kind of value (a timestamp, a list), and a parameter the
-    installed botocore's model lacks, sends the whole request through botocore's serializer itself,
-    which refuses what boto3 would refuse (give it a validating one). The raw Expires (RAW_EXPIRES)
-    is written as it is, either way."""
+    kind of value (a timestamp, a list), and a parameter the installed botocore's model lacks, sends
+    the whole request through botocore's serializer itself, which refuses what boto3 would refuse
+    (give it a validating one). The raw Expires (RAW_EXPIRES) is written as it is, either way."""
 
     SIMPLE_TYPES = frozenset({"string", "integer", "long", "boolean"})
 
