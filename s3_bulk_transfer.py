@@ -34,7 +34,8 @@ Promises
 * No object byte ever touches the local disk: bodies live in memory between GET and PUT.
 * Memory bound: at most --max-workers units of object data in flight, where a unit is one part
   (--chunk-size, raised only when an object would otherwise need more than 10,000 parts) or one
-  object below the multipart threshold. About max_workers x unit size, plus Python's own ~100 MiB.
+  object below the multipart threshold. About max_workers x unit size, plus what Python and its
+  libraries take themselves (bench/README.md, the memory scenario).
 * What is uploaded is proven against the source before it is completed: its MD5 ETag, its
   multipart ETag along the source's parts, or its additional checksum; the digest of a multipart
   copy is of the bytes uploaded, across crashes too. Every PUT carries Content-MD5 and every
@@ -150,13 +151,13 @@ PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
 LISTING_WINDOW = 2_000  # listed objects buffered ahead of the workers
 LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ETag) up to 4 x --chunk-size
 # A source of unequal parts has each part's size read by one HeadObject(PartNumber), up to this many:
-# a second or two of HEADs on S3, against copying the object with nothing but its size checked.
+# a bounded wait for HEADs, against copying the object with nothing but its size checked.
 LAYOUT_PROBE_LIMIT = 1_000
 BODY_ATTEMPTS = 5  # tries for one GET/PUT whose body broke mid-transfer
 DEFAULT_MAX_ATTEMPTS = 10  # botocore's (and awscrt's) attempts per request, unless the user set AWS_MAX_ATTEMPTS
 # Whole-object attempts, after the source changed under us or the bytes did not make its ETag. As many
 # as a body gets: a byte flipped in any one part costs the whole object, so an object of many parts on a
-# lossy path needs them (the soak, 5% of GETs damaged, lost an object of three parts with 3 attempts).
+# lossy path needs more whole attempts the more parts it has (tests/test_faults.py's soak is such a path).
 OBJECT_ATTEMPTS = 5
 DENIALS_BEFORE_STOP = 3  # AccessDenied on an action never yet allowed, this many times, stops the run
 TICK_SECONDS = 0.2  # how often the main thread redraws status and considers saving progress
@@ -614,6 +615,46 @@ def destination_side_settings(args: argparse.Namespace) -> SideSettings:
     )
 
 
+# -- library seams: where boto3, botocore or logging offer no public way ------------------------
+#
+# Each private name of a library that the tool relies on is reached in one function here (and in
+# RenewableRoleCredentials.renew_unless_renewed_since), each saying why there is no public way;
+# tests/test_library_seams.py fails, naming the attribute, when an installed release changes it.
+
+
+def botocore_session_of(session: boto3.Session) -> botocore.session.Session:
+    """The botocore session a boto3 session wraps, for what only botocore resolves (a profile's
+    retry_mode and sts_regional_endpoints, the ca_bundle) and sets (sts_regional_endpoints).
+
+    Library seam (boto3): boto3.Session keeps it as ``_session`` and has no public getter."""
+    return session._session
+
+
+def skip_caller_lookup_in_log_records() -> None:
+    """Make logging leave out the caller's file, line and function of every record (a frame walk per
+    record), as the logging HOWTO's "Optimization" section advises for a format that never shows them.
+
+    Library seam (logging): the HOWTO's way is to set ``logging._srcfile`` to None; the module has no
+    public switch for it, as it has for thread and process names."""
+    logging._srcfile = None
+
+
+class GivenCredentialsProvider(botocore.credentials.CredentialProvider):
+    """A credential chain of one link, for botocore's documented credential_provider component:
+    credentials the tool made itself (an assumed role's), which a session then hands to its clients
+    as it would any provider's."""
+
+    METHOD = "assume-role"
+    CANONICAL_NAME = "custom-s3-bulk-transfer"
+
+    def __init__(self, credentials: botocore.credentials.Credentials) -> None:
+        super().__init__()
+        self.credentials = credentials
+
+    def load(self) -> botocore.credentials.Credentials:
+        return self.credentials
+
+
 class RenewableRoleCredentials(botocore.credentials.RefreshableCredentials):
     """Assumed-role credentials that botocore renews before they expire, and that can also be
     renewed at once when S3 calls them expired earlier than their stated expiry (a session revoked
@@ -627,7 +668,12 @@ class RenewableRoleCredentials(botocore.credentials.RefreshableCredentials):
     generation = 0
 
     def renew_unless_renewed_since(self, generation: int) -> bool:
-        """Assume the role again, unless it was renewed after ``generation``; True if renewed now."""
+        """Assume the role again, unless it was renewed after ``generation``; True if renewed now.
+
+        Library seam (botocore): RefreshableCredentials renews only inside its expiry window, and has
+        no public way to renew now. Its ``_refresh_lock`` is the lock its own renewals take, and
+        ``_protected_refresh(is_mandatory=True)`` the renewal they run under it, which raises when the
+        role cannot be assumed."""
         with self._refresh_lock:
             if generation != self.generation:
                 return False
@@ -655,7 +701,7 @@ def parse_timestamp(value: Any) -> datetime.datetime:
 @functools.lru_cache(maxsize=None)
 def shared_data_loader(data_path: Optional[str]) -> botocore.loaders.Loader:
     """One loader of botocore's data files for every session of the run. Each session would load and
-    parse S3's model (a JSON file of 1 MB) and the endpoint rules anew, a good part of the tool's
+    parse S3's model (a large JSON file) and the endpoint rules anew, a good part of the tool's
     start-up."""
     return botocore.loaders.create_loader(data_path)
 
@@ -707,9 +753,10 @@ def role_session(base: boto3.Session, settings: SideSettings, *, region: str) ->
     asked in the bucket's region (its regional endpoint, as AWS advises, rather than the global one
     in us-east-1), which the caller learnt from S3 with the base credentials.
     """
-    core = base._session  # boto3 exposes no setter for it
+    core = botocore_session_of(base)
     if not (os.environ.get("AWS_STS_REGIONAL_ENDPOINTS") or core.get_scoped_config().get("sts_regional_endpoints")):
-        # botocore's default only from 1.40; before, "legacy" sent most regions to the global endpoint.
+        # Only botocore 1.40 and later default to "regional"; the older releases requirements.txt
+        # allows default to "legacy", which sends most regions to the global endpoint.
         core.set_config_variable("sts_regional_endpoints", "regional")
     sts = base.client("sts", region_name=region)
     session_name = f"s3-bulk-transfer-{os.getpid()}"
@@ -736,8 +783,16 @@ def role_session(base: boto3.Session, settings: SideSettings, *, region: str) ->
     refreshing = RenewableRoleCredentials.create_from_metadata(
         metadata=assume(), refresh_using=assume, method="assume-role"
     )
+    return session_with_credentials(refreshing, region=region)
+
+
+def session_with_credentials(credentials: botocore.credentials.Credentials, *, region: str) -> boto3.Session:
+    """A boto3 session whose clients sign with these credentials, and only these: its credential
+    chain is GivenCredentialsProvider alone, so refreshable credentials stay the very object that
+    renews itself."""
     core = quick_timestamps_session()
-    core._credentials = refreshing  # botocore's documented way to plug in custom refreshing credentials
+    core.register_component("credential_provider",
+                            botocore.credentials.CredentialResolver([GivenCredentialsProvider(credentials)]))
     return boto3.Session(botocore_session=core, region_name=region)
 
 
@@ -1021,7 +1076,7 @@ def retry_settings(session: boto3.Session) -> dict[str, Any]:
     then applies itself; else standard mode with DEFAULT_MAX_ATTEMPTS. botocore's own default mode
     is legacy in the older releases requirements.txt allows, so "not chosen" is read from the
     environment and the profile rather than from botocore's resolved value."""
-    core = session._session  # boto3 exposes no getter for these
+    core = botocore_session_of(session)
     retries: dict[str, Any] = {}
     if not (os.environ.get("AWS_RETRY_MODE") or core.get_scoped_config().get("retry_mode")):
         retries["mode"] = "standard"
@@ -1104,7 +1159,7 @@ class RoleRenewalOnExpiry:
 
 def _no_retry_for_an_unverifiable_certificate(caught_exception: Optional[BaseException] = None,
                                               **_: Any) -> Optional[bool]:
-    """botocore retries a failed TLS handshake like a dropped connection, 10 times over about 40 s, but a
+    """botocore retries a failed TLS handshake like a dropped connection, through all its attempts, but a
     certificate that cannot be verified will not become verifiable: False (botocore's "do not retry",
     which later handlers cannot overrule) lets the person read why at once. Verification stays on."""
     return False if certificate_failure(caught_exception) is not None else None
@@ -1159,7 +1214,7 @@ def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket:
 
     S3 refuses a request signed for another region than its bucket's (AuthorizationHeaderMalformed).
     boto3 recovers from that by its region redirector, awscrt does not, so a configured region is
-    not trusted (source_credentials.json.example said us-east-1, and people copied it). One that
+    not trusted (one copied from an example or from another bucket's settings is easily wrong). One that
     differs from S3's is a warning. An access point is in the region its ARN names; a bucket's is
     HeadBucket's x-amz-bucket-region, which S3 sends on 200, 301 and 403 answers alike, whatever
     the request was signed for (HeadBucket, S3 API reference). Only where the endpoint sends no
@@ -1249,8 +1304,8 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
         raise ConfigurationError(message) from None
     LOG.info("%s: %s in region %s, credentials from %s", settings.side, bucket_or_access_point(bucket), region,
              settings.origin)
-    # AWS_CA_BUNDLE or the profile's ca_bundle, as botocore resolved it (boto3 has no public getter).
-    ca_bundle = session._session.get_config_variable("ca_bundle")
+    # AWS_CA_BUNDLE or the profile's ca_bundle, as botocore resolved it.
+    ca_bundle = botocore_session_of(session).get_config_variable("ca_bundle")
     return Side(settings=settings, client=client, bucket=bucket, region=region, credentials=credentials,
                 objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle,
                 first_key=next((entry["Key"] for entry in first.get("Contents", ())), None), retries=retries)
@@ -2595,7 +2650,7 @@ def keep_delegate_failures_off_stderr() -> None:
     """awscrt reports an exception raised in a delegate credentials provider as "unraisable", which
     Python prints as a traceback on stderr. Ours is kept and raised again in the workers whose
     requests it failed (CrtSideClient._exchange), where it becomes one sentence, so only those are
-    kept quiet; anything else unraisable is reported as before, by the hook that was in place. Once
+    kept quiet; anything else unraisable goes to the hook that was in place, which reports it. Once
     in place, not again (the hook may have been replaced since, by a host that runs main() itself)."""
     report = sys.unraisablehook
     if getattr(report, "keeps_delegate_failures_quiet", False):
@@ -2948,8 +3003,10 @@ def find_source_checksum(response: dict[str, Any], etag: str) -> Optional[Source
             return None
         kind = response.get("ChecksumType")
         if kind is None:
-            # moto leaves ChecksumType out, and its HeadObject drops the "-N" of a composite value:
-            # believe the value only where it cannot be misread.
+            # Server quirk (moto): S3 answers ChecksumType beside the checksum, and a composite value
+            # ends in "-N"; moto leaves ChecksumType out, and its HeadObject drops the
+            # "-N" of a composite value. So without ChecksumType the value is believed only where it
+            # cannot be misread.
             if "-" in value:
                 kind = "COMPOSITE"
             elif "-" not in etag:
@@ -4526,7 +4583,7 @@ class ProgressStore:
         self.path = path
         self.job = job
         self._lock = threading.RLock()
-        # A file written before listing ran in parallel holds one watermark: one range.
+        # A file of one listing (no "ranges", a single watermark in "resume") is one range over every key.
         ranges = resume.get("ranges") or [{"after": None, "through": None, "watermark": resume.get("watermark"),
                                            "done_beyond_watermark": resume.get("done_beyond_watermark", ())}]
         self._split_points: list[str] = [entry["through"] for entry in ranges[:-1]]
@@ -5467,7 +5524,7 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     # looked up for each record, as the logging HOWTO's "Optimization" section advises: a small part
     # of a copied object's cost, but one paid for every object.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None
+    skip_caller_lookup_in_log_records()
     LOG.addHandler(file_handler)
     LOG.addHandler(console)
     return file_handler
