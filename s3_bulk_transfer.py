@@ -639,22 +639,6 @@ def skip_caller_lookup_in_log_records() -> None:
     logging._srcfile = None
 
 
-class GivenCredentialsProvider(botocore.credentials.CredentialProvider):
-    """A credential chain of one link, for botocore's documented credential_provider component:
-    credentials the tool made itself (an assumed role's), which a session then hands to its clients
-    as it would any provider's."""
-
-    METHOD = "assume-role"
-    CANONICAL_NAME = "custom-s3-bulk-transfer"
-
-    def __init__(self, credentials: botocore.credentials.Credentials) -> None:
-        super().__init__()
-        self.credentials = credentials
-
-    def load(self) -> botocore.credentials.Credentials:
-        return self.credentials
-
-
 class RenewableRoleCredentials(botocore.credentials.RefreshableCredentials):
     """Assumed-role credentials that botocore renews before they expire, and that can also be
     renewed at once when S3 calls them expired earlier than their stated expiry (a session revoked
@@ -784,6 +768,23 @@ def role_session(base: boto3.Session, settings: SideSettings, *, region: str) ->
         metadata=assume(), refresh_using=assume, method="assume-role"
     )
     return session_with_credentials(refreshing, region=region)
+
+
+class GivenCredentialsProvider(botocore.credentials.CredentialProvider):
+    """A credential chain of one link, as a botocore session's credential_provider component (public:
+    Session.register_component and CredentialResolver, the chain the AWS CLI adds its own providers
+    to): credentials the tool made itself (an assumed role's), which the session hands to its
+    clients as it would any provider's."""
+
+    METHOD = "assume-role"
+    CANONICAL_NAME = "custom-s3-bulk-transfer"
+
+    def __init__(self, credentials: botocore.credentials.Credentials) -> None:
+        super().__init__()
+        self.credentials = credentials
+
+    def load(self) -> botocore.credentials.Credentials:
+        return self.credentials
 
 
 def session_with_credentials(credentials: botocore.credentials.Credentials, *, region: str) -> boto3.Session:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -193,7 +194,8 @@ def test_without_the_caller_lookup_records_leave_out_where_they_were_logged(monk
     assert hasattr(logging, "_srcfile"), (
         f"Python {sys.version.split()[0]}'s logging has no _srcfile any more: skip_caller_lookup_in_log_records "
         "in s3_bulk_transfer.py sets it, and must find another way to skip the caller lookup")
-    monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # put back after the test
+    # As logging sets it (an earlier main() in this process may have cleared it); put back after the test.
+    monkeypatch.setattr(logging, "_srcfile", os.path.normcase(logging.addLevelName.__code__.co_filename))
     logger = logging.getLogger("test_library_seams")
     logger.propagate = False
     handler = Records()
