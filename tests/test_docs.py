@@ -104,3 +104,12 @@ def test_the_readme_exit_codes_are_those_of_the_help():
     readme_codes = re.findall(r"^\| (\d+) \|", section, re.MULTILINE)
     assert help_codes == ["0", "1", "2", "130"]
     assert readme_codes == help_codes
+
+
+def test_every_test_the_traceability_tables_name_exists():
+    named = set(re.findall(r"`(?:test_\w+\.py::)?(test_\w+)`", (REPO_ROOT / "tests" / "README.md").read_text("utf-8")))
+    defined = set()
+    for module in (REPO_ROOT / "tests").glob("test_*.py"):
+        defined.update(re.findall(r"^def (test_\w+)\(", module.read_text(encoding="utf-8"), re.MULTILINE))
+    assert named, "tests/README.md names no test"
+    assert not named - defined, f"tests/README.md names tests that do not exist: {sorted(named - defined)}"
