@@ -5298,6 +5298,8 @@ class FilterAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line. The usage line lists options in the order they are added, so the helpers
+    below add runs of options in that order, each into the group --help shows it under."""
     parser = argparse.ArgumentParser(
         prog="s3_bulk_transfer.py",
         description=(
@@ -5311,111 +5313,143 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("source", help="s3://BUCKET[/PREFIX] to copy from")
     parser.add_argument("destination", help="s3://BUCKET[/PREFIX] to copy to")
-    creds = parser.add_argument_group("credentials and endpoints")
-    creds.add_argument("--source-credentials", metavar="PATH",
+    credentials = parser.add_argument_group("credentials and endpoints")
+    speed = parser.add_argument_group("speed and memory")
+    selection = parser.add_argument_group("what to copy")
+    output = parser.add_argument_group("progress, logging and output")
+    audit = parser.add_argument_group("integrity and audit")
+    _add_credential_options(credentials)
+    _add_speed_and_memory_options(speed)
+    _add_selection_options(selection)
+    _add_state_file_options(output)
+    _add_listing_and_engine_options(speed)
+    _add_run_mode_options(output)
+    _add_audit_options(audit)
+    _add_restart_and_verbosity_options(output)
+    return parser
+
+
+def _add_credential_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--source-credentials", metavar="PATH",
                        help="JSON file with the source account's aws_access_key_id, aws_secret_access_key and "
                             "optional aws_session_token, region, endpoint_url, role_arn, external_id "
                             f"(default: ./{DEFAULT_CREDENTIALS_FILE} if present, else the default credential chain)")
-    creds.add_argument("--source-profile", metavar="NAME", help="AWS profile for the source side")
-    creds.add_argument("--dest-profile", metavar="NAME",
+    group.add_argument("--source-profile", metavar="NAME", help="AWS profile for the source side")
+    group.add_argument("--dest-profile", metavar="NAME",
                        help="AWS profile for the destination (default: the default chain, e.g. the instance role)")
-    creds.add_argument("--source-endpoint-url", metavar="URL", help="S3 endpoint for the source (default: AWS)")
-    creds.add_argument("--dest-endpoint-url", metavar="URL", help="S3 endpoint for the destination (default: AWS)")
-    creds.add_argument("--source-region", metavar="REGION",
+    group.add_argument("--source-endpoint-url", metavar="URL", help="S3 endpoint for the source (default: AWS)")
+    group.add_argument("--dest-endpoint-url", metavar="URL", help="S3 endpoint for the destination (default: AWS)")
+    group.add_argument("--source-region", metavar="REGION",
                        help="source bucket region, for an endpoint that does not say (S3 does, and its word wins: a "
                             "region that differs is a warning) (default: detected)")
-    creds.add_argument("--dest-region", metavar="REGION",
+    group.add_argument("--dest-region", metavar="REGION",
                        help="destination bucket region, as --source-region (default: detected)")
-    creds.add_argument("--request-payer", choices=("requester",),
+    group.add_argument("--request-payer", choices=("requester",),
                        help="send x-amz-request-payer: requester with every request to either bucket, as aws s3's "
                             "option does: a Requester Pays bucket refuses other accounts' requests without it, and "
                             "with it charges the requests and data transfer to your account, not the owner's "
                             "(default: not sent)")
-    tuning = parser.add_argument_group("speed and memory")
-    tuning.add_argument("--chunk-size", type=size_argument, default=DEFAULT_CHUNK_SIZE, metavar="BYTES",
-                        help="part size for multipart objects, 5MiB to 5GiB, e.g. 8388608, 8MiB, 16MB (binary units); "
-                             "raised per object when needed to stay within 10,000 parts (default: 8MiB)")
-    tuning.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, metavar="N",
-                        help=f"parallel transfers, 1 to {MAX_WORKERS_LIMIT} (default: {DEFAULT_MAX_WORKERS})")
-    tuning.add_argument("--memory-limit", type=size_argument, metavar="BYTES",
-                        help="most object data held in memory at once (default: max-workers x chunk-size); a single "
-                             "part or object larger than this is copied alone")
-    tuning.add_argument("--max-bandwidth", type=rate_argument, metavar="RATE",
-                        help="cap on object data through this machine, shared by all workers, e.g. 100MB/s "
-                             "(binary units); server-side copies do not count (default: no cap)")
-    tuning.add_argument("--copy-mode", choices=COPY_MODES, default="auto",
-                        help="stream: every byte through this machine (GET, then PUT with the destination's keys); "
-                             "server-side: S3 copies (CopyObject, UploadPartCopy), needing destination keys that "
-                             "may read the source; auto: server-side while the destination keys can read the "
-                             "source, else stream (default: auto)")
-    tuning.add_argument("--multipart-threshold", type=size_argument, default=DEFAULT_MULTIPART_THRESHOLD,
-                        metavar="BYTES", help="objects this size or larger are copied in parts (default: 100MiB)")
-    selection = parser.add_argument_group("what to copy")
-    selection.add_argument("--include", action=FilterAction, metavar="GLOB", dest="filters",
-                           help="copy keys (relative to the source prefix) matching GLOB; repeatable")
-    selection.add_argument("--exclude", action=FilterAction, metavar="GLOB", dest="filters",
-                           help="skip keys matching GLOB; repeatable; the last matching --include/--exclude wins")
-    selection.add_argument("--shard", metavar="I/N",
-                           help="copy only shard I (0-based) of N, by a stable hash of each key, to split one job "
-                                "across N machines with no coordination; auto/N takes I from "
-                                "AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX. Each shard keeps its own "
-                                "progress and log file: .shard-I-of-N is added to their names")
-    selection.add_argument("--from-inventory", metavar="PATH_OR_S3_URI",
-                           help="copy the objects named by an S3 Inventory report (its manifest.json, CSV format) or "
-                                "by a key list (one key a line, or CSV key[,size[,etag]]; sorted in byte order; .gz "
-                                "allowed), a local file or s3://BUCKET/KEY read with the source credentials, instead "
-                                "of listing the source; keys outside the source prefix are skipped, --include, "
-                                "--exclude and --shard apply as to a listing")
-    selection.add_argument("--storage-class", metavar="CLASS",
-                           help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
-    selection.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
-    selection.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms")
-    selection.add_argument("--no-tags", dest="copy_tags", action="store_false",
-                           help="copy objects without their tags and never ask for them, for source credentials "
-                                "without s3:GetObjectTagging; the final report says so (default: tags are copied, "
-                                "and a run whose source credentials may not read them stops before writing anything)")
-    state = parser.add_argument_group("progress, logging and output")
-    state.add_argument("--progress-file", type=Path, metavar="PATH",
+
+
+def _add_speed_and_memory_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--chunk-size", type=size_argument, default=DEFAULT_CHUNK_SIZE, metavar="BYTES",
+                       help="part size for multipart objects, 5MiB to 5GiB, e.g. 8388608, 8MiB, 16MB (binary units); "
+                            "raised per object when needed to stay within 10,000 parts (default: 8MiB)")
+    group.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, metavar="N",
+                       help=f"parallel transfers, 1 to {MAX_WORKERS_LIMIT} (default: {DEFAULT_MAX_WORKERS})")
+    group.add_argument("--memory-limit", type=size_argument, metavar="BYTES",
+                       help="most object data held in memory at once (default: max-workers x chunk-size); a single "
+                            "part or object larger than this is copied alone")
+    group.add_argument("--max-bandwidth", type=rate_argument, metavar="RATE",
+                       help="cap on object data through this machine, shared by all workers, e.g. 100MB/s "
+                            "(binary units); server-side copies do not count (default: no cap)")
+    group.add_argument("--copy-mode", choices=COPY_MODES, default="auto",
+                       help="stream: every byte through this machine (GET, then PUT with the destination's keys); "
+                            "server-side: S3 copies (CopyObject, UploadPartCopy), needing destination keys that "
+                            "may read the source; auto: server-side while the destination keys can read the "
+                            "source, else stream (default: auto)")
+    group.add_argument("--multipart-threshold", type=size_argument, default=DEFAULT_MULTIPART_THRESHOLD,
+                       metavar="BYTES", help="objects this size or larger are copied in parts (default: 100MiB)")
+
+
+def _add_selection_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--include", action=FilterAction, metavar="GLOB", dest="filters",
+                       help="copy keys (relative to the source prefix) matching GLOB; repeatable")
+    group.add_argument("--exclude", action=FilterAction, metavar="GLOB", dest="filters",
+                       help="skip keys matching GLOB; repeatable; the last matching --include/--exclude wins")
+    group.add_argument("--shard", metavar="I/N",
+                       help="copy only shard I (0-based) of N, by a stable hash of each key, to split one job "
+                            "across N machines with no coordination; auto/N takes I from "
+                            "AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX. Each shard keeps its own "
+                            "progress and log file: .shard-I-of-N is added to their names")
+    group.add_argument("--from-inventory", metavar="PATH_OR_S3_URI",
+                       help="copy the objects named by an S3 Inventory report (its manifest.json, CSV format) or "
+                            "by a key list (one key a line, or CSV key[,size[,etag]]; sorted in byte order; .gz "
+                            "allowed), a local file or s3://BUCKET/KEY read with the source credentials, instead "
+                            "of listing the source; keys outside the source prefix are skipped, --include, "
+                            "--exclude and --shard apply as to a listing")
+    group.add_argument("--storage-class", metavar="CLASS",
+                       help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
+    group.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
+    group.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms")
+    group.add_argument("--no-tags", dest="copy_tags", action="store_false",
+                       help="copy objects without their tags and never ask for them, for source credentials "
+                            "without s3:GetObjectTagging; the final report says so (default: tags are copied, "
+                            "and a run whose source credentials may not read them stops before writing anything)")
+
+
+def _add_state_file_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--progress-file", type=Path, metavar="PATH",
                        help=f"resume state (default: {DEFAULT_PROGRESS_FILE}; with --shard I/N, "
                             "NAME.shard-I-of-N.json)")
-    state.add_argument("--log-file", type=Path, metavar="PATH",
+    group.add_argument("--log-file", type=Path, metavar="PATH",
                        help=f"appended log, one line per object (default: {DEFAULT_LOG_FILE}; with --shard I/N, "
                             "NAME.shard-I-of-N.log)")
-    state.add_argument("--status-interval", type=float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
+    group.add_argument("--status-interval", type=float, default=DEFAULT_STATUS_INTERVAL, metavar="SECONDS",
                        help="seconds between summary lines in the log and on non-terminal output (default: 10)")
-    tuning.add_argument("--list-concurrency", type=int, metavar="N",
-                        help="ListObjectsV2 streams over disjoint key ranges at once (default: max-workers / 2, "
-                             "at most 16; 1 lists in one stream, as before)")
-    tuning.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="what sends the GETs and PUTs of object bodies: crt, AWS's C runtime (awscrt, as in "
-                             "aws-cli v2), which costs far less CPU per request but holds more memory per part; "
-                             "threads, boto3 in each worker thread; auto: crt for objects below the multipart "
-                             "threshold and threads for parts, when awscrt is installed and no proxy is set, else "
-                             "threads. Listing, multipart bookkeeping and server-side copies use boto3 either way "
-                             "(default: auto)")
-    state.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
+
+
+def _add_listing_and_engine_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--list-concurrency", type=int, metavar="N",
+                       help="ListObjectsV2 streams over disjoint key ranges at once (default: max-workers / 2, "
+                            "at most 16; 1 lists in one stream, as before)")
+    group.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="what sends the GETs and PUTs of object bodies: crt, AWS's C runtime (awscrt, as in "
+                            "aws-cli v2), which costs far less CPU per request but holds more memory per part; "
+                            "threads, boto3 in each worker thread; auto: crt for objects below the multipart "
+                            "threshold and threads for parts, when awscrt is installed and no proxy is set, else "
+                            "threads. Listing, multipart bookkeeping and server-side copies use boto3 either way "
+                            "(default: auto)")
+
+
+def _add_run_mode_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
                        help="abandon and retry a request when S3 sends nothing for this long (default: 120)")
-    state.add_argument("--dry-run", action="store_true",
+    group.add_argument("--dry-run", action="store_true",
                        help="list and plan only: print counts, bytes, multipart objects, already done and the "
                             "memory bound; writes nothing to S3 and leaves the progress file alone")
-    audit_group = parser.add_argument_group("integrity and audit")
-    audit_group.add_argument("--verify", action="store_true",
-                             help="after copying, compare source and destination (as --verify-only) and exit 1 "
-                                  "on any difference")
-    audit_group.add_argument("--verify-only", action="store_true",
-                             help="copy nothing: compare both listings in key order and report missing objects, "
-                                  "size and ETag mismatches and destination-only keys; exit 1 on a discrepancy")
-    audit_group.add_argument("--skip-existing", action="store_true",
-                             help="copy only objects the destination lacks or holds different (same size and "
-                                  "ETag, or same size and newer where ETags are not comparable, counts as done)")
-    audit_group.add_argument("--report", type=Path, metavar="PATH",
-                             help="write the comparison of --verify/--verify-only to PATH as JSON")
-    state.add_argument("--restart", action="store_true",
+
+
+def _add_audit_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--verify", action="store_true",
+                       help="after copying, compare source and destination (as --verify-only) and exit 1 "
+                            "on any difference")
+    group.add_argument("--verify-only", action="store_true",
+                       help="copy nothing: compare both listings in key order and report missing objects, "
+                            "size and ETag mismatches and destination-only keys; exit 1 on a discrepancy")
+    group.add_argument("--skip-existing", action="store_true",
+                       help="copy only objects the destination lacks or holds different (same size and "
+                            "ETag, or same size and newer where ETags are not comparable, counts as done)")
+    group.add_argument("--report", type=Path, metavar="PATH",
+                       help="write the comparison of --verify/--verify-only to PATH as JSON")
+
+
+def _add_restart_and_verbosity_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--restart", action="store_true",
                        help="discard an existing progress file (aborting its unfinished uploads) and start over")
-    verbosity = state.add_mutually_exclusive_group()
+    verbosity = group.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print every object, log debug detail")
-    return parser
 
 
 def resolve_state_files(args: argparse.Namespace, environment: dict[str, str]) -> None:
