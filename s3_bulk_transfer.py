@@ -46,16 +46,18 @@ Promises
 
 Sections, in the order data moves
 ---------------------------------
- 1. Limits, exit codes and errors
- 2. Configuration and credentials
- 3. Connecting to each side (clients, retries, region detection, preflight checks, error wording)
- 4. Listing and planning (filters, key mapping, part plan)
- 5. Moving bodies and proving them (the BodyTransport interface and its two engines, ETag checks)
- 6. The transfer engine (scheduling, small objects, multipart objects, retries)
- 7. Progress and resume (ProgressStore, the progress file)
- 8. Comparing source and destination (merge join: --verify, --verify-only, --skip-existing)
- 9. Reporting (log, live status line, final report)
-10. Command line (argparse, main)
+ 1. Limits and exit codes
+ 2. Errors and retries (every exception, the named code tables, classify, error wording, Retries)
+ 3. Configuration and credentials
+ 4. Connecting to each side (clients, region detection, preflight checks)
+ 5. Listing and planning (filters, key mapping, part plan)
+ 6. Moving bodies and proving them (the BodyTransport interface and its two engines, ETag checks,
+    the integrity planning that reads HEAD)
+ 7. The transfer engine (scheduler, failure policy, small-object copiers, multipart copies)
+ 8. Progress and resume (ProgressStore, the progress file)
+ 9. Comparing source and destination (merge join: --verify, --verify-only, --skip-existing)
+10. Reporting (log, live status line, final report)
+11. Command line (argparse, main)
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ import ctypes
 import dataclasses
 import datetime
 import email.utils
+import enum
 import fcntl
 import fnmatch
 import functools
@@ -117,7 +120,7 @@ LOG = logging.getLogger("s3_bulk_transfer")
 T = TypeVar("T")
 
 # =============================================================================================
-# 1. Limits, exit codes and errors
+# 1. Limits and exit codes
 # =============================================================================================
 
 KiB = 1024
@@ -176,6 +179,11 @@ EXIT_CODES_HELP = """exit codes:
   130  interrupted (Ctrl-C or SIGTERM); progress saved, rerun the same command to resume"""
 
 
+# =============================================================================================
+# 2. Errors and retries
+# =============================================================================================
+
+
 class ConfigurationError(Exception):
     """A mistake in the command line, a file or the environment, found before any copying.
 
@@ -203,8 +211,383 @@ class BodyMismatch(Exception):
     """A downloaded body does not match what the source says it is (length or MD5)."""
 
 
+class TransportError(ConnectionError):
+    """A request the crt engine could not complete after awscrt's own retries (refused or reset
+    connections, no answer within --read-timeout): retried as a broken body is."""
+
+
+class IntegrityMismatch(Exception):
+    """The bytes downloaded do not hash to the source's ETag: never completed, copied again whole."""
+
+
+class ServerSideRefused(Exception):
+    """S3 refused a server-side copy in --copy-mode auto: the object is copied again by streaming."""
+
+
+class UploadGone(Exception):
+    """The multipart upload a progress file recorded no longer exists at the destination."""
+
+
+class PartsToRecheck(Exception):
+    """The uploaded parts do not make the source's ETag or checksum: read each again from the source
+    and upload again those S3 holds differently, rather than start the whole object over."""
+
+
+class S3CallFailed(Exception):
+    """An S3 request refused after every retry, with the action it needed ("s3:GetObject") and the
+    side it went to ("source", "destination"): the innermost call knows both best, and the message a
+    person reads names them. Raised from S3's answer (`cause`, a botocore ClientError), which
+    classify and error_code read through it; its text is the cause's."""
+
+    def __init__(self, action: str, side: str, cause: botocore.exceptions.ClientError) -> None:
+        super().__init__(action, side, cause)
+        self.action = action
+        self.side = side
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return str(self.cause)
+
+
+def s3_call_failed(error: botocore.exceptions.ClientError, *, action: str, side: str) -> S3CallFailed:
+    """The wrapper to raise (`from error`) for a refused request of this action on this side."""
+    return S3CallFailed(action, side, error)
+
+
+def s3_answer(error: BaseException) -> BaseException:
+    """The error S3's answer is in: the cause of an S3CallFailed, else the error itself."""
+    return error.cause if isinstance(error, S3CallFailed) else error
+
+
+CREDENTIALS_EXPIRED = "credentials expired: refresh them and rerun to resume"
+EXPIRED_CREDENTIAL_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"}
+CREDENTIAL_ERROR_CODES = {
+    "InvalidAccessKeyId": "the access key is not known to S3",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    **{code: CREDENTIALS_EXPIRED for code in EXPIRED_CREDENTIAL_CODES},
+    "InvalidToken": "the session token is not valid",
+    "AccountProblem": "the AWS account has a problem that stops S3 from answering",
+    "AllAccessDisabled": "all access to this resource has been disabled",
+}
+ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
+# The archive tiers of INTELLIGENT_TIERING, as HeadObject's x-amz-archive-status (ArchiveStatus) and
+# InvalidObjectState's AccessTier name them: readable only after a restore too.
+ARCHIVE_ACCESS_TIERS = {"ARCHIVE_ACCESS": "Archive Access", "DEEP_ARCHIVE_ACCESS": "Deep Archive Access"}
+DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# An AccessDenied whose message names a KMS action refuses the object's KMS key, not the bucket: S3
+# says "... is not authorized to perform: kms:Decrypt on resource: arn:aws:kms:...", or, reading with a
+# key the caller cannot use, that "The ciphertext refers to a customer master key" it may not access.
+KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
+# S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
+# damaged on the way up, so the same bytes (still in memory) are sent again.
+DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+MISSING_BUCKET_CODES = {"NoSuchBucket"}
+MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound"}  # NoSuchKey from a GET, a bare 404 from a HEAD
+PRECONDITION_FAILED_CODES = {"PreconditionFailed", "412"}  # If-Match failed: the source changed
+NO_SUCH_UPLOAD_CODES = {"NoSuchUpload"}
+ARCHIVED_CODES = {"InvalidObjectState"}  # an archived object not restored (GLACIER, DEEP_ARCHIVE...)
+# S3 asks for the request again later (S3 User Guide, "Amazon S3 error best practices": slow down on
+# SlowDown, retry InternalError; S3 API reference, "Error responses"): throttled (these codes, or the
+# 503 that is all the answer to a HEAD carries), or failed inside. botocore retries both within its
+# attempts and its retry quota; Retries goes on after that.
+THROTTLED_CODES = {"SlowDown", "ServiceUnavailable"}
+THROTTLED_STATUSES = {503}
+SERVER_ERROR_CODES = {"InternalError"}
+SERVER_ERROR_STATUSES = {500, 502, 504}
+# While any request of the run succeeds, a request S3 throttles is only waiting its turn: it is given
+# up only once nothing at all has succeeded, on either side, for this long.
+THROTTLE_PATIENCE = 15 * 60.0  # seconds
+# A request S3 keeps failing inside is a fault of that request (an object S3 cannot serve), which
+# waiting does not mend while others succeed: the tool's own attempts at it, after botocore's.
+SERVER_ERROR_ATTEMPTS = 10
+MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
+RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.FlexibleChecksumError,  # botocore's own check of a GET body against its CRC
+    _Urllib3ProtocolError,
+    ConnectionError,
+    BodyMismatch,
+)
+
+
+def error_code(error: BaseException) -> str:
+    """S3's error code in an answer ("NoSuchKey", "403"...); "" for an error S3 did not answer with."""
+    error = s3_answer(error)
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def error_detail(error: BaseException, element: str) -> str:
+    """An element of S3's error answer (Message, BucketName, StorageClass...); "" when it has none."""
+    error = s3_answer(error)
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get(element) or "")
+    return ""
+
+
+def _answered(error: BaseException, codes: set[str], statuses: set[int]) -> bool:
+    error = s3_answer(error)
+    if not isinstance(error, botocore.exceptions.ClientError):
+        return False
+    return error_code(error) in codes or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in statuses
+
+
+def is_throttled(error: BaseException) -> bool:
+    """S3 refused the request for the rate of requests (SlowDown, 503): send it again after a pause."""
+    return _answered(error, THROTTLED_CODES, THROTTLED_STATUSES)
+
+
+def is_busy(error: BaseException) -> bool:
+    """S3 refused the request for being busy or failing inside: worth sending again later."""
+    return is_throttled(error) or _answered(error, SERVER_ERROR_CODES, SERVER_ERROR_STATUSES)
+
+
+class ErrorKind(enum.Enum):
+    """What an error means, as classify reads it; what each means for an object and for the run is
+    the failure policy's (FailurePolicy), and for sending it again, Retries'."""
+
+    THROTTLED = "throttled"  # SlowDown, 503: sent again for as long as the run progresses
+    SERVER_ERROR = "failed inside"  # InternalError, 500, 502, 504: sent again, SERVER_ERROR_ATTEMPTS in all
+    CREDENTIALS = "credentials refused"  # or none found: no request of that side can succeed, the run stops
+    MISSING_BUCKET = "missing bucket"  # the run stops too
+    KMS_DENIED = "KMS key denied"  # the object's KMS key: other objects, under other keys, may be readable
+    DENIED = "access denied"  # this object's, or a permission the run lacks (PermissionBreaker tells)
+    SOURCE_CHANGED = "precondition failed"  # If-Match failed: the source changed, copied again whole
+    NOT_FOUND = "not found"  # an object (a source deleted since it was listed) or a bucket's HEAD
+    UPLOAD_GONE = "no such upload"  # the multipart upload is no longer at the destination
+    DAMAGED_UPLOAD = "damaged upload"  # S3 refused a body as damaged on the way up: the same bytes again
+    ARCHIVED = "archived"  # an archived object not restored
+    BROKEN_BODY = "broken body"  # a body broken off mid-transfer, or not matching its ETag: read again
+    OTHER = "other"
+
+
+# The codes of S3's answers, by what they mean, in the order classify tries them.
+ERROR_CODE_TABLE: tuple[tuple[ErrorKind, frozenset[str]], ...] = (
+    (ErrorKind.CREDENTIALS, frozenset(CREDENTIAL_ERROR_CODES)),
+    (ErrorKind.MISSING_BUCKET, frozenset(MISSING_BUCKET_CODES)),
+    (ErrorKind.DENIED, frozenset(DENIED_CODES)),
+    (ErrorKind.SOURCE_CHANGED, frozenset(PRECONDITION_FAILED_CODES)),
+    (ErrorKind.NOT_FOUND, frozenset(MISSING_OBJECT_CODES)),
+    (ErrorKind.UPLOAD_GONE, frozenset(NO_SUCH_UPLOAD_CODES)),
+    (ErrorKind.DAMAGED_UPLOAD, frozenset(DAMAGED_UPLOAD_CODES)),
+    (ErrorKind.ARCHIVED, frozenset(ARCHIVED_CODES)),
+)
+# The errors that leave nothing for any other object of the run to succeed at.
+FATAL_KINDS = {ErrorKind.CREDENTIALS, ErrorKind.MISSING_BUCKET}
+
+
+def classify(error: BaseException) -> ErrorKind:
+    """What an error means: S3's answer (through an S3CallFailed too) by its status for throttling and
+    failures inside, else by its code (ERROR_CODE_TABLE); botocore's own errors by their type."""
+    if is_throttled(error):
+        return ErrorKind.THROTTLED
+    if is_busy(error):
+        return ErrorKind.SERVER_ERROR
+    answer = s3_answer(error)
+    if isinstance(answer, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+        return ErrorKind.CREDENTIALS
+    code = error_code(answer)
+    for kind, codes in ERROR_CODE_TABLE:
+        if code in codes:
+            if kind is ErrorKind.DENIED and kms_permission_denied(answer):
+                return ErrorKind.KMS_DENIED
+            return kind
+    if isinstance(answer, RETRYABLE_BODY_ERRORS):
+        return ErrorKind.BROKEN_BODY
+    return ErrorKind.OTHER
+
+
+def kms_permission_denied(error: BaseException) -> Optional[str]:
+    """The KMS permission an AccessDenied refuses (kms:Decrypt to read an SSE-KMS object,
+    kms:GenerateDataKey to write one), when S3's message says it is about a KMS key; else None."""
+    if error_code(error) not in DENIED_CODES:
+        return None
+    message = error_detail(error, "Message")
+    found = KMS_ACTION.search(message)
+    if found:
+        return found.group(0)
+    return "kms:Decrypt" if "customer master key" in message else None
+
+
+def archived_in(storage_class: str, access_tier: str) -> str:
+    """Where an archived object waits and how to have it back, as the end of a sentence about it."""
+    if access_tier in ARCHIVE_ACCESS_TIERS or storage_class == "INTELLIGENT_TIERING":
+        tier = ARCHIVE_ACCESS_TIERS.get(access_tier, "Archive Access or Deep Archive Access")
+        return (f"archived in the Intelligent-Tiering {tier} tier and not restored: restore it (aws s3api "
+                "restore-object --restore-request '{}', without Days), and rerun once it is back in the Frequent "
+                "Access tier")
+    where = storage_class if storage_class in ARCHIVE_STORAGE_CLASSES else "GLACIER or DEEP_ARCHIVE"
+    return f"archived in {where} and not restored: restore it (aws s3api restore-object) and rerun to copy it"
+
+
+def unrestored_archive(head: dict[str, Any]) -> Optional[str]:
+    """How a HeadObject answer says the object is archived and not yet readable (archived_in), or None."""
+    if 'ongoing-request="false"' in head.get("Restore", ""):
+        return None
+    if head.get("ArchiveStatus") in ARCHIVE_ACCESS_TIERS:
+        return archived_in("INTELLIGENT_TIERING", head["ArchiveStatus"])
+    if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES:
+        return archived_in(head["StorageClass"], "")
+    return None
+
+
+def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
+    """The failed certificate check behind an error (botocore's SSLError wraps urllib3's, which wraps
+    ssl's), or None when the error is something else."""
+    for _ in range(8):  # a bounded walk down the chain, in case it ever loops
+        if error is None or isinstance(error, ssl.SSLCertVerificationError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
+    """One sentence naming the side, the bucket, the action and what to do about it."""
+    where = f"s3://{bucket}/{key}" if key else bucket_or_access_point(bucket)
+    error = s3_answer(error)
+    code = error_code(error)
+    kind = classify(error)
+    if kind is ErrorKind.CREDENTIALS and code:
+        return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
+    if kind is ErrorKind.KMS_DENIED:
+        kms = kms_permission_denied(error)
+        return (f"Access denied by AWS KMS: the {side.side} credentials ({side.origin}) may not use {kms} with the KMS "
+                f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
+                "key's policy (and in their IAM policy when the key is another account's).")
+    if kind is ErrorKind.DENIED:
+        return (
+            f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
+            f"grant {action} to them (see the README's IAM policies)."
+        )
+    if kind is ErrorKind.MISSING_BUCKET or (kind is ErrorKind.NOT_FOUND and code != "NoSuchKey" and not key):
+        # S3 names the missing bucket, which for a server-side copy may be the source it reads from.
+        named = error_detail(error, "BucketName") or bucket
+        whose = f"The {side.side} bucket" if named == bucket else "The bucket"
+        return f"{whose} {named} does not exist (or is not reachable at this endpoint and region)."
+    if kind is ErrorKind.ARCHIVED:
+        return f"{where} is {archived_in(error_detail(error, 'StorageClass'), error_detail(error, 'AccessTier'))}."
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
+    untrusted = certificate_failure(error)
+    if untrusted is not None:
+        endpoint = explicit_endpoint(side) or "(AWS)"
+        return (
+            f"The TLS certificate of the {side.side} S3 endpoint {endpoint} could not be verified "
+            f"({untrusted.verify_message or untrusted.reason}): for a private endpoint, set AWS_CA_BUNDLE to the "
+            "PEM file of the CA that signed its certificate, and rerun."
+        )
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
+    if kind in (ErrorKind.THROTTLED, ErrorKind.SERVER_ERROR):
+        return (f"S3 stayed too busy to answer {action} on {where} ({side.side}): {code}: "
+                f"{error_detail(error, 'Message') or code}, after every retry; rerun later to copy it (fewer "
+                "--max-workers ask less of S3).")
+    if isinstance(error, botocore.exceptions.ClientError):
+        message = error.response.get("Error", {}).get("Message") or code
+        return f"{action} on {where} ({side.side}) failed: {code}: {message}"
+    return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before sending a request again for the `attempt`-th time: doubling from half a
+    second up to MAX_BACKOFF, each between half and one and a half times that, so that workers
+    refused together do not all come back together."""
+    return min(0.5 * 2 ** min(attempt - 1, 8), MAX_BACKOFF) * (0.5 + random.random())
+
+
+class Retries:
+    """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
+    as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
+
+    * while S3 throttles it (is_throttled: SlowDown, 503): for as long as any request of the run
+      succeeds, so that no object fails for throttling while the run makes progress. Only once
+      nothing at all has succeeded for THROTTLE_PATIENCE is it given up.
+    * while S3 fails inside (InternalError, 500, 502, 504): up to SERVER_ERROR_ATTEMPTS attempts.
+      Neither kind of retry uses up the attempts below.
+    * with `retry_bodies`, up to BODY_ATTEMPTS attempts in all: a body broken after the headers
+      arrived (which botocore does not retry), a body that does not match its ETag, or one that S3
+      refused as damaged on its way up (the same bytes, still in memory, are sent again).
+
+    Anything else, and the last error when it gives up, is raised for the caller to word. One
+    instance serves both sides and every thread; `on_throttle` and `on_retry` count what it does for
+    the status line, and a wait ends with StopRequested when `stopping` is set (Ctrl-C).
+    """
+
+    def __init__(self, stopping: Optional[threading.Event] = None, *, on_throttle: Callable[[], None] = lambda: None,
+                 on_retry: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stopping = stopping or threading.Event()
+        self._on_throttle = on_throttle
+        self._on_retry = on_retry
+        self._clock = clock
+        self._last_success = clock()  # of any request of the run: one float, replaced whole
+
+    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
+        """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
+        attempt = throttled = failed_inside = 0
+        while True:
+            error: BaseException
+            try:
+                result = operation()
+            except botocore.exceptions.ClientError as refused:
+                kind = classify(refused)
+                if kind is ErrorKind.THROTTLED:
+                    throttled += 1
+                    self._wait_while_busy(refused, what=what, times=throttled)
+                    continue
+                if kind is ErrorKind.SERVER_ERROR:
+                    failed_inside += 1
+                    if failed_inside == SERVER_ERROR_ATTEMPTS:
+                        raise
+                    self._wait_while_busy(refused, what=what, times=failed_inside)
+                    continue
+                if not (retry_bodies and kind is ErrorKind.DAMAGED_UPLOAD):
+                    raise
+                error = refused
+            except RETRYABLE_BODY_ERRORS as broken:
+                if not retry_bodies:
+                    raise
+                error = broken
+            else:
+                self._last_success = self._clock()
+                return result
+            attempt += 1
+            if attempt == BODY_ATTEMPTS:
+                raise error
+            self._on_retry()
+            delay = backoff_delay(attempt)
+            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
+                        BODY_ATTEMPTS)
+            self._wait(delay, error)
+
+    def _wait_while_busy(self, error: botocore.exceptions.ClientError, *, what: str, times: int) -> None:
+        idle = self._clock() - self._last_success
+        if idle >= THROTTLE_PATIENCE:
+            LOG.warning("%s: S3 answered %s %d times, and no request of this run has succeeded for %.0f minutes; "
+                        "giving up on it", what, error_code(error), times, idle / 60)
+            raise error
+        self._on_throttle()
+        delay = backoff_delay(times)
+        LOG.info("%s: S3 is busy (%s); sending it again in %.1f s (%d so far)", what, error_code(error), delay, times)
+        self._wait(delay, error)
+
+    def _wait(self, delay: float, error: BaseException) -> None:
+        if self._stopping.wait(delay):
+            raise StopRequested() from error
+
+
+def is_fatal_error(error: BaseException) -> bool:
+    """Errors that no other object would escape: bad, expired or missing credentials, missing bucket."""
+    return classify(error) in FATAL_KINDS
+
+
 # =============================================================================================
-# 2. Configuration and credentials
+# 3. Configuration and credentials
 # =============================================================================================
 
 _SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
@@ -742,273 +1125,8 @@ def role_session(base: boto3.Session, settings: SideSettings, *, region: str) ->
 
 
 # =============================================================================================
-# 3. Connecting to each side
+# 4. Connecting to each side
 # =============================================================================================
-
-CREDENTIALS_EXPIRED = "credentials expired: refresh them and rerun to resume"
-EXPIRED_CREDENTIAL_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"}
-CREDENTIAL_ERROR_CODES = {
-    "InvalidAccessKeyId": "the access key is not known to S3",
-    "SignatureDoesNotMatch": "the secret key does not match the access key",
-    **{code: CREDENTIALS_EXPIRED for code in EXPIRED_CREDENTIAL_CODES},
-    "InvalidToken": "the session token is not valid",
-    "AccountProblem": "the AWS account has a problem that stops S3 from answering",
-    "AllAccessDisabled": "all access to this resource has been disabled",
-}
-ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
-# The archive tiers of INTELLIGENT_TIERING, as HeadObject's x-amz-archive-status (ArchiveStatus) and
-# InvalidObjectState's AccessTier name them: readable only after a restore too.
-ARCHIVE_ACCESS_TIERS = {"ARCHIVE_ACCESS": "Archive Access", "DEEP_ARCHIVE_ACCESS": "Deep Archive Access"}
-DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
-# An AccessDenied whose message names a KMS action refuses the object's KMS key, not the bucket: S3
-# says "... is not authorized to perform: kms:Decrypt on resource: arn:aws:kms:...", or, reading with a
-# key the caller cannot use, that "The ciphertext refers to a customer master key" it may not access.
-KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
-# S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
-# damaged on the way up, so the same bytes (still in memory) are sent again.
-DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
-MISSING_BUCKET_CODES = {"NoSuchBucket"}
-# S3 asks for the request again later (S3 User Guide, "Amazon S3 error best practices": slow down on
-# SlowDown, retry InternalError; S3 API reference, "Error responses"): throttled (these codes, or the
-# 503 that is all the answer to a HEAD carries), or failed inside. botocore retries both within its
-# attempts and its retry quota; Retries goes on after that.
-THROTTLED_CODES = {"SlowDown", "ServiceUnavailable"}
-THROTTLED_STATUSES = {503}
-SERVER_ERROR_CODES = {"InternalError"}
-SERVER_ERROR_STATUSES = {500, 502, 504}
-# While any request of the run succeeds, a request S3 throttles is only waiting its turn: it is given
-# up only once nothing at all has succeeded, on either side, for this long.
-THROTTLE_PATIENCE = 15 * 60.0  # seconds
-# A request S3 keeps failing inside is a fault of that request (an object S3 cannot serve), which
-# waiting does not mend while others succeed: the tool's own attempts at it, after botocore's.
-SERVER_ERROR_ATTEMPTS = 10
-MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
-RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.IncompleteReadError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.FlexibleChecksumError,  # botocore's own check of a GET body against its CRC
-    _Urllib3ProtocolError,
-    ConnectionError,
-    BodyMismatch,
-)
-
-
-def error_code(error: BaseException) -> str:
-    if isinstance(error, botocore.exceptions.ClientError):
-        return str(error.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def error_detail(error: BaseException, element: str) -> str:
-    """An element of S3's error answer (Message, BucketName, StorageClass...); "" when it has none."""
-    if isinstance(error, botocore.exceptions.ClientError):
-        return str(error.response.get("Error", {}).get(element) or "")
-    return ""
-
-
-def _answered(error: BaseException, codes: set[str], statuses: set[int]) -> bool:
-    if not isinstance(error, botocore.exceptions.ClientError):
-        return False
-    return error_code(error) in codes or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in statuses
-
-
-def is_throttled(error: BaseException) -> bool:
-    """S3 refused the request for the rate of requests (SlowDown, 503): send it again after a pause."""
-    return _answered(error, THROTTLED_CODES, THROTTLED_STATUSES)
-
-
-def is_busy(error: BaseException) -> bool:
-    """S3 refused the request for being busy or failing inside: worth sending again later."""
-    return is_throttled(error) or _answered(error, SERVER_ERROR_CODES, SERVER_ERROR_STATUSES)
-
-
-def kms_permission_denied(error: BaseException) -> Optional[str]:
-    """The KMS permission an AccessDenied refuses (kms:Decrypt to read an SSE-KMS object,
-    kms:GenerateDataKey to write one), when S3's message says it is about a KMS key; else None."""
-    if error_code(error) not in DENIED_CODES:
-        return None
-    message = error_detail(error, "Message")
-    found = KMS_ACTION.search(message)
-    if found:
-        return found.group(0)
-    return "kms:Decrypt" if "customer master key" in message else None
-
-
-def archived_in(storage_class: str, access_tier: str) -> str:
-    """Where an archived object waits and how to have it back, as the end of a sentence about it."""
-    if access_tier in ARCHIVE_ACCESS_TIERS or storage_class == "INTELLIGENT_TIERING":
-        tier = ARCHIVE_ACCESS_TIERS.get(access_tier, "Archive Access or Deep Archive Access")
-        return (f"archived in the Intelligent-Tiering {tier} tier and not restored: restore it (aws s3api "
-                "restore-object --restore-request '{}', without Days), and rerun once it is back in the Frequent "
-                "Access tier")
-    where = storage_class if storage_class in ARCHIVE_STORAGE_CLASSES else "GLACIER or DEEP_ARCHIVE"
-    return f"archived in {where} and not restored: restore it (aws s3api restore-object) and rerun to copy it"
-
-
-def unrestored_archive(head: dict[str, Any]) -> Optional[str]:
-    """How a HeadObject answer says the object is archived and not yet readable (archived_in), or None."""
-    if 'ongoing-request="false"' in head.get("Restore", ""):
-        return None
-    if head.get("ArchiveStatus") in ARCHIVE_ACCESS_TIERS:
-        return archived_in("INTELLIGENT_TIERING", head["ArchiveStatus"])
-    if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES:
-        return archived_in(head["StorageClass"], "")
-    return None
-
-
-def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
-    """The failed certificate check behind an error (botocore's SSLError wraps urllib3's, which wraps
-    ssl's), or None when the error is something else."""
-    for _ in range(8):  # a bounded walk down the chain, in case it ever loops
-        if error is None or isinstance(error, ssl.SSLCertVerificationError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
-    """One sentence naming the side, the bucket, the action and what to do about it."""
-    where = f"s3://{bucket}/{key}" if key else bucket_or_access_point(bucket)
-    code = error_code(error)
-    if code in CREDENTIAL_ERROR_CODES:
-        return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
-    kms = kms_permission_denied(error)
-    if kms:
-        return (f"Access denied by AWS KMS: the {side.side} credentials ({side.origin}) may not use {kms} with the KMS "
-                f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
-                "key's policy (and in their IAM policy when the key is another account's).")
-    if code in DENIED_CODES:
-        return (
-            f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
-            f"grant {action} to them (see the README's IAM policies)."
-        )
-    if code in MISSING_BUCKET_CODES or (code in {"404", "NotFound"} and not key):
-        # S3 names the missing bucket, which for a server-side copy may be the source it reads from.
-        named = error_detail(error, "BucketName") or bucket
-        whose = f"The {side.side} bucket" if named == bucket else "The bucket"
-        return f"{whose} {named} does not exist (or is not reachable at this endpoint and region)."
-    if code == "InvalidObjectState":
-        return f"{where} is {archived_in(error_detail(error, 'StorageClass'), error_detail(error, 'AccessTier'))}."
-    if isinstance(error, botocore.exceptions.NoCredentialsError):
-        return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
-    untrusted = certificate_failure(error)
-    if untrusted is not None:
-        endpoint = explicit_endpoint(side) or "(AWS)"
-        return (
-            f"The TLS certificate of the {side.side} S3 endpoint {endpoint} could not be verified "
-            f"({untrusted.verify_message or untrusted.reason}): for a private endpoint, set AWS_CA_BUNDLE to the "
-            "PEM file of the CA that signed its certificate, and rerun."
-        )
-    if isinstance(error, botocore.exceptions.EndpointConnectionError):
-        return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
-    if is_busy(error):
-        return (f"S3 stayed too busy to answer {action} on {where} ({side.side}): {code}: "
-                f"{error_detail(error, 'Message') or code}, after every retry; rerun later to copy it (fewer "
-                "--max-workers ask less of S3).")
-    if isinstance(error, botocore.exceptions.ClientError):
-        message = error.response.get("Error", {}).get("Message") or code
-        return f"{action} on {where} ({side.side}) failed: {code}: {message}"
-    return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
-
-
-def backoff_delay(attempt: int) -> float:
-    """Seconds to wait before sending a request again for the `attempt`-th time: doubling from half a
-    second up to MAX_BACKOFF, each between half and one and a half times that, so that workers
-    refused together do not all come back together."""
-    return min(0.5 * 2 ** min(attempt - 1, 8), MAX_BACKOFF) * (0.5 + random.random())
-
-
-class Retries:
-    """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
-    as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
-
-    * while S3 throttles it (is_throttled: SlowDown, 503): for as long as any request of the run
-      succeeds, so that no object fails for throttling while the run makes progress. Only once
-      nothing at all has succeeded for THROTTLE_PATIENCE is it given up.
-    * while S3 fails inside (InternalError, 500, 502, 504): up to SERVER_ERROR_ATTEMPTS attempts.
-      Neither kind of retry uses up the attempts below.
-    * with `retry_bodies`, up to BODY_ATTEMPTS attempts in all: a body broken after the headers
-      arrived (which botocore does not retry), a body that does not match its ETag, or one that S3
-      refused as damaged on its way up (the same bytes, still in memory, are sent again).
-
-    Anything else, and the last error when it gives up, is raised for the caller to word. One
-    instance serves both sides and every thread; `on_throttle` and `on_retry` count what it does for
-    the status line, and a wait ends with StopRequested when `stopping` is set (Ctrl-C).
-    """
-
-    def __init__(self, stopping: Optional[threading.Event] = None, *, on_throttle: Callable[[], None] = lambda: None,
-                 on_retry: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._stopping = stopping or threading.Event()
-        self._on_throttle = on_throttle
-        self._on_retry = on_retry
-        self._clock = clock
-        self._last_success = clock()  # of any request of the run: one float, replaced whole
-
-    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
-        """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
-        attempt = throttled = failed_inside = 0
-        while True:
-            error: BaseException
-            try:
-                result = operation()
-            except botocore.exceptions.ClientError as refused:
-                if is_throttled(refused):
-                    throttled += 1
-                    self._wait_while_busy(refused, what=what, times=throttled)
-                    continue
-                if is_busy(refused):
-                    failed_inside += 1
-                    if failed_inside == SERVER_ERROR_ATTEMPTS:
-                        raise
-                    self._wait_while_busy(refused, what=what, times=failed_inside)
-                    continue
-                if not (retry_bodies and error_code(refused) in DAMAGED_UPLOAD_CODES):
-                    raise
-                error = refused
-            except RETRYABLE_BODY_ERRORS as broken:
-                if not retry_bodies:
-                    raise
-                error = broken
-            else:
-                self._last_success = self._clock()
-                return result
-            attempt += 1
-            if attempt == BODY_ATTEMPTS:
-                raise error
-            self._on_retry()
-            delay = backoff_delay(attempt)
-            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
-                        BODY_ATTEMPTS)
-            self._wait(delay, error)
-
-    def _wait_while_busy(self, error: botocore.exceptions.ClientError, *, what: str, times: int) -> None:
-        idle = self._clock() - self._last_success
-        if idle >= THROTTLE_PATIENCE:
-            LOG.warning("%s: S3 answered %s %d times, and no request of this run has succeeded for %.0f minutes; "
-                        "giving up on it", what, error_code(error), times, idle / 60)
-            raise error
-        self._on_throttle()
-        delay = backoff_delay(times)
-        LOG.info("%s: S3 is busy (%s); sending it again in %.1f s (%d so far)", what, error_code(error), delay, times)
-        self._wait(delay, error)
-
-    def _wait(self, delay: float, error: BaseException) -> None:
-        if self._stopping.wait(delay):
-            raise StopRequested() from error
-
-
-def is_fatal_error(error: BaseException) -> bool:
-    """Errors that no other object would escape: bad, expired or missing credentials, missing bucket."""
-    return (
-        error_code(error) in CREDENTIAL_ERROR_CODES
-        or error_code(error) in MISSING_BUCKET_CODES
-        or isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError))
-    )
-
 
 def explicit_endpoint(settings: SideSettings) -> Optional[str]:
     """The endpoint URL this side will use when it is not AWS: our flag, else botocore's env vars."""
@@ -1302,7 +1420,7 @@ def _may_read(source: Side, key: str) -> bool:
 
 
 # =============================================================================================
-# 4. Listing and planning
+# 5. Listing and planning
 # =============================================================================================
 
 
@@ -1634,7 +1752,6 @@ INVENTORY_MAX_LINE = MiB  # a row is a few KiB at most: keys are 1,024 bytes, 3 
 INVENTORY_HEAD_THREADS = 4  # HeadObject requests in flight for rows that lack a size or an ETag
 INVENTORY_HEAD_WINDOW = 4 * INVENTORY_HEAD_THREADS  # rows waiting behind the oldest unanswered one
 INVENTORY_SCHEMA_REQUIRED = ("Bucket", "Key")
-MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1916,7 +2033,7 @@ def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing:
             response = source.retries.call(lambda: source.client.head_object(Bucket=source.bucket, Key=key),
                                            what=f"HeadObject of {key}")
         except botocore.exceptions.ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
+            if classify(error) is ErrorKind.NOT_FOUND:
                 return None
             raise FatalTransferError(explain_error(error, side=source.settings, bucket=source.bucket,
                                                    action="s3:GetObject", key=key)) from None
@@ -1970,7 +2087,7 @@ def _read_inventory_document(location: str, source: Side, *, what: str) -> Optio
         return source.retries.call(lambda: source.client.get_object(Bucket=bucket, Key=key)["Body"].read(),
                                    what=f"reading {location}", retry_bodies=True)
     except botocore.exceptions.ClientError as error:
-        if error_code(error) in MISSING_OBJECT_CODES:
+        if classify(error) is ErrorKind.NOT_FOUND:
             return None
         raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
@@ -1989,7 +2106,7 @@ def _inventory_file_size(location: str, source: Side) -> Optional[int]:
         return int(source.retries.call(lambda: source.client.head_object(Bucket=bucket, Key=key),
                                        what=f"HeadObject of {location}")["ContentLength"])
     except botocore.exceptions.ClientError as error:
-        if error_code(error) in MISSING_OBJECT_CODES:
+        if classify(error) is ErrorKind.NOT_FOUND:
             return None
         raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
@@ -2127,7 +2244,7 @@ def _open_manifest(location: str, source: Side) -> Inventory:
 
 
 # =============================================================================================
-# 5. Moving bodies and proving them: the BodyTransport interface, ETag checks
+# 6. Moving bodies and proving them: the BodyTransport interface, ETag checks
 # =============================================================================================
 
 PRESERVED_HEADERS = (
@@ -2256,11 +2373,6 @@ CRT_SLOWEST_EXPECTED_RATE = 1 * MiB  # bytes per second
 # awscrt's own errors for a request it gave up on while S3 refused it as busy, when it does not hand
 # over S3's answer itself: read as that answer's status, so that Retries sends the request again.
 CRT_BUSY_ERRORS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
-
-
-class TransportError(ConnectionError):
-    """A request the crt engine could not complete after awscrt's own retries (refused or reset
-    connections, no answer within --read-timeout): retried as a broken body is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3180,10 +3292,6 @@ class IntegrityCheck:
         return None
 
 
-class IntegrityMismatch(Exception):
-    """The bytes downloaded do not hash to the source's ETag: never completed, copied again whole."""
-
-
 def etag_of_parts(part_etags: Iterable[str]) -> Optional[str]:
     """The ETag S3 gives a multipart object made of parts with these ETags (MD5 of their MD5s, then
     -N), or None when a part's ETag is not an MD5 and so proves nothing."""
@@ -3216,7 +3324,7 @@ def server_side_check(check: IntegrityCheck) -> IntegrityCheck:
 
 
 # =============================================================================================
-# 6. The transfer engine
+# 7. The transfer engine
 # =============================================================================================
 
 
@@ -3316,10 +3424,6 @@ class CopyModeChoice:
 
 
 SERVER_SIDE_COPY = "server-side copy"  # the permission, as PermissionBreaker counts it
-
-
-class ServerSideRefused(Exception):
-    """S3 refused a server-side copy in --copy-mode auto: the object is copied again by streaming."""
 
 
 class PermissionBreaker:
@@ -3451,15 +3555,6 @@ class MultipartCopy:
         return expected
 
 
-class UploadGone(Exception):
-    """The multipart upload a progress file recorded no longer exists at the destination."""
-
-
-class PartsToRecheck(Exception):
-    """The uploaded parts do not make the source's ETag or checksum: read each again from the source
-    and upload again those S3 holds differently, rather than start the whole object over."""
-
-
 class TransferEngine:
     """Schedules units of work (small objects, parts) onto a bounded pool and settles each object.
 
@@ -3574,7 +3669,7 @@ class TransferEngine:
             head = self.retries.call(lambda: self.source.client.head_object(Bucket=self.source.bucket, Key=key),
                                      what=f"HeadObject of {key}")
         except botocore.exceptions.ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
+            if classify(error) is ErrorKind.NOT_FOUND:
                 self.source_vanished(key)
                 return None
             self._settle_failure(key, error, action="s3:GetObject", side=self.source)
@@ -4045,7 +4140,7 @@ class TransferEngine:
                 Bucket=self.destination.bucket, Key=destination_key, ChecksumMode="ENABLED"),
                 what=f"HeadObject of {destination_key}")
         except botocore.exceptions.ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
+            if classify(error) is ErrorKind.NOT_FOUND:
                 return None
             _annotate(error, action="s3:GetObject", side="destination")
             raise
@@ -4402,7 +4497,7 @@ def _annotate(error: botocore.exceptions.ClientError, *, action: str, side: str)
 
 
 # =============================================================================================
-# 7. Progress and resume
+# 8. Progress and resume
 # =============================================================================================
 
 PROGRESS_FORMAT = "s3-bulk-transfer progress, version 1"
@@ -4801,7 +4896,7 @@ def discard_progress(path: Path, destination: Side) -> None:
 
 
 # =============================================================================================
-# 8. Comparing source and destination: --verify, --verify-only, --skip-existing
+# 9. Comparing source and destination: --verify, --verify-only, --skip-existing
 # =============================================================================================
 
 MATCH = "match"
@@ -5014,7 +5109,7 @@ class AuditReportFile:
 
 
 # =============================================================================================
-# 9. Reporting
+# 10. Reporting
 # =============================================================================================
 
 
@@ -5211,7 +5306,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
 
 
 # =============================================================================================
-# 10. Command line
+# 11. Command line
 # =============================================================================================
 
 
