@@ -239,19 +239,14 @@ class S3CallFailed(Exception):
     person reads names them. Raised from S3's answer (`cause`, a botocore ClientError), which
     classify and error_code read through it; its text is the cause's."""
 
-    def __init__(self, action: str, side: str, cause: botocore.exceptions.ClientError) -> None:
-        super().__init__(action, side, cause)
+    def __init__(self, cause: botocore.exceptions.ClientError, *, action: str, side: str) -> None:
+        super().__init__(cause, action, side)
         self.action = action
         self.side = side
         self.cause = cause
 
     def __str__(self) -> str:
         return str(self.cause)
-
-
-def s3_call_failed(error: botocore.exceptions.ClientError, *, action: str, side: str) -> S3CallFailed:
-    """The wrapper to raise (`from error`) for a refused request of this action on this side."""
-    return S3CallFailed(action, side, error)
 
 
 def s3_answer(error: BaseException) -> BaseException:
@@ -378,7 +373,7 @@ ERROR_CODE_TABLE: tuple[tuple[ErrorKind, frozenset[str]], ...] = (
     (ErrorKind.DAMAGED_UPLOAD, frozenset(DAMAGED_UPLOAD_CODES)),
     (ErrorKind.ARCHIVED, frozenset(ARCHIVED_CODES)),
 )
-# The errors that leave nothing for any other object of the run to succeed at.
+# The errors that no other object would escape: bad, expired or missing credentials, missing bucket.
 FATAL_KINDS = {ErrorKind.CREDENTIALS, ErrorKind.MISSING_BUCKET}
 
 
@@ -579,11 +574,6 @@ class Retries:
     def _wait(self, delay: float, error: BaseException) -> None:
         if self._stopping.wait(delay):
             raise StopRequested() from error
-
-
-def is_fatal_error(error: BaseException) -> bool:
-    """Errors that no other object would escape: bad, expired or missing credentials, missing bucket."""
-    return classify(error) in FATAL_KINDS
 
 
 # =============================================================================================
@@ -3372,7 +3362,7 @@ class IntegrityPlanner:
         except botocore.exceptions.ClientError as error:
             if classify(error) is ErrorKind.SOURCE_CHANGED:
                 raise SourceChanged() from None
-            raise s3_call_failed(error, action="s3:GetObject", side="source") from error
+            raise S3CallFailed(error, action="s3:GetObject", side="source") from error
         archived = unrestored_archive(head)
         if archived:
             raise ObjectFailure(f"it is {archived}")
@@ -3721,7 +3711,7 @@ class CopyServices:
             if classify(refused) is ErrorKind.DAMAGED_UPLOAD:  # S3 refused the body every time as damaged
                 raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
                                     f"{refused}") from refused
-            raise s3_call_failed(refused, action=action, side=side.settings.side) from refused
+            raise S3CallFailed(refused, action=action, side=side.settings.side) from refused
         except RETRYABLE_BODY_ERRORS as broken:
             kind = "integrity mismatch: " if isinstance(broken, botocore.exceptions.FlexibleChecksumError) else ""
             raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{broken}") from broken
@@ -3737,7 +3727,7 @@ class CopyServices:
             tags = self.retries.call(lambda: self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key),
                                      what=f"GetObjectTagging of {key}")["TagSet"]
         except botocore.exceptions.ClientError as error:
-            raise s3_call_failed(error, action="s3:GetObjectTagging", side="source") from error
+            raise S3CallFailed(error, action="s3:GetObjectTagging", side="source") from error
         self.permissions.allowed("s3:GetObjectTagging")
         return tags
 
@@ -3762,7 +3752,7 @@ class CopyServices:
                     f"credentials ({self.destination.settings.origin}) to have s3:GetObject on "
                     f"s3://{self.source.bucket}/{key} (same account, or a bucket policy granting the destination "
                     "account); use --copy-mode stream to copy through this machine instead") from None
-            raise s3_call_failed(error, action="s3:PutObject", side="destination") from error
+            raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
 
     def server_side_succeeded(self) -> None:
         self.copy_mode.succeeded()
@@ -3795,7 +3785,7 @@ class CopyServices:
         except botocore.exceptions.ClientError as error:
             if classify(error) is ErrorKind.NOT_FOUND:
                 return None
-            raise s3_call_failed(error, action="s3:GetObject", side="destination") from error
+            raise S3CallFailed(error, action="s3:GetObject", side="destination") from error
         checksum = expected.get("checksum") or {}
         if head["ContentLength"] != expected["size"]:
             return None
@@ -4148,7 +4138,7 @@ class MultipartCopy:
             # upload gone: what it completed is at the destination.
             if not (classify(error) is ErrorKind.UPLOAD_GONE
                     and services.destination_holds(self.destination_key, expected)):
-                raise s3_call_failed(error, action="s3:PutObject", side="destination") from error
+                raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
         if self.server_side:
             services.server_side_succeeded()
         # Done first, then the upload forgotten: a save between the two keeps both (a rerun skips the
@@ -4180,7 +4170,7 @@ class MultipartUploads:
         try:
             check = services.planner.check(listed.key, head["ETag"], head, head["ContentLength"])
         except botocore.exceptions.ClientError as error:
-            raise s3_call_failed(error, action="s3:GetObject", side="source") from error
+            raise S3CallFailed(error, action="s3:GetObject", side="source") from error
         part_size = copy_part_size(listed, check, services.config, server_side=server_side)
         if server_side:
             check = server_side_check(check)
@@ -4210,7 +4200,7 @@ class MultipartUploads:
                 **(upload_checksum.create_arguments() if upload_checksum else {})),
                 what=f"CreateMultipartUpload of {destination_key}")
         except botocore.exceptions.ClientError as error:
-            raise s3_call_failed(error, action="s3:PutObject", side="destination") from error
+            raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
         services.permissions.allowed("s3:PutObject")
         upload = UploadRecord(upload_id=created["UploadId"], destination_key=destination_key,
                               source_etag=listed.etag, size=listed.size, part_size=part_size,
@@ -4255,7 +4245,7 @@ class MultipartUploads:
             uploaded = self._uploaded_parts(copy, upload)
         except botocore.exceptions.ClientError as error:
             if classify(error) is not ErrorKind.UPLOAD_GONE:
-                raise s3_call_failed(error, action="s3:ListMultipartUploadParts", side="destination") from error
+                raise S3CallFailed(error, action="s3:ListMultipartUploadParts", side="destination") from error
             services.progress.forget_upload(listed.key)
             raise UploadGone() from None
         hashed = self._take_up_digest(copy, upload, uploaded)
