@@ -4981,9 +4981,10 @@ class ProgressStore:
             if self._uploads.pop(key, None) is not None:
                 self._dirty = True
 
-    def uploads(self) -> dict[str, UploadRecord]:
+    def uploads(self) -> list[str]:
+        """The source keys of the multipart uploads kept for resume."""
         with self._lock:
-            return {key: UploadRecord.from_document(document) for key, document in self._uploads.items()}
+            return list(self._uploads)
 
     def failures(self) -> dict[str, str]:
         with self._lock:
