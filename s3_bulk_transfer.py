@@ -47,16 +47,18 @@ Promises
 
 Sections, in the order data moves
 ---------------------------------
- 1. Limits, exit codes and errors
- 2. Configuration and credentials
- 3. Connecting to each side (clients, retries, region detection, preflight checks, error wording)
- 4. Listing and planning (filters, key mapping, part plan)
- 5. Moving bodies and proving them (the BodyTransport interface and its two engines, ETag checks)
- 6. The transfer engine (scheduling, small objects, multipart objects, retries)
- 7. Progress and resume (ProgressStore, the progress file)
- 8. Comparing source and destination (merge join: --verify, --verify-only, --skip-existing)
- 9. Reporting (log, live status line, final report)
-10. Command line (argparse, main)
+ 1. Limits and exit codes
+ 2. Errors and retries (every exception, the named code tables, classify, error wording, Retries)
+ 3. Configuration and credentials
+ 4. Connecting to each side (clients, region detection, preflight checks)
+ 5. Listing and planning (filters, key mapping, part plan)
+ 6. Moving bodies and proving them (the BodyTransport interface and its two engines, ETag checks,
+    the integrity planning that reads HEAD)
+ 7. The transfer engine (scheduler, failure policy, small-object copiers, multipart copies)
+ 8. Progress and resume (ProgressStore, the progress file)
+ 9. Comparing source and destination (merge join: --verify, --verify-only, --skip-existing)
+10. Reporting (log, live status line, final report)
+11. Command line (argparse, main)
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ import ctypes
 import dataclasses
 import datetime
 import email.utils
+import enum
 import fcntl
 import fnmatch
 import functools
@@ -118,7 +121,7 @@ LOG = logging.getLogger("s3_bulk_transfer")
 T = TypeVar("T")
 
 # =============================================================================================
-# 1. Limits, exit codes and errors
+# 1. Limits and exit codes
 # =============================================================================================
 
 KiB = 1024
@@ -177,6 +180,11 @@ EXIT_CODES_HELP = """exit codes:
   130  interrupted (Ctrl-C or SIGTERM); progress saved, rerun the same command to resume"""
 
 
+# =============================================================================================
+# 2. Errors and retries
+# =============================================================================================
+
+
 class ConfigurationError(Exception):
     """A mistake in the command line, a file or the environment, found before any copying.
 
@@ -204,8 +212,373 @@ class BodyMismatch(Exception):
     """A downloaded body does not match what the source says it is (length or MD5)."""
 
 
+class TransportError(ConnectionError):
+    """A request the crt engine could not complete after awscrt's own retries (refused or reset
+    connections, no answer within --read-timeout): retried as a broken body is."""
+
+
+class IntegrityMismatch(Exception):
+    """The bytes downloaded do not hash to the source's ETag: never completed, copied again whole."""
+
+
+class ServerSideRefused(Exception):
+    """S3 refused a server-side copy in --copy-mode auto: the object is copied again by streaming."""
+
+
+class UploadGone(Exception):
+    """The multipart upload a progress file recorded no longer exists at the destination."""
+
+
+class PartsToRecheck(Exception):
+    """The uploaded parts do not make the source's ETag or checksum: read each again from the source
+    and upload again those S3 holds differently, rather than start the whole object over."""
+
+
+class S3CallFailed(Exception):
+    """An S3 request refused after every retry, with the action it needed ("s3:GetObject") and the
+    side it went to ("source", "destination"): the innermost call knows both best, and the message a
+    person reads names them. Raised from S3's answer (`cause`, a botocore ClientError), which
+    classify and error_code read through it; its text is the cause's."""
+
+    def __init__(self, cause: botocore.exceptions.ClientError, *, action: str, side: str) -> None:
+        super().__init__(cause, action, side)
+        self.action = action
+        self.side = side
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return str(self.cause)
+
+
+def s3_answer(error: BaseException) -> BaseException:
+    """The error S3's answer is in: the cause of an S3CallFailed, else the error itself."""
+    return error.cause if isinstance(error, S3CallFailed) else error
+
+
+CREDENTIALS_EXPIRED = "credentials expired: refresh them and rerun to resume"
+EXPIRED_CREDENTIAL_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"}
+CREDENTIAL_ERROR_CODES = {
+    "InvalidAccessKeyId": "the access key is not known to S3",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    **{code: CREDENTIALS_EXPIRED for code in EXPIRED_CREDENTIAL_CODES},
+    "InvalidToken": "the session token is not valid",
+    "AccountProblem": "the AWS account has a problem that stops S3 from answering",
+    "AllAccessDisabled": "all access to this resource has been disabled",
+}
+ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
+# The archive tiers of INTELLIGENT_TIERING, as HeadObject's x-amz-archive-status (ArchiveStatus) and
+# InvalidObjectState's AccessTier name them: readable only after a restore too.
+ARCHIVE_ACCESS_TIERS = {"ARCHIVE_ACCESS": "Archive Access", "DEEP_ARCHIVE_ACCESS": "Deep Archive Access"}
+DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# An AccessDenied whose message names a KMS action refuses the object's KMS key, not the bucket: S3
+# says "... is not authorized to perform: kms:Decrypt on resource: arn:aws:kms:...", or, reading with a
+# key the caller cannot use, that "The ciphertext refers to a customer master key" it may not access.
+KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
+# S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
+# damaged on the way up, so the same bytes (still in memory) are sent again.
+DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+MISSING_BUCKET_CODES = {"NoSuchBucket"}
+MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound"}  # NoSuchKey from a GET, a bare 404 from a HEAD
+PRECONDITION_FAILED_CODES = {"PreconditionFailed", "412"}  # If-Match failed: the source changed
+NO_SUCH_UPLOAD_CODES = {"NoSuchUpload"}
+ARCHIVED_CODES = {"InvalidObjectState"}  # an archived object not restored (GLACIER, DEEP_ARCHIVE...)
+# S3 asks for the request again later (S3 User Guide, "Amazon S3 error best practices": slow down on
+# SlowDown, retry InternalError; S3 API reference, "Error responses"): throttled (these codes, or the
+# 503 that is all the answer to a HEAD carries), or failed inside. botocore retries both within its
+# attempts and its retry quota; Retries goes on after that.
+THROTTLED_CODES = {"SlowDown", "ServiceUnavailable"}
+THROTTLED_STATUSES = {503}
+SERVER_ERROR_CODES = {"InternalError"}
+SERVER_ERROR_STATUSES = {500, 502, 504}
+# While any request of the run succeeds, a request S3 throttles is only waiting its turn: it is given
+# up only once nothing at all has succeeded, on either side, for this long.
+THROTTLE_PATIENCE = 15 * 60.0  # seconds
+# A request S3 keeps failing inside is a fault of that request (an object S3 cannot serve), which
+# waiting does not mend while others succeed: the tool's own attempts at it, after botocore's.
+SERVER_ERROR_ATTEMPTS = 10
+MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
+RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.FlexibleChecksumError,  # botocore's own check of a GET body against its CRC
+    _Urllib3ProtocolError,
+    ConnectionError,
+    BodyMismatch,
+)
+
+
+def error_code(error: BaseException) -> str:
+    """S3's error code in an answer ("NoSuchKey", "403"...); "" for an error S3 did not answer with."""
+    error = s3_answer(error)
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def error_detail(error: BaseException, element: str) -> str:
+    """An element of S3's error answer (Message, BucketName, StorageClass...); "" when it has none."""
+    error = s3_answer(error)
+    if isinstance(error, botocore.exceptions.ClientError):
+        return str(error.response.get("Error", {}).get(element) or "")
+    return ""
+
+
+def _answered(error: BaseException, codes: set[str], statuses: set[int]) -> bool:
+    error = s3_answer(error)
+    if not isinstance(error, botocore.exceptions.ClientError):
+        return False
+    return error_code(error) in codes or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in statuses
+
+
+def is_throttled(error: BaseException) -> bool:
+    """S3 refused the request for the rate of requests (SlowDown, 503): send it again after a pause."""
+    return _answered(error, THROTTLED_CODES, THROTTLED_STATUSES)
+
+
+def is_busy(error: BaseException) -> bool:
+    """S3 refused the request for being busy or failing inside: worth sending again later."""
+    return is_throttled(error) or _answered(error, SERVER_ERROR_CODES, SERVER_ERROR_STATUSES)
+
+
+class ErrorKind(enum.Enum):
+    """What an error means, as classify reads it; what each means for an object and for the run is
+    the failure policy's (FailurePolicy), and for sending it again, Retries'."""
+
+    THROTTLED = "throttled"  # SlowDown, 503: sent again for as long as the run progresses
+    SERVER_ERROR = "failed inside"  # InternalError, 500, 502, 504: sent again, SERVER_ERROR_ATTEMPTS in all
+    CREDENTIALS = "credentials refused"  # or none found: no request of that side can succeed, the run stops
+    MISSING_BUCKET = "missing bucket"  # the run stops too
+    KMS_DENIED = "KMS key denied"  # the object's KMS key: other objects, under other keys, may be readable
+    DENIED = "access denied"  # this object's, or a permission the run lacks (PermissionBreaker tells)
+    SOURCE_CHANGED = "precondition failed"  # If-Match failed: the source changed, copied again whole
+    NOT_FOUND = "not found"  # an object (a source deleted since it was listed) or a bucket's HEAD
+    UPLOAD_GONE = "no such upload"  # the multipart upload is no longer at the destination
+    DAMAGED_UPLOAD = "damaged upload"  # S3 refused a body as damaged on the way up: the same bytes again
+    ARCHIVED = "archived"  # an archived object not restored
+    BROKEN_BODY = "broken body"  # a body broken off mid-transfer, or not matching its ETag: read again
+    OTHER = "other"
+
+
+# The codes of S3's answers, by what they mean, in the order classify tries them.
+ERROR_CODE_TABLE: tuple[tuple[ErrorKind, frozenset[str]], ...] = (
+    (ErrorKind.CREDENTIALS, frozenset(CREDENTIAL_ERROR_CODES)),
+    (ErrorKind.MISSING_BUCKET, frozenset(MISSING_BUCKET_CODES)),
+    (ErrorKind.DENIED, frozenset(DENIED_CODES)),
+    (ErrorKind.SOURCE_CHANGED, frozenset(PRECONDITION_FAILED_CODES)),
+    (ErrorKind.NOT_FOUND, frozenset(MISSING_OBJECT_CODES)),
+    (ErrorKind.UPLOAD_GONE, frozenset(NO_SUCH_UPLOAD_CODES)),
+    (ErrorKind.DAMAGED_UPLOAD, frozenset(DAMAGED_UPLOAD_CODES)),
+    (ErrorKind.ARCHIVED, frozenset(ARCHIVED_CODES)),
+)
+# The errors that no other object would escape: bad, expired or missing credentials, missing bucket.
+FATAL_KINDS = {ErrorKind.CREDENTIALS, ErrorKind.MISSING_BUCKET}
+
+
+def classify(error: BaseException) -> ErrorKind:
+    """What an error means: S3's answer (through an S3CallFailed too) by its status for throttling and
+    failures inside, else by its code (ERROR_CODE_TABLE); botocore's own errors by their type."""
+    if is_throttled(error):
+        return ErrorKind.THROTTLED
+    if is_busy(error):
+        return ErrorKind.SERVER_ERROR
+    answer = s3_answer(error)
+    if isinstance(answer, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+        return ErrorKind.CREDENTIALS
+    code = error_code(answer)
+    for kind, codes in ERROR_CODE_TABLE:
+        if code in codes:
+            if kind is ErrorKind.DENIED and kms_permission_denied(answer):
+                return ErrorKind.KMS_DENIED
+            return kind
+    if isinstance(answer, RETRYABLE_BODY_ERRORS):
+        return ErrorKind.BROKEN_BODY
+    return ErrorKind.OTHER
+
+
+def kms_permission_denied(error: BaseException) -> Optional[str]:
+    """The KMS permission an AccessDenied refuses (kms:Decrypt to read an SSE-KMS object,
+    kms:GenerateDataKey to write one), when S3's message says it is about a KMS key; else None."""
+    if error_code(error) not in DENIED_CODES:
+        return None
+    message = error_detail(error, "Message")
+    found = KMS_ACTION.search(message)
+    if found:
+        return found.group(0)
+    return "kms:Decrypt" if "customer master key" in message else None
+
+
+def archived_in(storage_class: str, access_tier: str) -> str:
+    """Where an archived object waits and how to have it back, as the end of a sentence about it."""
+    if access_tier in ARCHIVE_ACCESS_TIERS or storage_class == "INTELLIGENT_TIERING":
+        tier = ARCHIVE_ACCESS_TIERS.get(access_tier, "Archive Access or Deep Archive Access")
+        return (f"archived in the Intelligent-Tiering {tier} tier and not restored: restore it (aws s3api "
+                "restore-object --restore-request '{}', without Days), and rerun once it is back in the Frequent "
+                "Access tier")
+    where = storage_class if storage_class in ARCHIVE_STORAGE_CLASSES else "GLACIER or DEEP_ARCHIVE"
+    return f"archived in {where} and not restored: restore it (aws s3api restore-object) and rerun to copy it"
+
+
+def unrestored_archive(head: dict[str, Any]) -> Optional[str]:
+    """How a HeadObject answer says the object is archived and not yet readable (archived_in), or None."""
+    if 'ongoing-request="false"' in head.get("Restore", ""):
+        return None
+    if head.get("ArchiveStatus") in ARCHIVE_ACCESS_TIERS:
+        return archived_in("INTELLIGENT_TIERING", head["ArchiveStatus"])
+    if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES:
+        return archived_in(head["StorageClass"], "")
+    return None
+
+
+def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
+    """The failed certificate check behind an error (botocore's SSLError wraps urllib3's, which wraps
+    ssl's), or None when the error is something else."""
+    for _ in range(8):  # a bounded walk down the chain, in case it ever loops
+        if error is None or isinstance(error, ssl.SSLCertVerificationError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
+    """One sentence naming the side, the bucket, the action and what to do about it."""
+    where = f"s3://{bucket}/{key}" if key else bucket_or_access_point(bucket)
+    error = s3_answer(error)
+    code = error_code(error)
+    kind = classify(error)
+    if kind is ErrorKind.CREDENTIALS and code:
+        return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
+    if kind is ErrorKind.KMS_DENIED:
+        kms = kms_permission_denied(error)
+        return (f"Access denied by AWS KMS: the {side.side} credentials ({side.origin}) may not use {kms} with the KMS "
+                f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
+                "key's policy (and in their IAM policy when the key is another account's).")
+    if kind is ErrorKind.DENIED:
+        return (
+            f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
+            f"grant {action} to them (see the README's IAM policies)."
+        )
+    if kind is ErrorKind.MISSING_BUCKET or (kind is ErrorKind.NOT_FOUND and code != "NoSuchKey" and not key):
+        # S3 names the missing bucket, which for a server-side copy may be the source it reads from.
+        named = error_detail(error, "BucketName") or bucket
+        whose = f"The {side.side} bucket" if named == bucket else "The bucket"
+        return f"{whose} {named} does not exist (or is not reachable at this endpoint and region)."
+    if kind is ErrorKind.ARCHIVED:
+        return f"{where} is {archived_in(error_detail(error, 'StorageClass'), error_detail(error, 'AccessTier'))}."
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
+    untrusted = certificate_failure(error)
+    if untrusted is not None:
+        endpoint = explicit_endpoint(side) or "(AWS)"
+        return (
+            f"The TLS certificate of the {side.side} S3 endpoint {endpoint} could not be verified "
+            f"({untrusted.verify_message or untrusted.reason}): for a private endpoint, set AWS_CA_BUNDLE to the "
+            "PEM file of the CA that signed its certificate, and rerun."
+        )
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
+    if kind in (ErrorKind.THROTTLED, ErrorKind.SERVER_ERROR):
+        return (f"S3 stayed too busy to answer {action} on {where} ({side.side}): {code}: "
+                f"{error_detail(error, 'Message') or code}, after every retry; rerun later to copy it (fewer "
+                "--max-workers ask less of S3).")
+    if isinstance(error, botocore.exceptions.ClientError):
+        message = error.response.get("Error", {}).get("Message") or code
+        return f"{action} on {where} ({side.side}) failed: {code}: {message}"
+    return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before sending a request again for the `attempt`-th time: doubling from half a
+    second up to MAX_BACKOFF, each between half and one and a half times that, so that workers
+    refused together do not all come back together."""
+    return min(0.5 * 2 ** min(attempt - 1, 8), MAX_BACKOFF) * (0.5 + random.random())
+
+
+class Retries:
+    """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
+    as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
+
+    * while S3 throttles it (is_throttled: SlowDown, 503): for as long as any request of the run
+      succeeds, so that no object fails for throttling while the run makes progress. Only once
+      nothing at all has succeeded for THROTTLE_PATIENCE is it given up.
+    * while S3 fails inside (InternalError, 500, 502, 504): up to SERVER_ERROR_ATTEMPTS attempts.
+      Neither kind of retry uses up the attempts below.
+    * with `retry_bodies`, up to BODY_ATTEMPTS attempts in all: a body broken after the headers
+      arrived (which botocore does not retry), a body that does not match its ETag, or one that S3
+      refused as damaged on its way up (the same bytes, still in memory, are sent again).
+
+    Anything else, and the last error when it gives up, is raised for the caller to word. One
+    instance serves both sides and every thread; `on_throttle` and `on_retry` count what it does for
+    the status line, and a wait ends with StopRequested when `stopping` is set (Ctrl-C).
+    """
+
+    def __init__(self, stopping: Optional[threading.Event] = None, *, on_throttle: Callable[[], None] = lambda: None,
+                 on_retry: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stopping = stopping or threading.Event()
+        self._on_throttle = on_throttle
+        self._on_retry = on_retry
+        self._clock = clock
+        self._last_success = clock()  # of any request of the run: one float, replaced whole
+
+    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
+        """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
+        attempt = throttled = failed_inside = 0
+        while True:
+            error: BaseException
+            try:
+                result = operation()
+            except botocore.exceptions.ClientError as refused:
+                kind = classify(refused)
+                if kind is ErrorKind.THROTTLED:
+                    throttled += 1
+                    self._wait_while_busy(refused, what=what, times=throttled)
+                    continue
+                if kind is ErrorKind.SERVER_ERROR:
+                    failed_inside += 1
+                    if failed_inside == SERVER_ERROR_ATTEMPTS:
+                        raise
+                    self._wait_while_busy(refused, what=what, times=failed_inside)
+                    continue
+                if not (retry_bodies and kind is ErrorKind.DAMAGED_UPLOAD):
+                    raise
+                error = refused
+            except RETRYABLE_BODY_ERRORS as broken:
+                if not retry_bodies:
+                    raise
+                error = broken
+            else:
+                self._last_success = self._clock()
+                return result
+            attempt += 1
+            if attempt == BODY_ATTEMPTS:
+                raise error
+            self._on_retry()
+            delay = backoff_delay(attempt)
+            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
+                        BODY_ATTEMPTS)
+            self._wait(delay, error)
+
+    def _wait_while_busy(self, error: botocore.exceptions.ClientError, *, what: str, times: int) -> None:
+        idle = self._clock() - self._last_success
+        if idle >= THROTTLE_PATIENCE:
+            LOG.warning("%s: S3 answered %s %d times, and no request of this run has succeeded for %.0f minutes; "
+                        "giving up on it", what, error_code(error), times, idle / 60)
+            raise error
+        self._on_throttle()
+        delay = backoff_delay(times)
+        LOG.info("%s: S3 is busy (%s); sending it again in %.1f s (%d so far)", what, error_code(error), delay, times)
+        self._wait(delay, error)
+
+    def _wait(self, delay: float, error: BaseException) -> None:
+        if self._stopping.wait(delay):
+            raise StopRequested() from error
+
+
 # =============================================================================================
-# 2. Configuration and credentials
+# 3. Configuration and credentials
 # =============================================================================================
 
 _SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
@@ -798,273 +1171,8 @@ def session_with_credentials(credentials: botocore.credentials.Credentials, *, r
 
 
 # =============================================================================================
-# 3. Connecting to each side
+# 4. Connecting to each side
 # =============================================================================================
-
-CREDENTIALS_EXPIRED = "credentials expired: refresh them and rerun to resume"
-EXPIRED_CREDENTIAL_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"}
-CREDENTIAL_ERROR_CODES = {
-    "InvalidAccessKeyId": "the access key is not known to S3",
-    "SignatureDoesNotMatch": "the secret key does not match the access key",
-    **{code: CREDENTIALS_EXPIRED for code in EXPIRED_CREDENTIAL_CODES},
-    "InvalidToken": "the session token is not valid",
-    "AccountProblem": "the AWS account has a problem that stops S3 from answering",
-    "AllAccessDisabled": "all access to this resource has been disabled",
-}
-ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
-# The archive tiers of INTELLIGENT_TIERING, as HeadObject's x-amz-archive-status (ArchiveStatus) and
-# InvalidObjectState's AccessTier name them: readable only after a restore too.
-ARCHIVE_ACCESS_TIERS = {"ARCHIVE_ACCESS": "Archive Access", "DEEP_ARCHIVE_ACCESS": "Deep Archive Access"}
-DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
-# An AccessDenied whose message names a KMS action refuses the object's KMS key, not the bucket: S3
-# says "... is not authorized to perform: kms:Decrypt on resource: arn:aws:kms:...", or, reading with a
-# key the caller cannot use, that "The ciphertext refers to a customer master key" it may not access.
-KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
-# S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
-# damaged on the way up, so the same bytes (still in memory) are sent again.
-DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
-MISSING_BUCKET_CODES = {"NoSuchBucket"}
-# S3 asks for the request again later (S3 User Guide, "Amazon S3 error best practices": slow down on
-# SlowDown, retry InternalError; S3 API reference, "Error responses"): throttled (these codes, or the
-# 503 that is all the answer to a HEAD carries), or failed inside. botocore retries both within its
-# attempts and its retry quota; Retries goes on after that.
-THROTTLED_CODES = {"SlowDown", "ServiceUnavailable"}
-THROTTLED_STATUSES = {503}
-SERVER_ERROR_CODES = {"InternalError"}
-SERVER_ERROR_STATUSES = {500, 502, 504}
-# While any request of the run succeeds, a request S3 throttles is only waiting its turn: it is given
-# up only once nothing at all has succeeded, on either side, for this long.
-THROTTLE_PATIENCE = 15 * 60.0  # seconds
-# A request S3 keeps failing inside is a fault of that request (an object S3 cannot serve), which
-# waiting does not mend while others succeed: the tool's own attempts at it, after botocore's.
-SERVER_ERROR_ATTEMPTS = 10
-MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
-RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.IncompleteReadError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.FlexibleChecksumError,  # botocore's own check of a GET body against its CRC
-    _Urllib3ProtocolError,
-    ConnectionError,
-    BodyMismatch,
-)
-
-
-def error_code(error: BaseException) -> str:
-    if isinstance(error, botocore.exceptions.ClientError):
-        return str(error.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def error_detail(error: BaseException, element: str) -> str:
-    """An element of S3's error answer (Message, BucketName, StorageClass...); "" when it has none."""
-    if isinstance(error, botocore.exceptions.ClientError):
-        return str(error.response.get("Error", {}).get(element) or "")
-    return ""
-
-
-def _answered(error: BaseException, codes: set[str], statuses: set[int]) -> bool:
-    if not isinstance(error, botocore.exceptions.ClientError):
-        return False
-    return error_code(error) in codes or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in statuses
-
-
-def is_throttled(error: BaseException) -> bool:
-    """S3 refused the request for the rate of requests (SlowDown, 503): send it again after a pause."""
-    return _answered(error, THROTTLED_CODES, THROTTLED_STATUSES)
-
-
-def is_busy(error: BaseException) -> bool:
-    """S3 refused the request for being busy or failing inside: worth sending again later."""
-    return is_throttled(error) or _answered(error, SERVER_ERROR_CODES, SERVER_ERROR_STATUSES)
-
-
-def kms_permission_denied(error: BaseException) -> Optional[str]:
-    """The KMS permission an AccessDenied refuses (kms:Decrypt to read an SSE-KMS object,
-    kms:GenerateDataKey to write one), when S3's message says it is about a KMS key; else None."""
-    if error_code(error) not in DENIED_CODES:
-        return None
-    message = error_detail(error, "Message")
-    found = KMS_ACTION.search(message)
-    if found:
-        return found.group(0)
-    return "kms:Decrypt" if "customer master key" in message else None
-
-
-def archived_in(storage_class: str, access_tier: str) -> str:
-    """Where an archived object waits and how to have it back, as the end of a sentence about it."""
-    if access_tier in ARCHIVE_ACCESS_TIERS or storage_class == "INTELLIGENT_TIERING":
-        tier = ARCHIVE_ACCESS_TIERS.get(access_tier, "Archive Access or Deep Archive Access")
-        return (f"archived in the Intelligent-Tiering {tier} tier and not restored: restore it (aws s3api "
-                "restore-object --restore-request '{}', without Days), and rerun once it is back in the Frequent "
-                "Access tier")
-    where = storage_class if storage_class in ARCHIVE_STORAGE_CLASSES else "GLACIER or DEEP_ARCHIVE"
-    return f"archived in {where} and not restored: restore it (aws s3api restore-object) and rerun to copy it"
-
-
-def unrestored_archive(head: dict[str, Any]) -> Optional[str]:
-    """How a HeadObject answer says the object is archived and not yet readable (archived_in), or None."""
-    if 'ongoing-request="false"' in head.get("Restore", ""):
-        return None
-    if head.get("ArchiveStatus") in ARCHIVE_ACCESS_TIERS:
-        return archived_in("INTELLIGENT_TIERING", head["ArchiveStatus"])
-    if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES:
-        return archived_in(head["StorageClass"], "")
-    return None
-
-
-def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertVerificationError]:
-    """The failed certificate check behind an error (botocore's SSLError wraps urllib3's, which wraps
-    ssl's), or None when the error is something else."""
-    for _ in range(8):  # a bounded walk down the chain, in case it ever loops
-        if error is None or isinstance(error, ssl.SSLCertVerificationError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
-    """One sentence naming the side, the bucket, the action and what to do about it."""
-    where = f"s3://{bucket}/{key}" if key else bucket_or_access_point(bucket)
-    code = error_code(error)
-    if code in CREDENTIAL_ERROR_CODES:
-        return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
-    kms = kms_permission_denied(error)
-    if kms:
-        return (f"Access denied by AWS KMS: the {side.side} credentials ({side.origin}) may not use {kms} with the KMS "
-                f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
-                "key's policy (and in their IAM policy when the key is another account's).")
-    if code in DENIED_CODES:
-        return (
-            f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
-            f"grant {action} to them (see the README's IAM policies)."
-        )
-    if code in MISSING_BUCKET_CODES or (code in {"404", "NotFound"} and not key):
-        # S3 names the missing bucket, which for a server-side copy may be the source it reads from.
-        named = error_detail(error, "BucketName") or bucket
-        whose = f"The {side.side} bucket" if named == bucket else "The bucket"
-        return f"{whose} {named} does not exist (or is not reachable at this endpoint and region)."
-    if code == "InvalidObjectState":
-        return f"{where} is {archived_in(error_detail(error, 'StorageClass'), error_detail(error, 'AccessTier'))}."
-    if isinstance(error, botocore.exceptions.NoCredentialsError):
-        return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
-    untrusted = certificate_failure(error)
-    if untrusted is not None:
-        endpoint = explicit_endpoint(side) or "(AWS)"
-        return (
-            f"The TLS certificate of the {side.side} S3 endpoint {endpoint} could not be verified "
-            f"({untrusted.verify_message or untrusted.reason}): for a private endpoint, set AWS_CA_BUNDLE to the "
-            "PEM file of the CA that signed its certificate, and rerun."
-        )
-    if isinstance(error, botocore.exceptions.EndpointConnectionError):
-        return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
-    if is_busy(error):
-        return (f"S3 stayed too busy to answer {action} on {where} ({side.side}): {code}: "
-                f"{error_detail(error, 'Message') or code}, after every retry; rerun later to copy it (fewer "
-                "--max-workers ask less of S3).")
-    if isinstance(error, botocore.exceptions.ClientError):
-        message = error.response.get("Error", {}).get("Message") or code
-        return f"{action} on {where} ({side.side}) failed: {code}: {message}"
-    return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
-
-
-def backoff_delay(attempt: int) -> float:
-    """Seconds to wait before sending a request again for the `attempt`-th time: doubling from half a
-    second up to MAX_BACKOFF, each between half and one and a half times that, so that workers
-    refused together do not all come back together."""
-    return min(0.5 * 2 ** min(attempt - 1, 8), MAX_BACKOFF) * (0.5 + random.random())
-
-
-class Retries:
-    """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
-    as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
-
-    * while S3 throttles it (is_throttled: SlowDown, 503): for as long as any request of the run
-      succeeds, so that no object fails for throttling while the run makes progress. Only once
-      nothing at all has succeeded for THROTTLE_PATIENCE is it given up.
-    * while S3 fails inside (InternalError, 500, 502, 504): up to SERVER_ERROR_ATTEMPTS attempts.
-      Neither kind of retry uses up the attempts below.
-    * with `retry_bodies`, up to BODY_ATTEMPTS attempts in all: a body broken after the headers
-      arrived (which botocore does not retry), a body that does not match its ETag, or one that S3
-      refused as damaged on its way up (the same bytes, still in memory, are sent again).
-
-    Anything else, and the last error when it gives up, is raised for the caller to word. One
-    instance serves both sides and every thread; `on_throttle` and `on_retry` count what it does for
-    the status line, and a wait ends with StopRequested when `stopping` is set (Ctrl-C).
-    """
-
-    def __init__(self, stopping: Optional[threading.Event] = None, *, on_throttle: Callable[[], None] = lambda: None,
-                 on_retry: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._stopping = stopping or threading.Event()
-        self._on_throttle = on_throttle
-        self._on_retry = on_retry
-        self._clock = clock
-        self._last_success = clock()  # of any request of the run: one float, replaced whole
-
-    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
-        """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
-        attempt = throttled = failed_inside = 0
-        while True:
-            error: BaseException
-            try:
-                result = operation()
-            except botocore.exceptions.ClientError as refused:
-                if is_throttled(refused):
-                    throttled += 1
-                    self._wait_while_busy(refused, what=what, times=throttled)
-                    continue
-                if is_busy(refused):
-                    failed_inside += 1
-                    if failed_inside == SERVER_ERROR_ATTEMPTS:
-                        raise
-                    self._wait_while_busy(refused, what=what, times=failed_inside)
-                    continue
-                if not (retry_bodies and error_code(refused) in DAMAGED_UPLOAD_CODES):
-                    raise
-                error = refused
-            except RETRYABLE_BODY_ERRORS as broken:
-                if not retry_bodies:
-                    raise
-                error = broken
-            else:
-                self._last_success = self._clock()
-                return result
-            attempt += 1
-            if attempt == BODY_ATTEMPTS:
-                raise error
-            self._on_retry()
-            delay = backoff_delay(attempt)
-            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
-                        BODY_ATTEMPTS)
-            self._wait(delay, error)
-
-    def _wait_while_busy(self, error: botocore.exceptions.ClientError, *, what: str, times: int) -> None:
-        idle = self._clock() - self._last_success
-        if idle >= THROTTLE_PATIENCE:
-            LOG.warning("%s: S3 answered %s %d times, and no request of this run has succeeded for %.0f minutes; "
-                        "giving up on it", what, error_code(error), times, idle / 60)
-            raise error
-        self._on_throttle()
-        delay = backoff_delay(times)
-        LOG.info("%s: S3 is busy (%s); sending it again in %.1f s (%d so far)", what, error_code(error), delay, times)
-        self._wait(delay, error)
-
-    def _wait(self, delay: float, error: BaseException) -> None:
-        if self._stopping.wait(delay):
-            raise StopRequested() from error
-
-
-def is_fatal_error(error: BaseException) -> bool:
-    """Errors that no other object would escape: bad, expired or missing credentials, missing bucket."""
-    return (
-        error_code(error) in CREDENTIAL_ERROR_CODES
-        or error_code(error) in MISSING_BUCKET_CODES
-        or isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError))
-    )
-
 
 def explicit_endpoint(settings: SideSettings) -> Optional[str]:
     """The endpoint URL this side will use when it is not AWS: our flag, else botocore's env vars."""
@@ -1358,7 +1466,7 @@ def _may_read(source: Side, key: str) -> bool:
 
 
 # =============================================================================================
-# 4. Listing and planning
+# 5. Listing and planning
 # =============================================================================================
 
 
@@ -1690,7 +1798,6 @@ INVENTORY_MAX_LINE = MiB  # a row is a few KiB at most: keys are 1,024 bytes, 3 
 INVENTORY_HEAD_THREADS = 4  # HeadObject requests in flight for rows that lack a size or an ETag
 INVENTORY_HEAD_WINDOW = 4 * INVENTORY_HEAD_THREADS  # rows waiting behind the oldest unanswered one
 INVENTORY_SCHEMA_REQUIRED = ("Bucket", "Key")
-MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1972,7 +2079,7 @@ def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing:
             response = source.retries.call(lambda: source.client.head_object(Bucket=source.bucket, Key=key),
                                            what=f"HeadObject of {key}")
         except botocore.exceptions.ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
+            if classify(error) is ErrorKind.NOT_FOUND:
                 return None
             raise FatalTransferError(explain_error(error, side=source.settings, bucket=source.bucket,
                                                    action="s3:GetObject", key=key)) from None
@@ -2026,7 +2133,7 @@ def _read_inventory_document(location: str, source: Side, *, what: str) -> Optio
         return source.retries.call(lambda: source.client.get_object(Bucket=bucket, Key=key)["Body"].read(),
                                    what=f"reading {location}", retry_bodies=True)
     except botocore.exceptions.ClientError as error:
-        if error_code(error) in MISSING_OBJECT_CODES:
+        if classify(error) is ErrorKind.NOT_FOUND:
             return None
         raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
@@ -2045,7 +2152,7 @@ def _inventory_file_size(location: str, source: Side) -> Optional[int]:
         return int(source.retries.call(lambda: source.client.head_object(Bucket=bucket, Key=key),
                                        what=f"HeadObject of {location}")["ContentLength"])
     except botocore.exceptions.ClientError as error:
-        if error_code(error) in MISSING_OBJECT_CODES:
+        if classify(error) is ErrorKind.NOT_FOUND:
             return None
         raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
@@ -2183,7 +2290,7 @@ def _open_manifest(location: str, source: Side) -> Inventory:
 
 
 # =============================================================================================
-# 5. Moving bodies and proving them: the BodyTransport interface, ETag checks
+# 6. Moving bodies and proving them: the BodyTransport interface, ETag checks
 # =============================================================================================
 
 PRESERVED_HEADERS = (
@@ -2312,11 +2419,6 @@ CRT_SLOWEST_EXPECTED_RATE = 1 * MiB  # bytes per second
 # awscrt's own errors for a request it gave up on while S3 refused it as busy, when it does not hand
 # over S3's answer itself: read as that answer's status, so that Retries sends the request again.
 CRT_BUSY_ERRORS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
-
-
-class TransportError(ConnectionError):
-    """A request the crt engine could not complete after awscrt's own retries (refused or reset
-    connections, no answer within --read-timeout): retried as a broken body is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3238,10 +3340,6 @@ class IntegrityCheck:
         return None
 
 
-class IntegrityMismatch(Exception):
-    """The bytes downloaded do not hash to the source's ETag: never completed, copied again whole."""
-
-
 def etag_of_parts(part_etags: Iterable[str]) -> Optional[str]:
     """The ETag S3 gives a multipart object made of parts with these ETags (MD5 of their MD5s, then
     -N), or None when a part's ETag is not an MD5 and so proves nothing."""
@@ -3273,8 +3371,133 @@ def server_side_check(check: IntegrityCheck) -> IntegrityCheck:
     return IntegrityCheck("size-only", reason=reason)
 
 
+def server_side_parts_check(check: IntegrityCheck, *, part_etags: dict[int, str], part_checksums: dict[int, str],
+                            part_sizes: Iterable[int], part_etags_are_md5: Optional[bool]) -> IntegrityCheck:
+    """How the parts S3 copied (UploadPartCopy) are proven to make the source: their ETags make its
+    multipart ETag, where the destination's encryption leaves part ETags MD5s (CreateMultipartUpload's
+    and each UploadPartCopy's answer say); else their checksums make its checksum; else only the size."""
+    numbers = sorted(part_etags)
+    if check.method == "etag" and part_etags_are_md5 is not False:
+        made = etag_of_parts(part_etags[number] for number in numbers) or "none (a part ETag is not an MD5)"
+        if made != check.expected:
+            raise IntegrityMismatch(f"integrity mismatch: the parts S3 copied make the ETag {made}, "
+                                    f"the source ETag says {check.expected}")
+        return check
+    source_checksum = check.checksum
+    if source_checksum is not None and all(number in part_checksums for number in numbers):
+        if source_checksum.composite and check.method == "etag":  # the copy repeats the source's parts
+            made = combined_checksum(source_checksum.algorithm, (part_checksums[n] for n in numbers),
+                                     part_sizes, full_object=False)
+            if made != source_checksum.value:
+                raise IntegrityMismatch(f"integrity mismatch: the parts S3 copied make the "
+                                        f"{source_checksum.algorithm} {made}, the source says "
+                                        f"{source_checksum.value}")
+            return IntegrityCheck("checksum", checksum=source_checksum)
+        if check.full_object_checksum:  # S3 checks the combined value at completion
+            return IntegrityCheck("checksum", checksum=source_checksum)
+    if check.method == "etag":
+        return IntegrityCheck("size-only", reason="it was copied server-side into a bucket whose encryption "
+                                                  "(SSE-KMS or SSE-C) makes part ETags no MD5s, and S3 gave no "
+                                                  "checksums that make the source's")
+    return check
+
+
+class IntegrityPlanner:
+    """How an object's bytes are to be proven, read from the source: HeadObject of the listed version
+    (with its checksum), and of its parts where its ETag is of a multipart upload, to learn the part
+    layout its multipart ETag (or composite checksum) is computed along."""
+
+    def __init__(self, source: Side) -> None:
+        self.source = source
+
+    def head(self, listed: ListedObject) -> dict[str, Any]:
+        """HeadObject of the listed version of a source object, with its checksum; an object archived
+        and not restored fails here, before anything is written for it."""
+        try:
+            head = self.source.retries.call(lambda: self.source.client.head_object(
+                Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag, ChecksumMode="ENABLED"),
+                what=f"HeadObject of {listed.key}")
+        except botocore.exceptions.ClientError as error:
+            if classify(error) is ErrorKind.SOURCE_CHANGED:
+                raise SourceChanged() from None
+            raise S3CallFailed(error, action="s3:GetObject", side="source") from error
+        archived = unrestored_archive(head)
+        if archived:
+            raise ObjectFailure(f"it is {archived}")
+        return head
+
+    def check(self, key: str, etag: str, response: dict[str, Any], size: int) -> IntegrityCheck:
+        """What the object's bytes can be checked against: its MD5 ETag, or for an object uploaded
+        in parts, its MD5-of-MD5s along the part layout that HeadObject(PartNumber) reveals; and its
+        additional checksum, if it has one (the only proof when SSE-KMS makes the ETag opaque)."""
+        value = etag.strip('"')
+        checksum = find_source_checksum(response, value)
+        plain = plain_md5_etag(etag, response)
+        if plain is not None:
+            return IntegrityCheck("md5", plain, (max(size, 1),), checksum)
+        encrypted = etag_is_opaque(response)
+        counted = re.search(r"-(\d+)$", checksum.value if checksum and checksum.composite else value)
+        layout = self.part_layout(key, size, int(counted.group(1))) if counted else None
+        if checksum is not None and checksum.composite and layout is None:
+            checksum = None  # a composite checksum cannot be recomputed without the part layout
+        if not encrypted and re.fullmatch(r"[0-9a-f]{32}-\d+", value) and layout is not None:
+            return IntegrityCheck("etag", value, layout, checksum)
+        if checksum is not None:
+            return IntegrityCheck("checksum", "", layout or (), checksum)
+        if encrypted:
+            return IntegrityCheck("size-only", reason="its ETag is not an MD5 (SSE-KMS or SSE-C encryption) and "
+                                                      "it has no additional checksum")
+        if layout is None and re.fullmatch(r"[0-9a-f]{32}-\d+", value):
+            return IntegrityCheck("size-only", reason=f"the source's parts are of unequal sizes and more than "
+                                                      f"{LAYOUT_PROBE_LIMIT:,}, too many to read each one's size")
+        return IntegrityCheck("size-only", reason=f"its ETag {etag} is in no format S3 documents")
+
+    def part_layout(self, key: str, size: int, parts_count: int) -> Optional[tuple[int, ...]]:
+        """The source's part sizes, from HeadObject(PartNumber) of its first and last part, or of
+        every part when those two do not describe equal parts (up to LAYOUT_PROBE_LIMIT parts).
+
+        No If-Match here (a server quirk: moto answers HeadObject(PartNumber) with the part's own ETag
+        and so fails it). A version that changed since is caught anyway: its sizes would not add up,
+        or the If-Match of the ranged GETs fails, or the bytes do not hash to the ETag.
+        """
+
+        def part_head(number: int) -> dict[str, Any]:
+            return self.source.retries.call(lambda: self.source.client.head_object(
+                Bucket=self.source.bucket, Key=key, PartNumber=number), what=f"HeadObject of part {number} of {key}")
+
+        first = part_head(1)
+        last = first if parts_count == 1 else part_head(parts_count)
+        if int(first.get("PartsCount") or parts_count) != parts_count:
+            return None
+        layout = equal_part_layout(size, parts_count, first["ContentLength"], last["ContentLength"])
+        if layout is None and 2 <= parts_count <= LAYOUT_PROBE_LIMIT:
+            middle = tuple(part_head(number)["ContentLength"] for number in range(2, parts_count))
+            layout = (first["ContentLength"], *middle, last["ContentLength"])
+            if sum(layout) != size:
+                return None
+        return layout
+
+
+def copy_part_size(listed: ListedObject, check: IntegrityCheck, config: TransferConfig, *, server_side: bool) -> int:
+    """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
+    bytes, so any size fits), else our chunk size, raised if needed to stay within 10,000 parts."""
+    source_part = check.source_part_sizes[0] if check.method == "etag" and check.uniform_parts else 0
+    largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * config.chunk_size,
+                                                    max(config.memory_limit, config.chunk_size))
+    # A source that is not AWS S3 may hold more than 10,000 parts; S3 would refuse part 10,001.
+    if MIN_PART_SIZE <= source_part <= largest and math.ceil(listed.size / source_part) <= MAX_PARTS:
+        return source_part
+    part_size = choose_part_size(listed.size, config.chunk_size)  # the engine refused what is too large
+    if part_size != config.chunk_size and not server_side:
+        LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
+                    "limit at once (raise --memory-limit to copy more of them in parallel)",
+                    json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
+                    max(config.memory_limit // part_size, 1), format_size(config.memory_limit))
+    return part_size
+
+
 # =============================================================================================
-# 6. The transfer engine
+# 7. The transfer engine
 # =============================================================================================
 
 
@@ -3376,10 +3599,6 @@ class CopyModeChoice:
 SERVER_SIDE_COPY = "server-side copy"  # the permission, as PermissionBreaker counts it
 
 
-class ServerSideRefused(Exception):
-    """S3 refused a server-side copy in --copy-mode auto: the object is copied again by streaming."""
-
-
 class PermissionBreaker:
     """Turns repeated AccessDenied on an action that has never once been allowed into a stop.
 
@@ -3427,472 +3646,135 @@ class UploadedPart:
         return None
 
 
-class MultipartCopy:
-    """One large object in flight: its upload, its part plan, and the parts already uploaded.
+@dataclasses.dataclass(frozen=True)
+class UploadRecord:
+    """A multipart upload as the progress file keeps it for resume: which upload, of which version
+    of the source, cut in parts of which size, with which checksum, and the parts uploaded so far.
+    ProgressStore builds it from the file's entry (from_document) and writes it back (document)."""
 
-    Whoever creates the upload registers it here; `abandon` is the single place that aborts it, so
-    no failure path can leave parts behind (the s3transfer pattern).
+    upload_id: str
+    destination_key: str
+    source_etag: Optional[str]
+    size: Optional[int]
+    part_size: int
+    checksum_algorithm: Optional[str] = None
+    checksum_type: Optional[str] = None  # "FULL_OBJECT" or "COMPOSITE" when there is an algorithm
+    # From CreateMultipartUpload's answer: False under SSE-KMS or SSE-C, None when unknown (an upload
+    # begun by an older version of the tool).
+    part_etags_are_md5: Optional[bool] = None
+    parts: dict[int, str] = dataclasses.field(default_factory=dict)  # part number -> ETag
+    part_checksums: dict[int, str] = dataclasses.field(default_factory=dict)
+    digest: Optional[dict[str, Any]] = None  # the digest's saved state (OrderedDigest.state) and identity
+    recheck: bool = False  # its parts did not make the source: each to be compared with the source again
+    completing: Optional[dict[str, Any]] = None  # MultipartCopy.expected_destination, set before completion
 
-    The digest is of what was uploaded, never of a fresh read: a rerun takes it up from the state the
-    progress file kept (the parts up to `digest.parts_hashed` are then neither read nor sent again),
-    and each part S3 has beyond it (`to_recheck`) is read again and compared with what S3 holds,
-    kept if it holds the same bytes, uploaded again if not (see UploadedPart.holds).
-    """
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> "UploadRecord":
+        return cls(upload_id=document["upload_id"], destination_key=document["destination_key"],
+                   source_etag=document.get("source_etag"), size=document.get("size"),
+                   part_size=document["part_size"], checksum_algorithm=document.get("checksum_algorithm"),
+                   checksum_type=document.get("checksum_type"),
+                   part_etags_are_md5=document.get("part_etags_are_md5"),
+                   parts={int(number): etag for number, etag in (document.get("parts") or {}).items()},
+                   part_checksums={int(number): value
+                                   for number, value in (document.get("part_checksums") or {}).items()},
+                   digest=document.get("digest"), recheck=bool(document.get("recheck")),
+                   completing=document.get("completing"))
 
-    def __init__(self, source: ListedObject, destination_key: str, upload_id: str, part_size: int,
-                 check: IntegrityCheck, *, upload_checksum: Optional[UploadChecksum],
-                 part_etags_are_md5: Optional[bool], server_side: bool = False) -> None:
-        self.source = source
-        self.server_side = server_side  # parts copied by S3 (UploadPartCopy): no bytes here to hash
-        self.check = check
-        self.upload_checksum = upload_checksum
-        # From CreateMultipartUpload's answer: False under SSE-KMS or SSE-C, None when unknown (an upload
-        # begun by an older version of the tool).
-        self.part_etags_are_md5 = part_etags_are_md5
-        self.digest = None if server_side else self.check.new_digest()
-        self.destination_key = destination_key
-        self.upload_id = upload_id
-        self.part_size = part_size
-        self.parts = plan_parts(source.size, part_size)
-        self.completed: dict[int, str] = {}
-        self.part_checksums: dict[int, str] = {}  # our parts' checksums, when the upload has an algorithm
-        self.to_recheck: dict[int, UploadedPart] = {}
-        self.started = time.monotonic()
-        self._lock = threading.Lock()
-        self.abandoned = False
-        self.rechecking = False
+    def document(self) -> dict[str, Any]:
+        """The progress file's entry for it."""
+        document: dict[str, Any] = {
+            "upload_id": self.upload_id,
+            "destination_key": self.destination_key,
+            "source_etag": self.source_etag,
+            "size": self.size,
+            "part_size": self.part_size,
+            "checksum_algorithm": self.checksum_algorithm,
+            "checksum_type": self.checksum_type,
+            "part_etags_are_md5": self.part_etags_are_md5,
+            "parts": {str(number): etag for number, etag in sorted(self.parts.items())},
+            "part_checksums": {str(number): value for number, value in sorted(self.part_checksums.items())},
+        }
+        if self.digest is not None:
+            document["digest"] = self.digest
+        if self.recheck:
+            document["recheck"] = True
+        if self.completing is not None:
+            document["completing"] = self.completing
+        return document
 
     @property
-    def part_algorithm(self) -> Optional[str]:
-        return self.upload_checksum.algorithm if self.upload_checksum else None
-
-    def missing_parts(self) -> list[PartRange]:
-        return [part for part in self.parts if part.number not in self.completed]
-
-    def part_done(self, number: int, etag: str, checksum: Optional[str]) -> bool:
-        """Record an uploaded part; True when every part is uploaded (and the job still stands)."""
-        with self._lock:
-            self.completed[number] = etag
-            if checksum is not None:
-                self.part_checksums[number] = checksum
-            return not self.abandoned and len(self.completed) == len(self.parts)
-
-    def claim_abandon(self) -> bool:
-        """True for the first caller only: exactly one abort per upload."""
-        with self._lock:
-            if self.abandoned:
-                return False
-            self.abandoned = True
-            return True
-
-    def claim_recheck(self) -> bool:
-        """True for the first caller only: one recheck of the parts per mismatch."""
-        with self._lock:
-            if self.abandoned or self.rechecking:
-                return False
-            self.rechecking = True
-            return True
-
-    def expected_destination(self) -> dict[str, Any]:
-        """What the completed object will be, for a rerun that finds the upload gone because it was
-        completed just before a crash: its size, its ETag where our part ETags are MD5s, its checksum."""
-        numbers = [part.number for part in self.parts]
-        etags = [self.completed[number] for number in numbers]
-        expected: dict[str, Any] = {"size": self.source.size,
-                                    "etag": etag_of_parts(etags) if self.part_etags_are_md5 is not False else None}
-        if self.upload_checksum is not None and all(number in self.part_checksums for number in numbers):
-            expected["checksum"] = {
-                "algorithm": self.part_algorithm,
-                "value": combined_checksum(self.part_algorithm, (self.part_checksums[n] for n in numbers),
-                                           (part.size for part in self.parts),
-                                           full_object=self.upload_checksum.full_object)}
-        return expected
+    def upload_checksum(self) -> Optional[UploadChecksum]:
+        """The checksum its parts carry, as recorded."""
+        if not self.checksum_algorithm:
+            return None
+        return UploadChecksum(self.checksum_algorithm, full_object=self.checksum_type != "COMPOSITE")
 
 
-class UploadGone(Exception):
-    """The multipart upload a progress file recorded no longer exists at the destination."""
+class RunStop:
+    """Whether the run is stopping: Ctrl-C (`stopping`), or a failure that dooms every further
+    request (`fatal`, which TransferEngine.run raises once the units in flight have ended)."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self.stopping = stopping
+        self.fatal: Optional[FatalTransferError] = None
+
+    def should_stop(self) -> bool:
+        return self.stopping.is_set() or self.fatal is not None
+
+    def stop(self, error: FatalTransferError) -> None:
+        if self.fatal is None:
+            self.fatal = error
 
 
-class PartsToRecheck(Exception):
-    """The uploaded parts do not make the source's ETag or checksum: read each again from the source
-    and upload again those S3 holds differently, rather than start the whole object over."""
-
-
-class TransferEngine:
-    """Schedules units of work (small objects, parts) onto a bounded pool and settles each object.
-
-    The main thread lists, plans and submits; workers move bodies and report to the ProgressStore;
-    the main thread writes the progress file, and a worker only just before it completes an upload
-    (ProgressStore.save). The MemoryBudget, taken before a unit is
-    submitted and given back when it ends, is what bounds memory: never the whole listing queued.
-    """
+class CopyServices:
+    """What every copy of an object works with (both sides, the transport, the progress store, the
+    status line, the run's Retries), and the steps the small-object and multipart copies share:
+    a body's request with its retries, a server-side request, the tags, the settling of a success,
+    and the destination's side of an upload (is it done, abort it)."""
 
     def __init__(self, config: TransferConfig, *, source: Side, destination: Side, transport: BodyTransport,
-                 progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event,
-                 copy_mode: Optional[CopyModeChoice] = None) -> None:
+                 progress: "ProgressStore", status: "StatusReporter", run: RunStop, permissions: PermissionBreaker,
+                 copy_mode: CopyModeChoice, planner: IntegrityPlanner,
+                 bandwidth: Optional[BandwidthLimit] = None) -> None:
         self.config = config
-        self.copy_mode = copy_mode or CopyModeChoice("stream", unavailable="")
         self.source = source
         self.destination = destination
         self.transport = transport
         self.progress = progress
         self.status = status
-        self.stopping = stopping
-        self.permissions = PermissionBreaker()
+        self.run = run
+        self.permissions = permissions
+        self.copy_mode = copy_mode
+        self.planner = planner
         self.retries = source.retries  # every request of the engine goes through it (one for both sides)
-        self.fatal: Optional[FatalTransferError] = None
-        self._stop_announced = False
-        self._last_tick = 0.0
-        self._budget = MemoryBudget(config.memory_limit, max_units=config.max_workers)
-        self._pool = concurrent.futures.ThreadPoolExecutor(config.max_workers, thread_name_prefix="worker")
-        self._in_flight: set[concurrent.futures.Future[None]] = set()
-        self._in_flight_lock = threading.Lock()
-        self._restarts: "queue.SimpleQueue[tuple[ListedObject, int]]" = queue.SimpleQueue()
-        self._bandwidth = BandwidthLimit(config.max_bandwidth, stopping) if config.max_bandwidth else None
+        self._bandwidth = bandwidth
 
-    # -- the scheduler (main thread) -------------------------------------------------------
+    def should_stop(self) -> bool:
+        return self.run.should_stop()
 
-    def run(self, listing: ListingWindow, retry_keys: Iterable[str]) -> None:
+    def throttle(self, amount: int) -> None:
+        """Wait for --max-bandwidth before a GET; every byte read is written once, so capping the
+        reads caps the writes too."""
+        if self._bandwidth is not None:
+            self._bandwidth.take(amount)
+
+    def body_request(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
+        """A GET or PUT of a body through Retries, which also sends again what botocore does not: a
+        body broken after the headers arrived, or one that does not match its ETag. A unit already
+        started is let finish when the run stops (Ctrl-C), but it is not retried then."""
         try:
-            for key in retry_keys:
-                if self._should_stop():
-                    break
-                retried = self._head_for_retry(key)
-                if retried is not None:
-                    self._schedule(retried, attempt=1)
-            while not self._should_stop():
-                self._drain_restarts()
-                self._tick_if_due()
-                listed = listing.next(self.tick)
-                if listed is None:
-                    if not self._should_stop():
-                        self.progress.listing_finished()
-                        self.status.listing_complete = True
-                    break
-                self.status.listed(listed.size)
-                if self.progress.is_done_beyond_watermark(listed.key):
-                    self.progress.listed(listed.key, already_done=True)
-                    continue
-                self.progress.listed(listed.key)
-                self._schedule(listed, attempt=1)
-            self._wait_for_in_flight()
-            if self.status.listing_complete and not self._should_stop():
-                # Every listed key is settled, so an upload still recorded belongs to a key that was
-                # deleted from the source (or filtered away) since an earlier run: nothing will finish it.
-                for key in self.progress.uploads():
-                    self._abort_recorded_upload(key, "the source object no longer exists")
-        except StopRequested:
-            pass  # Ctrl-C while the scheduler's own request waited out a busy S3: the units in flight finish below
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.fatal is not None:
-            raise self.fatal
+            return self.retries.call(operation, what=what, retry_bodies=True)
+        except botocore.exceptions.ClientError as refused:
+            if classify(refused) is ErrorKind.DAMAGED_UPLOAD:  # S3 refused the body every time as damaged
+                raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
+                                    f"{refused}") from refused
+            raise S3CallFailed(refused, action=action, side=side.settings.side) from refused
+        except RETRYABLE_BODY_ERRORS as broken:
+            kind = "integrity mismatch: " if isinstance(broken, botocore.exceptions.FlexibleChecksumError) else ""
+            raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{broken}") from broken
 
-    def tick(self) -> None:
-        self._last_tick = time.monotonic()
-        if self.stopping.is_set() and not self._stop_announced:
-            self._stop_announced = True
-            LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
-        self.status.tick()
-        self.progress.save_if_due(self.status.summary())
-
-    def _tick_if_due(self) -> None:
-        """Tick on time, not only while waiting: when workers free up faster than TICK_SECONDS and
-        the listing is ahead, the scheduler never waits, and without this the progress file would not
-        be saved (nor the status drawn) until the run ended."""
-        if time.monotonic() - self._last_tick >= TICK_SECONDS:
-            self.tick()
-
-    def _should_stop(self) -> bool:
-        return self.stopping.is_set() or self.fatal is not None
-
-    def _wait_for_in_flight(self) -> None:
-        while True:
-            self._drain_restarts()
-            with self._in_flight_lock:
-                pending = set(self._in_flight)
-            if not pending and (self._restarts.empty() or self._should_stop()):
-                return
-            concurrent.futures.wait(pending, timeout=TICK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
-            self.tick()
-
-    def _drain_restarts(self) -> None:
-        while not self._should_stop():
-            try:
-                changed, attempt = self._restarts.get_nowait()
-            except queue.Empty:
-                return
-            fresh = self._head_for_retry(changed.key)
-            if fresh is not None:
-                self._schedule(fresh, attempt=attempt)
-
-    def _head_for_retry(self, key: str) -> Optional[ListedObject]:
-        """A failed or changed key, as it is now: None (and settled) when it is gone or unreadable."""
-        try:
-            head = self.retries.call(lambda: self.source.client.head_object(Bucket=self.source.bucket, Key=key),
-                                     what=f"HeadObject of {key}")
-        except botocore.exceptions.ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
-                self.source_vanished(key)
-                return None
-            self._settle_failure(key, error, action="s3:GetObject", side=self.source)
-            return None
-        return ListedObject(key=key, size=head["ContentLength"], etag=head["ETag"],
-                            storage_class=head.get("StorageClass", "STANDARD"))
-
-    def source_vanished(self, key: str) -> None:
-        """A key listed (or named by an inventory) that the source no longer has: not a failure, since
-        there is nothing left to copy, but told, in the log and the final report's count. Called from
-        workers and the lister too."""
-        LOG.info("%s no longer exists in the source; nothing to copy", json.dumps(key, ensure_ascii=False))
-        self.progress.vanished(key)
-        self.status.vanished()
-
-    def _submit(self, work: Callable[[], None], *, cost: int) -> bool:
-        """Hand one unit to the pool once a worker and `cost` bytes of the memory budget are free;
-        False (nothing submitted) when the run stops while waiting."""
-        while not self._budget.acquire(cost, timeout=TICK_SECONDS):
-            self.tick()
-            if self._should_stop():
-                return False
-        if self._should_stop():
-            self._budget.release(cost)
-            return False
-        future = self._pool.submit(work)
-        with self._in_flight_lock:
-            self._in_flight.add(future)
-        future.add_done_callback(lambda finished: self._unit_finished(finished, cost))
-        return True
-
-    def _unit_finished(self, future: "concurrent.futures.Future[None]", cost: int) -> None:
-        with self._in_flight_lock:
-            self._in_flight.discard(future)
-        self._budget.release(cost)
-
-    def _schedule(self, listed: ListedObject, *, attempt: int) -> None:
-        destination_key = map_destination_key(listed.key, self.config.source, self.config.destination)
-        refusal = why_uncopyable(listed.key[len(self.config.source.prefix):], destination_key, listed.size)
-        if refusal is not None:
-            self._abort_recorded_upload(listed.key, refusal)
-            self._settle_failure(listed.key, ObjectFailure(refusal))
-            return
-        server_side = self.copy_mode.server_side()
-        if copied_in_one_request(destination_key, listed.size, multipart_threshold=self.config.multipart_threshold):
-            self._abort_recorded_upload(listed.key, "the object is now copied with one request, not in parts")
-            copy = self._copy_small_server_side if server_side else self._copy_small_object
-            self._submit(lambda: self._guarded(listed, attempt, copy, listed, destination_key),
-                         cost=0 if server_side else listed.size)
-            return
-        try:
-            job = self._start_multipart(listed, destination_key, server_side=server_side)
-        except (SourceChanged, StopRequested) as error:
-            self._handle_unit_error(listed, attempt, error)
-            return
-        except Exception as error:  # noqa: BLE001 - settled as this object's failure, never swallowed
-            self._handle_unit_error(listed, attempt, error, action="s3:CreateMultipartUpload")
-            return
-        if job is None:  # a previous run completed it just before it was stopped
-            return
-        if not job.missing_parts():  # every part survived a previous run, and is hashed
-            self._submit(lambda: self._guarded(listed, attempt, self._complete_multipart, job), cost=0)
-            return
-        # In part order, so that the part the OrderedDigest waits for is always in flight.
-        for part in job.missing_parts():
-            if job.abandoned:  # a part already failed and settled the object
-                return
-            work = self._copy_part_server_side if job.server_side else self._copy_part
-            if not self._submit(lambda work=work, part=part: self._guarded(listed, attempt, work, job, part),
-                                cost=0 if job.server_side else part.size):
-                return
-
-    def _guarded(self, listed: ListedObject, attempt: int, work: Callable[..., None], *args: Any) -> None:
-        """Run one unit; turn whatever it raises into the object's outcome. Never lets an error vanish."""
-        if self._should_stop():
-            return
-        self.status.worker_busy(+1)
-        try:
-            work(*args)
-        except Exception as error:  # noqa: BLE001 - every error becomes an outcome, see _handle_unit_error
-            job = args[0] if args and isinstance(args[0], MultipartCopy) else None
-            self._handle_unit_error(listed, attempt, error, job=job)
-        finally:
-            self.status.worker_busy(-1)
-
-    def _handle_unit_error(self, listed: ListedObject, attempt: int, error: BaseException, *,
-                           job: Optional[MultipartCopy] = None, action: str = "") -> None:
-        """Settle one failed unit. The first failing part of a multipart object aborts its upload and
-        settles the object; failures of its sibling parts that were already in flight change nothing."""
-        if isinstance(error, StopRequested):
-            return  # left as it is: the upload stays recorded, the key stays pending, a rerun resumes
-        # Deleted since it was listed (an inventory report may be days old). NoSuchKey comes from a GET or,
-        # for a server-side copy, from the destination's CopyObject; a bare 404 from a HeadObject.
-        if error_code(error) == "NoSuchKey" or (error_code(error) in MISSING_OBJECT_CODES
-                                                 and getattr(error, "side", "") == "source"):
-            if job is None or self._abandon(job, "the source object no longer exists"):
-                self.source_vanished(listed.key)
-            return
-        if isinstance(error, ServerSideRefused):
-            if job is None or self._abandon(job, "S3 refused the server-side copy; streaming it instead"):
-                self._restarts.put((listed, attempt))
-            return
-        if isinstance(error, PartsToRecheck) and job is not None and attempt < OBJECT_ATTEMPTS:
-            if job.claim_recheck():
-                LOG.warning("%s: %s; reading its parts from the source again to upload again those S3 holds "
-                            "differently", json.dumps(listed.key, ensure_ascii=False), error)
-                self.progress.recheck_upload(listed.key)
-                self._restarts.put((listed, attempt + 1))
-            return
-        if isinstance(error, (IntegrityMismatch, PartsToRecheck)):
-            why = str(error)
-        elif isinstance(error, SourceChanged):
-            why = "the source object changed during the copy (If-Match failed); it is read again at its new version"
-        elif error_code(error) == "NoSuchUpload":
-            why = "the multipart upload disappeared from the destination"
-        else:
-            why = ""
-        if job is not None and not self._abandon(job, why or str(error)):
-            return
-        if why and attempt < OBJECT_ATTEMPTS:
-            LOG.warning("%s: %s; copying it again whole", json.dumps(listed.key, ensure_ascii=False), why)
-            self._restarts.put((listed, attempt + 1))
-            return
-        if why:
-            error = ObjectFailure(f"{why} (after {OBJECT_ATTEMPTS} attempts)")
-        self._settle_failure(listed.key, error, action=getattr(error, "action", "") or action,
-                             side=self._side_named_by(error))
-
-    def _side_named_by(self, error: BaseException) -> Side:
-        """The side an error is about: the one whose bucket S3 names in it (NoSuchBucket's BucketName,
-        the source's for an UploadPartCopy whose source is gone, though the request went to the
-        destination), else the side the request went to."""
-        named = error_detail(error, "BucketName")
-        if named and self.source.bucket != self.destination.bucket:
-            if named == self.source.bucket:
-                return self.source
-            if named == self.destination.bucket:
-                return self.destination
-        return self.destination if getattr(error, "side", None) == "destination" else self.source
-
-    def _settle_failure(self, key: str, error: BaseException, *, action: str = "",
-                        side: Optional[Side] = None) -> None:
-        """Record the failure of one object, or stop the run if no object could succeed either."""
-        side = side or self.source
-        if isinstance(error, FatalTransferError):
-            self._stop_run(error)
-            return
-        if isinstance(error, ObjectFailure):
-            reason = str(error)
-        else:
-            reason = explain_error(error, side=side.settings, bucket=side.bucket, action=action or "the copy",
-                                   key=key if side is self.source else "")
-            # A KMS denial is about the object's key: other objects, under other keys, may be readable.
-            denied = error_code(error) in DENIED_CODES and not kms_permission_denied(error)
-            if is_fatal_error(error) or (denied and self.permissions.denied(action)):
-                self._stop_run(FatalTransferError(reason))
-                if error_code(error) not in DENIED_CODES:
-                    return  # no key is to blame for expired credentials or a missing bucket
-        if not isinstance(error, (ObjectFailure, botocore.exceptions.ClientError)):
-            LOG.info("unexpected error for %s", json.dumps(key, ensure_ascii=False), exc_info=error)
-        LOG.error("FAILED %s: %s", json.dumps(key, ensure_ascii=False), reason)
-        self.progress.mark_failed(key, reason)
-        self.status.object_failed()
-
-    def _stop_run(self, error: FatalTransferError) -> None:
-        if self.fatal is None:
-            self.fatal = error
-
-    # -- small objects (workers) -----------------------------------------------------------
-
-    def _copy_small_object(self, listed: ListedObject, destination_key: str) -> None:
-        started = time.monotonic()
-        fetched, check = self._with_body_retries(
-            lambda: self._fetch_verified(listed.key, listed.size), what=f"GET {listed.key}", action="s3:GetObject",
-            side=self.source,
-        )
-        tags = self._tags_if_any(listed.key, fetched.response.get("TagCount", 0))
-        arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(self.config)
-        if check.checksum is not None:
-            # Sent with its value, S3 checks the body against it and keeps the source's algorithm. A
-            # full-object value was just checked against these bytes: no need to compute it again.
-            algorithm = check.checksum.algorithm
-            value = checksum_of(algorithm, fetched.body) if check.checksum.composite else check.checksum.value
-            arguments.update({"ChecksumAlgorithm": algorithm, f"Checksum{algorithm}": value})
-        # Likewise the MD5, when it is what the bytes were checked against.
-        md5_base64 = content_md5(bytes.fromhex(check.expected) if check.method == "md5" else md5_digest(fetched.body))
-        self._with_body_retries(
-            lambda: self.transport.put_object(
-                self.destination.bucket, destination_key, fetched.body, content_md5=md5_base64, arguments=arguments,
-            ),
-            what=f"PUT {destination_key}", action="s3:PutObject", side=self.destination,
-        )
-        self._object_done(listed.key, len(fetched.body), started, check)
-
-    def _fetch_verified(self, key: str, listed_size: int) -> tuple[FetchedObject, IntegrityCheck]:
-        """GET a whole object and check its bytes against its ETag and checksum; a mismatch is
-        retried as a damaged body would be."""
-        self._throttle(listed_size)
-        fetched = self.transport.get_object(self.source.bucket, key, expected_size=listed_size)
-        check = self._integrity_check(key, fetched.etag, fetched.response, len(fetched.body))
-        digest = check.new_digest()
-        if digest is not None:
-            digest.update(fetched.body)
-            mismatch = check.mismatch(digest)
-            if mismatch:
-                raise BodyMismatch(mismatch)
-        return fetched, check
-
-    def _integrity_check(self, key: str, etag: str, response: dict[str, Any], size: int) -> IntegrityCheck:
-        """What the object's bytes can be checked against: its MD5 ETag, or for an object uploaded
-        in parts, its MD5-of-MD5s along the part layout that HeadObject(PartNumber) reveals; and its
-        additional checksum, if it has one (the only proof when SSE-KMS makes the ETag opaque)."""
-        value = etag.strip('"')
-        checksum = find_source_checksum(response, value)
-        plain = plain_md5_etag(etag, response)
-        if plain is not None:
-            return IntegrityCheck("md5", plain, (max(size, 1),), checksum)
-        encrypted = etag_is_opaque(response)
-        counted = re.search(r"-(\d+)$", checksum.value if checksum and checksum.composite else value)
-        layout = self._part_layout(key, size, int(counted.group(1))) if counted else None
-        if checksum is not None and checksum.composite and layout is None:
-            checksum = None  # a composite checksum cannot be recomputed without the part layout
-        if not encrypted and re.fullmatch(r"[0-9a-f]{32}-\d+", value) and layout is not None:
-            return IntegrityCheck("etag", value, layout, checksum)
-        if checksum is not None:
-            return IntegrityCheck("checksum", "", layout or (), checksum)
-        if encrypted:
-            return IntegrityCheck("size-only", reason="its ETag is not an MD5 (SSE-KMS or SSE-C encryption) and "
-                                                      "it has no additional checksum")
-        if layout is None and re.fullmatch(r"[0-9a-f]{32}-\d+", value):
-            return IntegrityCheck("size-only", reason=f"the source's parts are of unequal sizes and more than "
-                                                      f"{LAYOUT_PROBE_LIMIT:,}, too many to read each one's size")
-        return IntegrityCheck("size-only", reason=f"its ETag {etag} is in no format S3 documents")
-
-    def _part_layout(self, key: str, size: int, parts_count: int) -> Optional[tuple[int, ...]]:
-        """The source's part sizes, from HeadObject(PartNumber) of its first and last part, or of
-        every part when those two do not describe equal parts (up to LAYOUT_PROBE_LIMIT parts).
-
-        No If-Match here: moto answers HeadObject(PartNumber) with the part's own ETag and so fails
-        it. A version that changed since is caught anyway: its sizes would not add up, or the
-        If-Match of the ranged GETs fails, or the bytes do not hash to the ETag.
-        """
-
-        def part_head(number: int) -> dict[str, Any]:
-            return self.retries.call(lambda: self.source.client.head_object(
-                Bucket=self.source.bucket, Key=key, PartNumber=number), what=f"HeadObject of part {number} of {key}")
-
-        first = part_head(1)
-        last = first if parts_count == 1 else part_head(parts_count)
-        if int(first.get("PartsCount") or parts_count) != parts_count:
-            return None
-        layout = equal_part_layout(size, parts_count, first["ContentLength"], last["ContentLength"])
-        if layout is None and 2 <= parts_count <= LAYOUT_PROBE_LIMIT:
-            middle = tuple(part_head(number)["ContentLength"] for number in range(2, parts_count))
-            layout = (first["ContentLength"], *middle, last["ContentLength"])
-            if sum(layout) != size:
-                return None
-        return layout
-
-    def _tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
+    def tags_if_any(self, key: str, tag_count: Optional[int]) -> list[dict[str, str]]:
         """The object's tags ([] with --no-tags). GetObject says how many there are (no header means
         none to credentials that may read tags, as tag_access_refusal made sure of one object: a
         policy that lets them read the tags of some objects only would leave the others untagged),
@@ -3903,196 +3785,52 @@ class TransferEngine:
             tags = self.retries.call(lambda: self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key),
                                      what=f"GetObjectTagging of {key}")["TagSet"]
         except botocore.exceptions.ClientError as error:
-            _annotate(error, action="s3:GetObjectTagging", side="source")
-            raise
+            raise S3CallFailed(error, action="s3:GetObjectTagging", side="source") from error
         self.permissions.allowed("s3:GetObjectTagging")
         return tags
 
-    # -- large objects ---------------------------------------------------------------------
-
-    def _start_multipart(self, listed: ListedObject, destination_key: str, *,
-                         server_side: bool) -> Optional[MultipartCopy]:
-        """Resume the recorded upload for this key if it still fits the source, else create one; None
-        when the record's upload was completed just before a previous run was stopped (then settled).
-
-        Runs on the main thread: it costs a few requests per object of 100 MiB or more. When the
-        source was itself uploaded in parts of a size that fits the memory budget, the copy uses the
-        same part boundaries, so the destination's ETag comes out identical to the source's.
-        """
-        head = self._head_source(listed)
+    def server_side_request(self, key: str, operation: str, request: Callable[[], T]) -> T:
+        """Send a CopyObject or UploadPartCopy; a changed source restarts the object, and a refusal
+        before any server-side copy succeeded turns --copy-mode auto to streaming."""
         try:
-            check = self._integrity_check(listed.key, head["ETag"], head, head["ContentLength"])
+            return self.retries.call(request, what=f"{operation} of {key}")
         except botocore.exceptions.ClientError as error:
-            _annotate(error, action="s3:GetObject", side="source")
-            raise
-        part_size = self._part_size_for(listed, check, server_side=server_side)
-        if server_side:
-            check = server_side_check(check)
-        record = self.progress.upload_for(listed.key)
-        if record is not None:
-            try:
-                resumed = self._resume_multipart(listed, destination_key, part_size, record, check,
-                                                 server_side=server_side)
-            except UploadGone:
-                if self._completed_before_the_stop(listed, destination_key, record):
-                    return None
-                LOG.info("the recorded upload for %s no longer exists; starting it again",
-                         json.dumps(listed.key, ensure_ascii=False))
-                resumed = None
-            if resumed is not None:
-                return resumed
-        tags = self._tags_if_any(listed.key, None)
-        arguments = ObjectAttributes.from_response(head, tags).upload_arguments(self.config)
-        upload_checksum = check.upload_checksum(server_side=server_side)
-        try:
-            created = self.retries.call(lambda: self.destination.client.create_multipart_upload(
-                Bucket=self.destination.bucket, Key=destination_key, **arguments,
-                **(upload_checksum.create_arguments() if upload_checksum else {})),
-                what=f"CreateMultipartUpload of {destination_key}")
-        except botocore.exceptions.ClientError as error:
-            _annotate(error, action="s3:PutObject", side="destination")
-            raise
-        self.permissions.allowed("s3:PutObject")
-        job = MultipartCopy(listed, destination_key, created["UploadId"], part_size, check,
-                            upload_checksum=upload_checksum, part_etags_are_md5=not etag_is_opaque(created),
-                            server_side=server_side)
-        # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
-        self.progress.record_upload(listed, job)
-        self.progress.save(self.status.summary())
-        self._abort_unrecorded_uploads(destination_key, keep=job.upload_id)
-        LOG.info("started %smultipart upload of %s (%s, %d parts of %s, verified by %s)",
-                 "server-side " if server_side else "", json.dumps(listed.key, ensure_ascii=False),
-                 format_size(listed.size), len(job.parts), format_size(part_size), check.method)
-        return job
-
-    def _head_source(self, listed: ListedObject) -> dict[str, Any]:
-        """HeadObject of the listed version of a source object, with its checksum; an object archived
-        and not restored fails here, before anything is written for it."""
-        try:
-            head = self.retries.call(lambda: self.source.client.head_object(
-                Bucket=self.source.bucket, Key=listed.key, IfMatch=listed.etag, ChecksumMode="ENABLED"),
-                what=f"HeadObject of {listed.key}")
-        except botocore.exceptions.ClientError as error:
-            if error_code(error) in {"PreconditionFailed", "412"}:
+            code = error_code(error)
+            kind = classify(error)
+            if kind is ErrorKind.SOURCE_CHANGED:
                 raise SourceChanged() from None
-            _annotate(error, action="s3:GetObject", side="source")
-            raise
-        archived = unrestored_archive(head)
-        if archived:
-            raise ObjectFailure(f"it is {archived}")
-        return head
+            if code in DENIED_CODES:
+                why = (f"{operation} of s3://{self.source.bucket}/{key} with the destination credentials "
+                       f"({self.destination.settings.origin}): {code}")
+                if self.copy_mode.refused(why):
+                    raise ServerSideRefused(why) from None
+                failure = FatalTransferError if self.permissions.denied(SERVER_SIDE_COPY) else ObjectFailure
+                raise failure(
+                    f"S3 refused the server-side copy ({code}): a server-side copy needs the destination "
+                    f"credentials ({self.destination.settings.origin}) to have s3:GetObject on "
+                    f"s3://{self.source.bucket}/{key} (same account, or a bucket policy granting the destination "
+                    "account); use --copy-mode stream to copy through this machine instead") from None
+            raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
 
-    def _part_size_for(self, listed: ListedObject, check: IntegrityCheck, *, server_side: bool) -> int:
-        """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
-        bytes, so any size fits), else our chunk size, raised if needed to stay within 10,000 parts."""
-        source_part = check.source_part_sizes[0] if check.method == "etag" and check.uniform_parts else 0
-        largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * self.config.chunk_size,
-                                                        max(self.config.memory_limit, self.config.chunk_size))
-        # A source that is not AWS S3 may hold more than 10,000 parts; S3 would refuse part 10,001.
-        if MIN_PART_SIZE <= source_part <= largest and math.ceil(listed.size / source_part) <= MAX_PARTS:
-            return source_part
-        part_size = choose_part_size(listed.size, self.config.chunk_size)  # _schedule refused what is too large
-        if part_size != self.config.chunk_size and not server_side:
-            LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
-                        "limit at once (raise --memory-limit to copy more of them in parallel)",
-                        json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
-                        max(self.config.memory_limit // part_size, 1), format_size(self.config.memory_limit))
-        return part_size
+    def server_side_succeeded(self) -> None:
+        self.copy_mode.succeeded()
+        self.permissions.allowed(SERVER_SIDE_COPY)
 
-    def _resume_multipart(self, listed: ListedObject, destination_key: str, part_size: int,
-                          record: dict[str, Any], check: IntegrityCheck, *,
-                          server_side: bool) -> Optional[MultipartCopy]:
-        """Continue a recorded upload with only its missing parts, whichever mode uploaded them;
-        ListParts, not our file, says which parts S3 has. None when the upload cannot be continued
-        (it is then aborted). UploadGone when S3 no longer has it."""
-        recorded_checksum = record.get("checksum_algorithm")
-        # An upload of a source without a checksum goes on with whatever its parts carry (ours, or none
-        # when an older version of the tool began it); one of a source with a checksum needs that one.
-        upload_checksum = (check.upload_checksum(server_side=server_side) if check.checksum is not None
-                           else UploadChecksum(recorded_checksum, full_object=record.get("checksum_type") != "COMPOSITE")
-                           if recorded_checksum else None)
-        job = MultipartCopy(listed, destination_key, record["upload_id"], record["part_size"], check,
-                            upload_checksum=upload_checksum, part_etags_are_md5=record.get("part_etags_are_md5"),
-                            server_side=server_side)
-        if (record.get("source_etag") != listed.etag or record.get("size") != listed.size
-                or record.get("part_size") != part_size or record.get("destination_key") != destination_key
-                or (check.checksum is not None and recorded_checksum != check.checksum_algorithm)):
-            self._abandon(job, "the source object or the part size changed since the upload began")
-            return None
-        if recorded_checksum and not computable(recorded_checksum):  # begun where awscrt was installed
-            self._abandon(job, f"its parts carry {recorded_checksum} checksums, which this installation cannot "
-                               "compute (pip install -r requirements.txt installs awscrt)")
-            return None
-        try:
-            uploaded = self._uploaded_parts(job, record)
-        except botocore.exceptions.ClientError as error:
-            if error_code(error) != "NoSuchUpload":
-                _annotate(error, action="s3:ListMultipartUploadParts", side="destination")
-                raise
-            self.progress.forget_upload(listed.key)
-            raise UploadGone() from None
-        hashed = self._take_up_digest(job, record, uploaded)
-        for number, part in uploaded.items():
-            if number <= hashed or job.digest is None:
-                job.part_done(number, part.etag, part.checksum)
-            else:
-                job.to_recheck[number] = part
-        LOG.info("resuming multipart upload of %s: %d of %d parts already uploaded%s",
-                 json.dumps(listed.key, ensure_ascii=False), len(uploaded), len(job.parts),
-                 f", {len(job.to_recheck)} of them to be read again and compared with the source"
-                 if job.to_recheck else "")
-        self.progress.record_upload(listed, job)
-        return job
+    def object_done(self, key: str, size: int, started: float, check: IntegrityCheck, *,
+                    counted_bytes: Optional[int] = None, server_side: bool = False) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.progress.mark_done(key, size)
+        self.status.object_done(size, bytes_moved=size if counted_bytes is None else counted_bytes,
+                                verified_by=check.method, server_side=server_side)
+        self.permissions.allowed("s3:GetObject")
+        self.permissions.allowed("s3:PutObject")
+        verified = f"verified by {check.method}" + (f" because {check.reason}" if check.reason else "")
+        if check.checksum is not None and check.method != "checksum":
+            verified += f" and {check.checksum.algorithm}"
+        LOG.info("copied %s %s in %.2f s (%s/s), %s%s", json.dumps(key, ensure_ascii=False), format_size(size),
+                 elapsed, format_size(size / elapsed), verified, " (server-side copy)" if server_side else "")
 
-    def _uploaded_parts(self, job: MultipartCopy, record: dict[str, Any]) -> dict[int, UploadedPart]:
-        """The parts S3 has of the upload at their planned size, with their checksums: ListParts has
-        them on S3 (moto and SeaweedFS omit them), and our own record has what we sent."""
-        planned = {part.number: part.size for part in job.parts}
-        checksum_field = f"Checksum{job.part_algorithm}" if job.part_algorithm else ""
-        recorded_checksums = record.get("part_checksums") or {}
-        uploaded: dict[int, UploadedPart] = {}
-        for page in pages(self.destination, "list_parts", Bucket=self.destination.bucket, Key=job.destination_key,
-                          UploadId=job.upload_id):
-            for part in page.get("Parts", ()):
-                number = part["PartNumber"]
-                checksum = (part.get(checksum_field) or recorded_checksums.get(str(number))) if checksum_field else None
-                # A part copied server-side has no bytes here to compute its checksum again from, and the
-                # completion must name it: without one it is copied again.
-                if planned.get(number) == part["Size"] and (checksum or not (checksum_field and job.server_side)):
-                    uploaded[number] = UploadedPart(part["ETag"], checksum)
-        return uploaded
-
-    def _take_up_digest(self, job: MultipartCopy, record: dict[str, Any], uploaded: dict[int, UploadedPart]) -> int:
-        """Restore the digest the last run saved, when it belongs to this check and every part it
-        hashed is still the one S3 has (the same ETag as recorded); the number of parts it hashed."""
-        saved = record.get("digest")
-        if job.digest is None or record.get("recheck") or not saved or saved.get("identity") != job.check.identity():
-            return 0
-        hashed = saved["next_part"] - 1
-        recorded = record.get("parts") or {}
-        if any(number not in uploaded or recorded.get(str(number), "").strip('"') != uploaded[number].etag.strip('"')
-               for number in range(1, hashed + 1)):
-            return 0
-        try:
-            job.digest = job.check.new_digest(saved)
-        except (ValueError, KeyError, TypeError):  # a state this machine cannot take up (no OpenSSL here)
-            return 0
-        return hashed
-
-    def _completed_before_the_stop(self, listed: ListedObject, destination_key: str, record: dict[str, Any]) -> bool:
-        """Whether the destination holds the object the recorded upload was completing when the last
-        run stopped (killed between S3's completion and the progress save). Then it is settled as
-        done, not copied again."""
-        proof = self._destination_holds(destination_key, record.get("completing"))
-        if proof is None:
-            return False
-        LOG.info("%s was completed at the destination just before the last run stopped (its %s is what the "
-                 "uploaded parts make); not copied again", json.dumps(listed.key, ensure_ascii=False), proof)
-        self.progress.mark_done(listed.key, listed.size)
-        self.status.skipped()
-        return True
-
-    def _destination_holds(self, destination_key: str, expected: Optional[dict[str, Any]]) -> Optional[str]:
+    def destination_holds(self, destination_key: str, expected: Optional[dict[str, Any]]) -> Optional[str]:
         """What proves the destination object is the one an upload completes into (MultipartCopy.
         expected_destination): the same size, and the ETag or the checksum the uploaded parts make;
         None when it is not, or there is none."""
@@ -4103,10 +3841,9 @@ class TransferEngine:
                 Bucket=self.destination.bucket, Key=destination_key, ChecksumMode="ENABLED"),
                 what=f"HeadObject of {destination_key}")
         except botocore.exceptions.ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
+            if classify(error) is ErrorKind.NOT_FOUND:
                 return None
-            _annotate(error, action="s3:GetObject", side="destination")
-            raise
+            raise S3CallFailed(error, action="s3:GetObject", side="destination") from error
         checksum = expected.get("checksum") or {}
         if head["ContentLength"] != expected["size"]:
             return None
@@ -4116,228 +3853,97 @@ class TransferEngine:
             return f"{checksum['algorithm']} checksum"
         return None
 
-    def _copy_part(self, job: MultipartCopy, part: PartRange) -> None:
-        """GET one part and upload it; or, for a part S3 already has from before an interruption, GET
-        it and keep S3's copy when it holds the same bytes. Then hash it, in its turn."""
-        if job.abandoned:
-            return
-        body = self._download_part(job, part)
-        algorithm = job.part_algorithm
-        part_checksum = checksum_of(algorithm, body) if algorithm else None
-        uploaded = job.to_recheck.get(part.number)
-        # S3 checks the body against the part's checksum, so Content-MD5 would be a second guard at the
-        # price of an MD5 pass (the slowest hash here): computed only when there is no checksum, when
-        # the digest of the source's ETag needs this part's MD5 anyway, or to compare with an ETag.
-        needs_md5 = not algorithm or job.check.method == "etag" or (uploaded is not None and not uploaded.checksum)
-        part_md5 = md5_digest(body) if needs_md5 else None
-        holds = uploaded.holds(md5=part_md5, checksum=part_checksum, etag_is_md5=job.part_etags_are_md5) \
-            if uploaded is not None else None
-        if holds:
-            etag = uploaded.etag  # type: ignore[union-attr]
-        else:
-            if uploaded is not None:
-                LOG.warning("part %d of %s, uploaded before the last run stopped, %s; uploading it again",
-                            part.number, json.dumps(job.source.key, ensure_ascii=False),
-                            "holds other bytes than the source" if holds is False else
-                            "cannot be compared with the source (its ETag is no MD5, as under SSE-KMS, and S3 "
-                            "gave no checksum for it)")
-            etag = self._upload_part(job, part, body, md5=part_md5, checksum=part_checksum)
-        self.progress.record_part(job.source.key, part.number, etag, part_checksum)
-        all_uploaded = job.part_done(part.number, etag, part_checksum)
-        if job.digest is not None:
-            job.digest.feed(part.number, body, cancelled=lambda: job.abandoned or self._should_stop(),
-                            part_md5=part_md5 if job.check.method == "etag" else None,
-                            part_checksum=base64.b64decode(part_checksum)
-                            if part_checksum and algorithm == job.check.checksum_algorithm else None)
-            if part.number == len(job.parts):  # whoever hashes the last part completes the upload
-                self._complete_multipart(job)
-        elif all_uploaded:
-            self._complete_multipart(job)
-
-    def _upload_part(self, job: MultipartCopy, part: PartRange, body: bytes, *, md5: Optional[bytes],
-                     checksum: Optional[str]) -> str:
-        etag = self._with_body_retries(
-            lambda: self.transport.upload_part(
-                self.destination.bucket, job.destination_key, upload_id=job.upload_id, part_number=part.number,
-                body=body, content_md5=content_md5(md5) if md5 is not None and not checksum else None,
-                checksum={f"Checksum{job.part_algorithm}": checksum} if checksum else {},
-            ),
-            what=f"UploadPart {part.number} of {job.destination_key}", action="s3:PutObject", side=self.destination,
-        )
-        self.status.bytes_moved_by_part(part.size)
-        return etag
-
-    def _download_part(self, job: MultipartCopy, part: PartRange) -> bytes:
-        return self._with_body_retries(
-            lambda: self._get_part(job, part), what=f"GET part {part.number} of {job.source.key}",
-            action="s3:GetObject", side=self.source,
-        )
-
-    def _get_part(self, job: MultipartCopy, part: PartRange) -> bytes:
-        self._throttle(part.size)
-        try:
-            return self.transport.get_range(self.source.bucket, job.source.key, part, if_match=job.source.etag)
-        except botocore.exceptions.ClientError as error:
-            if error_code(error) in {"PreconditionFailed", "412"}:
-                raise SourceChanged() from None
-            raise
-
-    def _complete_multipart(self, job: MultipartCopy) -> None:
-        """Check the parts against the plan and the source, then complete: never a short or stitched
-        object. The progress file learns what the completed object will be first, so that a run
-        killed after S3 completed it and before the next save finds it done instead of copying it again."""
-        numbers = sorted(job.completed)
-        if numbers != [part.number for part in job.parts]:
-            raise ObjectFailure(f"only {len(numbers)} of {len(job.parts)} parts were uploaded")
-        if job.digest is not None:
-            mismatch = job.check.mismatch(job.digest)
-            if mismatch:
-                raise PartsToRecheck(mismatch)
-        check = self._server_side_verification(job) if job.server_side else job.check
-        parts: list[dict[str, Any]] = [{"PartNumber": n, "ETag": job.completed[n]} for n in numbers]
-        checksum: dict[str, str] = {}
-        algorithm = job.part_algorithm
-        if algorithm and all(number in job.part_checksums for number in numbers):
-            for part in parts:
-                part[f"Checksum{algorithm}"] = job.part_checksums[part["PartNumber"]]
-            if job.check.full_object_checksum and job.check.checksum is not None:
-                # S3 combines the part CRCs and refuses to complete if they do not make this value.
-                checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": job.check.checksum.value}
-        elif algorithm and check.method == "checksum":
-            # moto returns no checksum for a copied part (S3 does): nothing can be checked then.
-            check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
-        expected = job.expected_destination()
-        self.progress.completing(job.source.key, expected)
-        self.progress.save(self.status.summary())
-        try:
-            self.retries.call(lambda: self.destination.client.complete_multipart_upload(
-                Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
-                MultipartUpload={"Parts": parts}, **checksum,
-            ), what=f"CompleteMultipartUpload of {job.destination_key}")
-        except botocore.exceptions.ClientError as error:
-            # An attempt S3 carried out but whose answer was lost, sent again by botocore, finds the
-            # upload gone: what it completed is at the destination.
-            if not (error_code(error) == "NoSuchUpload" and self._destination_holds(job.destination_key, expected)):
-                _annotate(error, action="s3:PutObject", side="destination")
-                raise
-        if job.server_side:
-            self._server_side_succeeded()
-        # Done first, then the upload forgotten: a save between the two keeps both (a rerun skips the
-        # key and finds the upload gone), never neither (which would copy the object again).
-        self._object_done(job.source.key, job.source.size, job.started, check, counted_bytes=0,
-                          server_side=job.server_side)
-        self.progress.forget_upload(job.source.key)
-
-    def _server_side_verification(self, job: MultipartCopy) -> IntegrityCheck:
-        """How the parts S3 copied are proven to make the source: their ETags make its multipart ETag,
-        where the destination's encryption leaves part ETags MD5s (CreateMultipartUpload's and each
-        UploadPartCopy's answer say); else their checksums make its checksum; else only the size."""
-        check = job.check
-        numbers = sorted(job.completed)
-        if check.method == "etag" and job.part_etags_are_md5 is not False:
-            made = etag_of_parts(job.completed[number] for number in numbers) or "none (a part ETag is not an MD5)"
-            if made != check.expected:
-                raise IntegrityMismatch(f"integrity mismatch: the parts S3 copied make the ETag {made}, "
-                                        f"the source ETag says {check.expected}")
-            return check
-        source_checksum = check.checksum
-        if source_checksum is not None and all(number in job.part_checksums for number in numbers):
-            if source_checksum.composite and check.method == "etag":  # the copy repeats the source's parts
-                made = combined_checksum(source_checksum.algorithm, (job.part_checksums[n] for n in numbers),
-                                         (part.size for part in job.parts), full_object=False)
-                if made != source_checksum.value:
-                    raise IntegrityMismatch(f"integrity mismatch: the parts S3 copied make the "
-                                            f"{source_checksum.algorithm} {made}, the source says "
-                                            f"{source_checksum.value}")
-                return IntegrityCheck("checksum", checksum=source_checksum)
-            if check.full_object_checksum:  # S3 checks the combined value at completion
-                return IntegrityCheck("checksum", checksum=source_checksum)
-        if check.method == "etag":
-            return IntegrityCheck("size-only", reason="it was copied server-side into a bucket whose encryption "
-                                                      "(SSE-KMS or SSE-C) makes part ETags no MD5s, and S3 gave no "
-                                                      "checksums that make the source's")
-        return check
-
-    def _abandon(self, job: MultipartCopy, reason: str) -> bool:
-        """Abort the job's upload and forget it: the one clean-up every failure path runs. True for
-        the caller that did it, False if the job was already abandoned."""
-        if not job.claim_abandon():
-            return False
-        self._abort_upload(job.destination_key, job.upload_id, reason)
-        self.progress.forget_upload(job.source.key)
-        return True
-
-    def _abort_upload(self, destination_key: str, upload_id: str, reason: str) -> None:
+    def abort_upload(self, destination_key: str, upload_id: str, reason: str) -> None:
         try:
             self.retries.call(lambda: self.destination.client.abort_multipart_upload(
                 Bucket=self.destination.bucket, Key=destination_key, UploadId=upload_id
             ), what=f"AbortMultipartUpload of {destination_key}")
             LOG.info("aborted multipart upload of %s: %s", json.dumps(destination_key, ensure_ascii=False), reason)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
-            if error_code(error) != "NoSuchUpload":
+            if classify(error) is not ErrorKind.UPLOAD_GONE:
                 LOG.warning("could not abort the multipart upload %s of %s (%s); a lifecycle rule "
                             "AbortIncompleteMultipartUpload on the destination bucket will clean it up",
                             upload_id, json.dumps(destination_key, ensure_ascii=False), error_code(error) or error)
 
-    def _abort_unrecorded_uploads(self, destination_key: str, *, keep: str) -> None:
-        """Abort unfinished uploads of exactly this key other than ours (`keep`): a kill -9 between
-        CreateMultipartUpload and the progress save that follows it leaves one, and so does a
-        CreateMultipartUpload that S3 carried out but whose answer was lost, which botocore then
-        sent again. The object is being written anyway. Best effort: without
-        s3:ListBucketMultipartUploads, skip it."""
-        try:
-            # URL-encoded: any other upload under this prefix, of a key XML cannot carry, would make the
-            # whole answer unreadable (botocore asks so for ListObjects only).
-            listing = self.retries.call(lambda: self.destination.client.list_multipart_uploads(
-                Bucket=self.destination.bucket, Prefix=destination_key, EncodingType="url"),
-                what=f"ListMultipartUploads of {destination_key}")
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
-                botocore.parsers.ResponseParserError) as error:  # an answer botocore cannot read, too
-            LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
-            return
-        for upload in listing.get("Uploads", ()):
-            if listed_key(upload["Key"], listing) == destination_key and upload["UploadId"] != keep:
-                self._abort_upload(destination_key, upload["UploadId"],
-                                   "an unfinished upload of the same key that no progress file records")
 
-    def _abort_recorded_upload(self, source_key: str, reason: str) -> None:
-        """Abort an upload a previous run kept for resume that can no longer be continued."""
-        record = self.progress.upload_for(source_key)
-        if record is not None:
-            self._abort_upload(record["destination_key"], record["upload_id"], reason)
-            self.progress.forget_upload(source_key)
+class SmallObjectCopier:
+    """Copies an object below the multipart threshold with one request each way: streamed (one GET,
+    its bytes checked, one PUT) or server-side (one CopyObject, proven by what S3 answers)."""
 
-    # -- server-side copies (workers): S3 moves the bytes, we only ask -----------------------
+    def __init__(self, services: CopyServices) -> None:
+        self.services = services
 
-    def _copy_small_server_side(self, listed: ListedObject, destination_key: str) -> None:
+    def copy_streamed(self, listed: ListedObject, destination_key: str) -> None:
+        services = self.services
+        started = time.monotonic()
+        fetched, check = services.body_request(
+            lambda: self._fetch_verified(listed.key, listed.size), what=f"GET {listed.key}", action="s3:GetObject",
+            side=services.source,
+        )
+        tags = services.tags_if_any(listed.key, fetched.response.get("TagCount", 0))
+        arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(services.config)
+        if check.checksum is not None:
+            # Sent with its value, S3 checks the body against it and keeps the source's algorithm. A
+            # full-object value was just checked against these bytes: no need to compute it again.
+            algorithm = check.checksum.algorithm
+            value = checksum_of(algorithm, fetched.body) if check.checksum.composite else check.checksum.value
+            arguments.update({"ChecksumAlgorithm": algorithm, f"Checksum{algorithm}": value})
+        # Likewise the MD5, when it is what the bytes were checked against.
+        md5_base64 = content_md5(bytes.fromhex(check.expected) if check.method == "md5" else md5_digest(fetched.body))
+        services.body_request(
+            lambda: services.transport.put_object(
+                services.destination.bucket, destination_key, fetched.body, content_md5=md5_base64,
+                arguments=arguments,
+            ),
+            what=f"PUT {destination_key}", action="s3:PutObject", side=services.destination,
+        )
+        services.object_done(listed.key, len(fetched.body), started, check)
+
+    def _fetch_verified(self, key: str, listed_size: int) -> tuple[FetchedObject, IntegrityCheck]:
+        """GET a whole object and check its bytes against its ETag and checksum; a mismatch is
+        retried as a damaged body would be."""
+        services = self.services
+        services.throttle(listed_size)
+        fetched = services.transport.get_object(services.source.bucket, key, expected_size=listed_size)
+        check = services.planner.check(key, fetched.etag, fetched.response, len(fetched.body))
+        digest = check.new_digest()
+        if digest is not None:
+            digest.update(fetched.body)
+            mismatch = check.mismatch(digest)
+            if mismatch:
+                raise BodyMismatch(mismatch)
+        return fetched, check
+
+    def copy_server_side(self, listed: ListedObject, destination_key: str) -> None:
         """CopyObject keeps metadata, headers, tags and the checksum (the COPY directives), but not the
         website redirect, which S3 copies only when the request names it (CopyObject reference,
         x-amz-website-redirect-location): so the source is read with HeadObject first, which also says
-        how the copy can be proven (see _verified_copy)."""
+        how the copy can be proven (see verified_copy)."""
+        services = self.services
         started = time.monotonic()
-        head = self._head_source(listed)
+        head = services.planner.head(listed)
         checksum = find_source_checksum(head, listed.etag.strip('"'))
         # Asked for by name, the copy gets a checksum of the source's algorithm, computed by S3 from the
         # bytes it copied and returned with the answer: the proof where ETags are no MD5s.
         ask = {"ChecksumAlgorithm": checksum.algorithm} if checksum is not None and not checksum.composite else {}
         redirect = {"WebsiteRedirectLocation": head["WebsiteRedirectLocation"]} \
             if head.get("WebsiteRedirectLocation") else {}
-        response = self._server_side_request(
+        response = services.server_side_request(
             listed.key, "CopyObject",
-            lambda: self.destination.client.copy_object(
-                Bucket=self.destination.bucket, Key=destination_key,
-                CopySource={"Bucket": self.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
-                MetadataDirective="COPY", TaggingDirective="COPY" if self.config.copy_tags else "REPLACE",
-                **ask, **redirect, **storage_arguments(self.config),
+            lambda: services.destination.client.copy_object(
+                Bucket=services.destination.bucket, Key=destination_key,
+                CopySource={"Bucket": services.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
+                MetadataDirective="COPY", TaggingDirective="COPY" if services.config.copy_tags else "REPLACE",
+                **ask, **redirect, **storage_arguments(services.config),
             ),
         )
-        check = self._verified_copy(listed, head, response, checksum)
-        self._server_side_succeeded()
-        self._object_done(listed.key, listed.size, started, check, server_side=True)
+        check = self.verified_copy(listed, head, response, checksum)
+        services.server_side_succeeded()
+        services.object_done(listed.key, listed.size, started, check, server_side=True)
 
     @staticmethod
-    def _verified_copy(listed: ListedObject, head: dict[str, Any], response: dict[str, Any],
-                       checksum: Optional[SourceChecksum]) -> IntegrityCheck:
+    def verified_copy(listed: ListedObject, head: dict[str, Any], response: dict[str, Any],
+                      checksum: Optional[SourceChecksum]) -> IntegrityCheck:
         """How a CopyObject is proven, from what S3 answered: by the ETag where neither object's
         encryption makes it opaque (HeadObject's and CopyObject's x-amz-server-side-encryption, SSE-C
         headers); else by the checksum S3 computed for the copy; else by size only, saying why.
@@ -4364,103 +3970,784 @@ class TransferEngine:
                       "repeat, and it has no full-object checksum for S3 to compute again")
         return IntegrityCheck("size-only", reason=reason)
 
-    def _server_side_succeeded(self) -> None:
-        self.copy_mode.succeeded()
-        self.permissions.allowed(SERVER_SIDE_COPY)
 
-    def _copy_part_server_side(self, job: MultipartCopy, part: PartRange) -> None:
-        if job.abandoned:
+class MultipartCopy:
+    """One large object in flight, owner of its upload's life cycle once the upload exists (see
+    MultipartUploads for starting or resuming one): copy a part (streamed, or server-side), complete,
+    and abandon, the single clean-up every failure path runs, which aborts the upload: no failure
+    path can leave parts behind (the s3transfer pattern).
+
+    The digest is of what was uploaded, never of a fresh read: a rerun takes it up from the state the
+    progress file kept (the parts up to `digest.parts_hashed` are then neither read nor sent again),
+    and each part S3 has beyond it (`to_recheck`) is read again and compared with what S3 holds,
+    kept if it holds the same bytes, uploaded again if not (see UploadedPart.holds).
+    """
+
+    def __init__(self, source: ListedObject, upload: UploadRecord, check: IntegrityCheck, *,
+                 upload_checksum: Optional[UploadChecksum], services: CopyServices, server_side: bool = False) -> None:
+        self.source = source
+        self.server_side = server_side  # parts copied by S3 (UploadPartCopy): no bytes here to hash
+        self.check = check
+        self.upload_checksum = upload_checksum
+        self.part_etags_are_md5 = upload.part_etags_are_md5
+        self.digest = None if server_side else self.check.new_digest()
+        self.destination_key = upload.destination_key
+        self.upload_id = upload.upload_id
+        self.part_size = upload.part_size
+        self.parts = plan_parts(source.size, upload.part_size)
+        self.completed: dict[int, str] = {}
+        self.part_checksums: dict[int, str] = {}  # our parts' checksums, when the upload has an algorithm
+        self.to_recheck: dict[int, UploadedPart] = {}
+        self.started = time.monotonic()
+        self._services = services
+        self._lock = threading.Lock()
+        self.abandoned = False
+        self.rechecking = False
+
+    @property
+    def part_algorithm(self) -> Optional[str]:
+        return self.upload_checksum.algorithm if self.upload_checksum else None
+
+    def record(self) -> UploadRecord:
+        """The upload as the progress file keeps it."""
+        return UploadRecord(
+            upload_id=self.upload_id, destination_key=self.destination_key, source_etag=self.source.etag,
+            size=self.source.size, part_size=self.part_size, checksum_algorithm=self.part_algorithm,
+            checksum_type=("FULL_OBJECT" if self.upload_checksum.full_object else "COMPOSITE")
+            if self.upload_checksum else None,
+            part_etags_are_md5=self.part_etags_are_md5, parts=dict(self.completed),
+            part_checksums=dict(self.part_checksums))
+
+    def missing_parts(self) -> list[PartRange]:
+        return [part for part in self.parts if part.number not in self.completed]
+
+    def part_done(self, number: int, etag: str, checksum: Optional[str]) -> bool:
+        """Record an uploaded part; True when every part is uploaded (and the upload still stands)."""
+        with self._lock:
+            self.completed[number] = etag
+            if checksum is not None:
+                self.part_checksums[number] = checksum
+            return not self.abandoned and len(self.completed) == len(self.parts)
+
+    def claim_recheck(self) -> bool:
+        """True for the first caller only: one recheck of the parts per mismatch."""
+        with self._lock:
+            if self.abandoned or self.rechecking:
+                return False
+            self.rechecking = True
+            return True
+
+    def abandon(self, reason: str) -> bool:
+        """Abort the upload and forget it: the one clean-up every failure path runs. True for the
+        caller that did it, False (and nothing done) if it was already abandoned."""
+        with self._lock:
+            if self.abandoned:
+                return False
+            self.abandoned = True
+        self._services.abort_upload(self.destination_key, self.upload_id, reason)
+        self._services.progress.forget_upload(self.source.key)
+        return True
+
+    def expected_destination(self) -> dict[str, Any]:
+        """What the completed object will be, for a rerun that finds the upload gone because it was
+        completed just before a crash: its size, its ETag where our part ETags are MD5s, its checksum."""
+        numbers = [part.number for part in self.parts]
+        etags = [self.completed[number] for number in numbers]
+        expected: dict[str, Any] = {"size": self.source.size,
+                                    "etag": etag_of_parts(etags) if self.part_etags_are_md5 is not False else None}
+        if self.upload_checksum is not None and all(number in self.part_checksums for number in numbers):
+            expected["checksum"] = {
+                "algorithm": self.part_algorithm,
+                "value": combined_checksum(self.part_algorithm, (self.part_checksums[n] for n in numbers),
+                                           (part.size for part in self.parts),
+                                           full_object=self.upload_checksum.full_object)}
+        return expected
+
+    def copy_part(self, part: PartRange) -> None:
+        """GET one part and upload it; or, for a part S3 already has from before an interruption, GET
+        it and keep S3's copy when it holds the same bytes. Then hash it, in its turn."""
+        if self.abandoned:
             return
-        response = self._server_side_request(
-            job.source.key, "UploadPartCopy",
-            lambda: self.destination.client.upload_part_copy(
-                Bucket=self.destination.bucket, Key=job.destination_key, UploadId=job.upload_id,
-                PartNumber=part.number, CopySource={"Bucket": self.source.bucket, "Key": job.source.key},
-                CopySourceRange=f"bytes={part.start}-{part.end}", CopySourceIfMatch=job.source.etag,
+        body = self._download_part(part)
+        algorithm = self.part_algorithm
+        part_checksum = checksum_of(algorithm, body) if algorithm else None
+        uploaded = self.to_recheck.get(part.number)
+        # S3 checks the body against the part's checksum, so Content-MD5 would be a second guard at the
+        # price of an MD5 pass (the slowest hash here): computed only when there is no checksum, when
+        # the digest of the source's ETag needs this part's MD5 anyway, or to compare with an ETag.
+        needs_md5 = not algorithm or self.check.method == "etag" or (uploaded is not None and not uploaded.checksum)
+        part_md5 = md5_digest(body) if needs_md5 else None
+        holds = uploaded.holds(md5=part_md5, checksum=part_checksum, etag_is_md5=self.part_etags_are_md5) \
+            if uploaded is not None else None
+        if holds:
+            etag = uploaded.etag  # type: ignore[union-attr]
+        else:
+            if uploaded is not None:
+                LOG.warning("part %d of %s, uploaded before the last run stopped, %s; uploading it again",
+                            part.number, json.dumps(self.source.key, ensure_ascii=False),
+                            "holds other bytes than the source" if holds is False else
+                            "cannot be compared with the source (its ETag is no MD5, as under SSE-KMS, and S3 "
+                            "gave no checksum for it)")
+            etag = self._upload_part(part, body, md5=part_md5, checksum=part_checksum)
+        self._services.progress.record_part(self.source.key, part.number, etag, part_checksum)
+        all_uploaded = self.part_done(part.number, etag, part_checksum)
+        if self.digest is not None:
+            self.digest.feed(part.number, body, cancelled=lambda: self.abandoned or self._services.should_stop(),
+                             part_md5=part_md5 if self.check.method == "etag" else None,
+                             part_checksum=base64.b64decode(part_checksum)
+                             if part_checksum and algorithm == self.check.checksum_algorithm else None)
+            if part.number == len(self.parts):  # whoever hashes the last part completes the upload
+                self.complete()
+        elif all_uploaded:
+            self.complete()
+
+    def _upload_part(self, part: PartRange, body: bytes, *, md5: Optional[bytes], checksum: Optional[str]) -> str:
+        services = self._services
+        etag = services.body_request(
+            lambda: services.transport.upload_part(
+                services.destination.bucket, self.destination_key, upload_id=self.upload_id,
+                part_number=part.number, body=body,
+                content_md5=content_md5(md5) if md5 is not None and not checksum else None,
+                checksum={f"Checksum{self.part_algorithm}": checksum} if checksum else {},
+            ),
+            what=f"UploadPart {part.number} of {self.destination_key}", action="s3:PutObject",
+            side=services.destination,
+        )
+        services.status.bytes_moved_by_part(part.size)
+        return etag
+
+    def _download_part(self, part: PartRange) -> bytes:
+        return self._services.body_request(
+            lambda: self._get_part(part), what=f"GET part {part.number} of {self.source.key}",
+            action="s3:GetObject", side=self._services.source,
+        )
+
+    def _get_part(self, part: PartRange) -> bytes:
+        services = self._services
+        services.throttle(part.size)
+        try:
+            return services.transport.get_range(services.source.bucket, self.source.key, part,
+                                                if_match=self.source.etag)
+        except botocore.exceptions.ClientError as error:
+            if classify(error) is ErrorKind.SOURCE_CHANGED:
+                raise SourceChanged() from None
+            raise
+
+    def copy_part_server_side(self, part: PartRange) -> None:
+        if self.abandoned:
+            return
+        services = self._services
+        response = services.server_side_request(
+            self.source.key, "UploadPartCopy",
+            lambda: services.destination.client.upload_part_copy(
+                Bucket=services.destination.bucket, Key=self.destination_key, UploadId=self.upload_id,
+                PartNumber=part.number, CopySource={"Bucket": services.source.bucket, "Key": self.source.key},
+                CopySourceRange=f"bytes={part.start}-{part.end}", CopySourceIfMatch=self.source.etag,
             ),
         )
         result = response["CopyPartResult"]
         if etag_is_opaque(response):  # the destination's encryption, whatever CreateMultipartUpload said
-            job.part_etags_are_md5 = False
-        algorithm = job.part_algorithm
+            self.part_etags_are_md5 = False
+        algorithm = self.part_algorithm
         part_checksum = result.get(f"Checksum{algorithm}") if algorithm else None
-        self.status.bytes_moved_by_part(part.size)
-        self.progress.record_part(job.source.key, part.number, result["ETag"], part_checksum)
-        if job.part_done(part.number, result["ETag"], part_checksum):
-            self._complete_multipart(job)
+        services.status.bytes_moved_by_part(part.size)
+        services.progress.record_part(self.source.key, part.number, result["ETag"], part_checksum)
+        if self.part_done(part.number, result["ETag"], part_checksum):
+            self.complete()
 
-    def _server_side_request(self, key: str, operation: str, request: Callable[[], T]) -> T:
-        """Send a CopyObject or UploadPartCopy; a changed source restarts the object, and a refusal
-        before any server-side copy succeeded turns --copy-mode auto to streaming."""
+    def complete(self) -> None:
+        """Check the parts against the plan and the source, then complete: never a short or stitched
+        object. The progress file learns what the completed object will be first, so that a run
+        killed after S3 completed it and before the next save finds it done instead of copying it again."""
+        services = self._services
+        numbers = sorted(self.completed)
+        if numbers != [part.number for part in self.parts]:
+            raise ObjectFailure(f"only {len(numbers)} of {len(self.parts)} parts were uploaded")
+        if self.digest is not None:
+            mismatch = self.check.mismatch(self.digest)
+            if mismatch:
+                raise PartsToRecheck(mismatch)
+        check = server_side_parts_check(
+            self.check, part_etags=self.completed, part_checksums=self.part_checksums,
+            part_sizes=[part.size for part in self.parts], part_etags_are_md5=self.part_etags_are_md5,
+        ) if self.server_side else self.check
+        parts: list[dict[str, Any]] = [{"PartNumber": n, "ETag": self.completed[n]} for n in numbers]
+        checksum: dict[str, str] = {}
+        algorithm = self.part_algorithm
+        if algorithm and all(number in self.part_checksums for number in numbers):
+            for part in parts:
+                part[f"Checksum{algorithm}"] = self.part_checksums[part["PartNumber"]]
+            if self.check.full_object_checksum and self.check.checksum is not None:
+                # S3 combines the part CRCs and refuses to complete if they do not make this value.
+                checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": self.check.checksum.value}
+        elif algorithm and check.method == "checksum":
+            # A server quirk: moto returns no checksum for a copied part (S3 does); nothing can be checked then.
+            check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
+        expected = self.expected_destination()
+        services.progress.completing(self.source.key, expected)
+        services.progress.save(services.status.summary())
         try:
-            return self.retries.call(request, what=f"{operation} of {key}")
+            services.retries.call(lambda: services.destination.client.complete_multipart_upload(
+                Bucket=services.destination.bucket, Key=self.destination_key, UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts}, **checksum,
+            ), what=f"CompleteMultipartUpload of {self.destination_key}")
         except botocore.exceptions.ClientError as error:
-            code = error_code(error)
-            if code in {"PreconditionFailed", "412"}:
-                raise SourceChanged() from None
-            if code in DENIED_CODES:
-                why = (f"{operation} of s3://{self.source.bucket}/{key} with the destination credentials "
-                       f"({self.destination.settings.origin}): {code}")
-                if self.copy_mode.refused(why):
-                    raise ServerSideRefused(why) from None
-                failure = FatalTransferError if self.permissions.denied(SERVER_SIDE_COPY) else ObjectFailure
-                raise failure(
-                    f"S3 refused the server-side copy ({code}): a server-side copy needs the destination "
-                    f"credentials ({self.destination.settings.origin}) to have s3:GetObject on "
-                    f"s3://{self.source.bucket}/{key} (same account, or a bucket policy granting the destination "
-                    "account); use --copy-mode stream to copy through this machine instead") from None
-            _annotate(error, action="s3:PutObject", side="destination")
-            raise
+            # An attempt S3 carried out but whose answer was lost, sent again by botocore, finds the
+            # upload gone: what it completed is at the destination.
+            if not (classify(error) is ErrorKind.UPLOAD_GONE
+                    and services.destination_holds(self.destination_key, expected)):
+                raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
+        if self.server_side:
+            services.server_side_succeeded()
+        # Done first, then the upload forgotten: a save between the two keeps both (a rerun skips the
+        # key and finds the upload gone), never neither (which would copy the object again).
+        services.object_done(self.source.key, self.source.size, self.started, check, counted_bytes=0,
+                             server_side=self.server_side)
+        services.progress.forget_upload(self.source.key)
 
-    # -- shared ----------------------------------------------------------------------------
 
-    def _throttle(self, amount: int) -> None:
-        """Wait for --max-bandwidth before a GET; every byte read is written once, so capping the
-        reads caps the writes too."""
-        if self._bandwidth is not None:
-            self._bandwidth.take(amount)
+class MultipartUploads:
+    """Opens the multipart copy of a large object: resumes the upload the progress file records for
+    it while that still fits the source (ListParts, not our file, says which parts S3 has), else
+    creates one, recorded and saved at once so that no kill can orphan it; and aborts a recorded
+    upload that nothing will finish."""
 
-    def _object_done(self, key: str, size: int, started: float, check: IntegrityCheck, *,
-                     counted_bytes: Optional[int] = None, server_side: bool = False) -> None:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        self.progress.mark_done(key, size)
-        self.status.object_done(size, bytes_moved=size if counted_bytes is None else counted_bytes,
-                                verified_by=check.method, server_side=server_side)
-        self.permissions.allowed("s3:GetObject")
-        self.permissions.allowed("s3:PutObject")
-        verified = f"verified by {check.method}" + (f" because {check.reason}" if check.reason else "")
-        if check.checksum is not None and check.method != "checksum":
-            verified += f" and {check.checksum.algorithm}"
-        LOG.info("copied %s %s in %.2f s (%s/s), %s%s", json.dumps(key, ensure_ascii=False), format_size(size),
-                 elapsed, format_size(size / elapsed), verified, " (server-side copy)" if server_side else "")
+    def __init__(self, services: CopyServices) -> None:
+        self.services = services
 
-    def _with_body_retries(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
-        """A GET or PUT of a body through Retries, which also sends again what botocore does not: a
-        body broken after the headers arrived, or one that does not match its ETag. A unit already
-        started is let finish when the run stops (Ctrl-C), but it is not retried then."""
+    def open(self, listed: ListedObject, destination_key: str, *, server_side: bool) -> Optional[MultipartCopy]:
+        """The copy of this object in parts; None when the record's upload was completed just before a
+        previous run was stopped (then settled).
+
+        Runs on the main thread: it costs a few requests per object of 100 MiB or more. When the
+        source was itself uploaded in parts of a size that fits the memory budget, the copy uses the
+        same part boundaries, so the destination's ETag comes out identical to the source's.
+        """
+        services = self.services
+        head = services.planner.head(listed)
         try:
-            return self.retries.call(operation, what=what, retry_bodies=True)
-        except botocore.exceptions.ClientError as refused:
-            if error_code(refused) in DAMAGED_UPLOAD_CODES:  # S3 refused the body every time as damaged
-                raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
-                                    f"{refused}") from refused
-            _annotate(refused, action=action, side=side.settings.side)
-            raise
-        except RETRYABLE_BODY_ERRORS as broken:
-            kind = "integrity mismatch: " if isinstance(broken, botocore.exceptions.FlexibleChecksumError) else ""
-            raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{broken}") from broken
+            check = services.planner.check(listed.key, head["ETag"], head, head["ContentLength"])
+        except botocore.exceptions.ClientError as error:
+            raise S3CallFailed(error, action="s3:GetObject", side="source") from error
+        part_size = copy_part_size(listed, check, services.config, server_side=server_side)
+        if server_side:
+            check = server_side_check(check)
+        upload = services.progress.upload_for(listed.key)
+        if upload is not None:
+            try:
+                resumed = self._resume(listed, destination_key, part_size, upload, check, server_side=server_side)
+            except UploadGone:
+                if self._completed_before_the_stop(listed, destination_key, upload):
+                    return None
+                LOG.info("the recorded upload for %s no longer exists; starting it again",
+                         json.dumps(listed.key, ensure_ascii=False))
+                resumed = None
+            if resumed is not None:
+                return resumed
+        return self._create(listed, destination_key, head, part_size, check, server_side=server_side)
+
+    def _create(self, listed: ListedObject, destination_key: str, head: dict[str, Any], part_size: int,
+                check: IntegrityCheck, *, server_side: bool) -> MultipartCopy:
+        services = self.services
+        tags = services.tags_if_any(listed.key, None)
+        arguments = ObjectAttributes.from_response(head, tags).upload_arguments(services.config)
+        upload_checksum = check.upload_checksum(server_side=server_side)
+        try:
+            created = services.retries.call(lambda: services.destination.client.create_multipart_upload(
+                Bucket=services.destination.bucket, Key=destination_key, **arguments,
+                **(upload_checksum.create_arguments() if upload_checksum else {})),
+                what=f"CreateMultipartUpload of {destination_key}")
+        except botocore.exceptions.ClientError as error:
+            raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
+        services.permissions.allowed("s3:PutObject")
+        upload = UploadRecord(upload_id=created["UploadId"], destination_key=destination_key,
+                              source_etag=listed.etag, size=listed.size, part_size=part_size,
+                              part_etags_are_md5=not etag_is_opaque(created))
+        copy = MultipartCopy(listed, upload, check, upload_checksum=upload_checksum, services=services,
+                             server_side=server_side)
+        # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
+        services.progress.record_upload(listed.key, copy.record(), digest=self._digest_of(copy))
+        services.progress.save(services.status.summary())
+        self._abort_unrecorded_uploads(destination_key, keep=copy.upload_id)
+        LOG.info("started %smultipart upload of %s (%s, %d parts of %s, verified by %s)",
+                 "server-side " if server_side else "", json.dumps(listed.key, ensure_ascii=False),
+                 format_size(listed.size), len(copy.parts), format_size(part_size), check.method)
+        return copy
+
+    @staticmethod
+    def _digest_of(copy: MultipartCopy) -> Optional[tuple[str, OrderedDigest]]:
+        return (copy.check.identity(), copy.digest) if copy.digest is not None else None
+
+    def _resume(self, listed: ListedObject, destination_key: str, part_size: int, upload: UploadRecord,
+                check: IntegrityCheck, *, server_side: bool) -> Optional[MultipartCopy]:
+        """Continue a recorded upload with only its missing parts, whichever mode uploaded them. None
+        when the upload cannot be continued (it is then aborted). UploadGone when S3 no longer has it."""
+        services = self.services
+        recorded_checksum = upload.checksum_algorithm
+        # An upload of a source without a checksum goes on with whatever its parts carry (ours, or none
+        # when an older version of the tool began it); one of a source with a checksum needs that one.
+        upload_checksum = (check.upload_checksum(server_side=server_side) if check.checksum is not None
+                           else upload.upload_checksum)
+        copy = MultipartCopy(listed, upload, check, upload_checksum=upload_checksum, services=services,
+                             server_side=server_side)
+        if (upload.source_etag != listed.etag or upload.size != listed.size
+                or upload.part_size != part_size or upload.destination_key != destination_key
+                or (check.checksum is not None and recorded_checksum != check.checksum_algorithm)):
+            copy.abandon("the source object or the part size changed since the upload began")
+            return None
+        if recorded_checksum and not computable(recorded_checksum):  # begun where awscrt was installed
+            copy.abandon(f"its parts carry {recorded_checksum} checksums, which this installation cannot "
+                         "compute (pip install -r requirements.txt installs awscrt)")
+            return None
+        try:
+            uploaded = self._uploaded_parts(copy, upload)
+        except botocore.exceptions.ClientError as error:
+            if classify(error) is not ErrorKind.UPLOAD_GONE:
+                raise S3CallFailed(error, action="s3:ListMultipartUploadParts", side="destination") from error
+            services.progress.forget_upload(listed.key)
+            raise UploadGone() from None
+        hashed = self._take_up_digest(copy, upload, uploaded)
+        for number, part in uploaded.items():
+            if number <= hashed or copy.digest is None:
+                copy.part_done(number, part.etag, part.checksum)
+            else:
+                copy.to_recheck[number] = part
+        LOG.info("resuming multipart upload of %s: %d of %d parts already uploaded%s",
+                 json.dumps(listed.key, ensure_ascii=False), len(uploaded), len(copy.parts),
+                 f", {len(copy.to_recheck)} of them to be read again and compared with the source"
+                 if copy.to_recheck else "")
+        services.progress.record_upload(listed.key, copy.record(), digest=self._digest_of(copy))
+        return copy
+
+    def _uploaded_parts(self, copy: MultipartCopy, upload: UploadRecord) -> dict[int, UploadedPart]:
+        """The parts S3 has of the upload at their planned size, with their checksums: ListParts has
+        them on S3 (a server quirk: moto and SeaweedFS omit them), and our own record has what we sent."""
+        destination = self.services.destination
+        planned = {part.number: part.size for part in copy.parts}
+        checksum_field = f"Checksum{copy.part_algorithm}" if copy.part_algorithm else ""
+        uploaded: dict[int, UploadedPart] = {}
+        for page in pages(destination, "list_parts", Bucket=destination.bucket, Key=copy.destination_key,
+                          UploadId=copy.upload_id):
+            for part in page.get("Parts", ()):
+                number = part["PartNumber"]
+                checksum = (part.get(checksum_field) or upload.part_checksums.get(number)) if checksum_field else None
+                # A part copied server-side has no bytes here to compute its checksum again from, and the
+                # completion must name it: without one it is copied again.
+                if planned.get(number) == part["Size"] and (checksum or not (checksum_field and copy.server_side)):
+                    uploaded[number] = UploadedPart(part["ETag"], checksum)
+        return uploaded
+
+    @staticmethod
+    def _take_up_digest(copy: MultipartCopy, upload: UploadRecord, uploaded: dict[int, UploadedPart]) -> int:
+        """Restore the digest the last run saved, when it belongs to this check and every part it
+        hashed is still the one S3 has (the same ETag as recorded); the number of parts it hashed."""
+        saved = upload.digest
+        if copy.digest is None or upload.recheck or not saved or saved.get("identity") != copy.check.identity():
+            return 0
+        hashed = saved["next_part"] - 1
+        if any(number not in uploaded or upload.parts.get(number, "").strip('"') != uploaded[number].etag.strip('"')
+               for number in range(1, hashed + 1)):
+            return 0
+        try:
+            copy.digest = copy.check.new_digest(saved)
+        except (ValueError, KeyError, TypeError):  # a state this machine cannot take up (no OpenSSL here)
+            return 0
+        return hashed
+
+    def _completed_before_the_stop(self, listed: ListedObject, destination_key: str, upload: UploadRecord) -> bool:
+        """Whether the destination holds the object the recorded upload was completing when the last
+        run stopped (killed between S3's completion and the progress save). Then it is settled as
+        done, not copied again."""
+        proof = self.services.destination_holds(destination_key, upload.completing)
+        if proof is None:
+            return False
+        LOG.info("%s was completed at the destination just before the last run stopped (its %s is what the "
+                 "uploaded parts make); not copied again", json.dumps(listed.key, ensure_ascii=False), proof)
+        self.services.progress.mark_done(listed.key, listed.size)
+        self.services.status.skipped()
+        return True
+
+    def _abort_unrecorded_uploads(self, destination_key: str, *, keep: str) -> None:
+        """Abort unfinished uploads of exactly this key other than ours (`keep`): a kill -9 between
+        CreateMultipartUpload and the progress save that follows it leaves one, and so does a
+        CreateMultipartUpload that S3 carried out but whose answer was lost, which botocore then
+        sent again. The object is being written anyway. Best effort: without
+        s3:ListBucketMultipartUploads, skip it."""
+        destination = self.services.destination
+        try:
+            # URL-encoded: any other upload under this prefix, of a key XML cannot carry, would make the
+            # whole answer unreadable (botocore asks so for ListObjects only).
+            listing = self.services.retries.call(lambda: destination.client.list_multipart_uploads(
+                Bucket=destination.bucket, Prefix=destination_key, EncodingType="url"),
+                what=f"ListMultipartUploads of {destination_key}")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
+                botocore.parsers.ResponseParserError) as error:  # an answer botocore cannot read, too
+            LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
+            return
+        for upload in listing.get("Uploads", ()):
+            if listed_key(upload["Key"], listing) == destination_key and upload["UploadId"] != keep:
+                self.services.abort_upload(destination_key, upload["UploadId"],
+                                           "an unfinished upload of the same key that no progress file records")
+
+    def abort_recorded(self, source_key: str, reason: str) -> None:
+        """Abort an upload a previous run kept for resume that can no longer be continued."""
+        upload = self.services.progress.upload_for(source_key)
+        if upload is not None:
+            self.services.abort_upload(upload.destination_key, upload.upload_id, reason)
+            self.services.progress.forget_upload(source_key)
 
 
-def _annotate(error: botocore.exceptions.ClientError, *, action: str, side: str) -> None:
-    """Tag a ClientError with the action and side it came from (the innermost call knows best), so the
-    message a person reads names them; the caller then re-raises it."""
-    if not getattr(error, "action", ""):
-        error.action = action  # type: ignore[attr-defined]
-        error.side = side  # type: ignore[attr-defined]
+def action_and_side(error: BaseException) -> tuple[str, str]:
+    """The action and side an S3CallFailed names; ("", "") for any other error."""
+    if isinstance(error, S3CallFailed):
+        return error.action, error.side
+    return "", ""
+
+
+class FailurePolicy:
+    """What an error means for its object and for the run: stop quietly (Ctrl-C), nothing to copy (the
+    source is gone), copy it again (streamed instead of server-side, its parts compared again with the
+    source, or whole, OBJECT_ATTEMPTS times in all), fail it, or stop the run (FatalTransferError in
+    `run.fatal`). Objects to copy again wait in `restarts` for the scheduler. Called from workers and
+    the main thread."""
+
+    def __init__(self, *, source: Side, destination: Side, progress: "ProgressStore", status: "StatusReporter",
+                 run: RunStop, permissions: PermissionBreaker) -> None:
+        self.source = source
+        self.destination = destination
+        self.progress = progress
+        self.status = status
+        self.run = run
+        self.permissions = permissions
+        self.restarts: "queue.SimpleQueue[tuple[ListedObject, int]]" = queue.SimpleQueue()
+
+    def unit_failed(self, listed: ListedObject, attempt: int, error: BaseException, *,
+                    upload: Optional[MultipartCopy] = None, action: str = "") -> None:
+        """Settle one failed unit of `listed` (its `attempt`-th copy). The first failing part of a
+        multipart object abandons its upload and settles the object; failures of its sibling parts
+        that were already in flight change nothing."""
+        if isinstance(error, StopRequested):
+            return  # left as it is: the upload stays recorded, the key stays pending, a rerun resumes
+        kind = classify(error)
+        # Deleted since it was listed (an inventory report may be days old). NoSuchKey comes from a GET or,
+        # for a server-side copy, from the destination's CopyObject; a bare 404 from a HeadObject.
+        if kind is ErrorKind.NOT_FOUND and (error_code(error) == "NoSuchKey" or action_and_side(error)[1] == "source"):
+            if upload is None or upload.abandon("the source object no longer exists"):
+                self.source_vanished(listed.key)
+            return
+        if isinstance(error, ServerSideRefused):
+            if upload is None or upload.abandon("S3 refused the server-side copy; streaming it instead"):
+                self.restarts.put((listed, attempt))
+            return
+        if isinstance(error, PartsToRecheck) and upload is not None and attempt < OBJECT_ATTEMPTS:
+            if upload.claim_recheck():
+                LOG.warning("%s: %s; reading its parts from the source again to upload again those S3 holds "
+                            "differently", json.dumps(listed.key, ensure_ascii=False), error)
+                self.progress.recheck_upload(listed.key)
+                self.restarts.put((listed, attempt + 1))
+            return
+        why = self._why_copied_again(error)
+        if upload is not None and not upload.abandon(why or str(error)):
+            return
+        if why and attempt < OBJECT_ATTEMPTS:
+            LOG.warning("%s: %s; copying it again whole", json.dumps(listed.key, ensure_ascii=False), why)
+            self.restarts.put((listed, attempt + 1))
+            return
+        if why:
+            error = ObjectFailure(f"{why} (after {OBJECT_ATTEMPTS} attempts)")
+        self.settle(listed.key, error, action=action_and_side(error)[0] or action, side=self.side_named_by(error))
+
+    @staticmethod
+    def _why_copied_again(error: BaseException) -> str:
+        """Why an object is copied again whole after this error; "" when it is not."""
+        if isinstance(error, (IntegrityMismatch, PartsToRecheck)):
+            return str(error)
+        if isinstance(error, SourceChanged):
+            return "the source object changed during the copy (If-Match failed); it is read again at its new version"
+        if classify(error) is ErrorKind.UPLOAD_GONE:
+            return "the multipart upload disappeared from the destination"
+        return ""
+
+    def side_named_by(self, error: BaseException) -> Side:
+        """The side an error is about: the one whose bucket S3 names in it (NoSuchBucket's BucketName,
+        the source's for an UploadPartCopy whose source is gone, though the request went to the
+        destination), else the side the request went to."""
+        named = error_detail(error, "BucketName")
+        if named and self.source.bucket != self.destination.bucket:
+            if named == self.source.bucket:
+                return self.source
+            if named == self.destination.bucket:
+                return self.destination
+        return self.destination if action_and_side(error)[1] == "destination" else self.source
+
+    def settle(self, key: str, error: BaseException, *, action: str = "", side: Optional[Side] = None) -> None:
+        """Record the failure of one object, or stop the run if no object could succeed either."""
+        side = side or self.source
+        if isinstance(error, FatalTransferError):
+            self.run.stop(error)
+            return
+        if isinstance(error, ObjectFailure):
+            reason = str(error)
+        else:
+            reason = explain_error(error, side=side.settings, bucket=side.bucket, action=action or "the copy",
+                                   key=key if side is self.source else "")
+            # A KMS denial is about the object's key: other objects, under other keys, may be readable.
+            kind = classify(error)
+            if kind in FATAL_KINDS or (kind is ErrorKind.DENIED and self.permissions.denied(action)):
+                self.run.stop(FatalTransferError(reason))
+                if error_code(error) not in DENIED_CODES:
+                    return  # no key is to blame for expired credentials or a missing bucket
+        if not isinstance(error, (ObjectFailure, S3CallFailed, botocore.exceptions.ClientError)):
+            LOG.info("unexpected error for %s", json.dumps(key, ensure_ascii=False), exc_info=error)
+        LOG.error("FAILED %s: %s", json.dumps(key, ensure_ascii=False), reason)
+        self.progress.mark_failed(key, reason)
+        self.status.object_failed()
+
+    def source_vanished(self, key: str) -> None:
+        """A key listed (or named by an inventory) that the source no longer has: not a failure, since
+        there is nothing left to copy, but told, in the log and the final report's count. Called from
+        workers and the lister too."""
+        LOG.info("%s no longer exists in the source; nothing to copy", json.dumps(key, ensure_ascii=False))
+        self.progress.vanished(key)
+        self.status.vanished()
+
+    def current_version(self, key: str) -> Optional[ListedObject]:
+        """A failed or changed key, as it is now: None (and settled) when it is gone or unreadable."""
+        try:
+            head = self.source.retries.call(
+                lambda: self.source.client.head_object(Bucket=self.source.bucket, Key=key),
+                what=f"HeadObject of {key}")
+        except botocore.exceptions.ClientError as error:
+            if classify(error) is ErrorKind.NOT_FOUND:
+                self.source_vanished(key)
+                return None
+            self.settle(key, error, action="s3:GetObject", side=self.source)
+            return None
+        return ListedObject(key=key, size=head["ContentLength"], etag=head["ETag"],
+                            storage_class=head.get("StorageClass", "STANDARD"))
+
+
+class UnitScheduler:
+    """Hands units of work to a bounded pool: a worker and `cost` bytes of the MemoryBudget are taken
+    before a unit is submitted and given back when it ends, which is what bounds memory (never the
+    whole listing queued); and ticks on time: the status line, the progress file's saves, and the
+    announcement of a stop."""
+
+    def __init__(self, *, budget: MemoryBudget, pool: concurrent.futures.ThreadPoolExecutor,
+                 progress: "ProgressStore", status: "StatusReporter", run: RunStop) -> None:
+        self._budget = budget
+        self._pool = pool
+        self._progress = progress
+        self._status = status
+        self._run = run
+        self._in_flight: set[concurrent.futures.Future[None]] = set()
+        self._in_flight_lock = threading.Lock()
+        self._stop_announced = False
+        self._last_tick = 0.0
+
+    def submit(self, work: Callable[[], None], *, cost: int) -> bool:
+        """Hand one unit to the pool once a worker and `cost` bytes of the memory budget are free;
+        False (nothing submitted) when the run stops while waiting."""
+        while not self._budget.acquire(cost, timeout=TICK_SECONDS):
+            self.tick()
+            if self._run.should_stop():
+                return False
+        if self._run.should_stop():
+            self._budget.release(cost)
+            return False
+        future = self._pool.submit(work)
+        with self._in_flight_lock:
+            self._in_flight.add(future)
+        future.add_done_callback(lambda finished: self._unit_finished(finished, cost))
+        return True
+
+    def _unit_finished(self, future: "concurrent.futures.Future[None]", cost: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(future)
+        self._budget.release(cost)
+
+    def idle(self) -> bool:
+        """Whether no unit is in flight."""
+        with self._in_flight_lock:
+            return not self._in_flight
+
+    def wait_a_tick(self) -> None:
+        """Wait until a unit in flight ends, or TICK_SECONDS; then tick."""
+        with self._in_flight_lock:
+            pending = set(self._in_flight)
+        concurrent.futures.wait(pending, timeout=TICK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
+        self.tick()
+
+    def tick(self) -> None:
+        self._last_tick = time.monotonic()
+        if self._run.stopping.is_set() and not self._stop_announced:
+            self._stop_announced = True
+            LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
+        self._status.tick()
+        self._progress.save_if_due(self._status.summary())
+
+    def tick_if_due(self) -> None:
+        """Tick on time, not only while waiting: when workers free up faster than TICK_SECONDS and
+        the listing is ahead, the scheduler never waits, and without this the progress file would not
+        be saved (nor the status drawn) until the run ended."""
+        if time.monotonic() - self._last_tick >= TICK_SECONDS:
+            self.tick()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class TransferEngine:
+    """Settles every listed object: the main thread lists, plans and submits each object's units
+    (a small object, or the parts of a large one) through the UnitScheduler; workers copy them
+    (SmallObjectCopier, MultipartCopy) and report to the ProgressStore; whatever a unit raises goes
+    to the FailurePolicy, and the objects it sends back are copied again. The main thread writes the
+    progress file, and a worker only just before it completes an upload (ProgressStore.save).
+    Every collaborator is passed in (build_engine builds them for copy_job)."""
+
+    def __init__(self, config: TransferConfig, *, scheduler: UnitScheduler, policy: FailurePolicy,
+                 small: SmallObjectCopier, multipart: MultipartUploads, copy_mode: CopyModeChoice,
+                 progress: "ProgressStore", status: "StatusReporter", run: RunStop) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.policy = policy
+        self.small = small
+        self.multipart = multipart
+        self.copy_mode = copy_mode
+        self.progress = progress
+        self.status = status
+        self.run_stop = run
+
+    def run(self, listing: ListingWindow, retry_keys: Iterable[str]) -> None:
+        should_stop = self.run_stop.should_stop
+        try:
+            for key in retry_keys:
+                if should_stop():
+                    break
+                retried = self.policy.current_version(key)
+                if retried is not None:
+                    self._schedule(retried, attempt=1)
+            while not should_stop():
+                self._drain_restarts()
+                self.scheduler.tick_if_due()
+                listed = listing.next(self.scheduler.tick)
+                if listed is None:
+                    if not should_stop():
+                        self.progress.listing_finished()
+                        self.status.listing_complete = True
+                    break
+                self.status.listed(listed.size)
+                if self.progress.is_done_beyond_watermark(listed.key):
+                    self.progress.listed(listed.key, already_done=True)
+                    continue
+                self.progress.listed(listed.key)
+                self._schedule(listed, attempt=1)
+            self._wait_for_in_flight()
+            if self.status.listing_complete and not should_stop():
+                # Every listed key is settled, so an upload still recorded belongs to a key that was
+                # deleted from the source (or filtered away) since an earlier run: nothing will finish it.
+                for key in self.progress.uploads():
+                    self.multipart.abort_recorded(key, "the source object no longer exists")
+        except StopRequested:
+            pass  # Ctrl-C while the scheduler's own request waited out a busy S3: the units in flight finish below
+        finally:
+            self.scheduler.shutdown()
+        if self.run_stop.fatal is not None:
+            raise self.run_stop.fatal
+
+    def _wait_for_in_flight(self) -> None:
+        while True:
+            self._drain_restarts()
+            if self.scheduler.idle() and (self.policy.restarts.empty() or self.run_stop.should_stop()):
+                return
+            self.scheduler.wait_a_tick()
+
+    def _drain_restarts(self) -> None:
+        while not self.run_stop.should_stop():
+            try:
+                changed, attempt = self.policy.restarts.get_nowait()
+            except queue.Empty:
+                return
+            fresh = self.policy.current_version(changed.key)
+            if fresh is not None:
+                self._schedule(fresh, attempt=attempt)
+
+    def _schedule(self, listed: ListedObject, *, attempt: int) -> None:
+        destination_key = map_destination_key(listed.key, self.config.source, self.config.destination)
+        refusal = why_uncopyable(listed.key[len(self.config.source.prefix):], destination_key, listed.size)
+        if refusal is not None:
+            self.multipart.abort_recorded(listed.key, refusal)
+            self.policy.settle(listed.key, ObjectFailure(refusal))
+            return
+        server_side = self.copy_mode.server_side()
+        if copied_in_one_request(destination_key, listed.size, multipart_threshold=self.config.multipart_threshold):
+            self.multipart.abort_recorded(listed.key, "the object is now copied with one request, not in parts")
+            copy = self.small.copy_server_side if server_side else self.small.copy_streamed
+            self.scheduler.submit(lambda: self._guarded(listed, attempt, None, copy, listed, destination_key),
+                                  cost=0 if server_side else listed.size)
+            return
+        try:
+            upload = self.multipart.open(listed, destination_key, server_side=server_side)
+        except (SourceChanged, StopRequested) as error:
+            self.policy.unit_failed(listed, attempt, error)
+            return
+        except Exception as error:  # noqa: BLE001 - settled as this object's failure, never swallowed
+            self.policy.unit_failed(listed, attempt, error, action="s3:CreateMultipartUpload")
+            return
+        if upload is not None:  # None: a previous run completed it just before it was stopped
+            self._schedule_parts(listed, attempt, upload)
+
+    def _schedule_parts(self, listed: ListedObject, attempt: int, upload: MultipartCopy) -> None:
+        if not upload.missing_parts():  # every part survived a previous run, and is hashed
+            self.scheduler.submit(lambda: self._guarded(listed, attempt, upload, upload.complete), cost=0)
+            return
+        # In part order, so that the part the OrderedDigest waits for is always in flight.
+        copy_part = upload.copy_part_server_side if upload.server_side else upload.copy_part
+        for part in upload.missing_parts():
+            if upload.abandoned:  # a part already failed and settled the object
+                return
+            if not self.scheduler.submit(lambda part=part: self._guarded(listed, attempt, upload, copy_part, part),
+                                         cost=0 if upload.server_side else part.size):
+                return
+
+    def _guarded(self, listed: ListedObject, attempt: int, upload: Optional[MultipartCopy],
+                 work: Callable[..., None], *args: Any) -> None:
+        """Run one unit; turn whatever it raises into the object's outcome. Never lets an error vanish."""
+        if self.run_stop.should_stop():
+            return
+        self.status.worker_busy(+1)
+        try:
+            work(*args)
+        except Exception as error:  # noqa: BLE001 - every error becomes an outcome, see FailurePolicy
+            self.policy.unit_failed(listed, attempt, error, upload=upload)
+        finally:
+            self.status.worker_busy(-1)
+
+
+def build_engine(config: TransferConfig, *, source: Side, destination: Side, transport: BodyTransport,
+                 progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event,
+                 copy_mode: CopyModeChoice) -> TransferEngine:
+    """A TransferEngine of its parts, for this job: one RunStop, PermissionBreaker and memory budget
+    shared by them all."""
+    run = RunStop(stopping)
+    permissions = PermissionBreaker()
+    bandwidth = BandwidthLimit(config.max_bandwidth, stopping) if config.max_bandwidth else None
+    services = CopyServices(config, source=source, destination=destination, transport=transport, progress=progress,
+                            status=status, run=run, permissions=permissions, copy_mode=copy_mode,
+                            planner=IntegrityPlanner(source), bandwidth=bandwidth)
+    scheduler = UnitScheduler(budget=MemoryBudget(config.memory_limit, max_units=config.max_workers),
+                              pool=concurrent.futures.ThreadPoolExecutor(config.max_workers,
+                                                                         thread_name_prefix="worker"),
+                              progress=progress, status=status, run=run)
+    policy = FailurePolicy(source=source, destination=destination, progress=progress, status=status, run=run,
+                           permissions=permissions)
+    return TransferEngine(config, scheduler=scheduler, policy=policy, small=SmallObjectCopier(services),
+                          multipart=MultipartUploads(services), copy_mode=copy_mode, progress=progress,
+                          status=status, run=run)
 
 
 # =============================================================================================
-# 7. Progress and resume
+# 8. Progress and resume
 # =============================================================================================
 
 PROGRESS_FORMAT = "s3-bulk-transfer progress, version 1"
@@ -4705,30 +4992,20 @@ class ProgressStore:
 
     # -- multipart uploads in flight -------------------------------------------------------
 
-    def upload_for(self, key: str) -> Optional[dict[str, Any]]:
+    def upload_for(self, key: str) -> Optional[UploadRecord]:
         with self._lock:
-            record = self._uploads.get(key)
-            return dict(record) if record else None
+            document = self._uploads.get(key)
+            return UploadRecord.from_document(document) if document else None
 
-    def record_upload(self, source: ListedObject, job: MultipartCopy) -> None:
-        """Keep an upload for resume, and its digest: saved with it each time the file is written, so
-        that a rerun goes on hashing after the parts it hashed instead of reading them again."""
+    def record_upload(self, key: str, upload: UploadRecord, *,
+                      digest: Optional[tuple[str, OrderedDigest]] = None) -> None:
+        """Keep an upload for resume, and its digest (the identity of its check, and the digest):
+        saved with it each time the file is written, so that a rerun goes on hashing after the parts
+        it hashed instead of reading them again."""
         with self._lock:
-            self._uploads[source.key] = {
-                "upload_id": job.upload_id,
-                "destination_key": job.destination_key,
-                "source_etag": source.etag,
-                "size": source.size,
-                "part_size": job.part_size,
-                "checksum_algorithm": job.part_algorithm,
-                "checksum_type": ("FULL_OBJECT" if job.upload_checksum.full_object else "COMPOSITE")
-                if job.upload_checksum else None,
-                "part_etags_are_md5": job.part_etags_are_md5,
-                "parts": {str(number): etag for number, etag in sorted(job.completed.items())},
-                "part_checksums": {str(number): value for number, value in sorted(job.part_checksums.items())},
-            }
-            if job.digest is not None:
-                self._digests[source.key] = (job.check.identity(), job.digest)
+            self._uploads[key] = upload.document()
+            if digest is not None:
+                self._digests[key] = digest
             self._dirty = True
 
     def recheck_upload(self, key: str) -> None:
@@ -4742,7 +5019,7 @@ class ProgressStore:
                 self._dirty = True
 
     def completing(self, key: str, expected: dict[str, Any]) -> None:
-        """The upload is about to be completed into this object (see TransferEngine._completed_before_the_stop)."""
+        """The upload is about to be completed into this object (see MultipartUploads._completed_before_the_stop)."""
         with self._lock:
             if key in self._uploads:
                 self._uploads[key]["completing"] = expected
@@ -4762,9 +5039,10 @@ class ProgressStore:
             if self._uploads.pop(key, None) is not None:
                 self._dirty = True
 
-    def uploads(self) -> dict[str, dict[str, Any]]:
+    def uploads(self) -> list[str]:
+        """The source keys of the multipart uploads kept for resume."""
         with self._lock:
-            return {key: dict(record) for key, record in self._uploads.items()}
+            return list(self._uploads)
 
     def failures(self) -> dict[str, str]:
         with self._lock:
@@ -4859,7 +5137,7 @@ def discard_progress(path: Path, destination: Side) -> None:
 
 
 # =============================================================================================
-# 8. Comparing source and destination: --verify, --verify-only, --skip-existing
+# 9. Comparing source and destination: --verify, --verify-only, --skip-existing
 # =============================================================================================
 
 MATCH = "match"
@@ -5072,7 +5350,7 @@ class AuditReportFile:
 
 
 # =============================================================================================
-# 9. Reporting
+# 10. Reporting
 # =============================================================================================
 
 
@@ -5269,7 +5547,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
 
 
 # =============================================================================================
-# 10. Command line
+# 11. Command line
 # =============================================================================================
 
 
@@ -5757,9 +6035,9 @@ def copy_job(config: TransferConfig, status: StatusReporter, *, source: Side, de
                                config.source_side, config.destination_side) else
                                "the source and destination are on different endpoints")
     progress.save(status.summary())
-    engine = TransferEngine(config, source=source, destination=destination,
-                            transport=make_transport(engine_choice, source, destination, config),
-                            progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
+    engine = build_engine(config, source=source, destination=destination,
+                          transport=make_transport(engine_choice, source, destination, config),
+                          progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
     if config.list_concurrency > 1 and progress.splittable():
         progress.split(listing_split_points(config, source))
     plan = progress.listing_plan()
@@ -5769,9 +6047,9 @@ def copy_job(config: TransferConfig, status: StatusReporter, *, source: Side, de
     def stream(key_range: KeyRange, start_after: Optional[str]) -> Callable[[], Iterator[ListedObject]]:
         if config.skip_existing:
             return lambda: objects_to_copy(config, source, destination, start_after, key_range.through, status,
-                                           inventory=inventory, on_missing=engine.source_vanished)
+                                           inventory=inventory, on_missing=engine.policy.source_vanished)
         return lambda: source_objects(config, source, start_after, key_range.through, inventory=inventory,
-                                      on_missing=engine.source_vanished)
+                                      on_missing=engine.policy.source_vanished)
 
     listing = ListingWindow([stream(key_range, start_after) for key_range, start_after in plan],
                             listers=config.list_concurrency, window=LISTING_WINDOW, stopping=stopping)

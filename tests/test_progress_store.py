@@ -89,16 +89,16 @@ def test_file_is_valid_json_with_the_summary_first_and_owner_only(tmp_path: Path
 def test_multipart_uploads_in_flight_are_recorded_and_forgotten(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     source = tool.ListedObject(key="big", size=20 * tool.MiB, etag='"abc-2"')
-    job = tool.MultipartCopy(source, "big", "upload-1", 8 * tool.MiB, tool.IntegrityCheck("size-only"),
-                             upload_checksum=None, part_etags_are_md5=True)
-    store.record_upload(source, job)
+    upload = tool.UploadRecord(upload_id="upload-1", destination_key="big", source_etag=source.etag,
+                               size=source.size, part_size=8 * tool.MiB, part_etags_are_md5=True)
+    store.record_upload(source.key, upload)
     store.record_part("big", 2, '"e2"', "AAAAAA==")
     store.save({})
     record = new_store(tmp_path).upload_for("big")
     assert record is not None
-    assert record["upload_id"] == "upload-1" and record["part_size"] == 8 * tool.MiB
-    assert record["parts"] == {"2": '"e2"'}
-    assert record["part_checksums"] == {"2": "AAAAAA=="}
+    assert record.upload_id == "upload-1" and record.part_size == 8 * tool.MiB
+    assert record.parts == {2: '"e2"'}
+    assert record.part_checksums == {2: "AAAAAA=="}
     store.forget_upload("big")
     store.save({})
     assert new_store(tmp_path).upload_for("big") is None
