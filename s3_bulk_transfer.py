@@ -443,51 +443,51 @@ def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertV
     return None
 
 
-def explain_error(error: BaseException, *, side: SideSettings, bucket: str, action: str, key: str = "") -> str:
+def explain_error(error: BaseException, *, access: SideAccess, bucket: str, action: str, key: str = "") -> str:
     """One sentence naming the side, the bucket, the action and what to do about it."""
     where = f"s3://{bucket}/{key}" if key else bucket_or_access_point(bucket)
     error = s3_answer(error)
     code = error_code(error)
     kind = classify(error)
     if kind is ErrorKind.CREDENTIALS and code:
-        return f"The {side.side} credentials ({side.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
+        return f"The {access.role} credentials ({access.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
     if kind is ErrorKind.KMS_DENIED:
         kms = kms_permission_denied(error)
-        return (f"Access denied by AWS KMS: the {side.side} credentials ({side.origin}) may not use {kms} with the KMS "
+        return (f"Access denied by AWS KMS: the {access.role} credentials ({access.origin}) may not use {kms} with the KMS "
                 f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
                 "key's policy (and in their IAM policy when the key is another account's).")
     if kind is ErrorKind.DENIED:
         return (
-            f"Access denied: the {side.side} credentials ({side.origin}) may not {action} on {where}; "
+            f"Access denied: the {access.role} credentials ({access.origin}) may not {action} on {where}; "
             f"grant {action} to them (see the README's IAM policies)."
         )
     if kind is ErrorKind.MISSING_BUCKET or (kind is ErrorKind.NOT_FOUND and code != "NoSuchKey" and not key):
         # S3 names the missing bucket, which for a server-side copy may be the source it reads from.
         named = error_detail(error, "BucketName") or bucket
-        whose = f"The {side.side} bucket" if named == bucket else "The bucket"
+        whose = f"The {access.role} bucket" if named == bucket else "The bucket"
         return f"{whose} {named} does not exist (or is not reachable at this endpoint and region)."
     if kind is ErrorKind.ARCHIVED:
         return f"{where} is {archived_in(error_detail(error, 'StorageClass'), error_detail(error, 'AccessTier'))}."
     if isinstance(error, botocore.exceptions.NoCredentialsError):
-        return f"No {side.side} credentials were found ({side.origin}); see the README's quick start."
+        return f"No {access.role} credentials were found ({access.origin}); see the README's quick start."
     untrusted = certificate_failure(error)
     if untrusted is not None:
-        endpoint = explicit_endpoint(side) or "(AWS)"
+        endpoint = explicit_endpoint(access) or "(AWS)"
         return (
-            f"The TLS certificate of the {side.side} S3 endpoint {endpoint} could not be verified "
+            f"The TLS certificate of the {access.role} S3 endpoint {endpoint} could not be verified "
             f"({untrusted.verify_message or untrusted.reason}): for a private endpoint, set AWS_CA_BUNDLE to the "
             "PEM file of the CA that signed its certificate, and rerun."
         )
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
-        return f"Cannot reach the {side.side} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
+        return f"Cannot reach the {access.role} S3 endpoint for {where}: {error}. Check the endpoint URL and network."
     if kind in (ErrorKind.THROTTLED, ErrorKind.SERVER_ERROR):
-        return (f"S3 stayed too busy to answer {action} on {where} ({side.side}): {code}: "
+        return (f"S3 stayed too busy to answer {action} on {where} ({access.role}): {code}: "
                 f"{error_detail(error, 'Message') or code}, after every retry; rerun later to copy it (fewer "
                 "--max-workers ask less of S3).")
     if isinstance(error, botocore.exceptions.ClientError):
         message = error.response.get("Error", {}).get("Message") or code
-        return f"{action} on {where} ({side.side}) failed: {code}: {message}"
-    return f"{action} on {where} ({side.side}) failed: {type(error).__name__}: {error}"
+        return f"{action} on {where} ({access.role}) failed: {code}: {message}"
+    return f"{action} on {where} ({access.role}) failed: {type(error).__name__}: {error}"
 
 
 def backoff_delay(attempt: int) -> float:
@@ -794,10 +794,11 @@ def shard_file_name(path: Path, shard: Optional[Shard]) -> Path:
 
 
 @dataclasses.dataclass(frozen=True)
-class SideSettings:
-    """How to reach one side (source or destination). Secrets are kept out of repr()."""
+class SideAccess:
+    """How to reach one side (source or destination): its endpoint and credentials. Secrets are kept
+    out of repr()."""
 
-    side: str  # "source" or "destination", used in every message about this side
+    role: str  # "source" or "destination", used in every message about this side
     origin: str  # where the credentials come from, for messages: a file, a profile, the default chain
     profile: Optional[str] = None
     endpoint_url: Optional[str] = None
@@ -810,55 +811,40 @@ class SideSettings:
     request_payer: Optional[str] = None  # --request-payer: "requester" declares that this account pays
 
 
-def on_one_endpoint(first: SideSettings, second: SideSettings) -> bool:
+def on_one_endpoint(first: SideAccess, second: SideAccess) -> bool:
     """Both sides talk to one S3 service: the only case where S3 can copy server-side, and where
     a source and destination can overlap."""
     return canonical_endpoint(first.endpoint_url) == canonical_endpoint(second.endpoint_url)
 
 
+class RunMode(enum.Enum):
+    """What a run does with the job: copy it, only say what a copy would do, or only compare."""
+
+    COPY = "copy"
+    DRY_RUN = "dry run"  # --dry-run
+    VERIFY_ONLY = "verify only"  # --verify-only
+
+
 @dataclasses.dataclass(frozen=True)
-class TransferConfig:
-    """Everything one run needs, validated once when built from the command line."""
+class JobDefinition:
+    """What makes a job: which objects go where. A progress file is only ever reused for the same job."""
 
     source: S3Location
     destination: S3Location
-    source_side: SideSettings
-    destination_side: SideSettings
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_workers: int = DEFAULT_MAX_WORKERS
-    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
-    memory_limit: int = DEFAULT_MAX_WORKERS * DEFAULT_CHUNK_SIZE
+    source_access: SideAccess
+    destination_access: SideAccess
     filters: tuple[FilterRule, ...] = ()
     shard: Optional[Shard] = None
     inventory: Optional[str] = None  # --from-inventory: a manifest.json or key list, local (absolute) or s3://
-    copy_mode: str = "auto"
-    max_bandwidth: Optional[int] = None  # bytes per second of object data through this machine
-    storage_class: Optional[str] = None
-    sse: Optional[str] = None
-    sse_kms_key_id: Optional[str] = None
     copy_tags: bool = True  # --no-tags turns it off
-    dry_run: bool = False
-    restart: bool = False
-    verify: bool = False
-    verify_only: bool = False
-    skip_existing: bool = False
-    report_file: Optional[Path] = None
-    progress_file: Path = Path(DEFAULT_PROGRESS_FILE)
-    log_file: Path = Path(DEFAULT_LOG_FILE)
-    status_interval: float = DEFAULT_STATUS_INTERVAL
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    list_concurrency: int = 1
-    engine: str = "auto"
-    quiet: bool = False
-    verbose: bool = False
 
-    def job_identity(self) -> dict[str, Any]:
-        """What makes two runs the same job: a progress file is only ever reused for the same one."""
+    def identity(self) -> dict[str, Any]:
+        """The job as the progress file records it, to refuse a file written for another job."""
         return {
             "source": str(self.source),
             "destination": str(self.destination),
-            "source_endpoint_url": canonical_endpoint(self.source_side.endpoint_url),
-            "destination_endpoint_url": canonical_endpoint(self.destination_side.endpoint_url),
+            "source_endpoint_url": canonical_endpoint(self.source_access.endpoint_url),
+            "destination_endpoint_url": canonical_endpoint(self.destination_access.endpoint_url),
             "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
             **({"shard": str(self.shard)} if self.shard else {}),
             # A watermark is a place in one listing's key order: a listing's and a report's do not mix.
@@ -867,6 +853,21 @@ class TransferConfig:
             **({"tags": "not copied (--no-tags)"} if not self.copy_tags else {}),
         }
 
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """How hard and in what way the job is done; a rerun may change any of it and still resume."""
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_workers: int = DEFAULT_MAX_WORKERS
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+    memory_limit: int = DEFAULT_MAX_WORKERS * DEFAULT_CHUNK_SIZE
+    list_concurrency: int = 1
+    max_bandwidth: Optional[int] = None  # bytes per second of object data through this machine
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    engine: str = "auto"
+    copy_mode: str = "auto"
+
     def memory_bound(self) -> str:
         return (
             f"at most {self.max_workers} units and {format_size(self.memory_limit)} of object data in flight "
@@ -874,6 +875,41 @@ class TransferConfig:
             f"{format_size(self.multipart_threshold)} threshold; "
             "a single unit larger than the limit runs alone)"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteOptions:
+    """What every destination object is written with, beyond what it carries over from its source."""
+
+    storage_class: Optional[str] = None
+    sse: Optional[str] = None
+    sse_kms_key_id: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSettings:
+    """Where the run keeps its state and tells its story."""
+
+    progress_file: Path = Path(DEFAULT_PROGRESS_FILE)
+    log_file: Path = Path(DEFAULT_LOG_FILE)
+    report_file: Optional[Path] = None
+    status_interval: float = DEFAULT_STATUS_INTERVAL
+    quiet: bool = False
+    verbose: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything one run needs, validated once (build_settings, in the command line section)."""
+
+    job: JobDefinition
+    mode: RunMode = RunMode.COPY
+    tuning: Tuning = Tuning()
+    writes: WriteOptions = WriteOptions()
+    output: OutputSettings = OutputSettings()
+    restart: bool = False  # --restart: forget the progress file and begin again
+    verify: bool = False  # --verify: compare source and destination after copying
+    skip_existing: bool = False  # --skip-existing: leave alone what the destination already holds
 
 
 def read_json_file(path: Path, *, what: str, when_invalid: str) -> Any:
@@ -950,42 +986,6 @@ def load_credentials_file(path: Path) -> dict[str, str]:
             path, stat.S_IMODE(mode), path,
         )
     return values
-
-
-def source_side_settings(args: argparse.Namespace) -> SideSettings:
-    """The source side: an explicit or default credentials file, else a profile, else the default chain."""
-    path = args.source_credentials
-    if path is None and Path(DEFAULT_CREDENTIALS_FILE).is_file() and not args.source_profile:
-        path = DEFAULT_CREDENTIALS_FILE
-    if path is None:
-        origin = f"profile {args.source_profile}" if args.source_profile else "the default credential chain"
-        return SideSettings(
-            side="source", origin=origin, profile=args.source_profile,
-            endpoint_url=args.source_endpoint_url, region=args.source_region, request_payer=args.request_payer,
-        )
-    values = load_credentials_file(Path(path))
-    return SideSettings(
-        side="source",
-        origin=f"the credentials file {path}",
-        profile=args.source_profile,
-        endpoint_url=args.source_endpoint_url or values.get("endpoint_url"),
-        region=args.source_region or values.get("region"),
-        access_key_id=values.get("aws_access_key_id"),
-        secret_access_key=values.get("aws_secret_access_key"),
-        session_token=values.get("aws_session_token"),
-        role_arn=values.get("role_arn"),
-        external_id=values.get("external_id"),
-        request_payer=args.request_payer,
-    )
-
-
-def destination_side_settings(args: argparse.Namespace) -> SideSettings:
-    """The destination side: the default chain (on EC2, the instance role) unless a profile is named."""
-    origin = f"profile {args.dest_profile}" if args.dest_profile else "the default credential chain"
-    return SideSettings(
-        side="destination", origin=origin, profile=args.dest_profile,
-        endpoint_url=args.dest_endpoint_url, region=args.dest_region, request_payer=args.request_payer,
-    )
 
 
 # -- library seams: where boto3, botocore or logging offer no public way ------------------------
@@ -1079,7 +1079,7 @@ def quick_timestamps_session() -> botocore.session.Session:
     return core
 
 
-def build_session(settings: SideSettings) -> boto3.Session:
+def build_session(settings: SideAccess) -> boto3.Session:
     """A boto3 session for one side's own credentials: its keys, its profile or the default chain.
     With a role_arn, these are what assume the role (role_session)."""
     try:
@@ -1096,12 +1096,12 @@ def build_session(settings: SideSettings) -> boto3.Session:
                                  botocore_session=quick_timestamps_session())
     except botocore.exceptions.ProfileNotFound:
         raise ConfigurationError(
-            f"The {settings.side} profile {settings.profile!r} is not in ~/.aws/config or ~/.aws/credentials."
+            f"The {settings.role} profile {settings.profile!r} is not in ~/.aws/config or ~/.aws/credentials."
         ) from None
     return base
 
 
-def role_session(base: boto3.Session, settings: SideSettings, *, region: str) -> boto3.Session:
+def role_session(base: boto3.Session, settings: SideAccess, *, region: str) -> boto3.Session:
     """A boto3 session whose credentials are settings.role_arn assumed with the base session's, and
     refresh by themselves.
 
@@ -1126,7 +1126,7 @@ def role_session(base: boto3.Session, settings: SideSettings, *, region: str) ->
             credentials = sts.assume_role(**request)["Credentials"]
         except botocore.exceptions.ClientError as error:
             raise FatalTransferError(
-                f"Could not assume the {settings.side} role {settings.role_arn} with {settings.origin}: "
+                f"Could not assume the {settings.role} role {settings.role_arn} with {settings.origin}: "
                 f"{error.response.get('Error', {}).get('Message', error)}. Check the role's trust policy "
                 "and external_id."
             ) from None
@@ -1174,7 +1174,7 @@ def session_with_credentials(credentials: botocore.credentials.Credentials, *, r
 # 4. Connecting to each side
 # =============================================================================================
 
-def explicit_endpoint(settings: SideSettings) -> Optional[str]:
+def explicit_endpoint(settings: SideAccess) -> Optional[str]:
     """The endpoint URL this side will use when it is not AWS: our flag, else botocore's env vars."""
     return settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
@@ -1194,7 +1194,7 @@ def retry_settings(session: boto3.Session) -> dict[str, Any]:
     return retries
 
 
-def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: str, max_workers: int,
+def make_s3_client(session: boto3.Session, settings: SideAccess, *, region: str, max_workers: int,
                    read_timeout: float = DEFAULT_READ_TIMEOUT) -> Any:
     """An S3 client tuned for many threads.
 
@@ -1225,7 +1225,7 @@ def make_s3_client(session: boto3.Session, settings: SideSettings, *, region: st
         client.meta.events.register("before-sign.s3", functools.partial(_declare_request_payer, settings.request_payer))
     credentials = session.get_credentials()
     if isinstance(credentials, RenewableRoleCredentials):
-        renewal = RoleRenewalOnExpiry(credentials, side=settings.side)
+        renewal = RoleRenewalOnExpiry(credentials, side=settings.role)
         client.meta.events.register_first("request-created.s3", renewal.note_generation)
         client.meta.events.register_first("needs-retry.s3", renewal.retry_if_expired)
     return client
@@ -1318,7 +1318,7 @@ def _send_raw_expires(params: dict[str, Any], context: dict[str, Any], **_: Any)
         params["headers"]["Expires"] = context[RAW_EXPIRES]
 
 
-def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str, *, retries: Retries) -> str:
+def detect_bucket_region(session: boto3.Session, settings: SideAccess, bucket: str, *, retries: Retries) -> str:
     """The region every request to the bucket is signed for: the one S3 states.
 
     S3 refuses a request signed for another region than its bucket's (AuthorizationHeaderMalformed).
@@ -1338,11 +1338,11 @@ def detect_bucket_region(session: boto3.Session, settings: SideSettings, bucket:
     if settings.region and settings.region != stated:
         LOG.warning("The %s %s is in region %s, not %s as configured: its requests are signed for %s, the region "
                     "S3 states (correct the configured region to silence this warning).",
-                    settings.side, bucket_or_access_point(bucket), stated, settings.region, stated)
+                    settings.role, bucket_or_access_point(bucket), stated, settings.region, stated)
     return stated
 
 
-def stated_bucket_region(session: boto3.Session, settings: SideSettings, bucket: str, *,
+def stated_bucket_region(session: boto3.Session, settings: SideAccess, bucket: str, *,
                          asking_in: str, retries: Retries) -> Optional[str]:
     """HeadBucket's x-amz-bucket-region, signed for ``asking_in`` (botocore follows a 301 to the
     bucket's region); None when the endpoint sends none, or cannot be asked."""
@@ -1363,14 +1363,14 @@ def bucket_or_access_point(bucket: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Side:
+class ConnectedSide:
     """A connected side: its settings, its client and its bucket; and for the crt engine, which
     signs and sends on its own, the credentials, the URL of the bucket's objects as botocore
     resolved it (virtual-hosted or path-style, the regional endpoint) and the CA bundle to trust.
     `retries` is the run's Retries (one for both sides), which every request to the side goes
     through."""
 
-    settings: SideSettings
+    access: SideAccess
     client: Any
     bucket: str
     region: str
@@ -1381,8 +1381,8 @@ class Side:
     retries: Retries = dataclasses.field(default_factory=Retries, repr=False, compare=False)
 
 
-def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_prefix: str,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT, retries: Optional[Retries] = None) -> Side:
+def connect_side(settings: SideAccess, bucket: str, *, max_workers: int, list_prefix: str,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, retries: Optional[Retries] = None) -> ConnectedSide:
     """Build the client and prove the bucket is there and usable, before anything is copied; every
     request to the side goes through `retries` (the run's), from the first."""
     retries = retries or Retries()
@@ -1404,18 +1404,18 @@ def connect_side(settings: SideSettings, bucket: str, *, max_workers: int, list_
     except FatalTransferError as error:
         raise ConfigurationError(str(error)) from None
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
-        message = explain_error(error, side=settings, bucket=bucket, action=action)
+        message = explain_error(error, access=settings, bucket=bucket, action=action)
         if error_code(error) in DENIED_CODES and not settings.request_payer:
             # S3 refuses a Requester Pays bucket's requests that do not declare who pays as it refuses
             # a missing permission, and nothing in its answer tells the two apart.
             message = (f"{message.rstrip('.')}, or, if {bucket} is a Requester Pays bucket, rerun with "
                        "--request-payer requester.")
         raise ConfigurationError(message) from None
-    LOG.info("%s: %s in region %s, credentials from %s", settings.side, bucket_or_access_point(bucket), region,
+    LOG.info("%s: %s in region %s, credentials from %s", settings.role, bucket_or_access_point(bucket), region,
              settings.origin)
     # AWS_CA_BUNDLE or the profile's ca_bundle, as botocore resolved it.
     ca_bundle = botocore_session_of(session).get_config_variable("ca_bundle")
-    return Side(settings=settings, client=client, bucket=bucket, region=region, credentials=credentials,
+    return ConnectedSide(access=settings, client=client, bucket=bucket, region=region, credentials=credentials,
                 objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle,
                 first_key=next((entry["Key"] for entry in first.get("Contents", ())), None), retries=retries)
 
@@ -1427,7 +1427,7 @@ def objects_url(listing_url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/", "", ""))
 
 
-def tag_access_refusal(config: TransferConfig, source: Side) -> Optional[str]:
+def tag_access_refusal(config: RunSettings, source: ConnectedSide) -> Optional[str]:
     """Why the tags cannot be copied, as the sentence that stops the run, or None.
 
     S3 tells how many tags an object has (x-amz-tagging-count) only to a caller allowed
@@ -1438,7 +1438,7 @@ def tag_access_refusal(config: TransferConfig, source: Side) -> Optional[str]:
     copy, which meets it object by object.
     """
     key = source.first_key
-    if not config.copy_tags or key is None:
+    if not config.job.copy_tags or key is None:
         return None
     try:
         source.retries.call(lambda: source.client.get_object_tagging(Bucket=source.bucket, Key=key),
@@ -1448,13 +1448,13 @@ def tag_access_refusal(config: TransferConfig, source: Side) -> Optional[str]:
         LOG.debug("asking for the tags of an object in the source: %s", error)
         if error_code(error) not in DENIED_CODES or not _may_read(source, key):
             return None
-    return (f"The source credentials ({config.source_side.origin}) may not read object tags (s3:GetObjectTagging "
+    return (f"The source credentials ({config.job.source_access.origin}) may not read object tags (s3:GetObjectTagging "
             f"on {bucket_or_access_point(source.bucket)}), so S3 would hide every object's tags and the copies "
             "would lose them: grant "
             "s3:GetObjectTagging on the source objects to them, or rerun with --no-tags to copy without tags.")
 
 
-def _may_read(source: Side, key: str) -> bool:
+def _may_read(source: ConnectedSide, key: str) -> bool:
     """Whether these credentials may read the object (HeadObject is not denied): a missing
     s3:GetObject is told by the copy itself, naming that permission."""
     try:
@@ -1595,7 +1595,7 @@ PAGE_MARKERS = {"list_objects_v2": ("ContinuationToken", "NextContinuationToken"
                 "list_parts": ("PartNumberMarker", "NextPartNumberMarker")}
 
 
-def pages(side: Side, operation: str, **request: Any) -> Iterator[dict[str, Any]]:
+def pages(side: ConnectedSide, operation: str, **request: Any) -> Iterator[dict[str, Any]]:
     """The pages of a listing (`operation`, a boto3 method name), one request each, fetched as they are
     wanted and each sent through the side's Retries: a page S3 refuses as busy, or whose body breaks
     off, is asked for again (the same request: a page is read whole before it is used)."""
@@ -1610,7 +1610,7 @@ def pages(side: Side, operation: str, **request: Any) -> Iterator[dict[str, Any]
         request = {**request, sent: page[received]}
 
 
-def list_objects(side: Side, location: S3Location, start_after: Optional[str],
+def list_objects(side: ConnectedSide, location: S3Location, start_after: Optional[str],
                  through: Optional[str] = None) -> Iterator[ListedObject]:
     """Stream a listing in key order, one page in memory at a time, after `start_after` and up to
     and including `through` (None: to the end)."""
@@ -1676,7 +1676,7 @@ def choose_split_points(candidates: Iterable[str], ranges_wanted: int) -> list[s
     return sorted({ordered[int(step * index)] for index in range(1, ranges_wanted)})
 
 
-def discover_split_points(side: Side, location: S3Location, ranges_wanted: int) -> list[str]:
+def discover_split_points(side: ConnectedSide, location: S3Location, ranges_wanted: int) -> list[str]:
     """Split points for a listing in `ranges_wanted` ranges: folders (CommonPrefixes of a listing with
     Delimiter "/"), one level deeper while there are too few, else the next character after the
     deepest single folder."""
@@ -1699,7 +1699,7 @@ def discover_split_points(side: Side, location: S3Location, ranges_wanted: int) 
     return choose_split_points((level[0] + character for character in SPLIT_ALPHABET), ranges_wanted)
 
 
-def list_folders(side: Side, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
+def list_folders(side: ConnectedSide, bucket: str, prefixes: list[str], *, limit: int) -> list[str]:
     """The folders (CommonPrefixes with Delimiter "/") directly under each of `prefixes`, at most `limit`.
 
     One page of each prefix only: a prefix of a million keys and no folder would otherwise be listed
@@ -1863,7 +1863,7 @@ def parse_inventory_schema(file_schema: str) -> tuple[str, ...]:
     return columns
 
 
-def inventory_object(key: str, size: str = "", etag: str = "", storage_class: str = "",
+def make_inventory_row(key: str, size: str = "", etag: str = "", storage_class: str = "",
                      last_modified: str = "") -> InventoryRow:
     """An InventoryRow from the text of its fields; empty fields are unknown."""
     if not key:
@@ -1903,7 +1903,7 @@ def parse_inventory_row(fields: list[str], positions: dict[str, int], key: str, 
         return None
     size, etag, storage_class, modified = (fields[positions[name]] if name in positions else ""
                                            for name in ("Size", "ETag", "StorageClass", "LastModifiedDate"))
-    return inventory_object(key, size, etag, storage_class, modified)
+    return make_inventory_row(key, size, etag, storage_class, modified)
 
 
 def parse_key_list_row(fields: list[str]) -> InventoryRow:
@@ -1911,7 +1911,7 @@ def parse_key_list_row(fields: list[str]) -> InventoryRow:
     if len(fields) > 3:
         raise ValueError(f"it has {len(fields)} fields, and a key list has at most three: key, size, ETag "
                          "(quote a key that holds a comma)")
-    return inventory_object(*fields)
+    return make_inventory_row(*fields)
 
 
 def _s3_parts(uri: str) -> tuple[str, str]:
@@ -1919,7 +1919,7 @@ def _s3_parts(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _read_inventory_range(location: str, start: int, length: int, source: Side) -> bytes:
+def _read_inventory_range(location: str, start: int, length: int, source: ConnectedSide) -> bytes:
     """`length` bytes of a file from `start`: a local read, or a ranged GET with the source's client,
     sent again when its body breaks off (botocore retries only what fails before the body) or S3 is busy."""
     if not location.startswith("s3://"):
@@ -1935,7 +1935,7 @@ def _read_inventory_range(location: str, start: int, length: int, source: Side) 
     return source.retries.call(read, what=f"reading {location}", retry_bodies=True)
 
 
-def inventory_chunks(file: InventoryFile, source: Side, *, name: str) -> Iterator[tuple[bytes, bool]]:
+def inventory_chunks(file: InventoryFile, source: ConnectedSide, *, name: str) -> Iterator[tuple[bytes, bool]]:
     """The file's bytes a chunk at a time, each with whether it is the last. The MD5 the manifest
     gives is checked before the last chunk is handed on, so a file of one chunk is proven before
     any of its rows is used."""
@@ -1949,7 +1949,7 @@ def inventory_chunks(file: InventoryFile, source: Side, *, name: str) -> Iterato
                                      f"({error.strerror or error}); rerun to resume once it can.") from None
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             bucket, key = _s3_parts(file.location)
-            raise FatalTransferError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+            raise FatalTransferError(explain_error(error, access=source.access, bucket=bucket, action="s3:GetObject",
                                                    key=key)) from None
         if not chunk:
             raise FatalTransferError(f"{_capital(name)} ends after {offset:,} bytes, not the {file.size:,} "
@@ -2008,7 +2008,7 @@ def _truncated(name: str) -> FatalTransferError:
                               "use a complete copy of it.")
 
 
-def inventory_file_rows(inventory: Inventory, file: InventoryFile, source: Side, *,
+def inventory_file_rows(inventory: Inventory, file: InventoryFile, source: ConnectedSide, *,
                         after: Optional[str] = None) -> Iterator[InventoryRow]:
     """The rows of one file that name a current object after `after` (a rerun's watermark), every
     row checked to be in key order as it streams; a key may repeat (one object in two rows)."""
@@ -2043,7 +2043,7 @@ def inventory_file_rows(inventory: Inventory, file: InventoryFile, source: Side,
         raise FatalTransferError(f"Line {number} of {name} cannot be read: {error}.") from None
 
 
-def inventory_rows(inventory: Inventory, source: Side, location: S3Location, start_after: Optional[str],
+def inventory_rows(inventory: Inventory, source: ConnectedSide, location: S3Location, start_after: Optional[str],
                    through: Optional[str] = None) -> Iterator[InventoryRow]:
     """Every file's rows merged into key order, each key once, those under the source prefix after
     start_after and up to through. Rows up to a rerun's watermark cost reading, but no request."""
@@ -2063,7 +2063,7 @@ def inventory_rows(inventory: Inventory, source: Side, location: S3Location, sta
         yield row
 
 
-def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing: Callable[[str], None],
+def inventory_objects(rows: Iterable[InventoryRow], source: ConnectedSide, *, on_missing: Callable[[str], None],
                       need_etag: bool = True) -> Iterator[ListedObject]:
     """The rows as listed objects, in their order.
 
@@ -2081,10 +2081,10 @@ def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing:
         except botocore.exceptions.ClientError as error:
             if classify(error) is ErrorKind.NOT_FOUND:
                 return None
-            raise FatalTransferError(explain_error(error, side=source.settings, bucket=source.bucket,
+            raise FatalTransferError(explain_error(error, access=source.access, bucket=source.bucket,
                                                    action="s3:GetObject", key=key)) from None
         except botocore.exceptions.BotoCoreError as error:
-            raise FatalTransferError(explain_error(error, side=source.settings, bucket=source.bucket,
+            raise FatalTransferError(explain_error(error, access=source.access, bucket=source.bucket,
                                                    action="s3:GetObject", key=key)) from None
         return ListedObject(key=key, size=response["ContentLength"], etag=response["ETag"],
                             storage_class=response.get("StorageClass", "STANDARD"),
@@ -2118,7 +2118,7 @@ def inventory_objects(rows: Iterable[InventoryRow], source: Side, *, on_missing:
             yield from settle(*waiting.popleft())
 
 
-def _read_inventory_document(location: str, source: Side, *, what: str) -> Optional[bytes]:
+def _read_inventory_document(location: str, source: ConnectedSide, *, what: str) -> Optional[bytes]:
     """A small file of --from-inventory (a manifest, its checksum), whole; None when there is none."""
     if not location.startswith("s3://"):
         try:
@@ -2135,14 +2135,14 @@ def _read_inventory_document(location: str, source: Side, *, what: str) -> Optio
     except botocore.exceptions.ClientError as error:
         if classify(error) is ErrorKind.NOT_FOUND:
             return None
-        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+        raise ConfigurationError(explain_error(error, access=source.access, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
     except botocore.exceptions.BotoCoreError as error:
-        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+        raise ConfigurationError(explain_error(error, access=source.access, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
 
 
-def _inventory_file_size(location: str, source: Side) -> Optional[int]:
+def _inventory_file_size(location: str, source: ConnectedSide) -> Optional[int]:
     """The size of a file of --from-inventory; None when it does not exist."""
     if not location.startswith("s3://"):
         path = Path(location)
@@ -2154,10 +2154,10 @@ def _inventory_file_size(location: str, source: Side) -> Optional[int]:
     except botocore.exceptions.ClientError as error:
         if classify(error) is ErrorKind.NOT_FOUND:
             return None
-        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+        raise ConfigurationError(explain_error(error, access=source.access, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
     except botocore.exceptions.BotoCoreError as error:
-        raise ConfigurationError(explain_error(error, side=source.settings, bucket=bucket, action="s3:GetObject",
+        raise ConfigurationError(explain_error(error, access=source.access, bucket=bucket, action="s3:GetObject",
                                                key=key)) from None
 
 
@@ -2225,7 +2225,7 @@ def local_data_file(manifest: Path, key: str) -> Optional[Path]:
     return None
 
 
-def open_inventory(location: str, source: Side) -> Inventory:
+def open_inventory(location: str, source: ConnectedSide) -> Inventory:
     """Check --from-inventory before anything is copied: a manifest is read and checked (against
     its manifest.checksum, when there is one) and every data file it names found, at the size it
     gives; a key list is read through once, to find it in key order."""
@@ -2249,7 +2249,7 @@ def open_inventory(location: str, source: Side) -> Inventory:
     return inventory
 
 
-def _open_manifest(location: str, source: Side) -> Inventory:
+def _open_manifest(location: str, source: ConnectedSide) -> Inventory:
     document = _read_inventory_document(location, source, what="inventory manifest")
     if document is None:
         raise ConfigurationError(f"The inventory manifest {location} given to --from-inventory does not exist: give "
@@ -2321,7 +2321,7 @@ class ObjectAttributes:
             tagging=urllib.parse.urlencode([(tag["Key"], tag["Value"]) for tag in tags]),
         )
 
-    def upload_arguments(self, config: TransferConfig) -> dict[str, Any]:
+    def upload_arguments(self, config: RunSettings) -> dict[str, Any]:
         """Keyword arguments for PutObject / CreateMultipartUpload."""
         arguments: dict[str, Any] = dict(self.headers)
         arguments["Metadata"] = self.metadata
@@ -2330,15 +2330,15 @@ class ObjectAttributes:
         return {**arguments, **storage_arguments(config)}
 
 
-def storage_arguments(config: TransferConfig) -> dict[str, str]:
+def storage_arguments(config: RunSettings) -> dict[str, str]:
     """How the copies are stored (--storage-class, --sse), for every request that writes an object."""
     arguments = {}
-    if config.storage_class:
-        arguments["StorageClass"] = config.storage_class
-    if config.sse:
-        arguments["ServerSideEncryption"] = config.sse
-    if config.sse_kms_key_id:
-        arguments["SSEKMSKeyId"] = config.sse_kms_key_id
+    if config.writes.storage_class:
+        arguments["StorageClass"] = config.writes.storage_class
+    if config.writes.sse:
+        arguments["ServerSideEncryption"] = config.writes.sse
+    if config.writes.sse_kms_key_id:
+        arguments["SSEKMSKeyId"] = config.writes.sse_kms_key_id
     return arguments
 
 
@@ -2447,7 +2447,7 @@ def awscrt_too_old(version: str) -> bool:
     return numbers is not None and (int(numbers[1]), int(numbers[2])) < CRT_ENGINE_AWSCRT
 
 
-def crt_unavailable(sides: Iterable[Side]) -> str:
+def crt_unavailable(sides: Iterable[ConnectedSide]) -> str:
     """Why the crt engine cannot serve these sides, as a clause; "" when it can."""
     try:
         import awscrt.s3  # noqa: F401 - only whether it imports
@@ -2461,12 +2461,12 @@ def crt_unavailable(sides: Iterable[Side]) -> str:
     for side in sides:
         # botocore honours HTTPS_PROXY/HTTP_PROXY; awscrt's S3 client in Python takes no proxy.
         if botocore.utils.get_environ_proxies(side.objects_url):
-            return f"the {side.settings.side} endpoint is reached through a proxy (HTTPS_PROXY), which awscrt's S3 " \
+            return f"the {side.access.role} endpoint is reached through a proxy (HTTPS_PROXY), which awscrt's S3 " \
                    "client cannot use"
     return ""
 
 
-def choose_engine(requested: str, sides: Iterable[Side]) -> EngineChoice:
+def choose_engine(requested: str, sides: Iterable[ConnectedSide]) -> EngineChoice:
     """--engine. "auto" takes crt for whole objects, where a request's CPU is most of an object's
     cost and crt saves most of it, and threads for parts, where crt saves less and costs more than
     the memory bound allows (awscrt holds each body in C too: see the README's Engines and
@@ -2624,7 +2624,7 @@ class CrtSideClient:
     included, are the very ones of the threads engine.
     """
 
-    def __init__(self, side: Side, *, read_timeout: float) -> None:
+    def __init__(self, side: ConnectedSide, *, read_timeout: float) -> None:
         from awscrt import auth, s3
         from awscrt import io as crt_io
 
@@ -2633,11 +2633,11 @@ class CrtSideClient:
         self._host = url.netloc
         self._path = url.path
         # What the boto3 clients add to every request (_declare_request_payer), signed by the crt client.
-        self._declared = [("x-amz-request-payer", side.settings.request_payer)] if side.settings.request_payer else []
+        self._declared = [("x-amz-request-payer", side.access.request_payer)] if side.access.request_payer else []
         self._read_timeout = read_timeout
         self._credentials = side.credentials
         self._credentials_failure: Optional[BaseException] = None
-        self._renewal = (RoleRenewalOnExpiry(side.credentials, side=side.settings.side)
+        self._renewal = (RoleRenewalOnExpiry(side.credentials, side=side.access.role)
                          if isinstance(side.credentials, RenewableRoleCredentials) else None)
         tls_options = None
         if url.scheme == "https":
@@ -2727,7 +2727,7 @@ class CrtSideClient:
                 # like botocore's read timeout. The server may have done it; every call here is idempotent.
                 sent.cancel()
                 if finished.exception() is not None:
-                    raise TransportError(f"{operation}: no answer from the {self.side.settings.side} endpoint "
+                    raise TransportError(f"{operation}: no answer from the {self.side.access.role} endpoint "
                                          f"for {silence:.0f} s (--read-timeout {self._read_timeout:g} s)")
                 break
             with contextlib.suppress(concurrent.futures.TimeoutError):  # woken to look at the silence again
@@ -2745,7 +2745,7 @@ class CrtSideClient:
             name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
             if name in CRT_BUSY_ERRORS:
                 return CRT_BUSY_ERRORS[name], [], b""
-            raise TransportError(f"{operation} to the {self.side.settings.side} endpoint failed: {name}: {error}")
+            raise TransportError(f"{operation} to the {self.side.access.role} endpoint failed: {name}: {error}")
         return answer.status, answer.headers, answer.body()
 
 
@@ -2773,7 +2773,7 @@ class CrtTransport:
     and only the costly part of a request (signing, HTTP, TLS: most of its CPU in botocore) leaves
     Python."""
 
-    def __init__(self, source: Side, destination: Side, *, read_timeout: float) -> None:
+    def __init__(self, source: ConnectedSide, destination: ConnectedSide, *, read_timeout: float) -> None:
         self._source = CrtSideClient(source, read_timeout=read_timeout)
         self._destination = CrtSideClient(destination, read_timeout=read_timeout)
 
@@ -2824,10 +2824,10 @@ class SplitTransport:
                                        content_md5=content_md5, checksum=checksum)
 
 
-def make_transport(choice: EngineChoice, source: Side, destination: Side, config: TransferConfig) -> BodyTransport:
+def make_transport(choice: EngineChoice, source: ConnectedSide, destination: ConnectedSide, config: RunSettings) -> BodyTransport:
     engines: dict[str, BodyTransport] = {"threads": Boto3Transport(source.client, destination.client)}
     if "crt" in (choice.whole_objects, choice.parts):
-        engines["crt"] = CrtTransport(source, destination, read_timeout=config.read_timeout)
+        engines["crt"] = CrtTransport(source, destination, read_timeout=config.tuning.read_timeout)
     if choice.whole_objects == choice.parts:
         return engines[choice.parts]
     return SplitTransport(engines[choice.whole_objects], engines[choice.parts])
@@ -3407,7 +3407,7 @@ class IntegrityPlanner:
     (with its checksum), and of its parts where its ETag is of a multipart upload, to learn the part
     layout its multipart ETag (or composite checksum) is computed along."""
 
-    def __init__(self, source: Side) -> None:
+    def __init__(self, source: ConnectedSide) -> None:
         self.source = source
 
     def head(self, listed: ListedObject) -> dict[str, Any]:
@@ -3478,21 +3478,21 @@ class IntegrityPlanner:
         return layout
 
 
-def copy_part_size(listed: ListedObject, check: IntegrityCheck, config: TransferConfig, *, server_side: bool) -> int:
+def copy_part_size(listed: ListedObject, check: IntegrityCheck, config: RunSettings, *, server_side: bool) -> int:
     """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
     bytes, so any size fits), else our chunk size, raised if needed to stay within 10,000 parts."""
     source_part = check.source_part_sizes[0] if check.method == "etag" and check.uniform_parts else 0
-    largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * config.chunk_size,
-                                                    max(config.memory_limit, config.chunk_size))
+    largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * config.tuning.chunk_size,
+                                                    max(config.tuning.memory_limit, config.tuning.chunk_size))
     # A source that is not AWS S3 may hold more than 10,000 parts; S3 would refuse part 10,001.
     if MIN_PART_SIZE <= source_part <= largest and math.ceil(listed.size / source_part) <= MAX_PARTS:
         return source_part
-    part_size = choose_part_size(listed.size, config.chunk_size)  # the engine refused what is too large
-    if part_size != config.chunk_size and not server_side:
+    part_size = choose_part_size(listed.size, config.tuning.chunk_size)  # the engine refused what is too large
+    if part_size != config.tuning.chunk_size and not server_side:
         LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
                     "limit at once (raise --memory-limit to copy more of them in parallel)",
                     json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
-                    max(config.memory_limit // part_size, 1), format_size(config.memory_limit))
+                    max(config.tuning.memory_limit // part_size, 1), format_size(config.tuning.memory_limit))
     return part_size
 
 
@@ -3733,7 +3733,7 @@ class CopyServices:
     a body's request with its retries, a server-side request, the tags, the settling of a success,
     and the destination's side of an upload (is it done, abort it)."""
 
-    def __init__(self, config: TransferConfig, *, source: Side, destination: Side, transport: BodyTransport,
+    def __init__(self, config: RunSettings, *, source: ConnectedSide, destination: ConnectedSide, transport: BodyTransport,
                  progress: "ProgressStore", status: "StatusReporter", run: RunStop, permissions: PermissionBreaker,
                  copy_mode: CopyModeChoice, planner: IntegrityPlanner,
                  bandwidth: Optional[BandwidthLimit] = None) -> None:
@@ -3759,7 +3759,7 @@ class CopyServices:
         if self._bandwidth is not None:
             self._bandwidth.take(amount)
 
-    def body_request(self, operation: Callable[[], T], *, what: str, action: str, side: Side) -> T:
+    def body_request(self, operation: Callable[[], T], *, what: str, action: str, side: ConnectedSide) -> T:
         """A GET or PUT of a body through Retries, which also sends again what botocore does not: a
         body broken after the headers arrived, or one that does not match its ETag. A unit already
         started is let finish when the run stops (Ctrl-C), but it is not retried then."""
@@ -3769,7 +3769,7 @@ class CopyServices:
             if classify(refused) is ErrorKind.DAMAGED_UPLOAD:  # S3 refused the body every time as damaged
                 raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
                                     f"{refused}") from refused
-            raise S3CallFailed(refused, action=action, side=side.settings.side) from refused
+            raise S3CallFailed(refused, action=action, side=side.access.role) from refused
         except RETRYABLE_BODY_ERRORS as broken:
             kind = "integrity mismatch: " if isinstance(broken, botocore.exceptions.FlexibleChecksumError) else ""
             raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{broken}") from broken
@@ -3779,7 +3779,7 @@ class CopyServices:
         none to credentials that may read tags, as tag_access_refusal made sure of one object: a
         policy that lets them read the tags of some objects only would leave the others untagged),
         which saves a request per untagged object; tag_count=None means ask."""
-        if tag_count == 0 or not self.config.copy_tags:
+        if tag_count == 0 or not self.config.job.copy_tags:
             return []
         try:
             tags = self.retries.call(lambda: self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key),
@@ -3801,13 +3801,13 @@ class CopyServices:
                 raise SourceChanged() from None
             if code in DENIED_CODES:
                 why = (f"{operation} of s3://{self.source.bucket}/{key} with the destination credentials "
-                       f"({self.destination.settings.origin}): {code}")
+                       f"({self.destination.access.origin}): {code}")
                 if self.copy_mode.refused(why):
                     raise ServerSideRefused(why) from None
                 failure = FatalTransferError if self.permissions.denied(SERVER_SIDE_COPY) else ObjectFailure
                 raise failure(
                     f"S3 refused the server-side copy ({code}): a server-side copy needs the destination "
-                    f"credentials ({self.destination.settings.origin}) to have s3:GetObject on "
+                    f"credentials ({self.destination.access.origin}) to have s3:GetObject on "
                     f"s3://{self.source.bucket}/{key} (same account, or a bucket policy granting the destination "
                     "account); use --copy-mode stream to copy through this machine instead") from None
             raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
@@ -3933,7 +3933,7 @@ class SmallObjectCopier:
             lambda: services.destination.client.copy_object(
                 Bucket=services.destination.bucket, Key=destination_key,
                 CopySource={"Bucket": services.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
-                MetadataDirective="COPY", TaggingDirective="COPY" if services.config.copy_tags else "REPLACE",
+                MetadataDirective="COPY", TaggingDirective="COPY" if services.config.job.copy_tags else "REPLACE",
                 **ask, **redirect, **storage_arguments(services.config),
             ),
         )
@@ -4411,7 +4411,7 @@ class FailurePolicy:
     `run.fatal`). Objects to copy again wait in `restarts` for the scheduler. Called from workers and
     the main thread."""
 
-    def __init__(self, *, source: Side, destination: Side, progress: "ProgressStore", status: "StatusReporter",
+    def __init__(self, *, source: ConnectedSide, destination: ConnectedSide, progress: "ProgressStore", status: "StatusReporter",
                  run: RunStop, permissions: PermissionBreaker) -> None:
         self.source = source
         self.destination = destination
@@ -4468,7 +4468,7 @@ class FailurePolicy:
             return "the multipart upload disappeared from the destination"
         return ""
 
-    def side_named_by(self, error: BaseException) -> Side:
+    def side_named_by(self, error: BaseException) -> ConnectedSide:
         """The side an error is about: the one whose bucket S3 names in it (NoSuchBucket's BucketName,
         the source's for an UploadPartCopy whose source is gone, though the request went to the
         destination), else the side the request went to."""
@@ -4480,7 +4480,7 @@ class FailurePolicy:
                 return self.destination
         return self.destination if action_and_side(error)[1] == "destination" else self.source
 
-    def settle(self, key: str, error: BaseException, *, action: str = "", side: Optional[Side] = None) -> None:
+    def settle(self, key: str, error: BaseException, *, action: str = "", side: Optional[ConnectedSide] = None) -> None:
         """Record the failure of one object, or stop the run if no object could succeed either."""
         side = side or self.source
         if isinstance(error, FatalTransferError):
@@ -4489,7 +4489,7 @@ class FailurePolicy:
         if isinstance(error, ObjectFailure):
             reason = str(error)
         else:
-            reason = explain_error(error, side=side.settings, bucket=side.bucket, action=action or "the copy",
+            reason = explain_error(error, access=side.access, bucket=side.bucket, action=action or "the copy",
                                    key=key if side is self.source else "")
             # A KMS denial is about the object's key: other objects, under other keys, may be readable.
             kind = classify(error)
@@ -4605,7 +4605,7 @@ class TransferEngine:
     progress file, and a worker only just before it completes an upload (ProgressStore.save).
     Every collaborator is passed in (build_engine builds them for copy_job)."""
 
-    def __init__(self, config: TransferConfig, *, scheduler: UnitScheduler, policy: FailurePolicy,
+    def __init__(self, config: RunSettings, *, scheduler: UnitScheduler, policy: FailurePolicy,
                  small: SmallObjectCopier, multipart: MultipartUploads, copy_mode: CopyModeChoice,
                  progress: "ProgressStore", status: "StatusReporter", run: RunStop) -> None:
         self.config = config
@@ -4673,14 +4673,14 @@ class TransferEngine:
                 self._schedule(fresh, attempt=attempt)
 
     def _schedule(self, listed: ListedObject, *, attempt: int) -> None:
-        destination_key = map_destination_key(listed.key, self.config.source, self.config.destination)
-        refusal = why_uncopyable(listed.key[len(self.config.source.prefix):], destination_key, listed.size)
+        destination_key = map_destination_key(listed.key, self.config.job.source, self.config.job.destination)
+        refusal = why_uncopyable(listed.key[len(self.config.job.source.prefix):], destination_key, listed.size)
         if refusal is not None:
             self.multipart.abort_recorded(listed.key, refusal)
             self.policy.settle(listed.key, ObjectFailure(refusal))
             return
         server_side = self.copy_mode.server_side()
-        if copied_in_one_request(destination_key, listed.size, multipart_threshold=self.config.multipart_threshold):
+        if copied_in_one_request(destination_key, listed.size, multipart_threshold=self.config.tuning.multipart_threshold):
             self.multipart.abort_recorded(listed.key, "the object is now copied with one request, not in parts")
             copy = self.small.copy_server_side if server_side else self.small.copy_streamed
             self.scheduler.submit(lambda: self._guarded(listed, attempt, None, copy, listed, destination_key),
@@ -4724,19 +4724,19 @@ class TransferEngine:
             self.status.worker_busy(-1)
 
 
-def build_engine(config: TransferConfig, *, source: Side, destination: Side, transport: BodyTransport,
+def build_engine(config: RunSettings, *, source: ConnectedSide, destination: ConnectedSide, transport: BodyTransport,
                  progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event,
                  copy_mode: CopyModeChoice) -> TransferEngine:
     """A TransferEngine of its parts, for this job: one RunStop, PermissionBreaker and memory budget
     shared by them all."""
     run = RunStop(stopping)
     permissions = PermissionBreaker()
-    bandwidth = BandwidthLimit(config.max_bandwidth, stopping) if config.max_bandwidth else None
+    bandwidth = BandwidthLimit(config.tuning.max_bandwidth, stopping) if config.tuning.max_bandwidth else None
     services = CopyServices(config, source=source, destination=destination, transport=transport, progress=progress,
                             status=status, run=run, permissions=permissions, copy_mode=copy_mode,
                             planner=IntegrityPlanner(source), bandwidth=bandwidth)
-    scheduler = UnitScheduler(budget=MemoryBudget(config.memory_limit, max_units=config.max_workers),
-                              pool=concurrent.futures.ThreadPoolExecutor(config.max_workers,
+    scheduler = UnitScheduler(budget=MemoryBudget(config.tuning.memory_limit, max_units=config.tuning.max_workers),
+                              pool=concurrent.futures.ThreadPoolExecutor(config.tuning.max_workers,
                                                                          thread_name_prefix="worker"),
                               progress=progress, status=status, run=run)
     policy = FailurePolicy(source=source, destination=destination, progress=progress, status=status, run=run,
@@ -5115,7 +5115,7 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def discard_progress(path: Path, destination: Side) -> None:
+def discard_progress(path: Path, destination: ConnectedSide) -> None:
     """--restart: abort the uploads the old progress file was keeping for resume, then remove it,
     so starting over orphans nothing."""
     try:
@@ -5186,7 +5186,7 @@ class ObjectComparer:
     listings when the ETags agree, else with HeadObject on both (a few requests per differing pair),
     by the ETags where their layouts match, or by an additional checksum both objects keep."""
 
-    def __init__(self, source: Side, destination: Side) -> None:
+    def __init__(self, source: ConnectedSide, destination: ConnectedSide) -> None:
         self._sides = (source, destination)
 
     def compare(self, source: ListedObject, destination: ListedObject) -> tuple[str, str]:
@@ -5210,8 +5210,8 @@ class ObjectComparer:
             return MATCH_SIZE_ONLY, "an ETag is not an MD5 (SSE-KMS or SSE-C) and there is no common checksum"
         return MATCH_SIZE_ONLY, "the objects were uploaded with different part layouts and share no checksum"
 
-    def _fingerprint(self, side: Side, listed: ListedObject) -> Fingerprint:
-        what = f"HeadObject of {listed.key} ({side.settings.side})"
+    def _fingerprint(self, side: ConnectedSide, listed: ListedObject) -> Fingerprint:
+        what = f"HeadObject of {listed.key} ({side.access.role})"
         head = side.retries.call(lambda: side.client.head_object(Bucket=side.bucket, Key=listed.key,
                                                                  ChecksumMode="ENABLED"), what=what)
         layout: tuple[Any, ...] = ("whole",)
@@ -5221,7 +5221,7 @@ class ObjectComparer:
         return Fingerprint(layout, not etag_is_opaque(head), find_source_checksum(head, listed.etag))
 
 
-def objects_to_copy(config: TransferConfig, source: Side, destination: Side, start_after: Optional[str],
+def objects_to_copy(config: RunSettings, source: ConnectedSide, destination: ConnectedSide, start_after: Optional[str],
                     through: Optional[str], status: "StatusReporter", *, inventory: Optional[Inventory],
                     on_missing: Callable[[str], None]) -> Iterator[ListedObject]:
     """--skip-existing: the source objects (after start_after, up to through) the destination lacks or
@@ -5231,14 +5231,14 @@ def objects_to_copy(config: TransferConfig, source: Side, destination: Side, sta
     comparer = ObjectComparer(source, destination)
 
     def on_destination(key: Optional[str]) -> Optional[str]:  # the same place in destination key order
-        return map_destination_key(key, config.source, config.destination) if key else None
+        return map_destination_key(key, config.job.source, config.job.destination) if key else None
 
     joined = merge_join(
         source_objects(config, source, start_after, through, inventory=inventory, on_missing=on_missing),
-        config.source.prefix,
-        selected_objects(list_objects(destination, config.destination, on_destination(start_after),
+        config.job.source.prefix,
+        selected_objects(list_objects(destination, config.job.destination, on_destination(start_after),
                                       on_destination(through)), config, side="destination"),
-        config.destination.prefix,
+        config.job.destination.prefix,
     )
     for _, source_object, destination_object in joined:
         if source_object is None:
@@ -5271,7 +5271,7 @@ def listed_in(objects: Iterable[ListedObject], keys: Iterable[str]) -> Iterator[
             yield listed
 
 
-def audit(config: TransferConfig, source: Side, destination: Side, inventory: Optional[Inventory] = None) -> int:
+def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide, inventory: Optional[Inventory] = None) -> int:
     """--verify / --verify-only: compare both sides in one merge join and report; exit 1 on any
     missing or differing object (destination-only keys are reported but are not a discrepancy).
     With --from-inventory, the source objects compared are those of the report (as the source
@@ -5279,15 +5279,15 @@ def audit(config: TransferConfig, source: Side, destination: Side, inventory: Op
     comparer = ObjectComparer(source, destination)
     counts: collections.Counter[str] = collections.Counter()
     shown = 0
-    report = AuditReportFile(config.report_file)
-    source_listing = selected_objects(list_objects(source, config.source, None), config)
+    report = AuditReportFile(config.output.report_file)
+    source_listing = selected_objects(list_objects(source, config.job.source, None), config)
     if inventory is not None:
         source_listing = listed_in(source_listing, (row.key for row in
-                                                    inventory_rows(inventory, source, config.source, None)))
+                                                    inventory_rows(inventory, source, config.job.source, None)))
     joined = merge_join(
-        source_listing, config.source.prefix,
-        selected_objects(list_objects(destination, config.destination, None), config, side="destination"),
-        config.destination.prefix,
+        source_listing, config.job.source.prefix,
+        selected_objects(list_objects(destination, config.job.destination, None), config, side="destination"),
+        config.job.destination.prefix,
     )
     try:
         for relative_key, source_object, destination_object in joined:
@@ -5302,7 +5302,7 @@ def audit(config: TransferConfig, source: Side, destination: Side, inventory: Op
                 continue
             entry = {"key": relative_key, "problem": verdict, "detail": detail}
             report.write(entry)
-            if shown < 20 and not config.quiet:
+            if shown < 20 and not config.output.quiet:
                 shown += 1
                 print(f"  {verdict}: {json.dumps(relative_key, ensure_ascii=False)} ({detail})")
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
@@ -5312,13 +5312,13 @@ def audit(config: TransferConfig, source: Side, destination: Side, inventory: Op
                                                    CHECKSUM_MISMATCH, DESTINATION_ONLY)}
         report.close(config, summary)
     problems = sum(counts[name] for name in DISCREPANCIES)
-    message = (f"Verify {config.source} -> {config.destination}: {counts[MATCH]:,} identical by ETag or checksum, "
+    message = (f"Verify {config.job.source} -> {config.job.destination}: {counts[MATCH]:,} identical by ETag or checksum, "
                f"{counts[MATCH_SIZE_ONLY]:,} equal in size (ETags not comparable), {counts[MISSING]:,} missing, "
                f"{counts[SIZE_MISMATCH]:,} size mismatches, {counts[ETAG_MISMATCH]:,} ETag mismatches, "
                f"{counts[CHECKSUM_MISMATCH]:,} checksum mismatches, {counts[DESTINATION_ONLY]:,} only in the "
                "destination.")
-    if config.report_file:
-        message += f" Full report: {config.report_file}."
+    if config.output.report_file:
+        message += f" Full report: {config.output.report_file}."
     LOG.info("%s", message)
     print(message, file=sys.stdout if problems == 0 else sys.stderr)
     return EXIT_SOME_FAILED if problems else EXIT_OK
@@ -5341,10 +5341,10 @@ class AuditReportFile:
             self._handle.write(("\n    " if self._first else ",\n    ") + json.dumps(entry, ensure_ascii=False))
             self._first = False
 
-    def close(self, config: TransferConfig, summary: dict[str, int]) -> None:
+    def close(self, config: RunSettings, summary: dict[str, int]) -> None:
         if self._handle:
-            self._handle.write(f"\n  ],\n  \"source\": {json.dumps(str(config.source))},\n"
-                               f"  \"destination\": {json.dumps(str(config.destination))},\n"
+            self._handle.write(f"\n  ],\n  \"source\": {json.dumps(str(config.job.source))},\n"
+                               f"  \"destination\": {json.dumps(str(config.job.destination))},\n"
                                f"  \"summary\": {json.dumps(summary)}\n}}\n")
             self._handle.close()
 
@@ -5511,7 +5511,7 @@ class ConsoleHandler(logging.Handler):
         print(prefix + record.getMessage(), file=sys.stderr, flush=True)
 
 
-def final_report(*, state: str, status: StatusReporter, progress: ProgressStore, config: TransferConfig,
+def final_report(*, state: str, status: StatusReporter, progress: ProgressStore, config: RunSettings,
                  engine: EngineChoice) -> str:
     failures = progress.failures()
     figures = status.summary()
@@ -5523,7 +5523,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         *([f"Skipped {status.objects_skipped:,} objects already identical in the destination."]
           if status.objects_skipped else []),
         *([(f"Not copied: {status.objects_vanished:,} objects listed no longer exist in the source (deleted "
-            f"since they were listed); each is named in {config.log_file}.")] if status.objects_vanished else []),
+            f"since they were listed); each is named in {config.output.log_file}.")] if status.objects_vanished else []),
         *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
            f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
         *([f"S3 answered {status.throttles:,} times that it was busy (SlowDown, or a 5xx) after the retries of "
@@ -5531,15 +5531,15 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
                                                    figures["verified"].items()) + ".",
         f"Object bodies moved by {engine.describe()} ({engine.reason}).",
-        *([] if config.copy_tags else ["Tags were not copied (--no-tags)."]),
+        *([] if config.job.copy_tags else ["Tags were not copied (--no-tags)."]),
         f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
     ]
     if failures:
         lines.append(f"Failed objects ({len(failures):,}); rerun the same command to retry them:")
         lines += [f"  {json.dumps(key, ensure_ascii=False)}: {reason}" for key, reason in list(failures.items())[:20]]
         if len(failures) > 20:
-            lines.append(f"  ... and {len(failures) - 20:,} more, all listed in {config.progress_file} "
-                         f"(resume.failed) and {config.log_file}.")
+            lines.append(f"  ... and {len(failures) - 20:,} more, all listed in {config.output.progress_file} "
+                         f"(resume.failed) and {config.output.log_file}.")
     uploads = progress.uploads()
     if uploads:
         lines.append(f"{len(uploads)} multipart upload(s) kept for resume; rerun the same command to finish them.")
@@ -5754,8 +5754,44 @@ def inventory_argument(text: str) -> str:
     return str(path.resolve())
 
 
-def build_config(args: argparse.Namespace) -> TransferConfig:
-    """Turn parsed arguments into a validated TransferConfig; every rule a person can break is here."""
+def source_access_of(args: argparse.Namespace) -> SideAccess:
+    """The source side: an explicit or default credentials file, else a profile, else the default chain."""
+    path = args.source_credentials
+    if path is None and Path(DEFAULT_CREDENTIALS_FILE).is_file() and not args.source_profile:
+        path = DEFAULT_CREDENTIALS_FILE
+    if path is None:
+        origin = f"profile {args.source_profile}" if args.source_profile else "the default credential chain"
+        return SideAccess(
+            role="source", origin=origin, profile=args.source_profile,
+            endpoint_url=args.source_endpoint_url, region=args.source_region, request_payer=args.request_payer,
+        )
+    values = load_credentials_file(Path(path))
+    return SideAccess(
+        role="source",
+        origin=f"the credentials file {path}",
+        profile=args.source_profile,
+        endpoint_url=args.source_endpoint_url or values.get("endpoint_url"),
+        region=args.source_region or values.get("region"),
+        access_key_id=values.get("aws_access_key_id"),
+        secret_access_key=values.get("aws_secret_access_key"),
+        session_token=values.get("aws_session_token"),
+        role_arn=values.get("role_arn"),
+        external_id=values.get("external_id"),
+        request_payer=args.request_payer,
+    )
+
+
+def destination_access_of(args: argparse.Namespace) -> SideAccess:
+    """The destination side: the default chain (on EC2, the instance role) unless a profile is named."""
+    origin = f"profile {args.dest_profile}" if args.dest_profile else "the default credential chain"
+    return SideAccess(
+        role="destination", origin=origin, profile=args.dest_profile,
+        endpoint_url=args.dest_endpoint_url, region=args.dest_region, request_payer=args.request_payer,
+    )
+
+
+def build_settings(args: argparse.Namespace) -> RunSettings:
+    """Turn parsed arguments into a validated RunSettings; every rule a person can break is here."""
     source = S3Location.parse(args.source)
     destination = S3Location.parse(args.destination)
     for location in (source, destination):
@@ -5788,9 +5824,9 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
                          ("--report", args.report or args.log_file)):
         if not path.parent.resolve().is_dir():
             raise ConfigurationError(f"The directory {path.parent} for {option} does not exist: create it first.")
-    source_side = source_side_settings(args)
-    destination_side = destination_side_settings(args)
-    same_place = on_one_endpoint(source_side, destination_side)
+    source_access = source_access_of(args)
+    destination_access = destination_access_of(args)
+    same_place = on_one_endpoint(source_access, destination_access)
     if same_place and source.bucket == destination.bucket and (
         source.prefix.startswith(destination.prefix) or destination.prefix.startswith(source.prefix)
     ):
@@ -5801,23 +5837,25 @@ def build_config(args: argparse.Namespace) -> TransferConfig:
     if args.copy_mode == "server-side" and not same_place:
         raise ConfigurationError(
             "--copy-mode server-side needs both buckets on one S3 endpoint: S3 cannot copy between "
-            f"{source_side.endpoint_url or 'AWS'} and {destination_side.endpoint_url or 'AWS'}. Use --copy-mode stream."
+            f"{source_access.endpoint_url or 'AWS'} and {destination_access.endpoint_url or 'AWS'}. Use --copy-mode stream."
         )
-    return TransferConfig(
-        source=source, destination=destination, source_side=source_side, destination_side=destination_side,
+    job = JobDefinition(source=source, destination=destination, source_access=source_access,
+                        destination_access=destination_access, filters=tuple(args.filters or ()), shard=args.shard,
+                        inventory=inventory, copy_tags=args.copy_tags)
+    tuning = Tuning(
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
-        memory_limit=memory_limit,
-        filters=tuple(args.filters or ()), shard=args.shard, inventory=inventory, copy_mode=args.copy_mode,
-        max_bandwidth=args.max_bandwidth, storage_class=args.storage_class, sse=args.sse,
-        sse_kms_key_id=args.sse_kms_key_id, copy_tags=args.copy_tags, dry_run=args.dry_run, restart=args.restart,
-        verify=args.verify, verify_only=args.verify_only, skip_existing=args.skip_existing,
-        report_file=args.report,
-        progress_file=args.progress_file, log_file=args.log_file, status_interval=args.status_interval,
-        read_timeout=args.read_timeout, engine=args.engine,
+        memory_limit=memory_limit, max_bandwidth=args.max_bandwidth, read_timeout=args.read_timeout,
+        engine=args.engine, copy_mode=args.copy_mode,
         list_concurrency=1 if inventory else (args.list_concurrency if args.list_concurrency is not None
                                               else max(1, min(DEFAULT_LISTERS_LIMIT, args.max_workers // 2))),
-        quiet=args.quiet, verbose=args.verbose,
     )
+    output = OutputSettings(progress_file=args.progress_file, log_file=args.log_file, report_file=args.report,
+                            status_interval=args.status_interval, quiet=args.quiet, verbose=args.verbose)
+    mode = RunMode.DRY_RUN if args.dry_run else RunMode.VERIFY_ONLY if args.verify_only else RunMode.COPY
+    return RunSettings(job=job, mode=mode, tuning=tuning, output=output,
+                       writes=WriteOptions(storage_class=args.storage_class, sse=args.sse,
+                                           sse_kms_key_id=args.sse_kms_key_id),
+                       restart=args.restart, verify=args.verify, skip_existing=args.skip_existing)
 
 
 def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logging.Handler:
@@ -5843,17 +5881,17 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     return file_handler
 
 
-def is_wanted(relative_key: str, config: TransferConfig) -> bool:
+def is_wanted(relative_key: str, config: RunSettings) -> bool:
     """Whether --include/--exclude and --shard keep a key (relative to its side's prefix)."""
-    return is_selected(relative_key, config.filters) and (config.shard is None or config.shard.owns(relative_key))
+    return is_selected(relative_key, config.job.filters) and (config.job.shard is None or config.job.shard.owns(relative_key))
 
 
-def selected_objects(objects: Iterable[ListedObject], config: TransferConfig, *,
+def selected_objects(objects: Iterable[ListedObject], config: RunSettings, *,
                      side: str = "source") -> Iterator[ListedObject]:
     """Apply --include/--exclude and --shard to a listing of either side (keys relative to that side's
     prefix); listing errors stop the run with a clear sentence."""
-    location, settings = ((config.source, config.source_side) if side == "source"
-                          else (config.destination, config.destination_side))
+    location, settings = ((config.job.source, config.job.source_access) if side == "source"
+                          else (config.job.destination, config.job.destination_access))
     try:
         for listed in objects:
             if is_wanted(listed.key[len(location.prefix):], config):
@@ -5862,50 +5900,50 @@ def selected_objects(objects: Iterable[ListedObject], config: TransferConfig, *,
         if isinstance(error, RETRYABLE_BODY_ERRORS):
             raise FatalTransferError(f"Listing the {side} failed after botocore's retries: {error}. "
                                      "Rerun to resume.") from None
-        raise FatalTransferError(explain_error(error, side=settings, bucket=location.bucket,
+        raise FatalTransferError(explain_error(error, access=settings, bucket=location.bucket,
                                                action="s3:ListBucket")) from None
 
 
-def source_objects(config: TransferConfig, source: Side, start_after: Optional[str], through: Optional[str] = None,
+def source_objects(config: RunSettings, source: ConnectedSide, start_after: Optional[str], through: Optional[str] = None,
                    *, inventory: Optional[Inventory], on_missing: Callable[[str], None],
                    need_etag: bool = True) -> Iterator[ListedObject]:
     """The selected source objects in key order, after start_after and up to through: listed with
     ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
     row without a size or ETag costs (see inventory_objects)."""
     if inventory is None:
-        return selected_objects(list_objects(source, config.source, start_after, through), config)
-    rows = (row for row in inventory_rows(inventory, source, config.source, start_after, through)
-            if is_wanted(row.key[len(config.source.prefix):], config))
+        return selected_objects(list_objects(source, config.job.source, start_after, through), config)
+    rows = (row for row in inventory_rows(inventory, source, config.job.source, start_after, through)
+            if is_wanted(row.key[len(config.job.source.prefix):], config))
     return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
 
 
-def listing_split_points(config: TransferConfig, source: Side) -> list[str]:
+def listing_split_points(config: RunSettings, source: ConnectedSide) -> list[str]:
     """Where to cut the source's keyspace for --list-concurrency listers; refusals as a listing's."""
     try:
-        return discover_split_points(source, config.source, config.list_concurrency * RANGES_PER_LISTER)
+        return discover_split_points(source, config.job.source, config.tuning.list_concurrency * RANGES_PER_LISTER)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
-        raise FatalTransferError(explain_error(error, side=config.source_side, bucket=config.source.bucket,
+        raise FatalTransferError(explain_error(error, access=config.job.source_access, bucket=config.job.source.bucket,
                                                action="s3:ListBucket")) from None
 
 
-def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inventory] = None, *,
+def report_dry_run(config: RunSettings, source: ConnectedSide, inventory: Optional[Inventory] = None, *,
                    tags_refused: Optional[str] = None) -> int:
     """List and plan without writing anything: what would be copied, and what it costs in memory; and
     `tags_refused`, the preflight refusal that would stop the real run, after the plan (exit 2)."""
-    saved = read_progress_file(config.progress_file) if not config.restart else None
-    if saved is not None and saved.get("job") != config.job_identity():
+    saved = read_progress_file(config.output.progress_file) if not config.restart else None
+    if saved is not None and saved.get("job") != config.job.identity():
         saved = None
-    recorded = ProgressStore(config.progress_file, config.job_identity(), saved)  # read only: never saved
+    recorded = ProgressStore(config.output.progress_file, config.job.identity(), saved)  # read only: never saved
     counts: collections.Counter[str] = collections.Counter()
     largest_unit = 0
     # Planning needs sizes, not ETags: a key list with sizes costs no request per key here.
-    if inventory is None and config.list_concurrency > 1:  # the order does not matter for counting
+    if inventory is None and config.tuning.list_concurrency > 1:  # the order does not matter for counting
         stopping = threading.Event()
         window = ListingWindow(
             [functools.partial(source_objects, config, source, key_range.after, key_range.through, inventory=None,
                                on_missing=lambda key: None)
              for key_range in key_ranges(listing_split_points(config, source))],
-            listers=config.list_concurrency, window=LISTING_WINDOW, stopping=stopping)
+            listers=config.tuning.list_concurrency, window=LISTING_WINDOW, stopping=stopping)
         listing: Iterable[ListedObject] = iter(lambda: window.next(lambda: None), None)
     else:
         listing = source_objects(config, source, None, inventory=inventory, need_etag=False,
@@ -5917,39 +5955,39 @@ def report_dry_run(config: TransferConfig, source: Side, inventory: Optional[Inv
             continue
         counts["objects"] += 1
         counts["bytes"] += listed.size
-        destination_key = map_destination_key(listed.key, config.source, config.destination)
-        refusal = why_uncopyable(listed.key[len(config.source.prefix):], destination_key, listed.size)
+        destination_key = map_destination_key(listed.key, config.job.source, config.job.destination)
+        refusal = why_uncopyable(listed.key[len(config.job.source.prefix):], destination_key, listed.size)
         if refusal is not None:
             counts["uncopyable"] += 1
             print(f"  cannot copy {json.dumps(listed.key, ensure_ascii=False)}: {refusal}")
             continue
-        if not copied_in_one_request(destination_key, listed.size, multipart_threshold=config.multipart_threshold):
-            part_size = choose_part_size(listed.size, config.chunk_size)
+        if not copied_in_one_request(destination_key, listed.size, multipart_threshold=config.tuning.multipart_threshold):
+            part_size = choose_part_size(listed.size, config.tuning.chunk_size)
             counts["multipart"] += 1
             counts["multipart_bytes"] += listed.size
             counts["parts"] += math.ceil(listed.size / part_size)
             largest_unit = max(largest_unit, part_size)
         else:
             largest_unit = max(largest_unit, listed.size)
-        if config.verbose:
+        if config.output.verbose:
             print(f"  {json.dumps(listed.key, ensure_ascii=False)} -> "
                   f"{json.dumps(destination_key, ensure_ascii=False)} ({format_size(listed.size)})")
-    print(f"Dry run: {config.source} -> {config.destination}; nothing was written to S3 and "
-          f"{config.progress_file} was not touched.")
+    print(f"Dry run: {config.job.source} -> {config.job.destination}; nothing was written to S3 and "
+          f"{config.output.progress_file} was not touched.")
     print(f"  to copy:      {counts['objects']:,} objects, {format_size(counts['bytes'])}")
     print(f"  multipart:    {counts['multipart']:,} objects ({format_size(counts['multipart_bytes'])}, "
           f"{counts['parts']:,} parts); single PUT: {counts['objects'] - counts['multipart'] - counts['uncopyable']:,}")
     print(f"  already done: {counts['done']:,} objects, {format_size(counts['done_bytes'])} "
-          f"(per {config.progress_file})")
+          f"(per {config.output.progress_file})")
     if counts["uncopyable"]:
         print(f"  cannot copy:  {counts['uncopyable']:,} objects, listed above with the reason")
     if counts["missing"]:
         print(f"  not in source: {counts['missing']:,} keys of {inventory.location if inventory else 'the listing'} "
               "no longer exist in the source")
-    print(f"  memory bound: {format_size(max(config.memory_limit, largest_unit))} of object data in flight "
-          f"({config.max_workers} workers, --memory-limit {format_size(config.memory_limit)}, largest single unit "
+    print(f"  memory bound: {format_size(max(config.tuning.memory_limit, largest_unit))} of object data in flight "
+          f"({config.tuning.max_workers} workers, --memory-limit {format_size(config.tuning.memory_limit)}, largest single unit "
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
-    if not config.copy_tags:
+    if not config.job.copy_tags:
         print("  tags:         not copied (--no-tags)")
     if tags_refused:
         LOG.error("%s", tags_refused)
@@ -5982,30 +6020,30 @@ def stop_on_signals(stopping: threading.Event, on_second_interrupt: Callable[[],
             signal.signal(signum, handler)
 
 
-def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
+def run_transfer(config: RunSettings, status: StatusReporter) -> int:
     """Connect both sides, then copy everything not yet done, saving progress as it goes."""
     stopping = threading.Event()
     retries = Retries(stopping, on_throttle=status.throttled, on_retry=status.retried)
     # The source's connection pool serves the workers' GETs and the listers at once; too small a pool
     # throws connections away, silently (urllib3 logs it to no one).
-    source = connect_side(config.source_side, config.source.bucket,
-                          max_workers=config.max_workers + config.list_concurrency,
-                          list_prefix=config.source.prefix, read_timeout=config.read_timeout, retries=retries)
-    destination = connect_side(config.destination_side, config.destination.bucket, max_workers=config.max_workers,
-                               list_prefix=config.destination.prefix, read_timeout=config.read_timeout,
+    source = connect_side(config.job.source_access, config.job.source.bucket,
+                          max_workers=config.tuning.max_workers + config.tuning.list_concurrency,
+                          list_prefix=config.job.source.prefix, read_timeout=config.tuning.read_timeout, retries=retries)
+    destination = connect_side(config.job.destination_access, config.job.destination.bucket, max_workers=config.tuning.max_workers,
+                               list_prefix=config.job.destination.prefix, read_timeout=config.tuning.read_timeout,
                                retries=retries)
-    inventory = open_inventory(config.inventory, source) if config.inventory else None
-    if config.dry_run:
+    inventory = open_inventory(config.job.inventory, source) if config.job.inventory else None
+    if config.mode is RunMode.DRY_RUN:
         return report_dry_run(config, source, inventory, tags_refused=tag_access_refusal(config, source))
-    if config.verify_only:
+    if config.mode is RunMode.VERIFY_ONLY:
         return audit(config, source, destination, inventory)  # compares listings: no tag is read
     tags_refused = tag_access_refusal(config, source)
     if tags_refused:
         raise ConfigurationError(tags_refused)
-    engine_choice = choose_engine(config.engine, (source, destination))
+    engine_choice = choose_engine(config.tuning.engine, (source, destination))
     if engine_choice.parts == "threads":
         return_freed_bodies_to_the_system()
-    with progress_file_lock(config.progress_file):  # before --restart, which aborts the uploads the file records
+    with progress_file_lock(config.output.progress_file):  # before --restart, which aborts the uploads the file records
         code = copy_job(config, status, source=source, destination=destination, inventory=inventory,
                         engine_choice=engine_choice, stopping=stopping)
     if code == EXIT_OK and config.verify:
@@ -6016,33 +6054,33 @@ def run_transfer(config: TransferConfig, status: StatusReporter) -> int:
     return code
 
 
-def copy_job(config: TransferConfig, status: StatusReporter, *, source: Side, destination: Side,
+def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSide, destination: ConnectedSide,
              inventory: Optional[Inventory], engine_choice: EngineChoice, stopping: threading.Event) -> int:
     """Copy everything of the job not yet done, under its progress file's lock; the exit code."""
-    remove_temporary_files_of_killed_runs(config.progress_file)
+    remove_temporary_files_of_killed_runs(config.output.progress_file)
     if config.restart:
-        discard_progress(config.progress_file, destination)
-    progress = ProgressStore.open(config.progress_file, config.job_identity(), restart=config.restart)
+        discard_progress(config.output.progress_file, destination)
+    progress = ProgressStore.open(config.output.progress_file, config.job.identity(), restart=config.restart)
     LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); "
              "memory bound %s%s%s%s",
-             config.source, config.destination, config.max_workers, format_size(config.chunk_size),
-             format_size(config.multipart_threshold), engine_choice.describe(), engine_choice.reason,
-             config.memory_bound(),
-             f"; shard {config.shard}" if config.shard else "",
-             f"; bandwidth cap {format_size(config.max_bandwidth)}/s" if config.max_bandwidth else "",
-             "" if config.copy_tags else "; tags not copied (--no-tags)")
-    copy_mode = CopyModeChoice(config.copy_mode, unavailable="" if on_one_endpoint(
-                               config.source_side, config.destination_side) else
+             config.job.source, config.job.destination, config.tuning.max_workers, format_size(config.tuning.chunk_size),
+             format_size(config.tuning.multipart_threshold), engine_choice.describe(), engine_choice.reason,
+             config.tuning.memory_bound(),
+             f"; shard {config.job.shard}" if config.job.shard else "",
+             f"; bandwidth cap {format_size(config.tuning.max_bandwidth)}/s" if config.tuning.max_bandwidth else "",
+             "" if config.job.copy_tags else "; tags not copied (--no-tags)")
+    copy_mode = CopyModeChoice(config.tuning.copy_mode, unavailable="" if on_one_endpoint(
+                               config.job.source_access, config.job.destination_access) else
                                "the source and destination are on different endpoints")
     progress.save(status.summary())
     engine = build_engine(config, source=source, destination=destination,
                           transport=make_transport(engine_choice, source, destination, config),
                           progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
-    if config.list_concurrency > 1 and progress.splittable():
+    if config.tuning.list_concurrency > 1 and progress.splittable():
         progress.split(listing_split_points(config, source))
     plan = progress.listing_plan()
     if len(plan) > 1:
-        LOG.info("listing %d key ranges, %d at a time", len(plan), min(config.list_concurrency, len(plan)))
+        LOG.info("listing %d key ranges, %d at a time", len(plan), min(config.tuning.list_concurrency, len(plan)))
 
     def stream(key_range: KeyRange, start_after: Optional[str]) -> Callable[[], Iterator[ListedObject]]:
         if config.skip_existing:
@@ -6052,7 +6090,7 @@ def copy_job(config: TransferConfig, status: StatusReporter, *, source: Side, de
                                       on_missing=engine.policy.source_vanished)
 
     listing = ListingWindow([stream(key_range, start_after) for key_range, start_after in plan],
-                            listers=config.list_concurrency, window=LISTING_WINDOW, stopping=stopping)
+                            listers=config.tuning.list_concurrency, window=LISTING_WINDOW, stopping=stopping)
     with stop_on_signals(stopping, lambda: progress.finish("interrupted", status.summary())):
         try:
             engine.run(listing, progress.retry_keys())
@@ -6077,7 +6115,7 @@ def copy_job(config: TransferConfig, status: StatusReporter, *, source: Side, de
     status.clear()
     report = final_report(state=state, status=status, progress=progress, config=config, engine=engine_choice)
     LOG.info("%s", report)
-    if not config.quiet or code != EXIT_OK:
+    if not config.output.quiet or code != EXIT_OK:
         print(report, file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code
 
@@ -6120,7 +6158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         resolve_state_files(args, dict(os.environ))
         file_handler = configure_logging(args, console)
-        config = build_config(args)
+        config = build_settings(args)
         return run_transfer(config, status)
     except KeyboardInterrupt:
         print("Interrupted before any copying began; nothing was changed.", file=sys.stderr)

@@ -200,15 +200,15 @@ def synthetic_child(args: argparse.Namespace) -> int:
         "--progress-file", str(progress_path), "--log-file", str(scratch / "transfer.log"), "-q",
     ])
     tool.resolve_state_files(cli, {})
-    config = tool.build_config(cli)
+    config = tool.build_settings(cli)
     count = args.keys
     first_day = datetime.date(2021, 1, 1)
     days = [(first_day + datetime.timedelta(days=day)).strftime("%Y/%m/%d") for day in range((count - 1) // 10_000 + 1)]
     paginator = FakePaginator(count, days, huge_index=count // 2)
-    source = tool.Side(settings=config.source_side, client=FakeClient(paginator), bucket="synthetic-source",
+    source = tool.ConnectedSide(access=config.job.source_access, client=FakeClient(paginator), bucket="synthetic-source",
                        region="us-east-1")
-    store = tool.ProgressStore(progress_path, config.job_identity())
-    if config.list_concurrency > 1:  # as run_transfer: the tool's own split discovery, on the fake listing
+    store = tool.ProgressStore(progress_path, config.job.identity())
+    if config.tuning.list_concurrency > 1:  # as run_transfer: the tool's own split discovery, on the fake listing
         store.split(tool.listing_split_points(config, source))
     plan = store.listing_plan()
     status = tool.StatusReporter(max_workers=WORKERS, interval=10.0, live=False, plain=False)
@@ -240,7 +240,7 @@ def synthetic_child(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     cpu_started = resource.getrusage(resource.RUSAGE_SELF)
     window = tool.ListingWindow([stream(key_range, after) for key_range, after in plan],
-                                listers=config.list_concurrency, window=tool.LISTING_WINDOW, stopping=stopping)
+                                listers=config.tuning.list_concurrency, window=tool.LISTING_WINDOW, stopping=stopping)
     sample_every = max(count // 10, 1)
     while True:
         listed = window.next(lambda: None)
@@ -252,12 +252,12 @@ def synthetic_child(args: argparse.Namespace) -> int:
             store.listed(listed.key, already_done=True)
             continue
         store.listed(listed.key)
-        destination_key = tool.map_destination_key(listed.key, config.source, config.destination)
-        if tool.why_uncopyable(listed.key[len(config.source.prefix):], destination_key, listed.size):
+        destination_key = tool.map_destination_key(listed.key, config.job.source, config.job.destination)
+        if tool.why_uncopyable(listed.key[len(config.job.source.prefix):], destination_key, listed.size):
             raise AssertionError(f"synthetic key refused: {listed.key}")
         parts: list[Any] = []
-        if listed.size >= config.multipart_threshold:
-            part_size = tool.choose_part_size(listed.size, config.chunk_size)
+        if listed.size >= config.tuning.multipart_threshold:
+            part_size = tool.choose_part_size(listed.size, config.tuning.chunk_size)
             parts = tool.plan_parts(listed.size, part_size)
             multipart += 1
             parts_planned += len(parts)
@@ -291,7 +291,7 @@ def synthetic_child(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "keys_listed": count, "keys_selected": selected, "pages": paginator.pages,
         "multipart_objects": multipart, "parts_planned": parts_planned, "largest_part_count": largest_parts,
-        "listers": config.list_concurrency, "ranges": len(plan),
+        "listers": config.tuning.list_concurrency, "ranges": len(plan),
         "split_points_sample": [key_range.after for key_range, _ in plan[1:4]], "seconds": elapsed,
         "cpu_s": (cpu_ended.ru_utime + cpu_ended.ru_stime) - (cpu_started.ru_utime + cpu_started.ru_stime),
         "keys_per_s": count / elapsed, "baseline_rss_kib": baseline_rss, "end_rss_kib": rss_kib(),
@@ -346,10 +346,10 @@ def listing_child(args: argparse.Namespace) -> int:
         "--log-file", str(scratch / "transfer.log"), "-q",
     ])
     tool.resolve_state_files(cli, {})
-    config = tool.build_config(cli)
+    config = tool.build_settings(cli)
     t0 = time.perf_counter()
-    source = tool.connect_side(config.source_side, config.source.bucket, max_workers=config.max_workers,
-                               list_prefix=config.source.prefix, read_timeout=config.read_timeout)
+    source = tool.connect_side(config.job.source_access, config.job.source.bucket, max_workers=config.tuning.max_workers,
+                               list_prefix=config.job.source.prefix, read_timeout=config.tuning.read_timeout)
     parsed = {"requests": 0, "keys": 0}
 
     def count_page(parsed_page: dict[str, Any] | None = None, **_: Any) -> None:
@@ -362,7 +362,7 @@ def listing_child(args: argparse.Namespace) -> int:
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
     # As run_transfer: split a fresh job only when more than one lister is asked for.
-    split_points = tool.listing_split_points(config, source) if config.list_concurrency > 1 else []
+    split_points = tool.listing_split_points(config, source) if config.tuning.list_concurrency > 1 else []
     t2 = time.perf_counter()
     ranges = tool.key_ranges(split_points)
     stopping = threading.Event()
@@ -371,7 +371,7 @@ def listing_child(args: argparse.Namespace) -> int:
         return lambda: tool.source_objects(config, source, key_range.after, key_range.through, inventory=None,
                                            on_missing=lambda key: None)
 
-    window = tool.ListingWindow([stream(key_range) for key_range in ranges], listers=config.list_concurrency,
+    window = tool.ListingWindow([stream(key_range) for key_range in ranges], listers=config.tuning.list_concurrency,
                                 window=tool.LISTING_WINDOW, stopping=stopping)
     count = 0
     keys: set[str] = set()
@@ -382,7 +382,7 @@ def listing_child(args: argparse.Namespace) -> int:
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     stopping.set()
     report = {
-        "listers": config.list_concurrency, "ranges": len(ranges), "keys": count, "distinct_keys": len(keys),
+        "listers": config.tuning.list_concurrency, "ranges": len(ranges), "keys": count, "distinct_keys": len(keys),
         "connect_s": t1 - t0, "split_s": t2 - t1, "list_s": t3 - t2, "total_s": t3 - t1,
         "keys_per_s": count / (t3 - t1), "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
         "list_requests": parsed["requests"], "keys_parsed": parsed["keys"], "pool_full_discards": pool_full.count,

@@ -197,8 +197,8 @@ def test_objects_url_follows_the_address_botocore_resolved(listing_url: str, exp
 # -- choosing the engine ---------------------------------------------------------------------
 
 
-def a_side(name: str, url: str = "https://bucket.s3.eu-west-1.amazonaws.com/") -> tool.Side:
-    return tool.Side(settings=tool.SideSettings(side=name, origin="test"), client=None, bucket="bucket",
+def a_side(name: str, url: str = "https://bucket.s3.eu-west-1.amazonaws.com/") -> tool.ConnectedSide:
+    return tool.ConnectedSide(access=tool.SideAccess(role=name, origin="test"), client=None, bucket="bucket",
                      region="eu-west-1", objects_url=url)
 
 

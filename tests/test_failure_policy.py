@@ -119,8 +119,8 @@ class Run:
         return restarts
 
 
-def side(name: str, bucket: str) -> tool.Side:
-    return tool.Side(settings=tool.SideSettings(side=name, origin=f"the {name} test keys"), client=None,
+def side(name: str, bucket: str) -> tool.ConnectedSide:
+    return tool.ConnectedSide(access=tool.SideAccess(role=name, origin=f"the {name} test keys"), client=None,
                      bucket=bucket, region="us-east-1")
 
 
@@ -251,10 +251,10 @@ def test_the_engine_built_from_its_parts_copies_small_and_multipart_objects(
         "--max-workers", "4", "--log-file", str(tmp_path / "log"), "--progress-file", str(tmp_path / "progress.json"),
         *toolcli.engine_args()])
     tool.resolve_state_files(args, {})
-    config = tool.build_config(args)
+    config = tool.build_settings(args)
 
-    def connect(name: str, bucket: str) -> tool.Side:
-        settings = tool.SideSettings(side=name, origin="the test keys", endpoint_url=moto_buckets.endpoint_url,
+    def connect(name: str, bucket: str) -> tool.ConnectedSide:
+        settings = tool.SideAccess(role=name, origin="the test keys", endpoint_url=moto_buckets.endpoint_url,
                                      region="us-east-1", access_key_id=FAKE_KEYS.access_key,
                                      secret_access_key=FAKE_KEYS.secret_key)
         return tool.connect_side(settings, bucket, max_workers=4, list_prefix="", retries=retries)
@@ -262,14 +262,14 @@ def test_the_engine_built_from_its_parts_copies_small_and_multipart_objects(
     stopping = threading.Event()
     retries = tool.Retries(stopping)
     source, destination = connect("source", moto_buckets.source), connect("destination", moto_buckets.dest)
-    progress = tool.ProgressStore(config.progress_file, config.job_identity())
+    progress = tool.ProgressStore(config.output.progress_file, config.job.identity())
     status = tool.StatusReporter(max_workers=4, interval=60, live=False, plain=True, stream=io.StringIO())
     run = tool.RunStop(stopping)
     permissions = tool.PermissionBreaker()
     copy_mode = tool.CopyModeChoice("stream", unavailable="")
     services = tool.CopyServices(
         config, source=source, destination=destination, progress=progress, status=status, run=run,
-        transport=tool.make_transport(tool.choose_engine(config.engine, (source, destination)), source, destination,
+        transport=tool.make_transport(tool.choose_engine(config.tuning.engine, (source, destination)), source, destination,
                                       config),
         permissions=permissions, copy_mode=copy_mode, planner=tool.IntegrityPlanner(source))
     policy = tool.FailurePolicy(source=source, destination=destination, progress=progress, status=status, run=run,
@@ -280,7 +280,7 @@ def test_the_engine_built_from_its_parts_copies_small_and_multipart_objects(
         engine = tool.TransferEngine(config, scheduler=scheduler, policy=policy, small=tool.SmallObjectCopier(services),
                                      multipart=tool.MultipartUploads(services), copy_mode=copy_mode,
                                      progress=progress, status=status, run=run)
-        listing = tool.ListingWindow([lambda: tool.list_objects(source, config.source, None)], listers=1,
+        listing = tool.ListingWindow([lambda: tool.list_objects(source, config.job.source, None)], listers=1,
                                      window=10, stopping=stopping)
         try:
             engine.run(listing, [])

@@ -414,7 +414,7 @@ def test_a_damaged_report_is_a_usage_error_and_nothing_is_copied(job: ToolJob, m
 # The parsing rules
 # ----------------------------------------------------------------------------------------
 
-SIDE = tool.Side(settings=tool.SideSettings(side="source", origin="a test"), client=None, bucket="src",
+SIDE = tool.ConnectedSide(access=tool.SideAccess(role="source", origin="a test"), client=None, bucket="src",
                  region="us-east-1")
 POSITIONS = {column: index for index, column in enumerate(tool.parse_inventory_schema(ALL_VERSIONS_SCHEMA))}
 

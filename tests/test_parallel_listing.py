@@ -206,7 +206,7 @@ def test_a_flat_prefix_of_many_pages_is_split_after_reading_two_pages(moto_bucke
     pages: list[str] = []
     moto_buckets.client.meta.events.register("before-send.s3.ListObjectsV2",
                                               lambda request, **_: pages.append(request.url))
-    side = tool.Side(settings=tool.SideSettings(side="source", origin="a test"), client=moto_buckets.client,
+    side = tool.ConnectedSide(access=tool.SideAccess(role="source", origin="a test"), client=moto_buckets.client,
                      bucket=moto_buckets.source, region="us-east-1")
     split_points = tool.discover_split_points(side, tool.S3Location.parse(f"s3://{moto_buckets.source}/flat/"), 8)
 

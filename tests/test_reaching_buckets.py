@@ -261,7 +261,7 @@ def test_the_crt_engine_is_given_the_access_points_region_and_host(
         for name in [name for name in os.environ if name.lower().endswith("_proxy")]:
             monkeypatch.delenv(name)
         monkeypatch.setenv("http_proxy", environment["http_proxy"])
-        settings = tool.SideSettings(side="source", origin="test", endpoint_url=endpoint_url, region=EXAMPLE_REGION,
+        settings = tool.SideAccess(role="source", origin="test", endpoint_url=endpoint_url, region=EXAMPLE_REGION,
                                      access_key_id=FAKE_KEYS.access_key, secret_access_key=FAKE_KEYS.secret_key)
         side = tool.connect_side(settings, ACCESS_POINT, max_workers=1, list_prefix="")
 
@@ -317,6 +317,6 @@ def test_the_same_access_point_on_both_sides_is_checked_for_overlap(
     tool.resolve_state_files(args, {})
     if overlap:
         with pytest.raises(tool.ConfigurationError, match="overlap"):
-            tool.build_config(args)
+            tool.build_settings(args)
     else:
-        assert tool.build_config(args).source.bucket == ACCESS_POINT
+        assert tool.build_settings(args).job.source.bucket == ACCESS_POINT

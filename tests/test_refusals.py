@@ -163,11 +163,11 @@ def test_kms_denials_are_told_from_bucket_denials(message: str, permission: str 
 
 
 def test_a_missing_bucket_is_the_one_s3_names() -> None:
-    settings = tool.SideSettings(side="destination", origin="the default credential chain")
+    settings = tool.SideAccess(role="destination", origin="the default credential chain")
     named = s3_error("NoSuchBucket", "The specified bucket does not exist", 404, BucketName="src")
-    assert tool.explain_error(named, side=settings, bucket="dst", action="s3:PutObject").startswith(
+    assert tool.explain_error(named, access=settings, bucket="dst", action="s3:PutObject").startswith(
         "The bucket src does not exist")
-    assert tool.explain_error(named, side=settings, bucket="src", action="s3:PutObject").startswith(
+    assert tool.explain_error(named, access=settings, bucket="src", action="s3:PutObject").startswith(
         "The destination bucket src does not exist")
 
 

@@ -230,8 +230,8 @@ def test_a_request_s3_keeps_failing_inside_is_given_up_after_its_attempts_while_
 
 
 def test_a_request_given_up_as_throttled_is_one_sentence() -> None:
-    side = tool.SideSettings(side="source", origin="the credentials file c.json")
-    message = tool.explain_error(busy(), side=side, bucket="b", action="s3:GetObject", key="k")
+    side = tool.SideAccess(role="source", origin="the credentials file c.json")
+    message = tool.explain_error(busy(), access=side, bucket="b", action="s3:GetObject", key="k")
     assert message.startswith("S3 stayed too busy to answer s3:GetObject on s3://b/k (source): SlowDown")
     assert "rerun later" in message and "\n" not in message
 
@@ -284,7 +284,7 @@ def test_the_users_botocore_retry_settings_are_kept(monkeypatch: pytest.MonkeyPa
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     session = boto3.Session(aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1")
-    client = tool.make_s3_client(session, tool.SideSettings(side="source", origin="a test"), region="us-east-1",
+    client = tool.make_s3_client(session, tool.SideAccess(role="source", origin="a test"), region="us-east-1",
                                  max_workers=1)
 
     assert {name: client.meta.config.retries[name] for name in ("mode", "total_max_attempts")} == expected
