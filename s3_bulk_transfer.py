@@ -48,17 +48,25 @@ Promises
 Sections, in the order data moves
 ---------------------------------
  1. Limits and exit codes
- 2. Errors and retries (every exception, the named code tables, classify, error wording, Retries)
- 3. Configuration and credentials
- 4. Connecting to each side (clients, region detection, preflight checks)
- 5. Listing and planning (filters, key mapping, part plan)
- 6. Moving bodies and proving them (the BodyTransport interface and its two engines, ETag checks,
-    the integrity planning that reads HEAD)
- 7. The transfer engine (scheduler, failure policy, small-object copiers, multipart copies)
- 8. Progress and resume (ProgressStore, the progress file)
- 9. Comparing source and destination (merge join: --verify, --verify-only, --skip-existing)
-10. Reporting (log, live status line, final report)
-11. Command line (argparse, main)
+ 2. Errors and retries: every exception, the named code tables, classify(), the sentences a
+    person reads (explain_error), backoff and Retries, the one retry loop
+ 3. Pure rules: sizes, locations and access points, filters, shards, key mapping, part plans
+ 4. Configuration: how each side is reached (SideAccess), RunSettings (JobDefinition, Tuning,
+    WriteOptions, OutputSettings, RunMode), the credentials file
+ 5. Connecting to each side: sessions and role credentials, clients, regions, preflight checks
+ 6. Object sources: ListObjectsV2, keyspace-parallel listing (ListingWindow), inventory reports
+    and key lists (--from-inventory), the selection (filters, --shard)
+ 7. Integrity: MD5 and multipart ETags, checksums and their combination, resumable digests,
+    IntegrityCheck and the HEAD-based IntegrityPlanner
+ 8. Moving bodies: the BodyTransport interface, the threads engine (boto3) and the crt engine
+    (awscrt), what each object carries (ObjectAttributes)
+ 9. Progress and resume: ProgressStore, the progress file, its lock
+10. Status: the log, the live status line, the final report
+11. The transfer engine: UnitScheduler, FailurePolicy, SmallObjectCopier, MultipartUploads and
+    MultipartCopy over CopyServices, composed by TransferEngine (build_engine)
+12. Comparing source and destination: the merge join behind --verify, --verify-only,
+    --skip-existing and --report
+13. Command line: argparse, build_settings, the dry run, signals, main
 """
 
 from __future__ import annotations
@@ -120,6 +128,7 @@ except ImportError:  # pragma: no cover - urllib3 always comes with botocore
 LOG = logging.getLogger("s3_bulk_transfer")
 T = TypeVar("T")
 
+
 # =============================================================================================
 # 1. Limits and exit codes
 # =============================================================================================
@@ -128,16 +137,18 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
-
 MIN_PART_SIZE = 5 * MiB  # S3: every part but the last must be at least 5 MiB
 MAX_PART_SIZE = 5 * GiB  # S3: no part may exceed 5 GiB
 MAX_PARTS = 10_000  # S3: at most 10,000 parts per multipart upload
 MAX_SINGLE_PUT_SIZE = 5 * GiB  # S3: PutObject takes at most 5 GiB
+
+
 # S3: the largest object is what its part limits allow, 10,000 parts of 5 GiB ("Maximum object size
 # 48.8 TiB", Amazon S3 multipart upload limits, S3 User Guide; older copies of that page say 5 TiB).
 MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
-MAX_KEY_BYTES = 1024  # S3: keys are at most 1,024 bytes of UTF-8
 
+
+MAX_KEY_BYTES = 1024  # S3: keys are at most 1,024 bytes of UTF-8
 DEFAULT_CHUNK_SIZE = 8 * MiB
 DEFAULT_MAX_WORKERS = 10
 DEFAULT_MULTIPART_THRESHOLD = 100 * MiB
@@ -145,33 +156,41 @@ DEFAULT_PROGRESS_FILE = "transfer_progress.json"
 DEFAULT_LOG_FILE = "s3_transfer.log"
 DEFAULT_CREDENTIALS_FILE = "source_credentials.json"
 DEFAULT_STATUS_INTERVAL = 10.0
+
+
 # Seconds S3 may stay silent before a request is abandoned and retried: long enough for a 5 GiB
 # CompleteMultipartUpload to answer, short enough that a dead connection costs minutes, not hours.
 DEFAULT_READ_TIMEOUT = 120.0
-MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows past any sane EC2 size
 
+
+MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows past any sane EC2 size
 PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
 LISTING_WINDOW = 2_000  # listed objects buffered ahead of the workers
 LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ETag) up to 4 x --chunk-size
+
+
 # A source of unequal parts has each part's size read by one HeadObject(PartNumber), up to this many:
 # a bounded wait for HEADs, against copying the object with nothing but its size checked.
 LAYOUT_PROBE_LIMIT = 1_000
+
+
 BODY_ATTEMPTS = 5  # tries for one GET/PUT whose body broke mid-transfer
 DEFAULT_MAX_ATTEMPTS = 10  # botocore's (and awscrt's) attempts per request, unless the user set AWS_MAX_ATTEMPTS
+
+
 # Whole-object attempts, after the source changed under us or the bytes did not make its ETag. As many
 # as a body gets: a byte flipped in any one part costs the whole object, so an object of many parts on a
 # lossy path needs more whole attempts the more parts it has (tests/test_faults.py's soak is such a path).
 OBJECT_ATTEMPTS = 5
+
+
 DENIALS_BEFORE_STOP = 3  # AccessDenied on an action never yet allowed, this many times, stops the run
 TICK_SECONDS = 0.2  # how often the main thread redraws status and considers saving progress
-
 COPY_MODES = ("auto", "stream", "server-side")
-
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
 EXIT_CODES_HELP = """exit codes:
   0    every selected object was copied (or was already done)
   1    the run finished but some objects failed; they are listed, and a rerun retries them
@@ -265,37 +284,59 @@ CREDENTIAL_ERROR_CODES = {
     "AccountProblem": "the AWS account has a problem that stops S3 from answering",
     "AllAccessDisabled": "all access to this resource has been disabled",
 }
+
+
 ARCHIVE_STORAGE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}  # readable only after a restore
+
+
 # The archive tiers of INTELLIGENT_TIERING, as HeadObject's x-amz-archive-status (ArchiveStatus) and
 # InvalidObjectState's AccessTier name them: readable only after a restore too.
 ARCHIVE_ACCESS_TIERS = {"ARCHIVE_ACCESS": "Archive Access", "DEEP_ARCHIVE_ACCESS": "Deep Archive Access"}
+
+
 DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+
+
 # An AccessDenied whose message names a KMS action refuses the object's KMS key, not the bucket: S3
 # says "... is not authorized to perform: kms:Decrypt on resource: arn:aws:kms:...", or, reading with a
 # key the caller cannot use, that "The ciphertext refers to a customer master key" it may not access.
 KMS_ACTION = re.compile(r"\bkms:[A-Za-z]+")
+
+
 # S3 refused a body because it does not match its Content-MD5, checksum or signed payload hash:
 # damaged on the way up, so the same bytes (still in memory) are sent again.
 DAMAGED_UPLOAD_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+
+
 MISSING_BUCKET_CODES = {"NoSuchBucket"}
 MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound"}  # NoSuchKey from a GET, a bare 404 from a HEAD
 PRECONDITION_FAILED_CODES = {"PreconditionFailed", "412"}  # If-Match failed: the source changed
 NO_SUCH_UPLOAD_CODES = {"NoSuchUpload"}
 ARCHIVED_CODES = {"InvalidObjectState"}  # an archived object not restored (GLACIER, DEEP_ARCHIVE...)
+
+
 # S3 asks for the request again later (S3 User Guide, "Amazon S3 error best practices": slow down on
 # SlowDown, retry InternalError; S3 API reference, "Error responses"): throttled (these codes, or the
 # 503 that is all the answer to a HEAD carries), or failed inside. botocore retries both within its
 # attempts and its retry quota; Retries goes on after that.
 THROTTLED_CODES = {"SlowDown", "ServiceUnavailable"}
+
+
 THROTTLED_STATUSES = {503}
 SERVER_ERROR_CODES = {"InternalError"}
 SERVER_ERROR_STATUSES = {500, 502, 504}
+
+
 # While any request of the run succeeds, a request S3 throttles is only waiting its turn: it is given
 # up only once nothing at all has succeeded, on either side, for this long.
 THROTTLE_PATIENCE = 15 * 60.0  # seconds
+
+
 # A request S3 keeps failing inside is a fault of that request (an object S3 cannot serve), which
 # waiting does not mend while others succeed: the tool's own attempts at it, after botocore's.
 SERVER_ERROR_ATTEMPTS = 10
+
+
 MAX_BACKOFF = 8.0  # seconds: the longest pause before sending a request again, before jitter
 RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ResponseStreamingError,
@@ -374,6 +415,8 @@ ERROR_CODE_TABLE: tuple[tuple[ErrorKind, frozenset[str]], ...] = (
     (ErrorKind.DAMAGED_UPLOAD, frozenset(DAMAGED_UPLOAD_CODES)),
     (ErrorKind.ARCHIVED, frozenset(ARCHIVED_CODES)),
 )
+
+
 # The errors that no other object would escape: bad, expired or missing credentials, missing bucket.
 FATAL_KINDS = {ErrorKind.CREDENTIALS, ErrorKind.MISSING_BUCKET}
 
@@ -578,7 +621,7 @@ class Retries:
 
 
 # =============================================================================================
-# 3. Configuration and credentials
+# 3. Pure rules: sizes, locations, filters, shards, key mapping, part plans
 # =============================================================================================
 
 _SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
@@ -633,6 +676,8 @@ def has_dot_segments(key: str) -> bool:
 # An access point's ARN (S3 User Guide, "Using access points"): partition, region, account, name.
 ACCESS_POINT_ARN = re.compile(
     r"arn:(aws[a-z-]*):s3:([a-z0-9-]+):(\d{12}):accesspoint/([a-z0-9][a-z0-9-]{1,48}[a-z0-9])")
+
+
 MULTI_REGION_ACCESS_POINT_ARN = re.compile(r"arn:aws[a-z-]*:s3::\d{12}:accesspoint/[^/]+")
 
 
@@ -738,6 +783,16 @@ class FilterRule:
     pattern: str
 
 
+def is_selected(relative_key: str, rules: Iterable[FilterRule]) -> bool:
+    """aws s3 semantics: everything is included, then each rule in order may flip it; the last match wins.
+    '*' matches across '/' too, as in aws s3."""
+    selected = True
+    for rule in rules:
+        if fnmatch.fnmatchcase(relative_key, rule.pattern):
+            selected = rule.include
+    return selected
+
+
 @dataclasses.dataclass(frozen=True)
 class Shard:
     """--shard I/N: this process copies only the keys whose stable hash falls in shard I (0-based) of N,
@@ -791,6 +846,115 @@ def shard_file_name(path: Path, shard: Optional[Shard]) -> Path:
     if shard is None or shard.count == 1:
         return path
     return path.with_name(f"{path.stem}.shard-{shard.index}-of-{shard.count}{path.suffix}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedObject:
+    """One object as listed (or as HEAD told us after a change)."""
+
+    key: str
+    size: int
+    etag: str
+    storage_class: str = "STANDARD"
+    last_modified: Optional[datetime.datetime] = None
+
+
+def map_destination_key(source_key: str, source: S3Location, destination: S3Location) -> str:
+    """Destination prefix + (source key minus source prefix)."""
+    if not source_key.startswith(source.prefix):
+        raise ValueError(f"key {source_key!r} is not under the source prefix {source.prefix!r}")
+    return destination.prefix + source_key[len(source.prefix):]
+
+
+def why_uncopyable(relative_key: str, destination_key: str, size: int) -> Optional[str]:
+    """Why this object cannot be copied as mapped, or None. Decided from the listing alone, so that
+    nothing at all is written for such an object (no PutObject, no CreateMultipartUpload)."""
+    if has_dot_segments(relative_key):
+        return ('its key has a "." or ".." path segment, which a proxy or S3-compatible server that normalises '
+                "URLs would resolve, so the copy could land outside the destination prefix or in another bucket; "
+                "rename it at the source, or copy it by hand where you know nothing normalises URLs")
+    key_bytes = len(destination_key.encode("utf-8"))
+    if key_bytes > MAX_KEY_BYTES:
+        return (f"the destination key would be {key_bytes} bytes, over S3's {MAX_KEY_BYTES}-byte limit; "
+                "use a shorter destination prefix")
+    if size > MAX_OBJECT_SIZE:
+        return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of {format_size(MAX_OBJECT_SIZE)} "
+                f"({MAX_OBJECT_SIZE:,} bytes, 10,000 parts of 5 GiB) for one object, so S3 cannot store it and "
+                "nothing was written for it")
+    forbidden = xml_forbidden_characters(destination_key)
+    if forbidden and size > MAX_SINGLE_PUT_SIZE:
+        named = ", ".join(f"U+{ord(character):04X}" for character in forbidden)
+        return (f"its key contains {named}, which XML 1.0 forbids, so S3's answer to CreateMultipartUpload "
+                "(which echoes the key) cannot be read and the upload could be neither continued nor aborted, "
+                f"and at {format_size(size)} ({size:,} bytes) it is over the 5 GiB one PutObject takes; nothing "
+                "was written for it: rename it at the source to copy it")
+    return None
+
+
+# XML 1.0's Char production (https://www.w3.org/TR/xml/#charsets). S3 writes any other character of a
+# key as a character reference (&#x7;), which no XML parser accepts either (boto/botocore#3496).
+_XML_FORBIDDEN = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_forbidden_characters(text: str) -> str:
+    """The characters of `text` that XML 1.0 forbids, each once, in order of appearance ("" for none):
+    the C0 controls but tab, line feed and carriage return, the surrogates, U+FFFE and U+FFFF.
+
+    A carriage return is allowed, though a parser reads a literal one back as a line feed: that changes
+    a key read back from XML, never what S3 does with it, so it is answered by asking listings for
+    URL-encoded keys (EncodingType=url), not by avoiding multipart uploads."""
+    return "".join(dict.fromkeys(_XML_FORBIDDEN.findall(text)))
+
+
+def copied_in_one_request(destination_key: str, size: int, *, multipart_threshold: int) -> bool:
+    """Whether an object is copied with one PutObject (or CopyObject) rather than in parts: below the
+    threshold, and also above it up to 5 GiB when its key holds a character XML 1.0 forbids, since
+    S3's answer to CreateMultipartUpload for such a key cannot be read (see why_uncopyable for larger ones)."""
+    if size < multipart_threshold:
+        return True
+    return size <= MAX_SINGLE_PUT_SIZE and bool(xml_forbidden_characters(destination_key))
+
+
+@dataclasses.dataclass(frozen=True)
+class PartRange:
+    """One part of a multipart copy: its 1-based number and inclusive byte range."""
+
+    number: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+def choose_part_size(object_size: int, requested: int) -> int:
+    """The part size for an object: the requested chunk size, raised (to a whole MiB) only when the
+    object would otherwise need more than 10,000 parts; never below 5 MiB, never above 5 GiB. A 5 TiB
+    object gets 525 MiB parts, and the largest object S3 can hold (MAX_OBJECT_SIZE, 48.8 TiB) parts of
+    exactly 5 GiB, so no object S3 can hold is ever refused for its part count."""
+    if object_size > MAX_OBJECT_SIZE:
+        raise ValueError(f"an object of {object_size:,} bytes is over S3's {format_size(MAX_OBJECT_SIZE)} limit "
+                         "for one object (10,000 parts of 5 GiB)")
+    part_size = max(requested, MIN_PART_SIZE)
+    if math.ceil(object_size / part_size) > MAX_PARTS:
+        part_size = math.ceil(object_size / MAX_PARTS / MiB) * MiB
+    return part_size
+
+
+def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
+    """Split [0, object_size) into parts of part_size bytes; only the last may be shorter."""
+    if object_size == 0:
+        return [PartRange(1, 0, -1)]
+    return [
+        PartRange(number, start, min(start + part_size, object_size) - 1)
+        for number, start in enumerate(range(0, object_size, part_size), start=1)
+    ]
+
+
+# =============================================================================================
+# 4. Configuration
+# =============================================================================================
 
 
 @dataclasses.dataclass(frozen=True)
@@ -988,28 +1152,9 @@ def load_credentials_file(path: Path) -> dict[str, str]:
     return values
 
 
-# -- library seams: where boto3, botocore or logging offer no public way ------------------------
-#
-# Each private name of a library that the tool relies on is reached in one function here (and in
-# RenewableRoleCredentials.renew_unless_renewed_since), each saying why there is no public way;
-# tests/test_library_seams.py fails, naming the attribute, when an installed release changes it.
-
-
-def botocore_session_of(session: boto3.Session) -> botocore.session.Session:
-    """The botocore session a boto3 session wraps, for what only botocore resolves (a profile's
-    retry_mode and sts_regional_endpoints, the ca_bundle) and sets (sts_regional_endpoints).
-
-    Library seam (boto3): boto3.Session keeps it as ``_session`` and has no public getter."""
-    return session._session
-
-
-def skip_caller_lookup_in_log_records() -> None:
-    """Make logging leave out the caller's file, line and function of every record (a frame walk per
-    record), as the logging HOWTO's "Optimization" section advises for a format that never shows them.
-
-    Library seam (logging): the HOWTO's way is to set ``logging._srcfile`` to None; the module has no
-    public switch for it, as it has for thread and process names."""
-    logging._srcfile = None
+# =============================================================================================
+# 5. Connecting to each side (credentials, clients, regions, preflight checks)
+# =============================================================================================
 
 
 class RenewableRoleCredentials(botocore.credentials.RefreshableCredentials):
@@ -1170,9 +1315,21 @@ def session_with_credentials(credentials: botocore.credentials.Credentials, *, r
     return boto3.Session(botocore_session=core, region_name=region)
 
 
-# =============================================================================================
-# 4. Connecting to each side
-# =============================================================================================
+# -- library seams: where boto3 or botocore offer no public way -------------------------------
+#
+# Each private name of a library that the tool relies on is reached in one function here (and in
+# RenewableRoleCredentials.renew_unless_renewed_since; logging's is skip_caller_lookup_in_log_records,
+# in the status section), each saying why there is no public way;
+# tests/test_library_seams.py fails, naming the attribute, when an installed release changes it.
+
+
+def botocore_session_of(session: boto3.Session) -> botocore.session.Session:
+    """The botocore session a boto3 session wraps, for what only botocore resolves (a profile's
+    retry_mode and sts_regional_endpoints, the ca_bundle) and sets (sts_regional_endpoints).
+
+    Library seam (boto3): boto3.Session keeps it as ``_session`` and has no public getter."""
+    return session._session
+
 
 def explicit_endpoint(settings: SideAccess) -> Optional[str]:
     """The endpoint URL this side will use when it is not AWS: our flag, else botocore's env vars."""
@@ -1303,6 +1460,8 @@ def _expect_continue_for_large_bodies_only(model: Any, params: dict[str, Any], *
 # parameter of its own of that name, which these hooks make the request's header (HeaderWriter does
 # the same for the crt engine).
 RAW_EXPIRES = "ExpiresString"
+
+
 RAW_EXPIRES_OPERATIONS = ("PutObject", "CreateMultipartUpload")
 
 
@@ -1466,122 +1625,8 @@ def _may_read(source: ConnectedSide, key: str) -> bool:
 
 
 # =============================================================================================
-# 5. Listing and planning
+# 6. Object sources: listing, keyspace-parallel listing, inventory reports, selection
 # =============================================================================================
-
-
-@dataclasses.dataclass(frozen=True)
-class ListedObject:
-    """One object as listed (or as HEAD told us after a change)."""
-
-    key: str
-    size: int
-    etag: str
-    storage_class: str = "STANDARD"
-    last_modified: Optional[datetime.datetime] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PartRange:
-    """One part of a multipart copy: its 1-based number and inclusive byte range."""
-
-    number: int
-    start: int
-    end: int
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start + 1
-
-
-def is_selected(relative_key: str, rules: Iterable[FilterRule]) -> bool:
-    """aws s3 semantics: everything is included, then each rule in order may flip it; the last match wins.
-    '*' matches across '/' too, as in aws s3."""
-    selected = True
-    for rule in rules:
-        if fnmatch.fnmatchcase(relative_key, rule.pattern):
-            selected = rule.include
-    return selected
-
-
-def map_destination_key(source_key: str, source: S3Location, destination: S3Location) -> str:
-    """Destination prefix + (source key minus source prefix)."""
-    if not source_key.startswith(source.prefix):
-        raise ValueError(f"key {source_key!r} is not under the source prefix {source.prefix!r}")
-    return destination.prefix + source_key[len(source.prefix):]
-
-
-def why_uncopyable(relative_key: str, destination_key: str, size: int) -> Optional[str]:
-    """Why this object cannot be copied as mapped, or None. Decided from the listing alone, so that
-    nothing at all is written for such an object (no PutObject, no CreateMultipartUpload)."""
-    if has_dot_segments(relative_key):
-        return ('its key has a "." or ".." path segment, which a proxy or S3-compatible server that normalises '
-                "URLs would resolve, so the copy could land outside the destination prefix or in another bucket; "
-                "rename it at the source, or copy it by hand where you know nothing normalises URLs")
-    key_bytes = len(destination_key.encode("utf-8"))
-    if key_bytes > MAX_KEY_BYTES:
-        return (f"the destination key would be {key_bytes} bytes, over S3's {MAX_KEY_BYTES}-byte limit; "
-                "use a shorter destination prefix")
-    if size > MAX_OBJECT_SIZE:
-        return (f"it is {format_size(size)} ({size:,} bytes), over S3's limit of {format_size(MAX_OBJECT_SIZE)} "
-                f"({MAX_OBJECT_SIZE:,} bytes, 10,000 parts of 5 GiB) for one object, so S3 cannot store it and "
-                "nothing was written for it")
-    forbidden = xml_forbidden_characters(destination_key)
-    if forbidden and size > MAX_SINGLE_PUT_SIZE:
-        named = ", ".join(f"U+{ord(character):04X}" for character in forbidden)
-        return (f"its key contains {named}, which XML 1.0 forbids, so S3's answer to CreateMultipartUpload "
-                "(which echoes the key) cannot be read and the upload could be neither continued nor aborted, "
-                f"and at {format_size(size)} ({size:,} bytes) it is over the 5 GiB one PutObject takes; nothing "
-                "was written for it: rename it at the source to copy it")
-    return None
-
-
-# XML 1.0's Char production (https://www.w3.org/TR/xml/#charsets). S3 writes any other character of a
-# key as a character reference (&#x7;), which no XML parser accepts either (boto/botocore#3496).
-_XML_FORBIDDEN = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def xml_forbidden_characters(text: str) -> str:
-    """The characters of `text` that XML 1.0 forbids, each once, in order of appearance ("" for none):
-    the C0 controls but tab, line feed and carriage return, the surrogates, U+FFFE and U+FFFF.
-
-    A carriage return is allowed, though a parser reads a literal one back as a line feed: that changes
-    a key read back from XML, never what S3 does with it, so it is answered by asking listings for
-    URL-encoded keys (EncodingType=url), not by avoiding multipart uploads."""
-    return "".join(dict.fromkeys(_XML_FORBIDDEN.findall(text)))
-
-
-def copied_in_one_request(destination_key: str, size: int, *, multipart_threshold: int) -> bool:
-    """Whether an object is copied with one PutObject (or CopyObject) rather than in parts: below the
-    threshold, and also above it up to 5 GiB when its key holds a character XML 1.0 forbids, since
-    S3's answer to CreateMultipartUpload for such a key cannot be read (see why_uncopyable for larger ones)."""
-    if size < multipart_threshold:
-        return True
-    return size <= MAX_SINGLE_PUT_SIZE and bool(xml_forbidden_characters(destination_key))
-
-
-def choose_part_size(object_size: int, requested: int) -> int:
-    """The part size for an object: the requested chunk size, raised (to a whole MiB) only when the
-    object would otherwise need more than 10,000 parts; never below 5 MiB, never above 5 GiB. A 5 TiB
-    object gets 525 MiB parts, and the largest object S3 can hold (MAX_OBJECT_SIZE, 48.8 TiB) parts of
-    exactly 5 GiB, so no object S3 can hold is ever refused for its part count."""
-    if object_size > MAX_OBJECT_SIZE:
-        raise ValueError(f"an object of {object_size:,} bytes is over S3's {format_size(MAX_OBJECT_SIZE)} limit "
-                         "for one object (10,000 parts of 5 GiB)")
-    part_size = max(requested, MIN_PART_SIZE)
-    if math.ceil(object_size / part_size) > MAX_PARTS:
-        part_size = math.ceil(object_size / MAX_PARTS / MiB) * MiB
-    return part_size
-
-
-def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
-    """Split [0, object_size) into parts of part_size bytes; only the last may be shorter."""
-    if object_size == 0:
-        return [PartRange(1, 0, -1)]
-    return [
-        PartRange(number, start, min(start + part_size, object_size) - 1)
-        for number, start in enumerate(range(0, object_size, part_size), start=1)
-    ]
 
 
 def listed_key(key: str, listing: dict[str, Any]) -> str:
@@ -1636,10 +1681,14 @@ def list_objects(side: ConnectedSide, location: S3Location, start_after: Optiona
 # including keys created under new prefixes between two runs of the job.
 
 MAX_LIST_CONCURRENCY = 64
+
+
 DEFAULT_LISTERS_LIMIT = 16  # by default half the workers list, up to this many
 RANGES_PER_LISTER = 4  # more ranges than listers, so that a lister done early takes another
 SPLIT_DISCOVERY_DEPTH = 3  # folder levels explored for split points
 SPLIT_DISCOVERY_PREFIXES = 10_000  # folders gathered at most, a few dozen ListObjectsV2 pages
+
+
 # For keys without folders (hashes, UUIDs, numbered files): split on the next character.
 SPLIT_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -1793,6 +1842,8 @@ class ListingWindow:
 # files hold no connection or descriptor between reads and memory stays at a chunk or two a file.
 
 INVENTORY_READ_CHUNK = 256 * KiB  # compressed bytes per read of a data file
+
+
 INVENTORY_TEXT_BLOCK = 256 * KiB  # text taken out of zlib at a time, however well a chunk compresses
 INVENTORY_MAX_LINE = MiB  # a row is a few KiB at most: keys are 1,024 bytes, 3 KiB URL-encoded
 INVENTORY_HEAD_THREADS = 4  # HeadObject requests in flight for rows that lack a size or an ETag
@@ -2289,548 +2340,54 @@ def _open_manifest(location: str, source: ConnectedSide) -> Inventory:
     return Inventory(location, tuple(files), columns)
 
 
-# =============================================================================================
-# 6. Moving bodies and proving them: the BodyTransport interface, ETag checks
-# =============================================================================================
-
-PRESERVED_HEADERS = (
-    "ContentType",
-    "ContentEncoding",
-    "ContentDisposition",
-    "ContentLanguage",
-    "CacheControl",
-    RAW_EXPIRES,  # as S3 stores it, which need not be a date
-    "WebsiteRedirectLocation",
-)
+def is_wanted(relative_key: str, config: RunSettings) -> bool:
+    """Whether --include/--exclude and --shard keep a key (relative to its side's prefix)."""
+    return is_selected(relative_key, config.job.filters) and (config.job.shard is None or config.job.shard.owns(relative_key))
 
 
-@dataclasses.dataclass(frozen=True)
-class ObjectAttributes:
-    """What travels with the bytes: the headers a user would otherwise lose silently, user metadata
-    and tags (URL-encoded, as PutObject's Tagging parameter takes them)."""
-
-    headers: dict[str, Any]
-    metadata: dict[str, str]
-    tagging: str = ""
-
-    @classmethod
-    def from_response(cls, response: dict[str, Any], tags: list[dict[str, str]]) -> "ObjectAttributes":
-        return cls(
-            headers={name: response[name] for name in PRESERVED_HEADERS if response.get(name)},
-            metadata=dict(response.get("Metadata") or {}),
-            tagging=urllib.parse.urlencode([(tag["Key"], tag["Value"]) for tag in tags]),
-        )
-
-    def upload_arguments(self, config: RunSettings) -> dict[str, Any]:
-        """Keyword arguments for PutObject / CreateMultipartUpload."""
-        arguments: dict[str, Any] = dict(self.headers)
-        arguments["Metadata"] = self.metadata
-        if self.tagging:
-            arguments["Tagging"] = self.tagging
-        return {**arguments, **storage_arguments(config)}
-
-
-def storage_arguments(config: RunSettings) -> dict[str, str]:
-    """How the copies are stored (--storage-class, --sse), for every request that writes an object."""
-    arguments = {}
-    if config.writes.storage_class:
-        arguments["StorageClass"] = config.writes.storage_class
-    if config.writes.sse:
-        arguments["ServerSideEncryption"] = config.writes.sse
-    if config.writes.sse_kms_key_id:
-        arguments["SSEKMSKeyId"] = config.writes.sse_kms_key_id
-    return arguments
-
-
-@dataclasses.dataclass(frozen=True)
-class FetchedObject:
-    """A whole small object in memory, with what GetObject said about it."""
-
-    body: bytes
-    etag: str
-    response: dict[str, Any]
-
-
-class BodyTransport(Protocol):
-    """The only calls that move object bodies. Scheduling, progress and integrity never look past
-    this interface: Boto3Transport (--engine threads) and CrtTransport (--engine crt) replace each
-    other whole. `expected_size` is the listed size, for a timeout that allows for it."""
-
-    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject: ...
-
-    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes: ...
-
-    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str: ...
-
-    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
-                    content_md5: Optional[str], checksum: dict[str, str]) -> str: ...
-
-
-def exact_length(body: bytes, expected: int) -> bytes:
-    """A GetObject body, insisting on the length S3 promised: a short body is retried."""
-    if len(body) != expected:
-        raise BodyMismatch(f"expected {expected} bytes, received {len(body)}")
-    return body
-
-
-def read_exact(response: dict[str, Any], expected: int) -> bytes:
-    """Read a boto3 GetObject body whole, of exactly the length S3 promised."""
-    return exact_length(response["Body"].read(), expected)
-
-
-class Boto3Transport:
-    """BodyTransport over two boto3 clients: GETs with the source's, PUTs with the destination's."""
-
-    def __init__(self, source_client: Any, destination_client: Any) -> None:
-        self._source = source_client
-        self._destination = destination_client
-
-    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
-        response = self._source.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-        body = read_exact(response, response["ContentLength"])
-        return FetchedObject(body=body, etag=response["ETag"], response=response)
-
-    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
-        response = self._source.get_object(
-            Bucket=bucket, Key=key, Range=f"bytes={part.start}-{part.end}", IfMatch=if_match
-        )
-        return read_exact(response, part.size)
-
-    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str:
-        return self._destination.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentMD5=content_md5, **arguments
-        )["ETag"]
-
-    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
-                    content_md5: Optional[str], checksum: dict[str, str]) -> str:
-        md5 = {"ContentMD5": content_md5} if content_md5 else {}
-        return self._destination.upload_part(
-            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body, **md5, **checksum,
-        )["ETag"]
-
-
-# -- the crt engine: the same four calls through AWS's C runtime ------------------------------
-
-ENGINES = ("auto", "threads", "crt")
-# The crt client hands over a body only when the whole of it has arrived, and reports nothing while
-# one is sent: silence is expected for as long as the body takes at this (slow) rate, on top of
-# --read-timeout, before a request counts as stalled.
-CRT_SLOWEST_EXPECTED_RATE = 1 * MiB  # bytes per second
-# awscrt's own errors for a request it gave up on while S3 refused it as busy, when it does not hand
-# over S3's answer itself: read as that answer's status, so that Retries sends the request again.
-CRT_BUSY_ERRORS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineChoice:
-    """Which engine moves the bodies (--engine), for whole objects (below --multipart-threshold) and
-    for parts, and why, for the log and the final report."""
-
-    whole_objects: str  # "threads" or "crt"
-    parts: str
-    reason: str
-
-    def describe(self) -> str:
-        if self.whole_objects == self.parts:
-            return f"the {self.parts} engine"
-        return f"the {self.whole_objects} engine for whole objects and the {self.parts} engine for parts"
-
-
-# The crt engine's S3Client takes a retry_config (awscrt 0.37) and a connect_timeout_ms (0.38);
-# requirements.txt asks for such an awscrt, but one installed otherwise may be older.
-CRT_ENGINE_AWSCRT = (0, 38)
-
-
-def awscrt_too_old(version: str) -> bool:
-    """Whether an awscrt of this version lacks what the crt engine uses."""
-    numbers = re.match(r"(\d+)\.(\d+)", version)
-    return numbers is not None and (int(numbers[1]), int(numbers[2])) < CRT_ENGINE_AWSCRT
-
-
-def crt_unavailable(sides: Iterable[ConnectedSide]) -> str:
-    """Why the crt engine cannot serve these sides, as a clause; "" when it can."""
+def selected_objects(objects: Iterable[ListedObject], config: RunSettings, *,
+                     side: str = "source") -> Iterator[ListedObject]:
+    """Apply --include/--exclude and --shard to a listing of either side (keys relative to that side's
+    prefix); listing errors stop the run with a clear sentence."""
+    location, settings = ((config.job.source, config.job.source_access) if side == "source"
+                          else (config.job.destination, config.job.destination_access))
     try:
-        import awscrt.s3  # noqa: F401 - only whether it imports
-    except ImportError:
-        return "awscrt is not installed (pip install -r requirements.txt installs it)"
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # run from a source tree: trust it
-        version = importlib.metadata.version("awscrt")
-        if awscrt_too_old(version):
-            return (f"awscrt {version} is older than {'.'.join(map(str, CRT_ENGINE_AWSCRT))}, which the crt engine "
-                    "needs (pip install -r requirements.txt upgrades it)")
-    for side in sides:
-        # botocore honours HTTPS_PROXY/HTTP_PROXY; awscrt's S3 client in Python takes no proxy.
-        if botocore.utils.get_environ_proxies(side.objects_url):
-            return f"the {side.access.role} endpoint is reached through a proxy (HTTPS_PROXY), which awscrt's S3 " \
-                   "client cannot use"
-    return ""
+        for listed in objects:
+            if is_wanted(listed.key[len(location.prefix):], config):
+                yield listed
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        if isinstance(error, RETRYABLE_BODY_ERRORS):
+            raise FatalTransferError(f"Listing the {side} failed after botocore's retries: {error}. "
+                                     "Rerun to resume.") from None
+        raise FatalTransferError(explain_error(error, access=settings, bucket=location.bucket,
+                                               action="s3:ListBucket")) from None
 
 
-def choose_engine(requested: str, sides: Iterable[ConnectedSide]) -> EngineChoice:
-    """--engine. "auto" takes crt for whole objects, where a request's CPU is most of an object's
-    cost and crt saves most of it, and threads for parts, where crt saves less and costs more than
-    the memory bound allows (awscrt holds each body in C too: see the README's Engines and
-    bench/README.md). "threads" is always possible."""
-    if requested == "threads":
-        return EngineChoice("threads", "threads", "as --engine asks")
-    missing = crt_unavailable(sides)
-    if requested == "crt":
-        if missing:
-            raise ConfigurationError(f"--engine crt cannot run here: {missing}. Use --engine threads.")
-        return EngineChoice("crt", "crt", "as --engine asks")
-    if missing:
-        return EngineChoice("threads", "threads", f"auto, because {missing}")
-    return EngineChoice("crt", "threads", "auto: awscrt is installed")
+def source_objects(config: RunSettings, source: ConnectedSide, start_after: Optional[str], through: Optional[str] = None,
+                   *, inventory: Optional[Inventory], on_missing: Callable[[str], None],
+                   need_etag: bool = True) -> Iterator[ListedObject]:
+    """The selected source objects in key order, after start_after and up to through: listed with
+    ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
+    row without a size or ETag costs (see inventory_objects)."""
+    if inventory is None:
+        return selected_objects(list_objects(source, config.job.source, start_after, through), config)
+    rows = (row for row in inventory_rows(inventory, source, config.job.source, start_after, through)
+            if is_wanted(row.key[len(config.job.source.prefix):], config))
+    return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
 
 
-class HeaderReader:
-    """Reads a successful answer's headers into the dict boto3 returns, by the operation's output
-    shape in botocore's model: what botocore's parser does, in a fraction of its time, which matters
-    when a small object's whole cost is a few requests. Error answers, rare and with an XML body, go
-    to botocore's parser itself.
-
-    Like botocore (handle_expires_header), it gives the Expires header raw as ExpiresString too,
-    and leaves Expires out when the value is no date rather than failing the answer."""
-
-    CONVERSIONS: dict[str, Callable[[str], Any]] = {
-        "integer": int, "long": int, "boolean": lambda value: value.lower() == "true",
-        "timestamp": lambda value: parse_timestamp(value),
-    }
-
-    def __init__(self, shape: Any) -> None:
-        # header -> its members (a model may give one header to two members), each with its conversion
-        self._members: dict[str, list[tuple[str, Callable[[str], Any]]]] = {}
-        self._prefixes: list[tuple[str, str]] = []  # x-amz-meta- -> Metadata
-        for name, member in shape.members.items():
-            location, header = member.serialization.get("location"), member.serialization.get("name", "")
-            if location == "header":
-                self._members.setdefault(header.lower(), []).append(
-                    (name, self.CONVERSIONS.get(member.type_name, str)))
-            elif location == "headers":
-                self._prefixes.append((header.lower(), name))
-        expires = shape.members.get("Expires")
-        if (expires is not None and expires.serialization.get("location") == "header"
-                and expires.serialization.get("name") == "Expires" and RAW_EXPIRES not in shape.members):
-            self._members["expires"].append((RAW_EXPIRES, str))
-
-    def read(self, headers: list[tuple[str, str]]) -> dict[str, Any]:
-        parsed: dict[str, Any] = {prefix_member: {} for _, prefix_member in self._prefixes}
-        for header, value in headers:
-            lowered = header.lower()
-            members = self._members.get(lowered)
-            if members is not None:
-                for name, convert in members:
-                    try:
-                        parsed[name] = convert(value)
-                    except (ValueError, RuntimeError):
-                        if name != "Expires":
-                            raise
-                continue
-            for prefix, prefix_member in self._prefixes:
-                if lowered.startswith(prefix):
-                    parsed[prefix_member][header[len(prefix):]] = value
-        return parsed
+def listing_split_points(config: RunSettings, source: ConnectedSide) -> list[str]:
+    """Where to cut the source's keyspace for --list-concurrency listers; refusals as a listing's."""
+    try:
+        return discover_split_points(source, config.job.source, config.tuning.list_concurrency * RANGES_PER_LISTER)
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        raise FatalTransferError(explain_error(error, access=config.job.source_access, bucket=config.job.source.bucket,
+                                               action="s3:ListBucket")) from None
 
 
-class HeaderWriter:
-    """Writes a request's headers and query string from its parameters by the operation's input
-    shape in botocore's model, as botocore's rest-xml serializer does for the kinds of value this
-    tool sends (strings, integers, booleans, user metadata), in a fraction of its time. Any other
-    kind of value (a timestamp, a list), and a parameter the installed botocore's model lacks, sends
-    the whole request through botocore's serializer itself, which refuses what boto3 would refuse
-    (give it a validating one). The raw Expires (RAW_EXPIRES) is written as it is, either way."""
-
-    SIMPLE_TYPES = frozenset({"string", "integer", "long", "boolean"})
-
-    def __init__(self, model: Any, serializer: Any) -> None:
-        self._model = model
-        self._serializer = serializer
-        # parameter -> (location, name on the wire, type); location "" leaves the request to botocore
-        self._members: dict[str, tuple[str, str, str]] = {}
-        for name, member in model.input_shape.members.items():
-            location = member.serialization.get("location", "")
-            if member.type_name == "map":
-                written_here = location == "headers"
-            else:
-                written_here = (member.type_name in self.SIMPLE_TYPES and location in ("header", "querystring")
-                                and not member.serialization.get("jsonvalue"))
-            self._members[name] = (location if written_here else "", member.serialization.get("name", name),
-                                   member.type_name)
-        expires = model.input_shape.members.get("Expires")
-        self._raw_expires_header = expires.serialization.get("name", "Expires") if (
-            expires is not None and expires.serialization.get("location") == "header") else None
-        if self._raw_expires_header is not None:
-            self._members[RAW_EXPIRES] = ("header", self._raw_expires_header, "string")
-
-    def write(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        headers: dict[str, Any] = {}
-        query: dict[str, Any] = {}
-        for name, value in parameters.items():
-            if value is None:
-                continue
-            location, wire_name, type_name = self._members.get(name, ("", name, ""))
-            if location in ("header", "querystring"):
-                if type_name == "boolean":
-                    value = str(value).lower()
-                elif location == "header":
-                    value = str(value)
-                (headers if location == "header" else query)[wire_name] = value
-            elif location == "headers":
-                headers.update((wire_name + suffix, text) for suffix, text in value.items())
-            else:
-                return self._serialized(bucket, key, parameters)
-        return headers, query
-
-    def _serialized(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        modelled = {name: value for name, value in parameters.items() if value is not None}  # None: not given
-        raw_expires = modelled.pop(RAW_EXPIRES, None) if self._raw_expires_header else None
-        serialized = self._serializer.serialize_to_request({"Bucket": bucket, "Key": key, **modelled}, self._model)
-        if raw_expires is not None:
-            serialized["headers"][self._raw_expires_header] = raw_expires
-        return serialized["headers"], serialized["query_string"]
-
-
-class CrtAnswer:
-    """What the crt client reported of one request, gathered from its callbacks (on its own threads)."""
-
-    def __init__(self) -> None:
-        self.last_heard = time.monotonic()
-        self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self.chunks: list[bytes] = []
-
-    def on_headers(self, status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
-        self.status = status_code
-        self.headers = headers
-        self.last_heard = time.monotonic()
-
-    def on_body(self, chunk: bytes, **_: Any) -> None:
-        self.chunks.append(chunk)
-        self.last_heard = time.monotonic()
-
-    def body(self) -> bytes:
-        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-
-
-class CrtSideClient:
-    """One side's awscrt S3Client, which signs (SigV4, in C), pools connections and retries
-    (5xx, SlowDown, dropped connections) on its own threads, one request at a time as we ask: never
-    split into parts of its own, so the part plan, ETags and resume stay ours.
-
-    What it must agree on with boto3 it takes from botocore: the bucket's URL as botocore resolved
-    it, the side's credentials (a delegate provider for refreshable ones, so a role botocore renews
-    is used at once), its model for the headers sent (HeaderWriter) and the answers read
-    (HeaderReader), and its parser for error answers, so that headers sent and answers read, errors
-    included, are the very ones of the threads engine.
-    """
-
-    def __init__(self, side: ConnectedSide, *, read_timeout: float) -> None:
-        from awscrt import auth, s3
-        from awscrt import io as crt_io
-
-        url = urllib.parse.urlsplit(side.objects_url)
-        self.side = side
-        self._host = url.netloc
-        self._path = url.path
-        # What the boto3 clients add to every request (_declare_request_payer), signed by the crt client.
-        self._declared = [("x-amz-request-payer", side.access.request_payer)] if side.access.request_payer else []
-        self._read_timeout = read_timeout
-        self._credentials = side.credentials
-        self._credentials_failure: Optional[BaseException] = None
-        self._renewal = (RoleRenewalOnExpiry(side.credentials, side=side.access.role)
-                         if isinstance(side.credentials, RenewableRoleCredentials) else None)
-        tls_options = None
-        if url.scheme == "https":
-            tls = crt_io.TlsContextOptions()
-            if side.ca_bundle:
-                tls.override_default_trust_store_from_path(ca_filepath=side.ca_bundle)
-            tls_options = crt_io.ClientTlsContext(tls).new_connection_options()
-        if isinstance(side.credentials, botocore.credentials.RefreshableCredentials):
-            provider = auth.AwsCredentialsProvider.new_delegate(self._current_credentials)
-            keep_delegate_failures_off_stderr()
-        else:  # keys that never change: signing need not call into Python for each request
-            frozen = side.credentials.get_frozen_credentials()
-            provider = auth.AwsCredentialsProvider.new_static(frozen.access_key, frozen.secret_key, frozen.token)
-        self._client = s3.S3Client(
-            region=side.region,
-            tls_mode=s3.S3RequestTlsMode.ENABLED if url.scheme == "https" else s3.S3RequestTlsMode.DISABLED,
-            tls_connection_options=tls_options,
-            signing_config=s3.create_default_s3_signing_config(region=side.region, credential_provider=provider),
-            # As many attempts as the side's boto3 client makes (the user's AWS_MAX_ATTEMPTS, if set), but
-            # at least two: awscrt reads max_retries=0 as its default of 5.
-            retry_config=s3.S3RetryConfig(
-                max_retries=max(side.client.meta.config.retries["total_max_attempts"] - 1, 1)),
-            connect_timeout_ms=10_000,
-        )
-        self._service = side.client.meta.service_model
-        # Validating, as boto3's own: HeaderWriter hands it only what it does not write itself.
-        serializer = botocore.serialize.create_serializer("rest-xml", include_validation=True)
-        self._parser = quick_timestamps_parsers().create_parser("rest-xml")
-        operations = ("GetObject", "PutObject", "UploadPart")
-        self._writers = {name: HeaderWriter(self._service.operation_model(name), serializer) for name in operations}
-        self._readers = {name: HeaderReader(self._service.operation_model(name).output_shape) for name in operations}
-
-    def _current_credentials(self) -> Any:
-        from awscrt import auth
-
-        try:
-            frozen = self._credentials.get_frozen_credentials()
-        except Exception as error:  # noqa: BLE001 - raised again in the workers that wait (see _exchange)
-            self._credentials_failure = error
-            raise
-        self._credentials_failure = None
-        return auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token or None)
-
-    def request(self, operation: str, bucket: str, key: str, parameters: dict[str, Any], *,
-                body: Optional[bytes] = None, expected_size: int = 0) -> tuple[dict[str, Any], bytes]:
-        """Send one request; its answer as boto3 would return it (less the body) and its body. An
-        error answer raises botocore's ClientError; an expired role session is renewed and retried."""
-        model = self._service.operation_model(operation)
-        written_headers, query = self._writers[operation].write(bucket, key, parameters)
-        path = self._path + botocore.utils.percent_encode(key, safe="/~")
-        if query:
-            path += "?" + botocore.utils.percent_encode_sequence(query)
-        headers = [("Host", self._host), *self._declared,
-                   *((name, str(value)) for name, value in written_headers.items())]
-        if body is not None:
-            headers.append(("Content-Length", str(len(body))))
-        for attempt in range(1, RoleRenewalOnExpiry.ATTEMPTS + 1):
-            generation = getattr(self._credentials, "generation", 0)
-            status, response_headers, received = self._exchange(
-                model.http["method"], path, headers, body, operation=operation,
-                allowed_silence=self._read_timeout + max(len(body or b""), expected_size) / CRT_SLOWEST_EXPECTED_RATE)
-            if status < 300:
-                return self._readers[operation].read(response_headers), received
-            parsed = self._parser.parse({"status_code": status, "headers": botocore.awsrequest.HeadersDict(
-                response_headers), "body": received}, model.output_shape)
-            error = botocore.exceptions.ClientError(parsed, operation)
-            if not (self._renewal and attempt < RoleRenewalOnExpiry.ATTEMPTS
-                    and self._renewal.renew_if_expired(error_code(error), generation)):
-                raise error
-        raise AssertionError("unreachable")
-
-    def _exchange(self, method: str, path: str, headers: list[tuple[str, str]], body: Optional[bytes], *,
-                  operation: str, allowed_silence: float) -> tuple[int, list[tuple[str, str]], bytes]:
-        """One request through the crt client: status, headers and body of the answer, whatever its status."""
-        from awscrt import exceptions, http, s3
-
-        answer = CrtAnswer()
-        request = http.HttpRequest(method, path, http.HttpHeaders(headers),
-                                   io.BytesIO(body) if body is not None else None)
-        sent = self._client.make_request(type=s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
-                                         on_headers=answer.on_headers, on_body=answer.on_body)
-        finished = sent.finished_future
-        while not finished.done():
-            silence = time.monotonic() - answer.last_heard
-            if silence >= allowed_silence:
-                # Held open but silent, which awscrt would wait out for ever: given up and retried,
-                # like botocore's read timeout. The server may have done it; every call here is idempotent.
-                sent.cancel()
-                if finished.exception() is not None:
-                    raise TransportError(f"{operation}: no answer from the {self.side.access.role} endpoint "
-                                         f"for {silence:.0f} s (--read-timeout {self._read_timeout:g} s)")
-                break
-            with contextlib.suppress(concurrent.futures.TimeoutError):  # woken to look at the silence again
-                finished.exception(timeout=allowed_silence - silence)
-        error = finished.exception()
-        if isinstance(error, s3.S3ResponseError):
-            return error.status_code, error.headers or [], error.body or b""
-        if error is not None:
-            # The CRT says only that signing failed, not why, nor for which request: every request
-            # that fails while the last attempt to get credentials failed is told that reason,
-            # until an attempt succeeds (a renewed role), rather than a bare transport error.
-            failure = self._credentials_failure
-            if failure is not None:
-                raise failure
-            name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
-            if name in CRT_BUSY_ERRORS:
-                return CRT_BUSY_ERRORS[name], [], b""
-            raise TransportError(f"{operation} to the {self.side.access.role} endpoint failed: {name}: {error}")
-        return answer.status, answer.headers, answer.body()
-
-
-def keep_delegate_failures_off_stderr() -> None:
-    """awscrt reports an exception raised in a delegate credentials provider as "unraisable", which
-    Python prints as a traceback on stderr. Ours is kept and raised again in the workers whose
-    requests it failed (CrtSideClient._exchange), where it becomes one sentence, so only those are
-    kept quiet; anything else unraisable goes to the hook that was in place, which reports it. Once
-    in place, not again (the hook may have been replaced since, by a host that runs main() itself)."""
-    report = sys.unraisablehook
-    if getattr(report, "keeps_delegate_failures_quiet", False):
-        return
-
-    def hook(unraisable: Any) -> None:
-        if getattr(unraisable.object, "__func__", None) is not CrtSideClient._current_credentials:
-            report(unraisable)
-
-    hook.keeps_delegate_failures_quiet = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
-
-
-class CrtTransport:
-    """BodyTransport over awscrt (--engine crt): each call blocks its worker while the request runs
-    in C, so the thread pool, memory budget, progress and integrity checks are the threads engine's,
-    and only the costly part of a request (signing, HTTP, TLS: most of its CPU in botocore) leaves
-    Python."""
-
-    def __init__(self, source: ConnectedSide, destination: ConnectedSide, *, read_timeout: float) -> None:
-        self._source = CrtSideClient(source, read_timeout=read_timeout)
-        self._destination = CrtSideClient(destination, read_timeout=read_timeout)
-
-    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
-        response, body = self._source.request("GetObject", bucket, key, {"ChecksumMode": "ENABLED"},
-                                              expected_size=expected_size)
-        return FetchedObject(body=exact_length(body, response["ContentLength"]), etag=response["ETag"],
-                             response=response)
-
-    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
-        _, body = self._source.request("GetObject", bucket, key,
-                                       {"Range": f"bytes={part.start}-{part.end}", "IfMatch": if_match},
-                                       expected_size=part.size)
-        return exact_length(body, part.size)
-
-    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str:
-        response, _ = self._destination.request("PutObject", bucket, key, {"ContentMD5": content_md5, **arguments},
-                                                body=body)
-        return response["ETag"]
-
-    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
-                    content_md5: Optional[str], checksum: dict[str, str]) -> str:
-        md5 = {"ContentMD5": content_md5} if content_md5 else {}
-        response, _ = self._destination.request(
-            "UploadPart", bucket, key, {"UploadId": upload_id, "PartNumber": part_number, **md5, **checksum}, body=body)
-        return response["ETag"]
-
-
-class SplitTransport:
-    """BodyTransport of --engine auto: whole objects through one engine, parts through another."""
-
-    def __init__(self, whole_objects: BodyTransport, parts: BodyTransport) -> None:
-        self._whole = whole_objects
-        self._parts = parts
-
-    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
-        return self._whole.get_object(bucket, key, expected_size=expected_size)
-
-    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str:
-        return self._whole.put_object(bucket, key, body, content_md5=content_md5, arguments=arguments)
-
-    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
-        return self._parts.get_range(bucket, key, part, if_match=if_match)
-
-    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
-                    content_md5: Optional[str], checksum: dict[str, str]) -> str:
-        return self._parts.upload_part(bucket, key, upload_id=upload_id, part_number=part_number, body=body,
-                                       content_md5=content_md5, checksum=checksum)
-
-
-def make_transport(choice: EngineChoice, source: ConnectedSide, destination: ConnectedSide, config: RunSettings) -> BodyTransport:
-    engines: dict[str, BodyTransport] = {"threads": Boto3Transport(source.client, destination.client)}
-    if "crt" in (choice.whole_objects, choice.parts):
-        engines["crt"] = CrtTransport(source, destination, read_timeout=config.tuning.read_timeout)
-    if choice.whole_objects == choice.parts:
-        return engines[choice.parts]
-    return SplitTransport(engines[choice.whole_objects], engines[choice.parts])
+# =============================================================================================
+# 7. Integrity: the proofs that what arrived is what left
+# =============================================================================================
 
 
 def md5_digest(body: bytes) -> bytes:
@@ -2878,6 +2435,8 @@ def equal_part_layout(size: int, parts_count: int, first: int, last: int) -> Opt
 
 CHECKSUM_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")  # S3's additional checksums
 FULL_OBJECT_MULTIPART_ALGORITHMS = {"CRC64NVME", "CRC32C", "CRC32"}  # S3 combines only CRCs of parts
+
+
 # S3's CRCs, all reflected with an initial value and final XOR of all ones: (reflected polynomial, width in
 # bits). The polynomials are what makes part CRCs combine into the CRC of the whole (CrcCombiner).
 CRC_POLYNOMIALS = {"CRC32": (0xEDB88320, 32), "CRC32C": (0x82F63B78, 32), "CRC64NVME": (0x9A6C9329AC4BC9B5, 64)}
@@ -2897,6 +2456,8 @@ def _crc_functions() -> dict[str, Callable[[Any, int], int]]:
 
 
 CRC_FUNCTIONS = _crc_functions()
+
+
 # The checksum every part of a streamed multipart copy carries when the source has none of its own: so
 # that S3 checks each part as it arrives, and so that a part uploaded before a crash can be compared with
 # the source's bytes even where its ETag is no MD5 (SSE-KMS). S3 gives every new object a full-object
@@ -3456,8 +3017,8 @@ class IntegrityPlanner:
         """The source's part sizes, from HeadObject(PartNumber) of its first and last part, or of
         every part when those two do not describe equal parts (up to LAYOUT_PROBE_LIMIT parts).
 
-        No If-Match here (a server quirk: moto answers HeadObject(PartNumber) with the part's own ETag
-        and so fails it). A version that changed since is caught anyway: its sizes would not add up,
+        Server quirk (moto): moto answers HeadObject(PartNumber) with the part's own ETag, which would
+        fail an If-Match of the object's; so none is sent, to S3 either. A version that changed since is caught anyway: its sizes would not add up,
         or the If-Match of the ranged GETs fails, or the bytes do not hash to the ETag.
         """
 
@@ -3497,7 +3058,1151 @@ def copy_part_size(listed: ListedObject, check: IntegrityCheck, config: RunSetti
 
 
 # =============================================================================================
-# 7. The transfer engine
+# 8. Moving bodies: the BodyTransport interface and its two engines
+# =============================================================================================
+
+PRESERVED_HEADERS = (
+    "ContentType",
+    "ContentEncoding",
+    "ContentDisposition",
+    "ContentLanguage",
+    "CacheControl",
+    RAW_EXPIRES,  # as S3 stores it, which need not be a date
+    "WebsiteRedirectLocation",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectAttributes:
+    """What travels with the bytes: the headers a user would otherwise lose silently, user metadata
+    and tags (URL-encoded, as PutObject's Tagging parameter takes them)."""
+
+    headers: dict[str, Any]
+    metadata: dict[str, str]
+    tagging: str = ""
+
+    @classmethod
+    def from_response(cls, response: dict[str, Any], tags: list[dict[str, str]]) -> "ObjectAttributes":
+        return cls(
+            headers={name: response[name] for name in PRESERVED_HEADERS if response.get(name)},
+            metadata=dict(response.get("Metadata") or {}),
+            tagging=urllib.parse.urlencode([(tag["Key"], tag["Value"]) for tag in tags]),
+        )
+
+    def upload_arguments(self, config: RunSettings) -> dict[str, Any]:
+        """Keyword arguments for PutObject / CreateMultipartUpload."""
+        arguments: dict[str, Any] = dict(self.headers)
+        arguments["Metadata"] = self.metadata
+        if self.tagging:
+            arguments["Tagging"] = self.tagging
+        return {**arguments, **storage_arguments(config)}
+
+
+def storage_arguments(config: RunSettings) -> dict[str, str]:
+    """How the copies are stored (--storage-class, --sse), for every request that writes an object."""
+    arguments = {}
+    if config.writes.storage_class:
+        arguments["StorageClass"] = config.writes.storage_class
+    if config.writes.sse:
+        arguments["ServerSideEncryption"] = config.writes.sse
+    if config.writes.sse_kms_key_id:
+        arguments["SSEKMSKeyId"] = config.writes.sse_kms_key_id
+    return arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchedObject:
+    """A whole small object in memory, with what GetObject said about it."""
+
+    body: bytes
+    etag: str
+    response: dict[str, Any]
+
+
+class BodyTransport(Protocol):
+    """The only calls that move object bodies. Scheduling, progress and integrity never look past
+    this interface: Boto3Transport (--engine threads) and CrtTransport (--engine crt) replace each
+    other whole. `expected_size` is the listed size, for a timeout that allows for it."""
+
+    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject: ...
+
+    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes: ...
+
+    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str: ...
+
+    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
+                    content_md5: Optional[str], checksum: dict[str, str]) -> str: ...
+
+
+def exact_length(body: bytes, expected: int) -> bytes:
+    """A GetObject body, insisting on the length S3 promised: a short body is retried."""
+    if len(body) != expected:
+        raise BodyMismatch(f"expected {expected} bytes, received {len(body)}")
+    return body
+
+
+def read_exact(response: dict[str, Any], expected: int) -> bytes:
+    """Read a boto3 GetObject body whole, of exactly the length S3 promised."""
+    return exact_length(response["Body"].read(), expected)
+
+
+class Boto3Transport:
+    """BodyTransport over two boto3 clients: GETs with the source's, PUTs with the destination's."""
+
+    def __init__(self, source_client: Any, destination_client: Any) -> None:
+        self._source = source_client
+        self._destination = destination_client
+
+    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
+        response = self._source.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        body = read_exact(response, response["ContentLength"])
+        return FetchedObject(body=body, etag=response["ETag"], response=response)
+
+    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
+        response = self._source.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={part.start}-{part.end}", IfMatch=if_match
+        )
+        return read_exact(response, part.size)
+
+    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str:
+        return self._destination.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentMD5=content_md5, **arguments
+        )["ETag"]
+
+    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
+                    content_md5: Optional[str], checksum: dict[str, str]) -> str:
+        md5 = {"ContentMD5": content_md5} if content_md5 else {}
+        return self._destination.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body, **md5, **checksum,
+        )["ETag"]
+
+
+# -- the crt engine: the same four calls through AWS's C runtime ------------------------------
+
+ENGINES = ("auto", "threads", "crt")
+
+
+# The crt client hands over a body only when the whole of it has arrived, and reports nothing while
+# one is sent: silence is expected for as long as the body takes at this (slow) rate, on top of
+# --read-timeout, before a request counts as stalled.
+CRT_SLOWEST_EXPECTED_RATE = 1 * MiB  # bytes per second
+
+
+# awscrt's own errors for a request it gave up on while S3 refused it as busy, when it does not hand
+# over S3's answer itself: read as that answer's status, so that Retries sends the request again.
+CRT_BUSY_ERRORS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineChoice:
+    """Which engine moves the bodies (--engine), for whole objects (below --multipart-threshold) and
+    for parts, and why, for the log and the final report."""
+
+    whole_objects: str  # "threads" or "crt"
+    parts: str
+    reason: str
+
+    def describe(self) -> str:
+        if self.whole_objects == self.parts:
+            return f"the {self.parts} engine"
+        return f"the {self.whole_objects} engine for whole objects and the {self.parts} engine for parts"
+
+
+# The crt engine's S3Client takes a retry_config (awscrt 0.37) and a connect_timeout_ms (0.38);
+# requirements.txt asks for such an awscrt, but one installed otherwise may be older.
+CRT_ENGINE_AWSCRT = (0, 38)
+
+
+def awscrt_too_old(version: str) -> bool:
+    """Whether an awscrt of this version lacks what the crt engine uses."""
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    return numbers is not None and (int(numbers[1]), int(numbers[2])) < CRT_ENGINE_AWSCRT
+
+
+def crt_unavailable(sides: Iterable[ConnectedSide]) -> str:
+    """Why the crt engine cannot serve these sides, as a clause; "" when it can."""
+    try:
+        import awscrt.s3  # noqa: F401 - only whether it imports
+    except ImportError:
+        return "awscrt is not installed (pip install -r requirements.txt installs it)"
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # run from a source tree: trust it
+        version = importlib.metadata.version("awscrt")
+        if awscrt_too_old(version):
+            return (f"awscrt {version} is older than {'.'.join(map(str, CRT_ENGINE_AWSCRT))}, which the crt engine "
+                    "needs (pip install -r requirements.txt upgrades it)")
+    for side in sides:
+        # botocore honours HTTPS_PROXY/HTTP_PROXY; awscrt's S3 client in Python takes no proxy.
+        if botocore.utils.get_environ_proxies(side.objects_url):
+            return f"the {side.access.role} endpoint is reached through a proxy (HTTPS_PROXY), which awscrt's S3 " \
+                   "client cannot use"
+    return ""
+
+
+def choose_engine(requested: str, sides: Iterable[ConnectedSide]) -> EngineChoice:
+    """--engine. "auto" takes crt for whole objects, where a request's CPU is most of an object's
+    cost and crt saves most of it, and threads for parts, where crt saves less and costs more than
+    the memory bound allows (awscrt holds each body in C too: see docs/design.md, Engines, and
+    bench/README.md). "threads" is always possible."""
+    if requested == "threads":
+        return EngineChoice("threads", "threads", "as --engine asks")
+    missing = crt_unavailable(sides)
+    if requested == "crt":
+        if missing:
+            raise ConfigurationError(f"--engine crt cannot run here: {missing}. Use --engine threads.")
+        return EngineChoice("crt", "crt", "as --engine asks")
+    if missing:
+        return EngineChoice("threads", "threads", f"auto, because {missing}")
+    return EngineChoice("crt", "threads", "auto: awscrt is installed")
+
+
+class HeaderReader:
+    """Reads a successful answer's headers into the dict boto3 returns, by the operation's output
+    shape in botocore's model: what botocore's parser does, in a fraction of its time, which matters
+    when a small object's whole cost is a few requests. Error answers, rare and with an XML body, go
+    to botocore's parser itself.
+
+    Like botocore (handle_expires_header), it gives the Expires header raw as ExpiresString too,
+    and leaves Expires out when the value is no date rather than failing the answer."""
+
+    CONVERSIONS: dict[str, Callable[[str], Any]] = {
+        "integer": int, "long": int, "boolean": lambda value: value.lower() == "true",
+        "timestamp": lambda value: parse_timestamp(value),
+    }
+
+    def __init__(self, shape: Any) -> None:
+        # header -> its members (a model may give one header to two members), each with its conversion
+        self._members: dict[str, list[tuple[str, Callable[[str], Any]]]] = {}
+        self._prefixes: list[tuple[str, str]] = []  # x-amz-meta- -> Metadata
+        for name, member in shape.members.items():
+            location, header = member.serialization.get("location"), member.serialization.get("name", "")
+            if location == "header":
+                self._members.setdefault(header.lower(), []).append(
+                    (name, self.CONVERSIONS.get(member.type_name, str)))
+            elif location == "headers":
+                self._prefixes.append((header.lower(), name))
+        expires = shape.members.get("Expires")
+        if (expires is not None and expires.serialization.get("location") == "header"
+                and expires.serialization.get("name") == "Expires" and RAW_EXPIRES not in shape.members):
+            self._members["expires"].append((RAW_EXPIRES, str))
+
+    def read(self, headers: list[tuple[str, str]]) -> dict[str, Any]:
+        parsed: dict[str, Any] = {prefix_member: {} for _, prefix_member in self._prefixes}
+        for header, value in headers:
+            lowered = header.lower()
+            members = self._members.get(lowered)
+            if members is not None:
+                for name, convert in members:
+                    try:
+                        parsed[name] = convert(value)
+                    except (ValueError, RuntimeError):
+                        if name != "Expires":
+                            raise
+                continue
+            for prefix, prefix_member in self._prefixes:
+                if lowered.startswith(prefix):
+                    parsed[prefix_member][header[len(prefix):]] = value
+        return parsed
+
+
+class HeaderWriter:
+    """Writes a request's headers and query string from its parameters by the operation's input
+    shape in botocore's model, as botocore's rest-xml serializer does for the kinds of value this
+    tool sends (strings, integers, booleans, user metadata), in a fraction of its time. Any other
+    kind of value (a timestamp, a list), and a parameter the installed botocore's model lacks, sends
+    the whole request through botocore's serializer itself, which refuses what boto3 would refuse
+    (give it a validating one). The raw Expires (RAW_EXPIRES) is written as it is, either way."""
+
+    SIMPLE_TYPES = frozenset({"string", "integer", "long", "boolean"})
+
+    def __init__(self, model: Any, serializer: Any) -> None:
+        self._model = model
+        self._serializer = serializer
+        # parameter -> (location, name on the wire, type); location "" leaves the request to botocore
+        self._members: dict[str, tuple[str, str, str]] = {}
+        for name, member in model.input_shape.members.items():
+            location = member.serialization.get("location", "")
+            if member.type_name == "map":
+                written_here = location == "headers"
+            else:
+                written_here = (member.type_name in self.SIMPLE_TYPES and location in ("header", "querystring")
+                                and not member.serialization.get("jsonvalue"))
+            self._members[name] = (location if written_here else "", member.serialization.get("name", name),
+                                   member.type_name)
+        expires = model.input_shape.members.get("Expires")
+        self._raw_expires_header = expires.serialization.get("name", "Expires") if (
+            expires is not None and expires.serialization.get("location") == "header") else None
+        if self._raw_expires_header is not None:
+            self._members[RAW_EXPIRES] = ("header", self._raw_expires_header, "string")
+
+    def write(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        headers: dict[str, Any] = {}
+        query: dict[str, Any] = {}
+        for name, value in parameters.items():
+            if value is None:
+                continue
+            location, wire_name, type_name = self._members.get(name, ("", name, ""))
+            if location in ("header", "querystring"):
+                if type_name == "boolean":
+                    value = str(value).lower()
+                elif location == "header":
+                    value = str(value)
+                (headers if location == "header" else query)[wire_name] = value
+            elif location == "headers":
+                headers.update((wire_name + suffix, text) for suffix, text in value.items())
+            else:
+                return self._serialized(bucket, key, parameters)
+        return headers, query
+
+    def _serialized(self, bucket: str, key: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        modelled = {name: value for name, value in parameters.items() if value is not None}  # None: not given
+        raw_expires = modelled.pop(RAW_EXPIRES, None) if self._raw_expires_header else None
+        serialized = self._serializer.serialize_to_request({"Bucket": bucket, "Key": key, **modelled}, self._model)
+        if raw_expires is not None:
+            serialized["headers"][self._raw_expires_header] = raw_expires
+        return serialized["headers"], serialized["query_string"]
+
+
+class CrtAnswer:
+    """What the crt client reported of one request, gathered from its callbacks (on its own threads)."""
+
+    def __init__(self) -> None:
+        self.last_heard = time.monotonic()
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+
+    def on_headers(self, status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+        self.status = status_code
+        self.headers = headers
+        self.last_heard = time.monotonic()
+
+    def on_body(self, chunk: bytes, **_: Any) -> None:
+        self.chunks.append(chunk)
+        self.last_heard = time.monotonic()
+
+    def body(self) -> bytes:
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+
+class CrtSideClient:
+    """One side's awscrt S3Client, which signs (SigV4, in C), pools connections and retries
+    (5xx, SlowDown, dropped connections) on its own threads, one request at a time as we ask: never
+    split into parts of its own, so the part plan, ETags and resume stay ours.
+
+    What it must agree on with boto3 it takes from botocore: the bucket's URL as botocore resolved
+    it, the side's credentials (a delegate provider for refreshable ones, so a role botocore renews
+    is used at once), its model for the headers sent (HeaderWriter) and the answers read
+    (HeaderReader), and its parser for error answers, so that headers sent and answers read, errors
+    included, are the very ones of the threads engine.
+    """
+
+    def __init__(self, side: ConnectedSide, *, read_timeout: float) -> None:
+        from awscrt import auth, s3
+        from awscrt import io as crt_io
+
+        url = urllib.parse.urlsplit(side.objects_url)
+        self.side = side
+        self._host = url.netloc
+        self._path = url.path
+        # What the boto3 clients add to every request (_declare_request_payer), signed by the crt client.
+        self._declared = [("x-amz-request-payer", side.access.request_payer)] if side.access.request_payer else []
+        self._read_timeout = read_timeout
+        self._credentials = side.credentials
+        self._credentials_failure: Optional[BaseException] = None
+        self._renewal = (RoleRenewalOnExpiry(side.credentials, side=side.access.role)
+                         if isinstance(side.credentials, RenewableRoleCredentials) else None)
+        tls_options = None
+        if url.scheme == "https":
+            tls = crt_io.TlsContextOptions()
+            if side.ca_bundle:
+                tls.override_default_trust_store_from_path(ca_filepath=side.ca_bundle)
+            tls_options = crt_io.ClientTlsContext(tls).new_connection_options()
+        if isinstance(side.credentials, botocore.credentials.RefreshableCredentials):
+            provider = auth.AwsCredentialsProvider.new_delegate(self._current_credentials)
+            keep_delegate_failures_off_stderr()
+        else:  # keys that never change: signing need not call into Python for each request
+            frozen = side.credentials.get_frozen_credentials()
+            provider = auth.AwsCredentialsProvider.new_static(frozen.access_key, frozen.secret_key, frozen.token)
+        self._client = s3.S3Client(
+            region=side.region,
+            tls_mode=s3.S3RequestTlsMode.ENABLED if url.scheme == "https" else s3.S3RequestTlsMode.DISABLED,
+            tls_connection_options=tls_options,
+            signing_config=s3.create_default_s3_signing_config(region=side.region, credential_provider=provider),
+            # As many attempts as the side's boto3 client makes (the user's AWS_MAX_ATTEMPTS, if set), but
+            # at least two: awscrt reads max_retries=0 as its default of 5.
+            retry_config=s3.S3RetryConfig(
+                max_retries=max(side.client.meta.config.retries["total_max_attempts"] - 1, 1)),
+            connect_timeout_ms=10_000,
+        )
+        self._service = side.client.meta.service_model
+        # Validating, as boto3's own: HeaderWriter hands it only what it does not write itself.
+        serializer = botocore.serialize.create_serializer("rest-xml", include_validation=True)
+        self._parser = quick_timestamps_parsers().create_parser("rest-xml")
+        operations = ("GetObject", "PutObject", "UploadPart")
+        self._writers = {name: HeaderWriter(self._service.operation_model(name), serializer) for name in operations}
+        self._readers = {name: HeaderReader(self._service.operation_model(name).output_shape) for name in operations}
+
+    def _current_credentials(self) -> Any:
+        from awscrt import auth
+
+        try:
+            frozen = self._credentials.get_frozen_credentials()
+        except Exception as error:  # noqa: BLE001 - raised again in the workers that wait (see _exchange)
+            self._credentials_failure = error
+            raise
+        self._credentials_failure = None
+        return auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token or None)
+
+    def request(self, operation: str, bucket: str, key: str, parameters: dict[str, Any], *,
+                body: Optional[bytes] = None, expected_size: int = 0) -> tuple[dict[str, Any], bytes]:
+        """Send one request; its answer as boto3 would return it (less the body) and its body. An
+        error answer raises botocore's ClientError; an expired role session is renewed and retried."""
+        model = self._service.operation_model(operation)
+        written_headers, query = self._writers[operation].write(bucket, key, parameters)
+        path = self._path + botocore.utils.percent_encode(key, safe="/~")
+        if query:
+            path += "?" + botocore.utils.percent_encode_sequence(query)
+        headers = [("Host", self._host), *self._declared,
+                   *((name, str(value)) for name, value in written_headers.items())]
+        if body is not None:
+            headers.append(("Content-Length", str(len(body))))
+        for attempt in range(1, RoleRenewalOnExpiry.ATTEMPTS + 1):
+            generation = getattr(self._credentials, "generation", 0)
+            status, response_headers, received = self._exchange(
+                model.http["method"], path, headers, body, operation=operation,
+                allowed_silence=self._read_timeout + max(len(body or b""), expected_size) / CRT_SLOWEST_EXPECTED_RATE)
+            if status < 300:
+                return self._readers[operation].read(response_headers), received
+            parsed = self._parser.parse({"status_code": status, "headers": botocore.awsrequest.HeadersDict(
+                response_headers), "body": received}, model.output_shape)
+            error = botocore.exceptions.ClientError(parsed, operation)
+            if not (self._renewal and attempt < RoleRenewalOnExpiry.ATTEMPTS
+                    and self._renewal.renew_if_expired(error_code(error), generation)):
+                raise error
+        raise AssertionError("unreachable")
+
+    def _exchange(self, method: str, path: str, headers: list[tuple[str, str]], body: Optional[bytes], *,
+                  operation: str, allowed_silence: float) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request through the crt client: status, headers and body of the answer, whatever its status."""
+        from awscrt import exceptions, http, s3
+
+        answer = CrtAnswer()
+        request = http.HttpRequest(method, path, http.HttpHeaders(headers),
+                                   io.BytesIO(body) if body is not None else None)
+        sent = self._client.make_request(type=s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
+                                         on_headers=answer.on_headers, on_body=answer.on_body)
+        finished = sent.finished_future
+        while not finished.done():
+            silence = time.monotonic() - answer.last_heard
+            if silence >= allowed_silence:
+                # Held open but silent, which awscrt would wait out for ever: given up and retried,
+                # like botocore's read timeout. The server may have done it; every call here is idempotent.
+                sent.cancel()
+                if finished.exception() is not None:
+                    raise TransportError(f"{operation}: no answer from the {self.side.access.role} endpoint "
+                                         f"for {silence:.0f} s (--read-timeout {self._read_timeout:g} s)")
+                break
+            with contextlib.suppress(concurrent.futures.TimeoutError):  # woken to look at the silence again
+                finished.exception(timeout=allowed_silence - silence)
+        error = finished.exception()
+        if isinstance(error, s3.S3ResponseError):
+            return error.status_code, error.headers or [], error.body or b""
+        if error is not None:
+            # The CRT says only that signing failed, not why, nor for which request: every request
+            # that fails while the last attempt to get credentials failed is told that reason,
+            # until an attempt succeeds (a renewed role), rather than a bare transport error.
+            failure = self._credentials_failure
+            if failure is not None:
+                raise failure
+            name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
+            if name in CRT_BUSY_ERRORS:
+                return CRT_BUSY_ERRORS[name], [], b""
+            raise TransportError(f"{operation} to the {self.side.access.role} endpoint failed: {name}: {error}")
+        return answer.status, answer.headers, answer.body()
+
+
+def keep_delegate_failures_off_stderr() -> None:
+    """awscrt reports an exception raised in a delegate credentials provider as "unraisable", which
+    Python prints as a traceback on stderr. Ours is kept and raised again in the workers whose
+    requests it failed (CrtSideClient._exchange), where it becomes one sentence, so only those are
+    kept quiet; anything else unraisable goes to the hook that was in place, which reports it. Once
+    in place, not again (the hook may have been replaced since, by a host that runs main() itself)."""
+    report = sys.unraisablehook
+    if getattr(report, "keeps_delegate_failures_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if getattr(unraisable.object, "__func__", None) is not CrtSideClient._current_credentials:
+            report(unraisable)
+
+    hook.keeps_delegate_failures_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+class CrtTransport:
+    """BodyTransport over awscrt (--engine crt): each call blocks its worker while the request runs
+    in C, so the thread pool, memory budget, progress and integrity checks are the threads engine's,
+    and only the costly part of a request (signing, HTTP, TLS: most of its CPU in botocore) leaves
+    Python."""
+
+    def __init__(self, source: ConnectedSide, destination: ConnectedSide, *, read_timeout: float) -> None:
+        self._source = CrtSideClient(source, read_timeout=read_timeout)
+        self._destination = CrtSideClient(destination, read_timeout=read_timeout)
+
+    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
+        response, body = self._source.request("GetObject", bucket, key, {"ChecksumMode": "ENABLED"},
+                                              expected_size=expected_size)
+        return FetchedObject(body=exact_length(body, response["ContentLength"]), etag=response["ETag"],
+                             response=response)
+
+    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
+        _, body = self._source.request("GetObject", bucket, key,
+                                       {"Range": f"bytes={part.start}-{part.end}", "IfMatch": if_match},
+                                       expected_size=part.size)
+        return exact_length(body, part.size)
+
+    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str:
+        response, _ = self._destination.request("PutObject", bucket, key, {"ContentMD5": content_md5, **arguments},
+                                                body=body)
+        return response["ETag"]
+
+    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
+                    content_md5: Optional[str], checksum: dict[str, str]) -> str:
+        md5 = {"ContentMD5": content_md5} if content_md5 else {}
+        response, _ = self._destination.request(
+            "UploadPart", bucket, key, {"UploadId": upload_id, "PartNumber": part_number, **md5, **checksum}, body=body)
+        return response["ETag"]
+
+
+class SplitTransport:
+    """BodyTransport of --engine auto: whole objects through one engine, parts through another."""
+
+    def __init__(self, whole_objects: BodyTransport, parts: BodyTransport) -> None:
+        self._whole = whole_objects
+        self._parts = parts
+
+    def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
+        return self._whole.get_object(bucket, key, expected_size=expected_size)
+
+    def put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any]) -> str:
+        return self._whole.put_object(bucket, key, body, content_md5=content_md5, arguments=arguments)
+
+    def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
+        return self._parts.get_range(bucket, key, part, if_match=if_match)
+
+    def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
+                    content_md5: Optional[str], checksum: dict[str, str]) -> str:
+        return self._parts.upload_part(bucket, key, upload_id=upload_id, part_number=part_number, body=body,
+                                       content_md5=content_md5, checksum=checksum)
+
+
+def make_transport(choice: EngineChoice, source: ConnectedSide, destination: ConnectedSide, config: RunSettings) -> BodyTransport:
+    engines: dict[str, BodyTransport] = {"threads": Boto3Transport(source.client, destination.client)}
+    if "crt" in (choice.whole_objects, choice.parts):
+        engines["crt"] = CrtTransport(source, destination, read_timeout=config.tuning.read_timeout)
+    if choice.whole_objects == choice.parts:
+        return engines[choice.parts]
+    return SplitTransport(engines[choice.whole_objects], engines[choice.parts])
+
+
+# =============================================================================================
+# 9. Progress and resume
+# =============================================================================================
+
+PROGRESS_FORMAT = "s3-bulk-transfer progress, version 1"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file so that it is valid at every instant, even after kill -9 or a power cut:
+    write a temporary file in the same directory, fsync it, rename it over, fsync the directory."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:  # mkstemp made it mode 0600
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextlib.contextmanager
+def progress_file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the progress file while the job runs; the kernel releases it when
+    the process ends, even by kill -9. Two runs of one job (a second terminal, a cron job that fires
+    while the last one still runs) would copy everything twice and overwrite each other's progress."""
+    descriptor = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise ConfigurationError(
+            f"Another run is using the progress file {path} right now: let it finish, or stop it (Ctrl-C) "
+            "and rerun this command to resume."
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # which releases the lock
+
+
+def remove_temporary_files_of_killed_runs(path: Path) -> None:
+    """A run killed between creating a temporary progress file and renaming it leaves the temporary
+    file behind (the progress file itself is intact); under the lock, none can be in use."""
+    prefix, suffix = f".{path.name}.", ".tmp"
+    for name in os.listdir(path.parent):
+        if name.startswith(prefix) and name.endswith(suffix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.parent / name)
+            LOG.info("removed %s, a temporary progress file left by a killed run", name)
+
+
+def read_progress_file(path: Path) -> Optional[dict[str, Any]]:
+    """The saved progress, None when there is none; a damaged file is an error, never ignored."""
+    try:
+        data = read_json_file(path, what="progress file", when_invalid=(
+            "it may have been cut short by a full disk. It was left untouched: move it aside, or rerun with "
+            "--restart to discard it and start over."))
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT or not isinstance(data.get("resume"), dict):
+        raise ConfigurationError(
+            f"The progress file {path} was not written by this tool (or by an incompatible version). It was left "
+            "untouched: point --progress-file elsewhere, or rerun with --restart to discard it."
+        )
+    return data
+
+
+class RangeProgress:
+    """One key range's completion: a watermark ("every key of the range up to and including K is
+    done or failed"), the few keys done beyond it while an earlier one is still in flight, and the
+    keys listed but not yet settled, in listing order."""
+
+    def __init__(self, key_range: KeyRange, watermark: Optional[str] = None, done_beyond: Iterable[str] = ()) -> None:
+        self.key_range = key_range
+        self.watermark = watermark
+        self.done_beyond = set(done_beyond)
+        self.pending: collections.OrderedDict[str, bool] = collections.OrderedDict()  # key -> accounted for
+
+    def start_after(self) -> Optional[str]:
+        """Where a rerun's listing of this range starts (exclusive)."""
+        return self.watermark or self.key_range.after
+
+    def advance(self) -> bool:
+        """Move the watermark past every settled key at the head of the listing; True if it moved."""
+        moved = False
+        while self.pending:
+            key, accounted = next(iter(self.pending.items()))
+            if not accounted:
+                break
+            self.pending.popitem(last=False)
+            self.done_beyond.discard(key)
+            self.watermark = key
+            moved = True
+        return moved
+
+    def document(self) -> dict[str, Any]:
+        return {"after": self.key_range.after, "through": self.key_range.through, "watermark": self.watermark,
+                "done_beyond_watermark": sorted(self.done_beyond)}
+
+
+class ProgressStore:
+    """What is done, in a form that does not grow with the bucket.
+
+    Listing is in key order within each key range (one range unless the listing runs in parallel),
+    so completion is a RangeProgress per range; failed keys with their reasons; and every multipart
+    upload in flight with its parts and its digest so far. Workers report here under a lock; the main
+    thread writes the file (and a worker about to complete an upload: see save). Its size is bounded
+    by the ranges and the work in flight, never by the bucket.
+    """
+
+    def __init__(self, path: Path, job: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
+        saved = saved or {}
+        resume = saved.get("resume", {})
+        totals = saved.get("summary", {})
+        self.path = path
+        self.job = job
+        self._lock = threading.RLock()
+        # A file of one listing (no "ranges", a single watermark in "resume") is one range over every key.
+        ranges = resume.get("ranges") or [{"after": None, "through": None, "watermark": resume.get("watermark"),
+                                           "done_beyond_watermark": resume.get("done_beyond_watermark", ())}]
+        self._split_points: list[str] = [entry["through"] for entry in ranges[:-1]]
+        self._ranges = [RangeProgress(KeyRange(entry["after"], entry["through"]), entry.get("watermark"),
+                                      entry.get("done_beyond_watermark", ())) for entry in ranges]
+        self._failed: dict[str, str] = dict(resume.get("failed", {}))
+        self._uploads: dict[str, dict[str, Any]] = dict(resume.get("multipart_uploads", {}))
+        self._digests: dict[str, tuple[str, OrderedDigest]] = {}  # the uploads' digests: (check identity, digest)
+        # One writer at a time, in the order their texts were made. Re-entrant: the second Ctrl-C's
+        # handler saves on the main thread, which it may have interrupted in the middle of a save.
+        self._writing = threading.RLock()
+        self._listing_complete = False
+        self._objects_done = int(totals.get("objects_done", 0))
+        self._bytes_done = int(totals.get("bytes_done", 0))
+        self._first_started = totals.get("first_started_at") or _utc_now()
+        self._state = "running"
+        self._last_save = 0.0
+        self._dirty = True
+
+    @classmethod
+    def open(cls, path: Path, job: dict[str, Any], *, restart: bool) -> "ProgressStore":
+        """Load the progress of this job, refusing a file that belongs to another one."""
+        saved = None if restart else read_progress_file(path)
+        if saved is not None and saved.get("job") != job:
+            theirs = saved.get("job", {})
+            # Name only what differs: two jobs between the same buckets may differ in endpoint alone.
+            differences = "; ".join(
+                f"{name.replace('_', ' ')} {theirs.get(name)!r} there, {job.get(name)!r} here"
+                for name in sorted(set(theirs) | set(job)) if theirs.get(name) != job.get(name)
+            )
+            raise ConfigurationError(
+                f"The progress file {path} belongs to another job ({theirs.get('source')} -> "
+                f"{theirs.get('destination')}; {differences}). Use another --progress-file for this job, or "
+                "rerun with --restart to discard that progress and start over."
+            )
+        return cls(path, job, saved)
+
+    # -- what workers and the scheduler report ---------------------------------------------
+
+    def splittable(self) -> bool:
+        """Whether the job has not started, so that it may still be cut into ranges: a job that has
+        keeps its own, whatever --list-concurrency a rerun gives."""
+        with self._lock:
+            return len(self._ranges) == 1 and not any(state.watermark or state.done_beyond for state in self._ranges)
+
+    def split(self, split_points: list[str]) -> None:
+        """Cut a job that has not started into ranges at these points."""
+        with self._lock:
+            assert self.splittable(), "a started job keeps its ranges"
+            self._split_points = list(split_points)
+            self._ranges = [RangeProgress(key_range) for key_range in key_ranges(self._split_points)]
+            self._dirty = True
+
+    def listing_plan(self) -> list[tuple[KeyRange, Optional[str]]]:
+        """Each range, with where a rerun's listing of it starts (exclusive)."""
+        with self._lock:
+            return [(state.key_range, state.start_after()) for state in self._ranges]
+
+    def _range_of(self, key: str) -> RangeProgress:
+        return self._ranges[range_index(self._split_points, key)]
+
+    def retry_keys(self) -> list[str]:
+        """Failed keys the listing will not see again (at or before their range's watermark): retried first."""
+        with self._lock:
+            return sorted(key for key in self._failed
+                          if (watermark := self._range_of(key).watermark) is not None and key <= watermark)
+
+    def is_done_beyond_watermark(self, key: str) -> bool:
+        with self._lock:
+            return key in self._range_of(key).done_beyond
+
+    def counts_as_done(self, key: str) -> bool:
+        """Whether the file counts `key` as copied: beyond its range's watermark as done, or at or
+        before the watermark and not failed."""
+        with self._lock:
+            state = self._range_of(key)
+            return key in state.done_beyond or (state.watermark is not None and key <= state.watermark
+                                                and key not in self._failed)
+
+    def listed(self, key: str, *, already_done: bool = False) -> None:
+        with self._lock:
+            state = self._range_of(key)
+            state.pending[key] = already_done
+            self._dirty |= state.advance()
+
+    def mark_done(self, key: str, size: int) -> None:
+        with self._lock:
+            self._objects_done += 1
+            self._bytes_done += size
+            self._failed.pop(key, None)
+            state = self._range_of(key)
+            if key in state.pending:
+                state.done_beyond.add(key)  # until the watermark passes it, which _settle may do at once
+            self._settle(key)
+
+    def mark_failed(self, key: str, reason: str) -> None:
+        with self._lock:
+            self._failed[key] = reason
+            self._settle(key)
+
+    def vanished(self, key: str) -> None:
+        """A key deleted from the source since it was listed or failed: nothing left to do for it."""
+        with self._lock:
+            self._failed.pop(key, None)
+            self._settle(key)
+
+    def listing_finished(self) -> None:
+        with self._lock:
+            self._listing_complete = True
+            self._dirty = True
+
+    def _settle(self, key: str) -> None:
+        state = self._range_of(key)
+        if key in state.pending:
+            state.pending[key] = True
+            state.advance()
+        self._dirty = True
+
+    # -- multipart uploads in flight -------------------------------------------------------
+
+    def upload_for(self, key: str) -> Optional[UploadRecord]:
+        with self._lock:
+            document = self._uploads.get(key)
+            return UploadRecord.from_document(document) if document else None
+
+    def record_upload(self, key: str, upload: UploadRecord, *,
+                      digest: Optional[tuple[str, OrderedDigest]] = None) -> None:
+        """Keep an upload for resume, and its digest (the identity of its check, and the digest):
+        saved with it each time the file is written, so that a rerun goes on hashing after the parts
+        it hashed instead of reading them again."""
+        with self._lock:
+            self._uploads[key] = upload.document()
+            if digest is not None:
+                self._digests[key] = digest
+            self._dirty = True
+
+    def recheck_upload(self, key: str) -> None:
+        """The parts of this upload do not make the source: the next attempt compares each with the
+        source again, so the digest saved so far, of those very parts, must not be taken up."""
+        with self._lock:
+            self._digests.pop(key, None)
+            if key in self._uploads:
+                self._uploads[key].pop("digest", None)
+                self._uploads[key]["recheck"] = True
+                self._dirty = True
+
+    def completing(self, key: str, expected: dict[str, Any]) -> None:
+        """The upload is about to be completed into this object (see MultipartUploads._completed_before_the_stop)."""
+        with self._lock:
+            if key in self._uploads:
+                self._uploads[key]["completing"] = expected
+                self._dirty = True
+
+    def record_part(self, key: str, number: int, etag: str, checksum: Optional[str]) -> None:
+        with self._lock:
+            if key in self._uploads:
+                self._uploads[key]["parts"][str(number)] = etag
+                if checksum is not None:
+                    self._uploads[key].setdefault("part_checksums", {})[str(number)] = checksum
+                self._dirty = True
+
+    def forget_upload(self, key: str) -> None:
+        with self._lock:
+            self._digests.pop(key, None)
+            if self._uploads.pop(key, None) is not None:
+                self._dirty = True
+
+    def uploads(self) -> list[str]:
+        """The source keys of the multipart uploads kept for resume."""
+        with self._lock:
+            return list(self._uploads)
+
+    def failures(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._failed)
+
+    # -- the file --------------------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        """Objects and bytes done over every run of this job."""
+        with self._lock:
+            return self._objects_done, self._bytes_done
+
+    def finish(self, state: str, this_run: dict[str, Any]) -> None:
+        with self._lock:
+            self._state = state
+        self.save(this_run)
+
+    def save_if_due(self, this_run: dict[str, Any]) -> None:
+        if self._dirty and time.monotonic() - self._last_save >= PROGRESS_SAVE_INTERVAL:
+            self.save(this_run)
+
+    def save(self, this_run: dict[str, Any]) -> None:
+        """Write the file now. The main thread saves; so does a worker about to complete an upload,
+        which must not go on before the file says what it is completing (the one exception to a
+        single writer, for that reason): writes are one at a time and in order, so a later state is
+        never overwritten by an earlier one."""
+        with self._writing:
+            # The digests first, outside the lock (a digest waits for the part being hashed): each part
+            # is recorded before it is hashed, so the records read next cover every part hashed here.
+            with self._lock:
+                digests = list(self._digests.items())
+            states = [(key, identity, digest.state()) for key, (identity, digest) in digests]
+            with self._lock:  # serialised under the lock: workers add parts to the dicts being written
+                for key, identity, state in states:
+                    if key in self._uploads and key in self._digests and state is not None:
+                        self._uploads[key]["digest"] = {"identity": identity, **state}
+                text = json.dumps(self._document(this_run), indent=2, ensure_ascii=False) + "\n"
+                self._dirty = False
+                self._last_save = time.monotonic()
+            write_atomically(self.path, text)
+
+    def _document(self, this_run: dict[str, Any]) -> dict[str, Any]:
+        """Summary first, so `cat transfer_progress.json` reads top-down; resume state after."""
+        return {
+            "format": PROGRESS_FORMAT,
+            "summary": {
+                "state": self._state,
+                "source": self.job["source"],
+                "destination": self.job["destination"],
+                "objects_done": self._objects_done,
+                "bytes_done": self._bytes_done,
+                "bytes_done_human": format_size(self._bytes_done),
+                "objects_failed": len(self._failed),
+                "multipart_uploads_in_flight": len(self._uploads),
+                "this_run": this_run,
+                "first_started_at": self._first_started,
+                "updated_at": _utc_now(),
+            },
+            "job": self.job,
+            "resume": {
+                "listing_complete": self._listing_complete,
+                "ranges": [state.document() for state in self._ranges],
+                "failed": dict(sorted(self._failed.items())),
+                "multipart_uploads": self._uploads,
+            },
+        }
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def discard_progress(path: Path, destination: ConnectedSide) -> None:
+    """--restart: abort the uploads the old progress file was keeping for resume, then remove it,
+    so starting over orphans nothing."""
+    try:
+        saved = read_progress_file(path)
+    except ConfigurationError:
+        saved = None
+    for key, record in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
+        try:
+            destination.retries.call(lambda: destination.client.abort_multipart_upload(
+                Bucket=destination.bucket, Key=record["destination_key"], UploadId=record["upload_id"]
+            ), what=f"AbortMultipartUpload of {record['destination_key']}")
+            LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
+            LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
+                        json.dumps(key, ensure_ascii=False), error_code(error) or error)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        LOG.info("--restart: discarded the progress file %s", path)
+
+
+# =============================================================================================
+# 10. Status: the log, the live status line and the final report
+# =============================================================================================
+
+
+def skip_caller_lookup_in_log_records() -> None:
+    """Make logging leave out the caller's file, line and function of every record (a frame walk per
+    record), as the logging HOWTO's "Optimization" section advises for a format that never shows them.
+
+    Library seam (logging): the HOWTO's way is to set ``logging._srcfile`` to None; the module has no
+    public switch for it, as it has for thread and process names."""
+    logging._srcfile = None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class StatusReporter:
+    """Counts what this run did and shows it: a line redrawn in place on a terminal (like rclone -P),
+    plain summary lines every --status-interval seconds otherwise, and both in the log."""
+
+    def __init__(self, *, max_workers: int, interval: float, live: bool, plain: bool,
+                 stream: Any = sys.stdout) -> None:
+        self._lock = threading.RLock()  # re-entered by the second-Ctrl-C handler, which saves a summary
+        self._max_workers = max_workers
+        self._interval = interval
+        self._live = live
+        self._plain = plain
+        self._stream = stream
+        self._started = time.monotonic()
+        self._last_line = self._started
+        self._last_draw = 0.0
+        self._drawn = False
+        self.objects_listed = self.bytes_listed = 0
+        self.objects_done = self.bytes_done = self.bytes_moved = 0
+        self.objects_failed = self.objects_skipped = self.retries = self.throttles = self.busy = 0
+        self.objects_vanished = 0
+        self.verified: collections.Counter[str] = collections.Counter()
+        self.objects_server_side = 0
+        self.bytes_server_side = 0
+        self.listing_complete = False
+
+    # counters, called from any thread
+    def listed(self, size: int) -> None:
+        with self._lock:
+            self.objects_listed += 1
+            self.bytes_listed += size
+
+    def object_done(self, size: int, *, bytes_moved: int, verified_by: str, server_side: bool) -> None:
+        with self._lock:
+            self.objects_done += 1
+            self.bytes_done += size
+            self.bytes_moved += bytes_moved
+            self.verified[verified_by] += 1
+            if server_side:
+                self.objects_server_side += 1
+                self.bytes_server_side += size
+
+    def bytes_moved_by_part(self, size: int) -> None:
+        with self._lock:
+            self.bytes_moved += size
+
+    def skipped(self) -> None:
+        with self._lock:
+            self.objects_skipped += 1
+
+    def vanished(self) -> None:
+        with self._lock:
+            self.objects_vanished += 1
+
+    def object_failed(self) -> None:
+        with self._lock:
+            self.objects_failed += 1
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def throttled(self) -> None:
+        """S3 refused a request as busy and it is to be sent again (Retries)."""
+        with self._lock:
+            self.throttles += 1
+
+    def worker_busy(self, delta: int) -> None:
+        with self._lock:
+            self.busy += delta
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self._started, 1e-6)
+
+    def summary(self) -> dict[str, Any]:
+        """This run's figures, as the progress file's summary shows them."""
+        with self._lock:
+            rate = self.bytes_moved / self.elapsed()
+            remaining = max(self.bytes_listed - self.bytes_moved, 0)
+            if not self.listing_complete:
+                eta = "listing not finished"
+            else:
+                eta = format_duration(remaining / rate) if rate > 0 else "unknown"
+            return {
+                "objects_listed": self.objects_listed,
+                "bytes_listed": self.bytes_listed,
+                "objects_done": self.objects_done,
+                "bytes_done": self.bytes_done,
+                "objects_failed": self.objects_failed,
+                "objects_skipped_as_identical": self.objects_skipped,
+                "objects_no_longer_in_source": self.objects_vanished,
+                "verified": {method: self.verified[method] for method in ("md5", "etag", "checksum", "size-only")},
+                "retries": self.retries,
+                "throttled": self.throttles,
+                "elapsed": format_duration(self.elapsed()),
+                "rate": f"{format_size(rate)}/s",
+                "eta": eta,
+            }
+
+    def status_line(self) -> str:
+        figures = self.summary()
+        listed = f"{figures['objects_listed']:,}" + ("" if self.listing_complete else "+")
+        eta = figures["eta"] if self.listing_complete else "after listing"
+        return (
+            f"{figures['objects_done']:,}/{listed} objects, {format_size(self.bytes_moved)}/"
+            f"{format_size(figures['bytes_listed'])}, {figures['rate']}, ETA {eta}, "
+            f"workers {self.busy}/{self._max_workers} busy, {figures['objects_failed']} failed, "
+            f"{figures['retries']} retries, {figures['throttled']} throttled"
+        )
+
+    # display, called from the main thread
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._live and now - self._last_draw >= 0.5:
+            self._draw(self.status_line())
+            self._last_draw = now
+        if now - self._last_line >= self._interval:
+            self._last_line = now
+            line = self.status_line()
+            LOG.info("status: %s", line)
+            if self._plain:
+                print(line, file=self._stream, flush=True)
+
+    def _draw(self, line: str) -> None:
+        with self._lock:
+            self._stream.write("\r\x1b[2K" + line)
+            self._stream.flush()
+            self._drawn = True
+
+    def clear(self) -> None:
+        """Erase the live line so another message can be printed cleanly (it is redrawn on the next tick)."""
+        with self._lock:
+            if self._drawn:
+                self._stream.write("\r\x1b[2K")
+                self._stream.flush()
+                self._drawn = False
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records for the person at the terminal, printed above the live status line."""
+
+    def __init__(self, status: Optional[StatusReporter] = None) -> None:
+        super().__init__()
+        self.status = status
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.status is not None:
+            self.status.clear()
+        prefix = ("error: " if record.levelno >= logging.ERROR
+                  else "warning: " if record.levelno >= logging.WARNING else "")
+        print(prefix + record.getMessage(), file=sys.stderr, flush=True)
+
+
+def final_report(*, state: str, status: StatusReporter, progress: ProgressStore, config: RunSettings,
+                 engine: EngineChoice) -> str:
+    failures = progress.failures()
+    figures = status.summary()
+    objects_done, bytes_done = progress.totals()
+    lines = [
+        f"Transfer {state} after {figures['elapsed']}: {status.objects_done:,} objects "
+        f"({format_size(status.bytes_done)}) copied in this run, {len(failures):,} failed, "
+        f"average {figures['rate']}.",
+        *([f"Skipped {status.objects_skipped:,} objects already identical in the destination."]
+          if status.objects_skipped else []),
+        *([(f"Not copied: {status.objects_vanished:,} objects listed no longer exist in the source (deleted "
+            f"since they were listed); each is named in {config.output.log_file}.")] if status.objects_vanished else []),
+        *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
+           f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
+        *([f"S3 answered {status.throttles:,} times that it was busy (SlowDown, or a 5xx) after the retries of "
+           "the HTTP client; the tool sent those requests again after a pause."] if status.throttles else []),
+        "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
+                                                   figures["verified"].items()) + ".",
+        f"Object bodies moved by {engine.describe()} ({engine.reason}).",
+        *([] if config.job.copy_tags else ["Tags were not copied (--no-tags)."]),
+        f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
+    ]
+    if failures:
+        lines.append(f"Failed objects ({len(failures):,}); rerun the same command to retry them:")
+        lines += [f"  {json.dumps(key, ensure_ascii=False)}: {reason}" for key, reason in list(failures.items())[:20]]
+        if len(failures) > 20:
+            lines.append(f"  ... and {len(failures) - 20:,} more, all listed in {config.output.progress_file} "
+                         f"(resume.failed) and {config.output.log_file}.")
+    uploads = progress.uploads()
+    if uploads:
+        lines.append(f"{len(uploads)} multipart upload(s) kept for resume; rerun the same command to finish them.")
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# 11. The transfer engine
 # =============================================================================================
 
 
@@ -3659,8 +4364,8 @@ class UploadRecord:
     part_size: int
     checksum_algorithm: Optional[str] = None
     checksum_type: Optional[str] = None  # "FULL_OBJECT" or "COMPOSITE" when there is an algorithm
-    # From CreateMultipartUpload's answer: False under SSE-KMS or SSE-C, None when unknown (an upload
-    # begun by an older version of the tool).
+    # From CreateMultipartUpload's answer: False under SSE-KMS or SSE-C, None when unknown (a progress
+    # file written before the tool recorded it).
     part_etags_are_md5: Optional[bool] = None
     parts: dict[int, str] = dataclasses.field(default_factory=dict)  # part number -> ETag
     part_checksums: dict[int, str] = dataclasses.field(default_factory=dict)
@@ -4181,7 +4886,8 @@ class MultipartCopy:
                 # S3 combines the part CRCs and refuses to complete if they do not make this value.
                 checksum = {"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": self.check.checksum.value}
         elif algorithm and check.method == "checksum":
-            # A server quirk: moto returns no checksum for a copied part (S3 does); nothing can be checked then.
+            # Server quirk (moto): S3 answers UploadPartCopy with the part's checksum; moto does not,
+            # so nothing can be checked then.
             check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
         expected = self.expected_destination()
         services.progress.completing(self.source.key, expected)
@@ -4285,7 +4991,7 @@ class MultipartUploads:
         services = self.services
         recorded_checksum = upload.checksum_algorithm
         # An upload of a source without a checksum goes on with whatever its parts carry (ours, or none
-        # when an older version of the tool began it); one of a source with a checksum needs that one.
+        # when the progress file predates part checksums); one of a source with a checksum needs that one.
         upload_checksum = (check.upload_checksum(server_side=server_side) if check.checksum is not None
                            else upload.upload_checksum)
         copy = MultipartCopy(listed, upload, check, upload_checksum=upload_checksum, services=services,
@@ -4321,7 +5027,8 @@ class MultipartUploads:
 
     def _uploaded_parts(self, copy: MultipartCopy, upload: UploadRecord) -> dict[int, UploadedPart]:
         """The parts S3 has of the upload at their planned size, with their checksums: ListParts has
-        them on S3 (a server quirk: moto and SeaweedFS omit them), and our own record has what we sent."""
+        them on S3, and our own record has what we sent. Server quirk (moto, SeaweedFS): their ListParts
+        omits the checksums, so the recorded ones stand in."""
         destination = self.services.destination
         planned = {part.number: part.size for part in copy.parts}
         checksum_field = f"Checksum{copy.part_algorithm}" if copy.part_algorithm else ""
@@ -4747,397 +5454,7 @@ def build_engine(config: RunSettings, *, source: ConnectedSide, destination: Con
 
 
 # =============================================================================================
-# 8. Progress and resume
-# =============================================================================================
-
-PROGRESS_FORMAT = "s3-bulk-transfer progress, version 1"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace a file so that it is valid at every instant, even after kill -9 or a power cut:
-    write a temporary file in the same directory, fsync it, rename it over, fsync the directory."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:  # mkstemp made it mode 0600
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-@contextlib.contextmanager
-def progress_file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the progress file while the job runs; the kernel releases it when
-    the process ends, even by kill -9. Two runs of one job (a second terminal, a cron job that fires
-    while the last one still runs) would copy everything twice and overwrite each other's progress."""
-    descriptor = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise ConfigurationError(
-            f"Another run is using the progress file {path} right now: let it finish, or stop it (Ctrl-C) "
-            "and rerun this command to resume."
-        ) from None
-    try:
-        yield
-    finally:
-        os.close(descriptor)  # which releases the lock
-
-
-def remove_temporary_files_of_killed_runs(path: Path) -> None:
-    """A run killed between creating a temporary progress file and renaming it leaves the temporary
-    file behind (the progress file itself is intact); under the lock, none can be in use."""
-    prefix, suffix = f".{path.name}.", ".tmp"
-    for name in os.listdir(path.parent):
-        if name.startswith(prefix) and name.endswith(suffix):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path.parent / name)
-            LOG.info("removed %s, a temporary progress file left by a killed run", name)
-
-
-def read_progress_file(path: Path) -> Optional[dict[str, Any]]:
-    """The saved progress, None when there is none; a damaged file is an error, never ignored."""
-    try:
-        data = read_json_file(path, what="progress file", when_invalid=(
-            "it may have been cut short by a full disk. It was left untouched: move it aside, or rerun with "
-            "--restart to discard it and start over."))
-    except FileNotFoundError:
-        return None
-    if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT or not isinstance(data.get("resume"), dict):
-        raise ConfigurationError(
-            f"The progress file {path} was not written by this tool (or by an incompatible version). It was left "
-            "untouched: point --progress-file elsewhere, or rerun with --restart to discard it."
-        )
-    return data
-
-
-class RangeProgress:
-    """One key range's completion: a watermark ("every key of the range up to and including K is
-    done or failed"), the few keys done beyond it while an earlier one is still in flight, and the
-    keys listed but not yet settled, in listing order."""
-
-    def __init__(self, key_range: KeyRange, watermark: Optional[str] = None, done_beyond: Iterable[str] = ()) -> None:
-        self.key_range = key_range
-        self.watermark = watermark
-        self.done_beyond = set(done_beyond)
-        self.pending: collections.OrderedDict[str, bool] = collections.OrderedDict()  # key -> accounted for
-
-    def start_after(self) -> Optional[str]:
-        """Where a rerun's listing of this range starts (exclusive)."""
-        return self.watermark or self.key_range.after
-
-    def advance(self) -> bool:
-        """Move the watermark past every settled key at the head of the listing; True if it moved."""
-        moved = False
-        while self.pending:
-            key, accounted = next(iter(self.pending.items()))
-            if not accounted:
-                break
-            self.pending.popitem(last=False)
-            self.done_beyond.discard(key)
-            self.watermark = key
-            moved = True
-        return moved
-
-    def document(self) -> dict[str, Any]:
-        return {"after": self.key_range.after, "through": self.key_range.through, "watermark": self.watermark,
-                "done_beyond_watermark": sorted(self.done_beyond)}
-
-
-class ProgressStore:
-    """What is done, in a form that does not grow with the bucket.
-
-    Listing is in key order within each key range (one range unless the listing runs in parallel),
-    so completion is a RangeProgress per range; failed keys with their reasons; and every multipart
-    upload in flight with its parts and its digest so far. Workers report here under a lock; the main
-    thread writes the file (and a worker about to complete an upload: see save). Its size is bounded
-    by the ranges and the work in flight, never by the bucket.
-    """
-
-    def __init__(self, path: Path, job: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
-        saved = saved or {}
-        resume = saved.get("resume", {})
-        totals = saved.get("summary", {})
-        self.path = path
-        self.job = job
-        self._lock = threading.RLock()
-        # A file of one listing (no "ranges", a single watermark in "resume") is one range over every key.
-        ranges = resume.get("ranges") or [{"after": None, "through": None, "watermark": resume.get("watermark"),
-                                           "done_beyond_watermark": resume.get("done_beyond_watermark", ())}]
-        self._split_points: list[str] = [entry["through"] for entry in ranges[:-1]]
-        self._ranges = [RangeProgress(KeyRange(entry["after"], entry["through"]), entry.get("watermark"),
-                                      entry.get("done_beyond_watermark", ())) for entry in ranges]
-        self._failed: dict[str, str] = dict(resume.get("failed", {}))
-        self._uploads: dict[str, dict[str, Any]] = dict(resume.get("multipart_uploads", {}))
-        self._digests: dict[str, tuple[str, OrderedDigest]] = {}  # the uploads' digests: (check identity, digest)
-        # One writer at a time, in the order their texts were made. Re-entrant: the second Ctrl-C's
-        # handler saves on the main thread, which it may have interrupted in the middle of a save.
-        self._writing = threading.RLock()
-        self._listing_complete = False
-        self._objects_done = int(totals.get("objects_done", 0))
-        self._bytes_done = int(totals.get("bytes_done", 0))
-        self._first_started = totals.get("first_started_at") or _utc_now()
-        self._state = "running"
-        self._last_save = 0.0
-        self._dirty = True
-
-    @classmethod
-    def open(cls, path: Path, job: dict[str, Any], *, restart: bool) -> "ProgressStore":
-        """Load the progress of this job, refusing a file that belongs to another one."""
-        saved = None if restart else read_progress_file(path)
-        if saved is not None and saved.get("job") != job:
-            theirs = saved.get("job", {})
-            # Name only what differs: two jobs between the same buckets may differ in endpoint alone.
-            differences = "; ".join(
-                f"{name.replace('_', ' ')} {theirs.get(name)!r} there, {job.get(name)!r} here"
-                for name in sorted(set(theirs) | set(job)) if theirs.get(name) != job.get(name)
-            )
-            raise ConfigurationError(
-                f"The progress file {path} belongs to another job ({theirs.get('source')} -> "
-                f"{theirs.get('destination')}; {differences}). Use another --progress-file for this job, or "
-                "rerun with --restart to discard that progress and start over."
-            )
-        return cls(path, job, saved)
-
-    # -- what workers and the scheduler report ---------------------------------------------
-
-    def splittable(self) -> bool:
-        """Whether the job has not started, so that it may still be cut into ranges: a job that has
-        keeps its own, whatever --list-concurrency a rerun gives."""
-        with self._lock:
-            return len(self._ranges) == 1 and not any(state.watermark or state.done_beyond for state in self._ranges)
-
-    def split(self, split_points: list[str]) -> None:
-        """Cut a job that has not started into ranges at these points."""
-        with self._lock:
-            assert self.splittable(), "a started job keeps its ranges"
-            self._split_points = list(split_points)
-            self._ranges = [RangeProgress(key_range) for key_range in key_ranges(self._split_points)]
-            self._dirty = True
-
-    def listing_plan(self) -> list[tuple[KeyRange, Optional[str]]]:
-        """Each range, with where a rerun's listing of it starts (exclusive)."""
-        with self._lock:
-            return [(state.key_range, state.start_after()) for state in self._ranges]
-
-    def _range_of(self, key: str) -> RangeProgress:
-        return self._ranges[range_index(self._split_points, key)]
-
-    def retry_keys(self) -> list[str]:
-        """Failed keys the listing will not see again (at or before their range's watermark): retried first."""
-        with self._lock:
-            return sorted(key for key in self._failed
-                          if (watermark := self._range_of(key).watermark) is not None and key <= watermark)
-
-    def is_done_beyond_watermark(self, key: str) -> bool:
-        with self._lock:
-            return key in self._range_of(key).done_beyond
-
-    def counts_as_done(self, key: str) -> bool:
-        """Whether the file counts `key` as copied: beyond its range's watermark as done, or at or
-        before the watermark and not failed."""
-        with self._lock:
-            state = self._range_of(key)
-            return key in state.done_beyond or (state.watermark is not None and key <= state.watermark
-                                                and key not in self._failed)
-
-    def listed(self, key: str, *, already_done: bool = False) -> None:
-        with self._lock:
-            state = self._range_of(key)
-            state.pending[key] = already_done
-            self._dirty |= state.advance()
-
-    def mark_done(self, key: str, size: int) -> None:
-        with self._lock:
-            self._objects_done += 1
-            self._bytes_done += size
-            self._failed.pop(key, None)
-            state = self._range_of(key)
-            if key in state.pending:
-                state.done_beyond.add(key)  # until the watermark passes it, which _settle may do at once
-            self._settle(key)
-
-    def mark_failed(self, key: str, reason: str) -> None:
-        with self._lock:
-            self._failed[key] = reason
-            self._settle(key)
-
-    def vanished(self, key: str) -> None:
-        """A key deleted from the source since it was listed or failed: nothing left to do for it."""
-        with self._lock:
-            self._failed.pop(key, None)
-            self._settle(key)
-
-    def listing_finished(self) -> None:
-        with self._lock:
-            self._listing_complete = True
-            self._dirty = True
-
-    def _settle(self, key: str) -> None:
-        state = self._range_of(key)
-        if key in state.pending:
-            state.pending[key] = True
-            state.advance()
-        self._dirty = True
-
-    # -- multipart uploads in flight -------------------------------------------------------
-
-    def upload_for(self, key: str) -> Optional[UploadRecord]:
-        with self._lock:
-            document = self._uploads.get(key)
-            return UploadRecord.from_document(document) if document else None
-
-    def record_upload(self, key: str, upload: UploadRecord, *,
-                      digest: Optional[tuple[str, OrderedDigest]] = None) -> None:
-        """Keep an upload for resume, and its digest (the identity of its check, and the digest):
-        saved with it each time the file is written, so that a rerun goes on hashing after the parts
-        it hashed instead of reading them again."""
-        with self._lock:
-            self._uploads[key] = upload.document()
-            if digest is not None:
-                self._digests[key] = digest
-            self._dirty = True
-
-    def recheck_upload(self, key: str) -> None:
-        """The parts of this upload do not make the source: the next attempt compares each with the
-        source again, so the digest saved so far, of those very parts, must not be taken up."""
-        with self._lock:
-            self._digests.pop(key, None)
-            if key in self._uploads:
-                self._uploads[key].pop("digest", None)
-                self._uploads[key]["recheck"] = True
-                self._dirty = True
-
-    def completing(self, key: str, expected: dict[str, Any]) -> None:
-        """The upload is about to be completed into this object (see MultipartUploads._completed_before_the_stop)."""
-        with self._lock:
-            if key in self._uploads:
-                self._uploads[key]["completing"] = expected
-                self._dirty = True
-
-    def record_part(self, key: str, number: int, etag: str, checksum: Optional[str]) -> None:
-        with self._lock:
-            if key in self._uploads:
-                self._uploads[key]["parts"][str(number)] = etag
-                if checksum is not None:
-                    self._uploads[key].setdefault("part_checksums", {})[str(number)] = checksum
-                self._dirty = True
-
-    def forget_upload(self, key: str) -> None:
-        with self._lock:
-            self._digests.pop(key, None)
-            if self._uploads.pop(key, None) is not None:
-                self._dirty = True
-
-    def uploads(self) -> list[str]:
-        """The source keys of the multipart uploads kept for resume."""
-        with self._lock:
-            return list(self._uploads)
-
-    def failures(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._failed)
-
-    # -- the file --------------------------------------------------------------------------
-
-    def totals(self) -> tuple[int, int]:
-        """Objects and bytes done over every run of this job."""
-        with self._lock:
-            return self._objects_done, self._bytes_done
-
-    def finish(self, state: str, this_run: dict[str, Any]) -> None:
-        with self._lock:
-            self._state = state
-        self.save(this_run)
-
-    def save_if_due(self, this_run: dict[str, Any]) -> None:
-        if self._dirty and time.monotonic() - self._last_save >= PROGRESS_SAVE_INTERVAL:
-            self.save(this_run)
-
-    def save(self, this_run: dict[str, Any]) -> None:
-        """Write the file now. The main thread saves; so does a worker about to complete an upload,
-        which must not go on before the file says what it is completing (the one exception to a
-        single writer, for that reason): writes are one at a time and in order, so a later state is
-        never overwritten by an earlier one."""
-        with self._writing:
-            # The digests first, outside the lock (a digest waits for the part being hashed): each part
-            # is recorded before it is hashed, so the records read next cover every part hashed here.
-            with self._lock:
-                digests = list(self._digests.items())
-            states = [(key, identity, digest.state()) for key, (identity, digest) in digests]
-            with self._lock:  # serialised under the lock: workers add parts to the dicts being written
-                for key, identity, state in states:
-                    if key in self._uploads and key in self._digests and state is not None:
-                        self._uploads[key]["digest"] = {"identity": identity, **state}
-                text = json.dumps(self._document(this_run), indent=2, ensure_ascii=False) + "\n"
-                self._dirty = False
-                self._last_save = time.monotonic()
-            write_atomically(self.path, text)
-
-    def _document(self, this_run: dict[str, Any]) -> dict[str, Any]:
-        """Summary first, so `cat transfer_progress.json` reads top-down; resume state after."""
-        return {
-            "format": PROGRESS_FORMAT,
-            "summary": {
-                "state": self._state,
-                "source": self.job["source"],
-                "destination": self.job["destination"],
-                "objects_done": self._objects_done,
-                "bytes_done": self._bytes_done,
-                "bytes_done_human": format_size(self._bytes_done),
-                "objects_failed": len(self._failed),
-                "multipart_uploads_in_flight": len(self._uploads),
-                "this_run": this_run,
-                "first_started_at": self._first_started,
-                "updated_at": _utc_now(),
-            },
-            "job": self.job,
-            "resume": {
-                "listing_complete": self._listing_complete,
-                "ranges": [state.document() for state in self._ranges],
-                "failed": dict(sorted(self._failed.items())),
-                "multipart_uploads": self._uploads,
-            },
-        }
-
-
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def discard_progress(path: Path, destination: ConnectedSide) -> None:
-    """--restart: abort the uploads the old progress file was keeping for resume, then remove it,
-    so starting over orphans nothing."""
-    try:
-        saved = read_progress_file(path)
-    except ConfigurationError:
-        saved = None
-    for key, record in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
-        try:
-            destination.retries.call(lambda: destination.client.abort_multipart_upload(
-                Bucket=destination.bucket, Key=record["destination_key"], UploadId=record["upload_id"]
-            ), what=f"AbortMultipartUpload of {record['destination_key']}")
-            LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
-            LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
-                        json.dumps(key, ensure_ascii=False), error_code(error) or error)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-        LOG.info("--restart: discarded the progress file %s", path)
-
-
-# =============================================================================================
-# 9. Comparing source and destination: --verify, --verify-only, --skip-existing
+# 12. Comparing source and destination: --verify, --verify-only, --skip-existing, --report
 # =============================================================================================
 
 MATCH = "match"
@@ -5350,204 +5667,7 @@ class AuditReportFile:
 
 
 # =============================================================================================
-# 10. Reporting
-# =============================================================================================
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class StatusReporter:
-    """Counts what this run did and shows it: a line redrawn in place on a terminal (like rclone -P),
-    plain summary lines every --status-interval seconds otherwise, and both in the log."""
-
-    def __init__(self, *, max_workers: int, interval: float, live: bool, plain: bool,
-                 stream: Any = sys.stdout) -> None:
-        self._lock = threading.RLock()  # re-entered by the second-Ctrl-C handler, which saves a summary
-        self._max_workers = max_workers
-        self._interval = interval
-        self._live = live
-        self._plain = plain
-        self._stream = stream
-        self._started = time.monotonic()
-        self._last_line = self._started
-        self._last_draw = 0.0
-        self._drawn = False
-        self.objects_listed = self.bytes_listed = 0
-        self.objects_done = self.bytes_done = self.bytes_moved = 0
-        self.objects_failed = self.objects_skipped = self.retries = self.throttles = self.busy = 0
-        self.objects_vanished = 0
-        self.verified: collections.Counter[str] = collections.Counter()
-        self.objects_server_side = 0
-        self.bytes_server_side = 0
-        self.listing_complete = False
-
-    # counters, called from any thread
-    def listed(self, size: int) -> None:
-        with self._lock:
-            self.objects_listed += 1
-            self.bytes_listed += size
-
-    def object_done(self, size: int, *, bytes_moved: int, verified_by: str, server_side: bool) -> None:
-        with self._lock:
-            self.objects_done += 1
-            self.bytes_done += size
-            self.bytes_moved += bytes_moved
-            self.verified[verified_by] += 1
-            if server_side:
-                self.objects_server_side += 1
-                self.bytes_server_side += size
-
-    def bytes_moved_by_part(self, size: int) -> None:
-        with self._lock:
-            self.bytes_moved += size
-
-    def skipped(self) -> None:
-        with self._lock:
-            self.objects_skipped += 1
-
-    def vanished(self) -> None:
-        with self._lock:
-            self.objects_vanished += 1
-
-    def object_failed(self) -> None:
-        with self._lock:
-            self.objects_failed += 1
-
-    def retried(self) -> None:
-        with self._lock:
-            self.retries += 1
-
-    def throttled(self) -> None:
-        """S3 refused a request as busy and it is to be sent again (Retries)."""
-        with self._lock:
-            self.throttles += 1
-
-    def worker_busy(self, delta: int) -> None:
-        with self._lock:
-            self.busy += delta
-
-    def elapsed(self) -> float:
-        return max(time.monotonic() - self._started, 1e-6)
-
-    def summary(self) -> dict[str, Any]:
-        """This run's figures, as the progress file's summary shows them."""
-        with self._lock:
-            rate = self.bytes_moved / self.elapsed()
-            remaining = max(self.bytes_listed - self.bytes_moved, 0)
-            if not self.listing_complete:
-                eta = "listing not finished"
-            else:
-                eta = format_duration(remaining / rate) if rate > 0 else "unknown"
-            return {
-                "objects_listed": self.objects_listed,
-                "bytes_listed": self.bytes_listed,
-                "objects_done": self.objects_done,
-                "bytes_done": self.bytes_done,
-                "objects_failed": self.objects_failed,
-                "objects_skipped_as_identical": self.objects_skipped,
-                "objects_no_longer_in_source": self.objects_vanished,
-                "verified": {method: self.verified[method] for method in ("md5", "etag", "checksum", "size-only")},
-                "retries": self.retries,
-                "throttled": self.throttles,
-                "elapsed": format_duration(self.elapsed()),
-                "rate": f"{format_size(rate)}/s",
-                "eta": eta,
-            }
-
-    def status_line(self) -> str:
-        figures = self.summary()
-        listed = f"{figures['objects_listed']:,}" + ("" if self.listing_complete else "+")
-        eta = figures["eta"] if self.listing_complete else "after listing"
-        return (
-            f"{figures['objects_done']:,}/{listed} objects, {format_size(self.bytes_moved)}/"
-            f"{format_size(figures['bytes_listed'])}, {figures['rate']}, ETA {eta}, "
-            f"workers {self.busy}/{self._max_workers} busy, {figures['objects_failed']} failed, "
-            f"{figures['retries']} retries, {figures['throttled']} throttled"
-        )
-
-    # display, called from the main thread
-    def tick(self) -> None:
-        now = time.monotonic()
-        if self._live and now - self._last_draw >= 0.5:
-            self._draw(self.status_line())
-            self._last_draw = now
-        if now - self._last_line >= self._interval:
-            self._last_line = now
-            line = self.status_line()
-            LOG.info("status: %s", line)
-            if self._plain:
-                print(line, file=self._stream, flush=True)
-
-    def _draw(self, line: str) -> None:
-        with self._lock:
-            self._stream.write("\r\x1b[2K" + line)
-            self._stream.flush()
-            self._drawn = True
-
-    def clear(self) -> None:
-        """Erase the live line so another message can be printed cleanly (it is redrawn on the next tick)."""
-        with self._lock:
-            if self._drawn:
-                self._stream.write("\r\x1b[2K")
-                self._stream.flush()
-                self._drawn = False
-
-
-class ConsoleHandler(logging.Handler):
-    """Log records for the person at the terminal, printed above the live status line."""
-
-    def __init__(self, status: Optional[StatusReporter] = None) -> None:
-        super().__init__()
-        self.status = status
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.status is not None:
-            self.status.clear()
-        prefix = ("error: " if record.levelno >= logging.ERROR
-                  else "warning: " if record.levelno >= logging.WARNING else "")
-        print(prefix + record.getMessage(), file=sys.stderr, flush=True)
-
-
-def final_report(*, state: str, status: StatusReporter, progress: ProgressStore, config: RunSettings,
-                 engine: EngineChoice) -> str:
-    failures = progress.failures()
-    figures = status.summary()
-    objects_done, bytes_done = progress.totals()
-    lines = [
-        f"Transfer {state} after {figures['elapsed']}: {status.objects_done:,} objects "
-        f"({format_size(status.bytes_done)}) copied in this run, {len(failures):,} failed, "
-        f"average {figures['rate']}.",
-        *([f"Skipped {status.objects_skipped:,} objects already identical in the destination."]
-          if status.objects_skipped else []),
-        *([(f"Not copied: {status.objects_vanished:,} objects listed no longer exist in the source (deleted "
-            f"since they were listed); each is named in {config.output.log_file}.")] if status.objects_vanished else []),
-        *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
-           f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
-        *([f"S3 answered {status.throttles:,} times that it was busy (SlowDown, or a 5xx) after the retries of "
-           "the HTTP client; the tool sent those requests again after a pause."] if status.throttles else []),
-        "Verified before completing: " + ", ".join(f"{count:,} by {method}" for method, count in
-                                                   figures["verified"].items()) + ".",
-        f"Object bodies moved by {engine.describe()} ({engine.reason}).",
-        *([] if config.job.copy_tags else ["Tags were not copied (--no-tags)."]),
-        f"All runs of this job: {objects_done:,} objects ({format_size(bytes_done)}) copied.",
-    ]
-    if failures:
-        lines.append(f"Failed objects ({len(failures):,}); rerun the same command to retry them:")
-        lines += [f"  {json.dumps(key, ensure_ascii=False)}: {reason}" for key, reason in list(failures.items())[:20]]
-        if len(failures) > 20:
-            lines.append(f"  ... and {len(failures) - 20:,} more, all listed in {config.output.progress_file} "
-                         f"(resume.failed) and {config.output.log_file}.")
-    uploads = progress.uploads()
-    if uploads:
-        lines.append(f"{len(uploads)} multipart upload(s) kept for resume; rerun the same command to finish them.")
-    return "\n".join(lines)
-
-
-# =============================================================================================
-# 11. Command line
+# 13. Command line
 # =============================================================================================
 
 
@@ -5690,7 +5810,7 @@ def _add_state_file_options(group: argparse._ArgumentGroup) -> None:
 def _add_listing_and_engine_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--list-concurrency", type=int, metavar="N",
                        help="ListObjectsV2 streams over disjoint key ranges at once (default: max-workers / 2, "
-                            "at most 16; 1 lists in one stream, as before)")
+                            "at most 16; 1 lists in one stream)")
     group.add_argument("--engine", choices=ENGINES, default="auto",
                        help="what sends the GETs and PUTs of object bodies: crt, AWS's C runtime (awscrt, as in "
                             "aws-cli v2), which costs far less CPU per request but holds more memory per part; "
@@ -5879,51 +5999,6 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     LOG.addHandler(file_handler)
     LOG.addHandler(console)
     return file_handler
-
-
-def is_wanted(relative_key: str, config: RunSettings) -> bool:
-    """Whether --include/--exclude and --shard keep a key (relative to its side's prefix)."""
-    return is_selected(relative_key, config.job.filters) and (config.job.shard is None or config.job.shard.owns(relative_key))
-
-
-def selected_objects(objects: Iterable[ListedObject], config: RunSettings, *,
-                     side: str = "source") -> Iterator[ListedObject]:
-    """Apply --include/--exclude and --shard to a listing of either side (keys relative to that side's
-    prefix); listing errors stop the run with a clear sentence."""
-    location, settings = ((config.job.source, config.job.source_access) if side == "source"
-                          else (config.job.destination, config.job.destination_access))
-    try:
-        for listed in objects:
-            if is_wanted(listed.key[len(location.prefix):], config):
-                yield listed
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
-        if isinstance(error, RETRYABLE_BODY_ERRORS):
-            raise FatalTransferError(f"Listing the {side} failed after botocore's retries: {error}. "
-                                     "Rerun to resume.") from None
-        raise FatalTransferError(explain_error(error, access=settings, bucket=location.bucket,
-                                               action="s3:ListBucket")) from None
-
-
-def source_objects(config: RunSettings, source: ConnectedSide, start_after: Optional[str], through: Optional[str] = None,
-                   *, inventory: Optional[Inventory], on_missing: Callable[[str], None],
-                   need_etag: bool = True) -> Iterator[ListedObject]:
-    """The selected source objects in key order, after start_after and up to through: listed with
-    ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
-    row without a size or ETag costs (see inventory_objects)."""
-    if inventory is None:
-        return selected_objects(list_objects(source, config.job.source, start_after, through), config)
-    rows = (row for row in inventory_rows(inventory, source, config.job.source, start_after, through)
-            if is_wanted(row.key[len(config.job.source.prefix):], config))
-    return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
-
-
-def listing_split_points(config: RunSettings, source: ConnectedSide) -> list[str]:
-    """Where to cut the source's keyspace for --list-concurrency listers; refusals as a listing's."""
-    try:
-        return discover_split_points(source, config.job.source, config.tuning.list_concurrency * RANGES_PER_LISTER)
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
-        raise FatalTransferError(explain_error(error, access=config.job.source_access, bucket=config.job.source.bucket,
-                                               action="s3:ListBucket")) from None
 
 
 def report_dry_run(config: RunSettings, source: ConnectedSide, inventory: Optional[Inventory] = None, *,
@@ -6134,7 +6209,7 @@ def return_freed_bodies_to_the_system() -> None:
 
     Not for the crt engine: awscrt buffers each body in C as well, and with every one of those
     buffers mapped and unmapped afresh, large objects cost far more CPU (bench/bench.py); it keeps
-    more memory instead (see the README's Engines).
+    more memory instead (see docs/design.md, Engines).
     """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
