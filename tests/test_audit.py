@@ -22,7 +22,8 @@ from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
-from uploads import KIB, MIB, body, etag_of, plain_client, upload
+from units import KIB, MIB
+from uploads import body, etag_of, plain_client, upload
 
 THRESHOLD = ["--multipart-threshold", "15MiB"]  # overrides toolcli's 6MiB; chunk 5MiB and 4 workers stay
 

@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 from botocore.client import BaseClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import FAKE_KEYS
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import (
@@ -43,7 +42,7 @@ from toolcli import (
     write_source_credentials,
 )
 
-import s3_bulk_transfer as tool  # noqa: E402  (the pure shard rule, to know which keys are whose)
+import s3_bulk_transfer as tool  # (the pure shard rule, to know which keys are whose)
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ for every ranged GET.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -31,9 +30,8 @@ from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy, flip_middle_byte
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from units import KIB, MIB
 from uploads import (
-    KIB,
-    MIB,
     body,
     etag_of,
     md5_hex,
@@ -44,8 +42,7 @@ from uploads import (
     verified_by,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402  (its attempt counts)
+import s3_bulk_transfer as tool  # (its attempt counts)
 
 THRESHOLD = ["--multipart-threshold", "15MiB"]  # overrides toolcli's 6MiB; chunk 5MiB and 4 workers stay
 CHUNK = 5 * MIB

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import random
-import sys
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 import pytest
 from botocore.client import BaseClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import FAKE_KEYS
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import CHUNK_SIZE, ToolJob, assert_usage_error, copied_keys, describe, write_source_credentials

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,11 @@ from aws_behaviour import CopySourceBucketGone, IntelligentTieringArchived, KmsD
 from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import MIB, ToolJob, describe, error_lines, read_progress, write_source_credentials
+from toolcli import ToolJob, describe, error_lines, read_progress, write_source_credentials
+from units import MIB
 from uploads import body
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402  (the pure rules)
+import s3_bulk_transfer as tool  # (the pure rules)
 
 
 def job_through(proxy: FaultProxy, tool_env: dict[str, str], tmp_path: Path, *, copy_mode: str = "stream") -> ToolJob:
