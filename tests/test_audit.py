@@ -28,13 +28,6 @@ from uploads import body, etag_of, plain_client, upload
 THRESHOLD = ["--multipart-threshold", "15MiB"]  # overrides toolcli's 6MiB; chunk 5MiB and 4 workers stay
 
 
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
-
-
 def summary_line(source: str, destination: str, *, identical: int = 0, size_only: int = 0, missing: int = 0,
                  size: int = 0, etag: int = 0, checksum: int = 0, extra: int = 0) -> str:
     return (f"Verify {source} -> {destination}: {identical} identical by ETag or checksum, {size_only} equal in size "

@@ -48,13 +48,6 @@ THRESHOLD = ["--multipart-threshold", "15MiB"]  # overrides toolcli's 6MiB; chun
 CHUNK = 5 * MIB
 
 
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
-
-
 def verified_line(counts: dict[str, int]) -> str:
     return (f"Verified before completing: {counts['md5']} by md5, {counts['etag']} by etag, "
             f"{counts.get('checksum', 0)} by checksum, {counts['size-only']} by size-only.")

@@ -14,12 +14,10 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from conftest import FAKE_KEYS
-from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import ToolJob, copied_keys, describe, done_per_progress_file, read_progress, write_source_credentials
+from s3servers import MotoBuckets, incomplete_uploads, object_snapshot, put_objects
+from toolcli import ToolJob, copied_keys, describe, done_per_progress_file, read_progress
 from uploads import body
 
 import s3_bulk_transfer as tool
@@ -32,13 +30,6 @@ AWKWARD_KEYS = [
     *(f"d{index}/obj-{index:02d}" for index in range(12)),
     "z/", "zz", "é/1", "日本/2", "\U0001f600",
 ]
-
-
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
 
 
 # A listing of one page is not split (each range would read a page of its own), so every test adds
@@ -58,9 +49,7 @@ def put(moto_buckets: MotoBuckets, keys: list[str]) -> None:
 
 
 def put_padding(moto_buckets: MotoBuckets, prefix: str = "") -> None:
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=prefix + key,
-                                                                 Body=b""), PADDING))
+    put_objects(moto_buckets.client, moto_buckets.source, {prefix + key: b"" for key in PADDING})
 
 
 def ranges_logged(log: str) -> list[int]:

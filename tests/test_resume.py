@@ -60,21 +60,19 @@ class ResumeJob(ToolJob):
     """One transfer job (source bucket -> destination bucket), run as a process of its own each time.
 
     Every run of the same ResumeJob uses the same command line, as a person rerunning "the same
-    command" would, so ``command()``, ``start()`` and ``run()`` take no arguments; two workers, and
+    command" would (``arguments()``), so ``start()`` and ``run()`` take none; two workers, and
     ``extra_args`` last (the last of an option wins). The log file is appended to across runs.
     """
 
-    def __init__(self, buckets: MotoBuckets, workdir: Path, env: dict[str, str], extra_args: list[str] = ()) -> None:
+    def __init__(self, buckets: MotoBuckets, workdir: Path, env: dict[str, str],
+                 extra_args: list[str] | None = None) -> None:
         credentials = write_source_credentials(workdir / "source-credentials.json", FAKE_KEYS, buckets.endpoint_url)
         super().__init__(workdir=workdir, env=env, credentials=credentials, dest_endpoint_url=buckets.endpoint_url)
         self.buckets = buckets
-        self.extra_args = list(extra_args)
+        self.extra_args = list(extra_args or [])
 
     def arguments(self) -> list[str]:
         return [f"s3://{self.buckets.source}", f"s3://{self.buckets.dest}", "--max-workers", "2", *self.extra_args]
-
-    def command(self) -> list[str]:
-        return super().command(*self.arguments())
 
     def start(self) -> subprocess.Popen[bytes]:
         return super().start(*self.arguments())
@@ -665,8 +663,8 @@ def test_a_second_run_of_the_same_job_is_refused_while_the_first_runs(make_job: 
         route_through(job, proxy)
         first = job.start()
         job.wait_for(first, hold.triggered.is_set, "the first run to copy an object")
-        second = subprocess.run(job.command(), env=job.env, cwd=job.workdir, capture_output=True, text=True,
-                                timeout=RUN_TIMEOUT, check=False)
+        second = subprocess.run(job.command(*job.arguments()), env=job.env, cwd=job.workdir, capture_output=True,
+                                text=True, timeout=RUN_TIMEOUT, check=False)
         hold.release()
 
         assert second.returncode == 2, second.stderr
