@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import toolcli
 from s3servers import Identity, MotoBuckets, MotoServer, SeaweedServer, find_weed, s3_client
+from toolcli import ToolJob, write_source_credentials
 
 # moto accepts any keys; these are the ones its documentation suggests.
 FAKE_KEYS = Identity(access_key="testing", secret_key="testing")
@@ -109,3 +110,11 @@ def tool_env(tmp_path: Path) -> dict[str, str]:
         AWS_EC2_METADATA_DISABLED="true",
     )
     return env
+
+
+@pytest.fixture
+def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
+    """The tool's fixed command line for a job from moto_buckets' source to its destination, in tmp_path."""
+    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
+    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
+                   dest_endpoint_url=moto_buckets.endpoint_url)

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -413,6 +413,16 @@ def object_snapshot(client: BaseClient, bucket: str, prefix: str = "") -> dict[s
     keys = list(_iter_keys(client, bucket, prefix))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         return dict(zip(keys, pool.map(describe, keys)))
+
+
+def put_objects(client: BaseClient, bucket: str, objects: Mapping[str, bytes], **attributes: Any) -> None:
+    """PutObject each of ``objects`` (key -> body), all with ``attributes``, eight at a time."""
+
+    def put(item: tuple[str, bytes]) -> None:
+        client.put_object(Bucket=bucket, Key=item[0], Body=item[1], **attributes)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, objects.items()))
 
 
 def incomplete_uploads(client: BaseClient, bucket: str) -> list[dict[str, Any]]:

@@ -22,16 +22,10 @@ from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
-from uploads import KIB, MIB, body, etag_of, plain_client, upload
+from units import KIB, MIB
+from uploads import body, etag_of, plain_client, upload
 
 THRESHOLD = ["--multipart-threshold", "15MiB"]  # overrides toolcli's 6MiB; chunk 5MiB and 4 workers stay
-
-
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
 
 
 def summary_line(source: str, destination: str, *, identical: int = 0, size_only: int = 0, missing: int = 0,

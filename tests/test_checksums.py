@@ -37,7 +37,8 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from s3servers import DEST_BUCKET, SOURCE_BUCKET, SeaweedServer, incomplete_uploads, object_snapshot
-from toolcli import MIB, ToolJob, describe, write_source_credentials
+from toolcli import ToolJob, describe, write_source_credentials
+from units import MIB
 
 awscrt_checksums = pytest.importorskip("awscrt.checksums", reason="CRC32C / CRC64NVME need awscrt (requirements.txt)")
 

@@ -14,20 +14,15 @@ The size settings (5 MiB parts, 6 MiB threshold) keep multipart objects at
 from __future__ import annotations
 
 import datetime
-import random
 import re
 import stat
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.client import BaseClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import FAKE_KEYS
-from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
+from s3servers import MotoBuckets, incomplete_uploads, object_snapshot, put_objects
 from toolcli import (
     CHUNK_SIZE,
     MULTIPART_THRESHOLD,
@@ -40,40 +35,20 @@ from toolcli import (
     describe,
     engine_args,
     read_progress,
-    write_source_credentials,
 )
+from uploads import body, etag_of
 
-import s3_bulk_transfer as tool  # noqa: E402  (the pure shard rule, to know which keys are whose)
-
-
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
-
-
-def body(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def put(client: BaseClient, bucket: str, key: str, data: bytes, **attributes: Any) -> None:
-    client.put_object(Bucket=bucket, Key=key, Body=data, **attributes)
+import s3_bulk_transfer as tool  # (the pure shard rule, to know which keys are whose)
 
 
 def put_plain(client: BaseClient, bucket: str, keys: list[str]) -> None:
     """Small objects whose body is their key, so a mix-up of keys shows as a byte mismatch."""
-    for key in keys:
-        put(client, bucket, key, f"body of {key}".encode())
+    put_objects(client, bucket, {key: f"body of {key}".encode() for key in keys})
 
 
 def strip_prefix(snapshot: dict[str, dict[str, Any]], prefix: str) -> dict[str, dict[str, Any]]:
     assert all(key.startswith(prefix) for key in snapshot), sorted(snapshot)
     return {key[len(prefix):]: value for key, value in snapshot.items()}
-
-
-def etag(client: BaseClient, bucket: str, key: str) -> str:
-    return client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
 
 
 def dest_keys(buckets: MotoBuckets) -> list[str]:
@@ -107,8 +82,8 @@ EXPECTED_PARTS = {
 
 def put_mixed_set(client: BaseClient, bucket: str, prefix: str = "") -> None:
     for index, (name, size) in enumerate(sorted(MIXED_SIZES.items())):
-        put(
-            client, bucket, prefix + name, body(size, seed=index),
+        put_objects(
+            client, bucket, {prefix + name: body(size, seed=index)},
             ContentType=f"application/x-test-{index}",
             ContentEncoding="gzip" if index % 2 else "identity",
             ContentDisposition=f'attachment; filename="file {index}.dat"',
@@ -136,7 +111,7 @@ def test_mixed_sizes_copy_byte_identical_with_headers_metadata_and_tags(
     # The threshold is inclusive ("objects this size or larger are copied in parts"), and the
     # parts are --chunk-size long: the destination ETags show how each object was written.
     for key, parts in EXPECTED_PARTS.items():
-        written = etag(client, moto_buckets.dest, key)
+        written = etag_of(client, moto_buckets.dest, key)
         if parts:
             assert written.endswith(f"-{parts}"), (key, written)
         else:
@@ -179,8 +154,8 @@ def test_source_prefix_maps_onto_destination_prefix(job: ToolJob, moto_buckets: 
     inside = ["a/b/k", "a/b/sub/deeper/k2", "a/b/ spaced key"]
     outside = ["a/bc/k", "a/b", "a/k", "b/a/b/k", "z"]  # a/bc/ and the bare key a/b only share characters
     put_plain(client, moto_buckets.source, inside + outside)
-    put(client, moto_buckets.source, "a/b/large", body(2 * CHUNK_SIZE + 100, seed=9), Metadata={"m": "large"},
-        Tagging="size=large")
+    put_objects(client, moto_buckets.source, {"a/b/large": body(2 * CHUNK_SIZE + 100, seed=9)},
+                Metadata={"m": "large"}, Tagging="size=large")
 
     result = job.run(f"s3://{moto_buckets.source}/a/b", f"s3://{moto_buckets.dest}/x/")
 
@@ -231,7 +206,7 @@ def test_an_include_after_an_exclude_brings_a_key_back_and_vice_versa(
 def test_dry_run_prints_the_plan_and_writes_nothing(job: ToolJob, moto_buckets: MotoBuckets) -> None:
     client = moto_buckets.client
     put_plain(client, moto_buckets.source, ["one", "two", "three"])
-    put(client, moto_buckets.source, "big", body(2 * CHUNK_SIZE + 1, seed=3))  # 3 parts
+    put_objects(client, moto_buckets.source, {"big": body(2 * CHUNK_SIZE + 1, seed=3)})  # 3 parts
 
     result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--dry-run")
 
@@ -252,7 +227,7 @@ def test_log_has_one_line_per_object_and_progress_file_reads_complete(
     client = moto_buckets.client
     keys = [f"obj/{index:03d}" for index in range(25)]
     put_plain(client, moto_buckets.source, keys)
-    put(client, moto_buckets.source, "obj/big", body(2 * CHUNK_SIZE + 3, seed=5))
+    put_objects(client, moto_buckets.source, {"obj/big": body(2 * CHUNK_SIZE + 3, seed=5)})
 
     result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}")
 
@@ -284,18 +259,18 @@ def test_rerun_of_a_completed_job_copies_nothing_again(job: ToolJob, moto_bucket
     client = moto_buckets.client
     keys = ["a", "b/c", "d e"]
     put_plain(client, moto_buckets.source, keys)
-    put(client, moto_buckets.source, "big", body(2 * CHUNK_SIZE, seed=1))
+    put_objects(client, moto_buckets.source, {"big": body(2 * CHUNK_SIZE, seed=1)})
     first = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}/copy")
     assert first.returncode == 0, describe(first)
     first_log = job.log_text()
     assert sorted(copied_keys(first_log)) == sorted(keys + ["big"])
-    destination_before = {key: etag(client, moto_buckets.dest, key) for key in dest_keys(moto_buckets)}
+    destination_before = {key: etag_of(client, moto_buckets.dest, key) for key in dest_keys(moto_buckets)}
 
     again = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}/copy")
 
     assert again.returncode == 0, describe(again)
     assert copied_keys(job.log_text()[len(first_log):]) == []
-    assert {key: etag(client, moto_buckets.dest, key) for key in dest_keys(moto_buckets)} == destination_before
+    assert {key: etag_of(client, moto_buckets.dest, key) for key in dest_keys(moto_buckets)} == destination_before
     assert read_progress(job.progress_file)["summary"]["state"] == "complete"
     assert incomplete_uploads(client, moto_buckets.dest) == []
 
@@ -333,7 +308,7 @@ def test_restart_copies_everything_again(job: ToolJob, moto_buckets: MotoBuckets
     assert first.returncode == 0, describe(first)
     first_log = job.log_text()
     # Change a source object, so that "starts over" is visible in the bytes too.
-    put(client, moto_buckets.source, "r/2", b"changed after the first run")
+    put_objects(client, moto_buckets.source, {"r/2": b"changed after the first run"})
 
     restarted = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--restart")
 
@@ -366,7 +341,7 @@ def test_a_single_worker_copies_small_and_multipart_objects(job: ToolJob, moto_b
     waiting on itself."""
     client = moto_buckets.client
     put_plain(client, moto_buckets.source, [f"w/{index}" for index in range(12)])
-    put(client, moto_buckets.source, "w/big", body(2 * CHUNK_SIZE + 11, seed=11))
+    put_objects(client, moto_buckets.source, {"w/big": body(2 * CHUNK_SIZE + 11, seed=11)})
 
     result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-workers", "1")
 
@@ -380,7 +355,7 @@ def test_an_upload_orphaned_before_its_progress_save_is_cleaned_up(job: ToolJob,
     # A kill -9 between CreateMultipartUpload and the progress save right after it leaves an upload
     # that no progress file records; it is made here by hand, since that instant cannot be hit on purpose.
     client = moto_buckets.client
-    put(client, moto_buckets.source, "big", body(2 * CHUNK_SIZE + 7, seed=3))
+    put_objects(client, moto_buckets.source, {"big": body(2 * CHUNK_SIZE + 7, seed=3)})
     orphan = client.create_multipart_upload(Bucket=moto_buckets.dest, Key="copy/big")["UploadId"]
     client.upload_part(Bucket=moto_buckets.dest, Key="copy/big", UploadId=orphan, PartNumber=1,
                        Body=body(CHUNK_SIZE, seed=4))
@@ -398,7 +373,7 @@ def test_three_shards_in_three_processes_copy_every_object_exactly_once(
         job: ToolJob, moto_buckets: MotoBuckets) -> None:
     keys = [f"data/{index:03d}.txt" for index in range(60)]
     put_plain(moto_buckets.client, moto_buckets.source, keys)
-    put(moto_buckets.client, moto_buckets.source, "data/large.bin", body(2 * CHUNK_SIZE + 1, seed=5))
+    put_objects(moto_buckets.client, moto_buckets.source, {"data/large.bin": body(2 * CHUNK_SIZE + 1, seed=5)})
     # Three machines sharing one directory would not be told apart by their file names: so no
     # --progress-file or --log-file here, each shard must pick its own.
     command = [
@@ -447,7 +422,8 @@ def test_a_bandwidth_cap_changes_nothing_but_the_pace(job: ToolJob, moto_buckets
     # How close the pace comes to the cap is measured in bench/, not asserted here.
     keys = [f"capped/{index}.txt" for index in range(5)]
     put_plain(moto_buckets.client, moto_buckets.source, keys)
-    put(moto_buckets.client, moto_buckets.source, "capped/large.bin", body(2 * CHUNK_SIZE + 7, seed=9))
+    put_objects(moto_buckets.client, moto_buckets.source,
+                {"capped/large.bin": body(2 * CHUNK_SIZE + 7, seed=9)})
 
     result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--max-bandwidth", "256MB/s")
 

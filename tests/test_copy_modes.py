@@ -21,7 +21,8 @@ from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy
 from s3servers import DEST_BUCKET, SOURCE_BUCKET, MotoBuckets, SeaweedServer, incomplete_uploads, object_snapshot
 from test_cross_account import CrossAccount
-from toolcli import KIB, MIB, ToolJob, assert_usage_error, describe, error_lines, write_source_credentials
+from toolcli import ToolJob, assert_usage_error, describe, error_lines, write_source_credentials
+from units import KIB, MIB
 from uploads import body, etag_of, md5_hex, plain_client, upload, upload_parts, verified_by
 
 SERVER_SIDE_LINE = "Copied server-side by S3, no byte through this machine: 5 objects"

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402
+import s3_bulk_transfer as tool
 
 MiB = tool.MiB
 

@@ -10,7 +10,6 @@ other is in test_resume.py.
 from __future__ import annotations
 
 import datetime
-import sys
 from pathlib import Path
 
 import boto3
@@ -21,10 +20,9 @@ import pytest
 from s3servers import MotoBuckets, object_snapshot
 from toolcli import ToolJob, describe, write_source_credentials
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import FAKE_KEYS
 
-import s3_bulk_transfer as tool  # noqa: E402
+import s3_bulk_transfer as tool
 
 # -- reading answers as boto3 does ---------------------------------------------------------
 

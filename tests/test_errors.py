@@ -39,13 +39,6 @@ from toolcli import ToolJob, assert_usage_error, describe, read_progress, run_to
 
 
 @pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
-
-
-@pytest.fixture
 def source_objects(moto_buckets: MotoBuckets) -> dict[str, dict[str, Any]]:
     """A few source objects (one of them above the 6 MiB multipart threshold), so that a run that
     wrongly went ahead would have something to write; returns their snapshot."""

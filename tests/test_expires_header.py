@@ -16,25 +16,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from botocore.client import BaseClient
-from conftest import FAKE_KEYS
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import MULTIPART_THRESHOLD, ToolJob, describe, write_source_credentials
+from toolcli import MULTIPART_THRESHOLD, ToolJob, describe
 
 NOT_A_DATE = "5d"
 # Valid RFC 822 / RFC 1123 dates that botocore would parse and send back as "Wed, 01 Jan 2031 ...":
 # a one-digit day and a numeric zone, and RFC 850's spelling (which RFC 9111 still asks caches to read).
 UNUSUAL_DATES = ("Wed, 1 Jan 2031 00:00:00 +0000", "Sunday, 06-Nov-94 08:49:37 GMT")
-
-
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
 
 
 def put_with_raw_expires(client: BaseClient, bucket: str, key: str, data: bytes, expires: str) -> None:

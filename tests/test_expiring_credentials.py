@@ -18,7 +18,8 @@ import pytest
 from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import MIB, ToolJob, copied_keys, describe, error_lines, read_progress, write_source_credentials
+from toolcli import ToolJob, copied_keys, describe, error_lines, read_progress, write_source_credentials
+from units import MIB
 from uploads import body
 
 SMALL_OBJECTS = 60

@@ -18,7 +18,8 @@ from fault_proxy import FAULT_KINDS, FaultProxy
 from s3servers import SOURCE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
 import toolcli
-from toolcli import MIB, ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from units import MIB
 from uploads import body, upload_parts, verified_by
 
 SOAK_SMALL_OBJECTS = 300

@@ -22,7 +22,6 @@ for every ranged GET.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -31,9 +30,8 @@ from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy, flip_middle_byte
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from units import KIB, MIB
 from uploads import (
-    KIB,
-    MIB,
     body,
     etag_of,
     md5_hex,
@@ -44,18 +42,10 @@ from uploads import (
     verified_by,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402  (its attempt counts)
+import s3_bulk_transfer as tool  # (its attempt counts)
 
 THRESHOLD = ["--multipart-threshold", "15MiB"]  # overrides toolcli's 6MiB; chunk 5MiB and 4 workers stay
 CHUNK = 5 * MIB
-
-
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
 
 
 def verified_line(counts: dict[str, int]) -> str:

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import random
-import sys
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -25,10 +24,8 @@ from typing import Any
 import pytest
 from botocore.client import BaseClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import FAKE_KEYS
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import CHUNK_SIZE, ToolJob, assert_usage_error, copied_keys, describe, write_source_credentials
+from toolcli import CHUNK_SIZE, ToolJob, assert_usage_error, copied_keys, describe
 
 import s3_bulk_transfer as tool
 
@@ -50,13 +47,6 @@ LISTED = [
 ]
 UNLISTED = ["a/not-in-report.txt", "b/with+space.txt", "c/unicode/cafe.txt", "e/later"]
 GONE = "b/gone since the report"  # in the report, deleted from the source since
-
-
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
 
 
 def body_of(key: str) -> bytes:

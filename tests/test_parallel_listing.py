@@ -13,19 +13,14 @@ import concurrent.futures
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import FAKE_KEYS
-from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import TOOL, ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from s3servers import MotoBuckets, incomplete_uploads, object_snapshot, put_objects
+from toolcli import ToolJob, copied_keys, describe, done_per_progress_file, read_progress
 from uploads import body
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import s3_bulk_transfer as tool  # noqa: E402
+import s3_bulk_transfer as tool
 
 # Keys a range boundary could lose or duplicate: folder markers equal to a split point ("b/"),
 # keys that are prefixes of others, keys beside folders, non-ASCII keys (UTF-8 order = str order),
@@ -35,13 +30,6 @@ AWKWARD_KEYS = [
     *(f"d{index}/obj-{index:02d}" for index in range(12)),
     "z/", "zz", "é/1", "日本/2", "\U0001f600",
 ]
-
-
-@pytest.fixture
-def job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> ToolJob:
-    credentials = write_source_credentials(tmp_path / "source-credentials.json", FAKE_KEYS, moto_buckets.endpoint_url)
-    return ToolJob(workdir=tmp_path, env=tool_env, credentials=credentials,
-                   dest_endpoint_url=moto_buckets.endpoint_url)
 
 
 # A listing of one page is not split (each range would read a page of its own), so every test adds
@@ -61,9 +49,7 @@ def put(moto_buckets: MotoBuckets, keys: list[str]) -> None:
 
 
 def put_padding(moto_buckets: MotoBuckets, prefix: str = "") -> None:
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: moto_buckets.client.put_object(Bucket=moto_buckets.source, Key=prefix + key,
-                                                                 Body=b""), PADDING))
+    put_objects(moto_buckets.client, moto_buckets.source, {prefix + key: b"" for key in PADDING})
 
 
 def ranges_logged(log: str) -> list[int]:
@@ -139,21 +125,6 @@ def test_a_rerun_keeps_the_ranges_of_the_first_run(job: ToolJob, moto_buckets: M
     assert object_snapshot(moto_buckets.client, moto_buckets.dest) == source
 
 
-def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str]:
-    resume = progress["resume"]
-    failed = set(resume["failed"])
-    done = set()
-    for key in keys:
-        for key_range in resume["ranges"]:
-            if (key_range["after"] is None or key > key_range["after"]) and (
-                    key_range["through"] is None or key <= key_range["through"]):
-                watermark = key_range["watermark"]
-                if key in key_range["done_beyond_watermark"] or (
-                        watermark is not None and key <= watermark and key not in failed):
-                    done.add(key)
-    return done
-
-
 def test_sigkill_in_the_middle_of_parallel_listing_then_a_rerun_copies_the_rest_once(
         job: ToolJob, moto_buckets: MotoBuckets) -> None:
     keys = [f"day-{folder:02d}/part-{index:03d}" for folder in range(16) for index in range(25)]
@@ -163,8 +134,7 @@ def test_sigkill_in_the_middle_of_parallel_listing_then_a_rerun_copies_the_rest_
     put_padding(moto_buckets)
     # 6 MiB at 2 MB/s: about three seconds of copying, with the progress file saved every two.
     arguments = ["--list-concurrency", "4", "--max-workers", "4", "--max-bandwidth", "2MB/s", *WITHOUT_PADDING]
-    command = [sys.executable, str(TOOL), *job.args(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}",
-                                                     *arguments)]
+    command = job.command(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", *arguments)
     process = subprocess.Popen(command, env=job.env, cwd=job.workdir, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import botocore.utils
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402
+import s3_bulk_transfer as tool
 
 MiB, GiB, TiB = tool.MiB, tool.GiB, tool.TiB
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402
+import s3_bulk_transfer as tool
 
 JOB = {"source": "s3://a/", "destination": "s3://b/", "source_endpoint_url": None,
        "destination_endpoint_url": None, "filters": []}

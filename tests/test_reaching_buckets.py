@@ -23,7 +23,6 @@ bytes, metadata and tags of the copies.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ from aws_behaviour import AccessPoint, BucketInRegion, RequesterPays
 from conftest import FAKE_KEYS
 from fault_proxy import Answer, FaultProxy, Forward, Request, Seen
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import MIB, ToolJob, assert_usage_error, describe, error_lines, write_source_credentials
+from toolcli import ToolJob, assert_usage_error, describe, error_lines, write_source_credentials
+from units import MIB
 from uploads import body
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402  (S3Location, connect_side)
+import s3_bulk_transfer as tool  # (S3Location, connect_side)
 
 BUCKET_REGION = "eu-west-1"
 EXAMPLE_REGION = "us-east-1"  # what source_credentials.json.example said, and people copied

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,12 @@ import pytest
 from aws_behaviour import CopySourceBucketGone, IntelligentTieringArchived, KmsDenied, kms_denial_message
 from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy
-from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import MIB, ToolJob, describe, error_lines, read_progress, write_source_credentials
+from s3servers import MotoBuckets, incomplete_uploads, object_snapshot, put_objects
+from toolcli import ToolJob, describe, error_lines, read_progress, write_source_credentials
+from units import MIB
 from uploads import body
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402  (the pure rules)
+import s3_bulk_transfer as tool  # (the pure rules)
 
 
 def job_through(proxy: FaultProxy, tool_env: dict[str, str], tmp_path: Path, *, copy_mode: str = "stream") -> ToolJob:
@@ -47,11 +46,6 @@ def failures(result: Any) -> dict[str, str]:
     return {json.loads(key): reason for key, reason in found}
 
 
-def put(buckets: MotoBuckets, objects: dict[str, bytes], **arguments: Any) -> None:
-    for key, data in objects.items():
-        buckets.client.put_object(Bucket=buckets.source, Key=key, Body=data, **arguments)
-
-
 # -- KMS denials ---------------------------------------------------------------------------------
 
 
@@ -62,7 +56,7 @@ def test_kms_denials_fail_only_their_objects_with_s3s_message(
     unwritable = {f"b/unwritable-{index}": body(700 + index, seed=20 + index) for index in range(2)}
     unwritable["b/unwritable-large.bin"] = body(11 * MIB, seed=30)
     fine = {f"c/fine-{index}": body(900 + index, seed=40 + index) for index in range(3)}
-    put(moto_buckets, {**unreadable, **unwritable, **fine})
+    put_objects(moto_buckets.client, moto_buckets.source, {**unreadable, **unwritable, **fine})
     with FaultProxy(moto_buckets.endpoint_url) as proxy:
         proxy.behave(KmsDenied(reads=frozenset((moto_buckets.source, key) for key in unreadable),
                                writes=frozenset((moto_buckets.dest, key) for key in unwritable)))
@@ -92,7 +86,8 @@ def test_kms_denials_fail_only_their_objects_with_s3s_message(
 
 def test_a_vanished_copy_source_bucket_is_named_as_the_source(
         moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> None:
-    put(moto_buckets, {"small-0": b"zero", "small-1": b"one", "large.bin": body(11 * MIB, seed=1)})
+    put_objects(moto_buckets.client, moto_buckets.source,
+                {"small-0": b"zero", "small-1": b"one", "large.bin": body(11 * MIB, seed=1)})
     with FaultProxy(moto_buckets.endpoint_url) as proxy:
         proxy.behave(CopySourceBucketGone(moto_buckets.source))
         job = job_through(proxy, tool_env, tmp_path, copy_mode="server-side")
@@ -114,9 +109,11 @@ def test_a_vanished_copy_source_bucket_is_named_as_the_source(
 def archived(moto_buckets: MotoBuckets) -> dict[str, str]:
     """Two archived Intelligent-Tiering objects (one above the multipart threshold), one in its
     Frequent Access tier, and two STANDARD objects; the archived ones' tiers."""
-    put(moto_buckets, {"archived/large.bin": body(11 * MIB, seed=2), "archived/small.txt": b"deep",
-                       "tiering/frequent.txt": b"readable"}, StorageClass="INTELLIGENT_TIERING")
-    put(moto_buckets, {"standard/a.txt": b"a", "standard/b.bin": body(7 * MIB, seed=3)})
+    put_objects(moto_buckets.client, moto_buckets.source,
+                {"archived/large.bin": body(11 * MIB, seed=2), "archived/small.txt": b"deep",
+                 "tiering/frequent.txt": b"readable"}, StorageClass="INTELLIGENT_TIERING")
+    put_objects(moto_buckets.client, moto_buckets.source,
+                {"standard/a.txt": b"a", "standard/b.bin": body(7 * MIB, seed=3)})
     return {"archived/large.bin": "ARCHIVE_ACCESS", "archived/small.txt": "DEEP_ARCHIVE_ACCESS"}
 
 

@@ -18,38 +18,37 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import hashlib
 import json
 import os
 import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from botocore.client import BaseClient
+from conftest import FAKE_KEYS
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 import toolcli
-from toolcli import engine_args
+from toolcli import (
+    POLL_SECONDS,
+    RUN_TIMEOUT,
+    WAIT_SECONDS,
+    ToolJob,
+    copied_keys,
+    done_per_progress_file,
+    write_source_credentials,
+)
+from units import KIB, MIB
+from uploads import md5_hex
 
-TOOL = Path(__file__).resolve().parent.parent / "s3_bulk_transfer.py"
-
-KIB = 1024
-MIB = 1024 * KIB
 PART_SIZE = 5 * MIB
 BIG_KEY = "b/big-object.bin"
-
-WAIT_SECONDS = 60.0  # deadline for any one condition while the tool runs
-RUN_SECONDS = 120.0  # deadline for a whole run of the tool
-POLL_SECONDS = 0.02
-
-T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------------
@@ -57,152 +56,39 @@ T = TypeVar("T")
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class ToolJob:
-    """One transfer job (source bucket -> destination bucket) with its progress and log files.
+class ResumeJob(ToolJob):
+    """One transfer job (source bucket -> destination bucket), run as a process of its own each time.
 
-    Every run of the same ToolJob uses the same command line, as a person rerunning
-    "the same command" would; the log file is appended to across runs.
+    Every run of the same ResumeJob uses the same command line, as a person rerunning "the same
+    command" would (``arguments()``), so ``start()`` and ``run()`` take none; two workers, and
+    ``extra_args`` last (the last of an option wins). The log file is appended to across runs.
     """
 
-    buckets: MotoBuckets
-    workdir: Path
-    env: dict[str, str]
-    extra_args: list[str] = field(default_factory=list)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    runs: int = 0
+    def __init__(self, buckets: MotoBuckets, workdir: Path, env: dict[str, str],
+                 extra_args: list[str] | None = None) -> None:
+        credentials = write_source_credentials(workdir / "source-credentials.json", FAKE_KEYS, buckets.endpoint_url)
+        super().__init__(workdir=workdir, env=env, credentials=credentials, dest_endpoint_url=buckets.endpoint_url)
+        self.buckets = buckets
+        self.extra_args = list(extra_args or [])
 
-    def __post_init__(self) -> None:
-        self.credentials = self.workdir / "source-credentials.json"
-        self.credentials.write_text(
-            json.dumps(
-                {
-                    "aws_access_key_id": "testing",
-                    "aws_secret_access_key": "testing",
-                    "endpoint_url": self.buckets.endpoint_url,
-                }
-            )
-        )
-        self.credentials.chmod(0o600)
-        self.progress_path = self.workdir / "progress.json"
-        self.log_path = self.workdir / "transfer.log"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            str(TOOL),
-            f"s3://{self.buckets.source}",
-            f"s3://{self.buckets.dest}",
-            "--source-credentials",
-            str(self.credentials),
-            "--dest-endpoint-url",
-            self.buckets.endpoint_url,
-            "--progress-file",
-            str(self.progress_path),
-            "--log-file",
-            str(self.log_path),
-            "--chunk-size",
-            "5MiB",
-            "--multipart-threshold",
-            "6MiB",
-            "--max-workers",
-            "2",
-            # moto takes any keys, so auto would copy server-side; these tests are about streaming
-            # unless extra_args says otherwise (the last --copy-mode wins).
-            "--copy-mode",
-            "stream",
-            *engine_args(),
-            *self.extra_args,
-        ]
+    def arguments(self) -> list[str]:
+        return [f"s3://{self.buckets.source}", f"s3://{self.buckets.dest}", "--max-workers", "2", *self.extra_args]
 
     def start(self) -> subprocess.Popen[bytes]:
-        """Start a run in the background; its stdout and stderr go to files of their own."""
-        self.runs += 1
-        stdout = open(self.workdir / f"run{self.runs}.stdout", "wb")  # noqa: SIM115 - closed below
-        stderr = open(self.workdir / f"run{self.runs}.stderr", "wb")  # noqa: SIM115
-        try:
-            process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                env=self.env,
-                cwd=self.workdir,
-                # Its own session: a Ctrl-C typed at pytest must not reach it, only our signals.
-                start_new_session=True,
-            )
-        finally:
-            stdout.close()
-            stderr.close()
-        self.processes.append(process)
-        return process
-
-    def wait(self, process: subprocess.Popen[bytes]) -> int:
-        try:
-            return process.wait(timeout=RUN_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            pytest.fail(f"the tool did not finish within {RUN_SECONDS:.0f} s\n{self.diagnostics()}")
+        return super().start(*self.arguments())
 
     def run(self) -> int:
         """Run to the end; the exit code."""
         return self.wait(self.start())
 
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def log_text(self, since: int = 0) -> str:
-        """The log from byte offset ``since`` on (the lines a later run appended)."""
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as handle:
-            handle.seek(since)
-            return handle.read().decode("utf-8", errors="replace")
-
-    def progress(self) -> dict[str, Any]:
-        """The progress file as it is on disk now (must be valid JSON)."""
-        return json.loads(self.progress_path.read_text(encoding="utf-8"))
-
-    def diagnostics(self) -> str:
-        """The tail of the log and of the last run's stderr, for failure messages."""
-        log_tail = "\n".join(self.log_text().splitlines()[-40:])
-        stderr_path = self.workdir / f"run{self.runs}.stderr"
-        stderr_tail = stderr_path.read_text(errors="replace")[-3000:] if stderr_path.exists() else ""
-        return f"--- log tail ---\n{log_tail}\n--- stderr of run {self.runs} ---\n{stderr_tail}"
-
-    def wait_for(self, process: subprocess.Popen[bytes], condition: Callable[[], T], what: str,
-                 timeout: float = WAIT_SECONDS) -> T:
-        """Poll ``condition`` until it returns something truthy, which is returned.
-
-        Fails if the tool exits first or the deadline passes; both mean the scenario
-        the test wanted to set up did not happen.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if process.poll() is not None:
-                pytest.fail(f"the tool exited (code {process.returncode}) before {what}\n{self.diagnostics()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{self.diagnostics()}")
-            time.sleep(POLL_SECONDS)
-
-    def kill_leftovers(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
 
 @pytest.fixture
-def make_job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ToolJob]]:
-    """Build the ToolJob of this test's buckets; kills any run a failed test left behind."""
-    jobs: list[ToolJob] = []
+def make_job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ResumeJob]]:
+    """Build the ResumeJob of this test's buckets; kills any run a failed test left behind."""
+    jobs: list[ResumeJob] = []
 
-    def make(*extra_args: str) -> ToolJob:
-        job = ToolJob(moto_buckets, tmp_path, tool_env, list(extra_args))
+    def make(*extra_args: str) -> ResumeJob:
+        job = ResumeJob(moto_buckets, tmp_path, tool_env, list(extra_args))
         jobs.append(job)
         return job
 
@@ -216,7 +102,6 @@ def make_job(moto_buckets: MotoBuckets, tool_env: dict[str, str], tmp_path: Path
 # ----------------------------------------------------------------------------------------
 
 _DECODER = json.JSONDecoder()
-_COPIED = re.compile(r" INFO copied ")
 _STARTED = re.compile(r" INFO started multipart upload of ")
 _RESUMING = re.compile(r" INFO resuming multipart upload of ")
 _ABORTED = re.compile(r" INFO aborted multipart upload of ")
@@ -231,11 +116,6 @@ def keys_after(pattern: re.Pattern[str], text: str) -> list[str]:
             key, _ = _DECODER.raw_decode(line, match.end())
             keys.append(key)
     return keys
-
-
-def copied_keys(text: str) -> list[str]:
-    """Keys of the ``copied "KEY" SIZE in S s`` lines, in log order (duplicates kept)."""
-    return keys_after(_COPIED, text)
 
 
 def resume_lines(text: str) -> dict[str, tuple[int, int]]:
@@ -319,29 +199,7 @@ def parts_on_server(client: BaseClient, bucket: str, key: str) -> Callable[[], d
     return condition
 
 
-def md5_of(body: bytes) -> str:
-    return hashlib.md5(body).hexdigest()  # content comparison, not security
-
-
-def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str]:
-    """The keys a progress file counts as done: in their key range (after < key <= through), at or
-    below its watermark and not failed, or listed as done beyond it."""
-    resume = progress["resume"]
-    failed = set(resume["failed"])
-
-    def counted(key: str, key_range: dict[str, Any]) -> bool:
-        watermark = key_range["watermark"]
-        return key in key_range["done_beyond_watermark"] or (
-            watermark is not None and key <= watermark and key not in failed)
-
-    return {
-        key for key in keys for key_range in resume["ranges"]
-        if (key_range["after"] is None or key > key_range["after"])
-        and (key_range["through"] is None or key <= key_range["through"]) and counted(key, key_range)
-    }
-
-
-def assert_fully_copied(job: ToolJob) -> None:
+def assert_fully_copied(job: ResumeJob) -> None:
     """The destination equals the source (bytes, headers, metadata, tags) and nothing is left open."""
     client, buckets = job.buckets.client, job.buckets
     assert object_snapshot(client, buckets.dest) == object_snapshot(client, buckets.source)
@@ -353,7 +211,7 @@ def assert_fully_copied(job: ToolJob) -> None:
     assert final["resume"]["failed"] == {}
 
 
-def interrupt_during_multipart(job: ToolJob, *, min_copied: int = 1) -> tuple[int, dict[int, str]]:
+def interrupt_during_multipart(job: ResumeJob, *, min_copied: int = 1) -> tuple[int, dict[int, str]]:
     """Start a run and send SIGINT once some objects are copied and the multipart upload of
     BIG_KEY has some parts but is not complete. Returns (exit code, parts seen before the signal)."""
     client, dest = job.buckets.client, job.buckets.dest
@@ -372,7 +230,7 @@ def interrupt_during_multipart(job: ToolJob, *, min_copied: int = 1) -> tuple[in
 # ----------------------------------------------------------------------------------------
 
 
-def test_sigint_then_rerun_resumes_without_recopying(make_job: Callable[..., ToolJob]) -> None:
+def test_sigint_then_rerun_resumes_without_recopying(make_job: Callable[..., ResumeJob]) -> None:
     job = make_job()
     client, buckets = job.buckets.client, job.buckets
     objects = mixed_objects(seed=1)
@@ -420,7 +278,7 @@ def test_sigint_then_rerun_resumes_without_recopying(make_job: Callable[..., Too
 
 
 def test_sigkill_then_rerun_copies_exactly_what_the_file_does_not_count_done(
-    make_job: Callable[..., ToolJob],
+    make_job: Callable[..., ResumeJob],
 ) -> None:
     job = make_job()
     client, buckets = job.buckets.client, job.buckets
@@ -454,7 +312,7 @@ def test_sigkill_then_rerun_copies_exactly_what_the_file_does_not_count_done(
 # ----------------------------------------------------------------------------------------
 
 
-def watch_progress_file(job: ToolJob) -> dict[str, Any]:
+def watch_progress_file(job: ResumeJob) -> dict[str, Any]:
     """Run the job to the end while reading its progress file every ~20 ms.
 
     Returns the exit code, how many reads parsed, every read that did not parse, the
@@ -468,7 +326,7 @@ def watch_progress_file(job: ToolJob) -> dict[str, Any]:
     while True:
         finished = process.poll() is not None
         try:
-            text = job.progress_path.read_text(encoding="utf-8")
+            text = job.progress_file.read_text(encoding="utf-8")
         except FileNotFoundError:
             text = None
         if text is not None:
@@ -500,7 +358,7 @@ def test_progress_file_is_always_valid_and_bounded(
         put_objects(buckets.client, buckets.source, {key: os.urandom(1 * KIB) for key in keys})
         workdir = tmp_path / f"job-{count}"
         workdir.mkdir()
-        job = ToolJob(buckets, workdir, tool_env)
+        job = ResumeJob(buckets, workdir, tool_env)
         try:
             results[count] = watch_progress_file(job)
         finally:
@@ -533,7 +391,7 @@ def test_progress_file_is_always_valid_and_bounded(
 
 
 @pytest.mark.parametrize("second_run", ["stream", "server-side", "the other engine"])
-def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[..., ToolJob], second_run: str) -> None:
+def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[..., ResumeJob], second_run: str) -> None:
     # The rerun may copy the missing parts either way: the parts a streaming run uploaded are kept,
     # whichever engine (--engine) uploaded them, since the part plan and the progress file are the same.
     job = make_job()
@@ -583,7 +441,7 @@ def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[...,
     assert head["ETag"].strip('"').endswith(f"-{total_parts}")
     assert head["ContentLength"] == len(body)
     assert_fully_copied(job)
-    assert object_snapshot(client, buckets.dest)[BIG_KEY]["md5"] == md5_of(body)
+    assert object_snapshot(client, buckets.dest)[BIG_KEY]["md5"] == md5_hex(body)
 
 
 # ----------------------------------------------------------------------------------------
@@ -593,7 +451,7 @@ def test_multipart_upload_resumes_from_its_missing_parts(make_job: Callable[...,
 
 @pytest.mark.parametrize("change", ["rewritten", "shrunk_below_threshold", "deleted"])
 def test_source_changed_between_runs_discards_the_old_upload(
-    make_job: Callable[..., ToolJob], change: str
+    make_job: Callable[..., ResumeJob], change: str
 ) -> None:
     job = make_job()
     client, buckets = job.buckets.client, job.buckets
@@ -631,7 +489,7 @@ def test_source_changed_between_runs_discards_the_old_upload(
         return
     assert BIG_KEY in copied_keys(run2_log)
     dest_snapshot = object_snapshot(client, buckets.dest, prefix=BIG_KEY)
-    assert dest_snapshot[BIG_KEY]["md5"] == md5_of(new_body)
+    assert dest_snapshot[BIG_KEY]["md5"] == md5_hex(new_body)
     assert dest_snapshot[BIG_KEY]["metadata"] == {"version": "2"}
     if change == "rewritten":
         assert BIG_KEY in keys_after(_ABORTED, run2_log)
@@ -645,7 +503,7 @@ def test_source_changed_between_runs_discards_the_old_upload(
 # ----------------------------------------------------------------------------------------
 
 
-def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[..., ToolJob]) -> None:
+def test_second_ctrl_c_exits_at_once_with_valid_progress(make_job: Callable[..., ResumeJob]) -> None:
     # A proxy holds the answer to the GET of part 5, which the four workers reach only once parts
     # are done, and every request after it (aws_behaviour.Hold): the part in flight when the first
     # Ctrl-C comes can never finish, so only the second Ctrl-C ends the run.
@@ -694,18 +552,18 @@ KILL_MOMENTS = 12
 KILL_KINDS = ("after a random time", "during a multipart upload", "during a progress write")
 
 
-def temporary_progress_files(job: ToolJob) -> list[str]:
-    prefix = f".{job.progress_path.name}."
+def temporary_progress_files(job: ResumeJob) -> list[str]:
+    prefix = f".{job.progress_file.name}."
     return [name for name in os.listdir(job.workdir) if name.startswith(prefix) and name.endswith(".tmp")]
 
 
-def open_upload_with_parts(job: ToolJob) -> bool:
+def open_upload_with_parts(job: ResumeJob) -> bool:
     client, dest = job.buckets.client, job.buckets.dest
     return any(upload_parts(client, dest, upload["Key"], upload["UploadId"])
                for upload in incomplete_uploads(client, dest))
 
 
-def kill_during_a_progress_write(job: ToolJob, process: subprocess.Popen[bytes], deadline: float) -> bool:
+def kill_during_a_progress_write(job: ResumeJob, process: subprocess.Popen[bytes], deadline: float) -> bool:
     """Freeze the tool the moment a temporary progress file appears; kill it if the write is still
     under way (the temporary file still there), otherwise let it go on and wait for the next write.
     SIGSTOP first, because the write takes a millisecond and a poll alone would mostly land after it."""
@@ -739,7 +597,7 @@ def test_sigkill_at_seeded_random_moments_then_reruns_until_done(
 
     with FaultProxy(moto_buckets.endpoint_url, lifetime=600) as proxy:
         # 10 MB/s keeps the copy going for about 8 s in all, so that every moment finds work to kill.
-        job = ToolJob(moto_buckets, tmp_path, tool_env,
+        job = ResumeJob(moto_buckets, tmp_path, tool_env,
                       ["--dest-endpoint-url", proxy.endpoint_url, "--max-bandwidth", "10MB/s"])
         try:
             killed: collections.Counter[str] = collections.Counter()
@@ -762,7 +620,7 @@ def test_sigkill_at_seeded_random_moments_then_reruns_until_done(
                 killed[moment] += 1
 
                 # Whatever the moment, the progress file is valid JSON (or not written yet).
-                progress = job.progress() if job.progress_path.exists() else None
+                progress = job.progress() if job.progress_file.exists() else None
                 done = done_per_progress_file(progress, sorted(objects)) if progress else set()
                 copied_by_run = set(copied_keys(job.log_text(since=log_offset)))
                 lost_done_bytes += sum(len(objects[key]) for key in copied_by_run - done)
@@ -787,7 +645,7 @@ def test_sigkill_at_seeded_random_moments_then_reruns_until_done(
 COPYING = {"GetObject", "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
 
 
-def test_a_second_run_of_the_same_job_is_refused_while_the_first_runs(make_job: Callable[..., ToolJob]) -> None:
+def test_a_second_run_of_the_same_job_is_refused_while_the_first_runs(make_job: Callable[..., ResumeJob]) -> None:
     # The first run is held at the proxy after its first copy (aws_behaviour.Hold), so it is still
     # running, whatever the machine's speed, when the second one starts; then it is let go on.
     from aws_behaviour import Hold, operation_is
@@ -805,13 +663,13 @@ def test_a_second_run_of_the_same_job_is_refused_while_the_first_runs(make_job: 
         route_through(job, proxy)
         first = job.start()
         job.wait_for(first, hold.triggered.is_set, "the first run to copy an object")
-        second = subprocess.run(job.command(), env=job.env, cwd=job.workdir, capture_output=True, text=True,
-                                timeout=RUN_SECONDS, check=False)
+        second = subprocess.run(job.command(*job.arguments()), env=job.env, cwd=job.workdir, capture_output=True,
+                                text=True, timeout=RUN_TIMEOUT, check=False)
         hold.release()
 
         assert second.returncode == 2, second.stderr
         assert "Traceback" not in second.stderr
-        assert f"Another run is using the progress file {job.progress_path} right now" in second.stderr
+        assert f"Another run is using the progress file {job.progress_file} right now" in second.stderr
         assert job.wait(first) == 0, job.diagnostics()
     copied = copied_keys(job.log_text())
     assert sorted(copied) == sorted(objects)  # each object copied once, by the first run
@@ -837,7 +695,7 @@ def part_range(number: int) -> str:
     return f"bytes={start}-{min(start + PART_SIZE, HOLD_SIZE) - 1}"
 
 
-def route_through(job: ToolJob, proxy: Any, *extra_args: str) -> None:
+def route_through(job: ResumeJob, proxy: Any, *extra_args: str) -> None:
     """Send every request of the job's next runs (both sides) through `proxy`."""
     credentials = json.loads(job.credentials.read_text())
     job.credentials.write_text(json.dumps({**credentials, "endpoint_url": proxy.endpoint_url}))
@@ -848,7 +706,7 @@ def route_through(job: ToolJob, proxy: Any, *extra_args: str) -> None:
 class HeldJob:
     """The objects of these tests, and a job whose source and destination are reached through a proxy."""
 
-    job: ToolJob
+    job: ResumeJob
     data: dict[str, bytes]
 
     def through(self, proxy: Any) -> None:
@@ -870,12 +728,12 @@ class HeldJob:
     def assert_identical(self) -> None:
         client, buckets = self.job.buckets.client, self.job.buckets
         assert {key: entry["md5"] for key, entry in object_snapshot(client, buckets.dest).items()} == {
-            key: md5_of(value) for key, value in self.data.items()}
+            key: md5_hex(value) for key, value in self.data.items()}
         assert incomplete_uploads(client, buckets.dest) == []
 
 
 @pytest.fixture
-def held(make_job: Callable[..., ToolJob]) -> HeldJob:
+def held(make_job: Callable[..., ResumeJob]) -> HeldJob:
     """A big object uploaded in one PUT (its ETag the MD5 of all of it) or in 5 MiB parts, and two small
     ones; no additional checksum (a client that adds none), so the ETag is the only proof."""
     from uploads import plain_client, upload
@@ -942,7 +800,7 @@ def test_a_part_damaged_before_a_kill_is_found_and_uploaded_again(held: HeldJob,
 
 @pytest.mark.parametrize("layout", ["one PUT", "5 MiB parts"])
 def test_a_resumed_upload_reads_again_only_the_parts_it_had_not_hashed(
-        make_job: Callable[..., ToolJob], layout: str) -> None:
+        make_job: Callable[..., ResumeJob], layout: str) -> None:
     """The digest of the parts uploaded before a kill is taken up from the progress file: the rerun
     reads the parts after it and no others (before, it read every uploaded part again to hash it: a
     5 TiB object stopped at 90% would have meant 4.5 TiB read twice). With one PUT at the source, the

@@ -43,7 +43,6 @@ from s3servers import (
     object_snapshot,
 )
 from toolcli import (
-    MIB,
     RUN_TIMEOUT,
     TOOL,
     ToolJob,
@@ -53,6 +52,7 @@ from toolcli import (
     read_progress,
     write_source_credentials,
 )
+from units import MIB
 
 # Recognisable, and new for every test session, so a match can only be a leak from this run.
 SOURCE_SECRET = f"SECRETsecretSECRET-{os.urandom(12).hex()}"

@@ -23,8 +23,7 @@ from s3servers import (
     incomplete_uploads,
     object_snapshot,
 )
-
-MIB = 1024 * 1024
+from units import MIB
 
 
 def assert_denied(operation: Callable[[], Any]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,11 @@ from aws_behaviour import SlowDownStorm
 from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy, Request, Seen
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import MIB, ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from units import MIB
 from uploads import body
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402  (the retry loop's rules)
+import s3_bulk_transfer as tool  # (the retry loop's rules)
 
 SMALL_OBJECTS = 6
 THROTTLED_TIMES = 2  # each request is refused twice, then goes through (awscrt's two attempts rely on it)

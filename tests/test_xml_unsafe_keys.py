@@ -16,7 +16,6 @@ Sizes as tests/toolcli.py sets them: 6 MiB threshold, 5 MiB parts.
 from __future__ import annotations
 
 import re
-import sys
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
@@ -30,8 +29,7 @@ from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
 from test_errors import failure_lines
 from toolcli import CHUNK_SIZE, MULTIPART_THRESHOLD, ToolJob, describe, read_progress, write_source_credentials
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402
+import s3_bulk_transfer as tool
 
 GiB = 1024**3
 

@@ -17,19 +17,20 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 from s3servers import Identity
+from units import MIB
+
+import s3_bulk_transfer as tool
 
 TOOL = Path(__file__).resolve().parent.parent / "s3_bulk_transfer.py"
-sys.path.insert(0, str(TOOL.parent))
-import s3_bulk_transfer as tool  # noqa: E402
-
-KIB = 1024
-MIB = 1024 * KIB
 
 # Small parts keep multipart objects at 10-25 MiB, which moto writes in well under a second.
 CHUNK_SIZE = 5 * MIB
@@ -41,6 +42,10 @@ SIZE_ARGS = ["--chunk-size", "5MiB", "--multipart-threshold", "6MiB", "--max-wor
 ENGINE: str | None = None
 
 RUN_TIMEOUT = 300  # seconds; a deadline for a hung run, not a performance assertion
+WAIT_SECONDS = 60.0  # deadline for any one condition while a started run goes on
+POLL_SECONDS = 0.02
+
+T = TypeVar("T")
 
 # A log line for one copied object: `... INFO copied "KEY" 1.0 KiB in ...`, the key JSON-encoded.
 _COPIED_LINE = re.compile(r' INFO copied ("(?:[^"\\]|\\.)*") ')
@@ -138,12 +143,32 @@ def read_progress(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def done_per_progress_file(progress: dict[str, Any], keys: list[str]) -> set[str]:
+    """The keys a progress file counts as done: in their key range (after < key <= through), at or
+    below its watermark and not failed, or listed as done beyond it."""
+    resume = progress["resume"]
+    failed = set(resume["failed"])
+
+    def counted(key: str, key_range: dict[str, Any]) -> bool:
+        watermark = key_range["watermark"]
+        return key in key_range["done_beyond_watermark"] or (
+            watermark is not None and key <= watermark and key not in failed)
+
+    return {
+        key for key in keys for key_range in resume["ranges"]
+        if (key_range["after"] is None or key > key_range["after"])
+        and (key_range["through"] is None or key <= key_range["through"]) and counted(key, key_range)
+    }
+
+
 @dataclass
 class ToolJob:
     """The fixed parts of one job's command line: credentials, endpoints, sizes, progress and log files.
 
     ``run(source_uri, destination_uri, *extra)`` adds them, so each test's command line shows
-    only what the test is about.
+    only what the test is about. ``start`` runs the same command line as a process of its own, for
+    the tests that signal, stop or kill the tool; ``wait`` and ``wait_for`` watch it with deadlines
+    that fail the test with the log's tail.
     """
 
     workdir: Path
@@ -155,6 +180,7 @@ class ToolJob:
     copy_mode: str = "stream"
     progress_file: Path = field(init=False)
     log_file: Path = field(init=False)
+    processes: list[subprocess.Popen[bytes]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.progress_file = self.workdir / "progress.json"
@@ -177,5 +203,85 @@ class ToolJob:
     def run(self, source_uri: str, destination_uri: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return run_tool(self.args(source_uri, destination_uri, *extra), env=self.env, cwd=self.workdir)
 
-    def log_text(self) -> str:
-        return self.log_file.read_text(encoding="utf-8") if self.log_file.exists() else ""
+    def command(self, source_uri: str, destination_uri: str, *extra: str) -> list[str]:
+        """The command line of a process of its own: ``python s3_bulk_transfer.py ARGS``."""
+        return [sys.executable, str(TOOL), *self.args(source_uri, destination_uri, *extra)]
+
+    def start(self, source_uri: str, destination_uri: str, *extra: str) -> subprocess.Popen[bytes]:
+        """Start a run as a process of its own; its stdout and stderr go to files of their own."""
+        run = len(self.processes) + 1
+        stdout = open(self.workdir / f"run{run}.stdout", "wb")  # noqa: SIM115 - closed below
+        stderr = open(self.workdir / f"run{run}.stderr", "wb")  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                self.command(source_uri, destination_uri, *extra),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env=self.env,
+                cwd=self.workdir,
+                # Its own session: a Ctrl-C typed at pytest must not reach it, only the test's signals.
+                start_new_session=True,
+            )
+        finally:
+            stdout.close()
+            stderr.close()
+        self.processes.append(process)
+        return process
+
+    def wait(self, process: subprocess.Popen[bytes]) -> int:
+        """The exit code of a started run, once it ends."""
+        try:
+            return process.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"the tool did not finish within {RUN_TIMEOUT} s\n{self.diagnostics()}")
+
+    def wait_for(self, process: subprocess.Popen[bytes], condition: Callable[[], T], what: str,
+                 timeout: float = WAIT_SECONDS) -> T:
+        """Poll ``condition`` until it returns something truthy, which is returned.
+
+        Fails if the tool exits first or the deadline passes; both mean the scenario
+        the test wanted to set up did not happen.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if process.poll() is not None:
+                pytest.fail(f"the tool exited (code {process.returncode}) before {what}\n{self.diagnostics()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{self.diagnostics()}")
+            time.sleep(POLL_SECONDS)
+
+    def kill_leftovers(self) -> None:
+        """Kill the started runs a failed test left behind."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    def log_size(self) -> int:
+        return self.log_file.stat().st_size if self.log_file.exists() else 0
+
+    def log_text(self, since: int = 0) -> str:
+        """The log from byte offset ``since`` on (the lines a later run appended)."""
+        if not self.log_file.exists():
+            return ""
+        with open(self.log_file, "rb") as handle:
+            handle.seek(since)
+            return handle.read().decode("utf-8", errors="replace")
+
+    def progress(self) -> dict[str, Any]:
+        """The progress file as it is on disk now (must be valid JSON)."""
+        return read_progress(self.progress_file)
+
+    def diagnostics(self) -> str:
+        """The tail of the log and of the last started run's stderr, for failure messages."""
+        log_tail = "\n".join(self.log_text().splitlines()[-40:])
+        run = len(self.processes)
+        stderr_path = self.workdir / f"run{run}.stderr"
+        stderr_tail = stderr_path.read_text(errors="replace")[-3000:] if stderr_path.exists() else ""
+        return f"--- log tail ---\n{log_tail}\n--- stderr of run {run} ---\n{stderr_tail}"

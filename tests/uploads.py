@@ -21,9 +21,6 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from conftest import FAKE_KEYS
 
-KIB = 1024
-MIB = 1024 * KIB
-
 # A log line for one copied object ends with how it was verified:
 #   ... INFO copied "KEY" 20.0 MiB in 0.52 s (38.3 MiB/s), verified by etag
 _VERIFIED_LINE = re.compile(r' INFO copied ("(?:[^"\\]|\\.)*") .*, verified by (\S+)')
