@@ -36,8 +36,9 @@ SERVER_FIXTURES = frozenset({"moto_server", "seaweed"})
 # runs them once, in the crt pass, and the threads pass leaves them out (-m "not engine_independent",
 # scripts/run-tests.sh): the suite runs twice over within its time.
 ENGINE_INDEPENDENT_MODULES = frozenset({
-    "test_audit", "test_digest_and_join", "test_engines", "test_errors", "test_inventory", "test_parallel_listing",
-    "test_planning", "test_progress_store", "test_servers", "test_tag_access",
+    "test_audit", "test_digest_and_join", "test_docs", "test_engines", "test_errors", "test_inventory",
+    "test_library_seams", "test_parallel_listing", "test_planning", "test_progress_store", "test_servers",
+    "test_tag_access",
 })
 
 

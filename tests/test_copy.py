@@ -20,7 +20,6 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
 from botocore.client import BaseClient
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot, put_objects
 from toolcli import (

@@ -147,7 +147,7 @@ def test_server_side_needs_both_buckets_on_one_endpoint(accounts: CrossAccount) 
 
 
 def headers_of_every_kind(index: int) -> dict[str, Any]:
-    """Every header the tool promises to carry over (README, "Preserved"), with metadata and tags."""
+    """Every header the tool promises to carry over (docs/design.md, "Preserved"), with metadata and tags."""
     return {"ContentType": "text/x-test", "ContentEncoding": "identity", "ContentDisposition": f'attachment; n="{index}"',
             "ContentLanguage": "de-CH", "CacheControl": "max-age=60", "WebsiteRedirectLocation": f"/elsewhere/{index}",
             "Expires": datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),

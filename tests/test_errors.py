@@ -10,7 +10,7 @@ created (or an existing one was left byte for byte as it was).
 Hostile or impossible objects (a key with "." or ".." segments, an object over
 S3's limit of 10,000 parts of 5 GiB) are refused one by one instead: the run copies the others
 and exits 1, and nothing at all is written for the refused ones.
-README.md's "Mistakes the tool catches" names the test for each mistake.
+tests/README.md's "Mistakes the tool catches" names the test for each mistake.
 """
 
 from __future__ import annotations

@@ -19,8 +19,7 @@ import botocore.awsrequest
 import botocore.credentials
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_bulk_transfer as tool  # noqa: E402
+import s3_bulk_transfer as tool
 
 
 def role_metadata(access_key: str) -> dict[str, str]:
