@@ -559,8 +559,13 @@ def temporary_progress_files(job: ResumeJob) -> list[str]:
 
 def open_upload_with_parts(job: ResumeJob) -> bool:
     client, dest = job.buckets.client, job.buckets.dest
-    return any(upload_parts(client, dest, upload["Key"], upload["UploadId"])
-               for upload in incomplete_uploads(client, dest))
+    for upload in incomplete_uploads(client, dest):
+        try:
+            if upload_parts(client, dest, upload["Key"], upload["UploadId"]):
+                return True
+        except client.exceptions.NoSuchUpload:
+            continue  # the tool completed it between the listing and ListParts: it has no parts open now
+    return False
 
 
 def kill_during_a_progress_write(job: ResumeJob, process: subprocess.Popen[bytes], deadline: float) -> bool:
