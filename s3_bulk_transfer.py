@@ -3984,11 +3984,11 @@ def discard_progress(path: Path, destination: ConnectedSide) -> None:
         saved = read_progress_file(path)
     except ConfigurationError:
         saved = None
-    for key, record in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
+    for key, entry in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
         try:
             destination.retries.call(lambda: destination.client.abort_multipart_upload(
-                Bucket=destination.bucket, Key=record["destination_key"], UploadId=record["upload_id"]
-            ), what=f"AbortMultipartUpload of {record['destination_key']}")
+                Bucket=destination.bucket, Key=entry["destination_key"], UploadId=entry["upload_id"]
+            ), what=f"AbortMultipartUpload of {entry['destination_key']}")
             LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
             LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
