@@ -496,9 +496,9 @@ def explain_error(error: BaseException, *, access: SideAccess, bucket: str, acti
         return f"The {access.role} credentials ({access.origin}) were refused: {CREDENTIAL_ERROR_CODES[code]}."
     if kind is ErrorKind.KMS_DENIED:
         kms = kms_permission_denied(error)
-        return (f"Access denied by AWS KMS: the {access.role} credentials ({access.origin}) may not use {kms} with the KMS "
-                f"key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to them, in the "
-                "key's policy (and in their IAM policy when the key is another account's).")
+        return (f"Access denied by AWS KMS: the {access.role} credentials ({access.origin}) may not use {kms} "
+                f"with the KMS key of {where} (S3: {error_detail(error, 'Message')}); grant {kms} on that key to "
+                "them, in the key's policy (and in their IAM policy when the key is another account's).")
     if kind is ErrorKind.DENIED:
         return (
             f"Access denied: the {access.role} credentials ({access.origin}) may not {action} on {where}; "
@@ -2342,7 +2342,8 @@ def _open_manifest(location: str, source: ConnectedSide) -> Inventory:
 
 def is_wanted(relative_key: str, config: RunSettings) -> bool:
     """Whether --include/--exclude and --shard keep a key (relative to its side's prefix)."""
-    return is_selected(relative_key, config.job.filters) and (config.job.shard is None or config.job.shard.owns(relative_key))
+    shard = config.job.shard
+    return is_selected(relative_key, config.job.filters) and (shard is None or shard.owns(relative_key))
 
 
 def selected_objects(objects: Iterable[ListedObject], config: RunSettings, *,
@@ -2363,8 +2364,8 @@ def selected_objects(objects: Iterable[ListedObject], config: RunSettings, *,
                                                action="s3:ListBucket")) from None
 
 
-def source_objects(config: RunSettings, source: ConnectedSide, start_after: Optional[str], through: Optional[str] = None,
-                   *, inventory: Optional[Inventory], on_missing: Callable[[str], None],
+def source_objects(config: RunSettings, source: ConnectedSide, start_after: Optional[str],
+                   through: Optional[str] = None, *, inventory: Optional[Inventory], on_missing: Callable[[str], None],
                    need_etag: bool = True) -> Iterator[ListedObject]:
     """The selected source objects in key order, after start_after and up to through: listed with
     ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
@@ -3018,8 +3019,9 @@ class IntegrityPlanner:
         every part when those two do not describe equal parts (up to LAYOUT_PROBE_LIMIT parts).
 
         Server quirk (moto): moto answers HeadObject(PartNumber) with the part's own ETag, which would
-        fail an If-Match of the object's; so none is sent, to S3 either. A version that changed since is caught anyway: its sizes would not add up,
-        or the If-Match of the ranged GETs fails, or the bytes do not hash to the ETag.
+        fail an If-Match of the object's; so none is sent, to S3 either. A version that changed since
+        is caught anyway: its sizes would not add up, or the If-Match of the ranged GETs fails, or the
+        bytes do not hash to the ETag.
         """
 
         def part_head(number: int) -> dict[str, Any]:
@@ -3596,7 +3598,8 @@ class SplitTransport:
                                        content_md5=content_md5, checksum=checksum)
 
 
-def make_transport(choice: EngineChoice, source: ConnectedSide, destination: ConnectedSide, config: RunSettings) -> BodyTransport:
+def make_transport(choice: EngineChoice, source: ConnectedSide, destination: ConnectedSide,
+                   config: RunSettings) -> BodyTransport:
     engines: dict[str, BodyTransport] = {"threads": Boto3Transport(source.client, destination.client)}
     if "crt" in (choice.whole_objects, choice.parts):
         engines["crt"] = CrtTransport(source, destination, read_timeout=config.tuning.read_timeout)
@@ -3981,11 +3984,11 @@ def discard_progress(path: Path, destination: ConnectedSide) -> None:
         saved = read_progress_file(path)
     except ConfigurationError:
         saved = None
-    for key, record in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
+    for key, entry in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
         try:
             destination.retries.call(lambda: destination.client.abort_multipart_upload(
-                Bucket=destination.bucket, Key=record["destination_key"], UploadId=record["upload_id"]
-            ), what=f"AbortMultipartUpload of {record['destination_key']}")
+                Bucket=destination.bucket, Key=entry["destination_key"], UploadId=entry["upload_id"]
+            ), what=f"AbortMultipartUpload of {entry['destination_key']}")
             LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
             LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
@@ -4178,7 +4181,8 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         *([f"Skipped {status.objects_skipped:,} objects already identical in the destination."]
           if status.objects_skipped else []),
         *([(f"Not copied: {status.objects_vanished:,} objects listed no longer exist in the source (deleted "
-            f"since they were listed); each is named in {config.output.log_file}.")] if status.objects_vanished else []),
+            f"since they were listed); each is named in {config.output.log_file}.")]
+          if status.objects_vanished else []),
         *([f"Copied server-side by S3, no byte through this machine: {status.objects_server_side:,} objects "
            f"({format_size(status.bytes_server_side)})."] if status.objects_server_side else []),
         *([f"S3 answered {status.throttles:,} times that it was busy (SlowDown, or a 5xx) after the retries of "
@@ -4438,9 +4442,9 @@ class CopyServices:
     a body's request with its retries, a server-side request, the tags, the settling of a success,
     and the destination's side of an upload (is it done, abort it)."""
 
-    def __init__(self, config: RunSettings, *, source: ConnectedSide, destination: ConnectedSide, transport: BodyTransport,
-                 progress: "ProgressStore", status: "StatusReporter", run: RunStop, permissions: PermissionBreaker,
-                 copy_mode: CopyModeChoice, planner: IntegrityPlanner,
+    def __init__(self, config: RunSettings, *, source: ConnectedSide, destination: ConnectedSide,
+                 transport: BodyTransport, progress: "ProgressStore", status: "StatusReporter", run: RunStop,
+                 permissions: PermissionBreaker, copy_mode: CopyModeChoice, planner: IntegrityPlanner,
                  bandwidth: Optional[BandwidthLimit] = None) -> None:
         self.config = config
         self.source = source
@@ -5118,8 +5122,8 @@ class FailurePolicy:
     `run.fatal`). Objects to copy again wait in `restarts` for the scheduler. Called from workers and
     the main thread."""
 
-    def __init__(self, *, source: ConnectedSide, destination: ConnectedSide, progress: "ProgressStore", status: "StatusReporter",
-                 run: RunStop, permissions: PermissionBreaker) -> None:
+    def __init__(self, *, source: ConnectedSide, destination: ConnectedSide, progress: "ProgressStore",
+                 status: "StatusReporter", run: RunStop, permissions: PermissionBreaker) -> None:
         self.source = source
         self.destination = destination
         self.progress = progress
@@ -5387,7 +5391,8 @@ class TransferEngine:
             self.policy.settle(listed.key, ObjectFailure(refusal))
             return
         server_side = self.copy_mode.server_side()
-        if copied_in_one_request(destination_key, listed.size, multipart_threshold=self.config.tuning.multipart_threshold):
+        threshold = self.config.tuning.multipart_threshold
+        if copied_in_one_request(destination_key, listed.size, multipart_threshold=threshold):
             self.multipart.abort_recorded(listed.key, "the object is now copied with one request, not in parts")
             copy = self.small.copy_server_side if server_side else self.small.copy_streamed
             self.scheduler.submit(lambda: self._guarded(listed, attempt, None, copy, listed, destination_key),
@@ -5588,7 +5593,8 @@ def listed_in(objects: Iterable[ListedObject], keys: Iterable[str]) -> Iterator[
             yield listed
 
 
-def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide, inventory: Optional[Inventory] = None) -> int:
+def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide,
+          inventory: Optional[Inventory] = None) -> int:
     """--verify / --verify-only: compare both sides in one merge join and report; exit 1 on any
     missing or differing object (destination-only keys are reported but are not a discrepancy).
     With --from-inventory, the source objects compared are those of the report (as the source
@@ -5629,7 +5635,8 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
                                                    CHECKSUM_MISMATCH, DESTINATION_ONLY)}
         report.close(config, summary)
     problems = sum(counts[name] for name in DISCREPANCIES)
-    message = (f"Verify {config.job.source} -> {config.job.destination}: {counts[MATCH]:,} identical by ETag or checksum, "
+    message = (f"Verify {config.job.source} -> {config.job.destination}: {counts[MATCH]:,} identical by ETag or "
+               "checksum, "
                f"{counts[MATCH_SIZE_ONLY]:,} equal in size (ETags not comparable), {counts[MISSING]:,} missing, "
                f"{counts[SIZE_MISMATCH]:,} size mismatches, {counts[ETAG_MISMATCH]:,} ETag mismatches, "
                f"{counts[CHECKSUM_MISMATCH]:,} checksum mismatches, {counts[DESTINATION_ONLY]:,} only in the "
@@ -5957,7 +5964,8 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
     if args.copy_mode == "server-side" and not same_place:
         raise ConfigurationError(
             "--copy-mode server-side needs both buckets on one S3 endpoint: S3 cannot copy between "
-            f"{source_access.endpoint_url or 'AWS'} and {destination_access.endpoint_url or 'AWS'}. Use --copy-mode stream."
+            f"{source_access.endpoint_url or 'AWS'} and {destination_access.endpoint_url or 'AWS'}. "
+            "Use --copy-mode stream."
         )
     job = JobDefinition(source=source, destination=destination, source_access=source_access,
                         destination_access=destination_access, filters=tuple(args.filters or ()), shard=args.shard,
@@ -6036,7 +6044,8 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, inventory: Option
             counts["uncopyable"] += 1
             print(f"  cannot copy {json.dumps(listed.key, ensure_ascii=False)}: {refusal}")
             continue
-        if not copied_in_one_request(destination_key, listed.size, multipart_threshold=config.tuning.multipart_threshold):
+        if not copied_in_one_request(destination_key, listed.size,
+                                     multipart_threshold=config.tuning.multipart_threshold):
             part_size = choose_part_size(listed.size, config.tuning.chunk_size)
             counts["multipart"] += 1
             counts["multipart_bytes"] += listed.size
@@ -6060,7 +6069,8 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, inventory: Option
         print(f"  not in source: {counts['missing']:,} keys of {inventory.location if inventory else 'the listing'} "
               "no longer exist in the source")
     print(f"  memory bound: {format_size(max(config.tuning.memory_limit, largest_unit))} of object data in flight "
-          f"({config.tuning.max_workers} workers, --memory-limit {format_size(config.tuning.memory_limit)}, largest single unit "
+          f"({config.tuning.max_workers} workers, --memory-limit {format_size(config.tuning.memory_limit)}, "
+          "largest single unit "
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
     if not config.job.copy_tags:
         print("  tags:         not copied (--no-tags)")
@@ -6103,8 +6113,10 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
     # throws connections away, silently (urllib3 logs it to no one).
     source = connect_side(config.job.source_access, config.job.source.bucket,
                           max_workers=config.tuning.max_workers + config.tuning.list_concurrency,
-                          list_prefix=config.job.source.prefix, read_timeout=config.tuning.read_timeout, retries=retries)
-    destination = connect_side(config.job.destination_access, config.job.destination.bucket, max_workers=config.tuning.max_workers,
+                          list_prefix=config.job.source.prefix, read_timeout=config.tuning.read_timeout,
+                          retries=retries)
+    destination = connect_side(config.job.destination_access, config.job.destination.bucket,
+                               max_workers=config.tuning.max_workers,
                                list_prefix=config.job.destination.prefix, read_timeout=config.tuning.read_timeout,
                                retries=retries)
     inventory = open_inventory(config.job.inventory, source) if config.job.inventory else None
@@ -6138,7 +6150,8 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     progress = ProgressStore.open(config.output.progress_file, config.job.identity(), restart=config.restart)
     LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); "
              "memory bound %s%s%s%s",
-             config.job.source, config.job.destination, config.tuning.max_workers, format_size(config.tuning.chunk_size),
+             config.job.source, config.job.destination, config.tuning.max_workers,
+             format_size(config.tuning.chunk_size),
              format_size(config.tuning.multipart_threshold), engine_choice.describe(), engine_choice.reason,
              config.tuning.memory_bound(),
              f"; shard {config.job.shard}" if config.job.shard else "",
