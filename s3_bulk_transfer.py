@@ -255,14 +255,14 @@ class PartsToRecheck(Exception):
 
 class S3CallFailed(Exception):
     """An S3 request refused after every retry, with the action it needed ("s3:GetObject") and the
-    side it went to ("source", "destination"): the innermost call knows both best, and the message a
+    role of the side it went to ("source", "destination"): the innermost call knows both best, and the message a
     person reads names them. Raised from S3's answer (`cause`, a botocore ClientError), which
     classify and error_code read through it; its text is the cause's."""
 
-    def __init__(self, cause: botocore.exceptions.ClientError, *, action: str, side: str) -> None:
-        super().__init__(cause, action, side)
+    def __init__(self, cause: botocore.exceptions.ClientError, *, action: str, role: str) -> None:
+        super().__init__(cause, action, role)
         self.action = action
-        self.side = side
+        self.role = role
         self.cause = cause
 
     def __str__(self) -> str:
@@ -1382,7 +1382,7 @@ def make_s3_client(session: boto3.Session, settings: SideAccess, *, region: str,
         client.meta.events.register("before-sign.s3", functools.partial(_declare_request_payer, settings.request_payer))
     credentials = session.get_credentials()
     if isinstance(credentials, RenewableRoleCredentials):
-        renewal = RoleRenewalOnExpiry(credentials, side=settings.role)
+        renewal = RoleRenewalOnExpiry(credentials, role=settings.role)
         client.meta.events.register_first("request-created.s3", renewal.note_generation)
         client.meta.events.register_first("needs-retry.s3", renewal.retry_if_expired)
     return client
@@ -1397,9 +1397,9 @@ class RoleRenewalOnExpiry:
 
     ATTEMPTS = 3  # an attempt with a just-renewed session that is still refused will not be helped by more
 
-    def __init__(self, credentials: RenewableRoleCredentials, *, side: str) -> None:
+    def __init__(self, credentials: RenewableRoleCredentials, *, role: str) -> None:
         self.credentials = credentials
-        self.side = side
+        self.role = role
 
     def note_generation(self, request: Any, **_: Any) -> None:
         request.context["credentials_generation"] = self.credentials.generation
@@ -1419,7 +1419,7 @@ class RoleRenewalOnExpiry:
             return False
         if self.credentials.renew_unless_renewed_since(generation):
             LOG.warning("S3 called the %s role session expired (%s): renewed the %s role credentials; retrying",
-                        self.side, code, self.side)
+                        self.role, code, self.role)
         return True
 
 
@@ -2982,7 +2982,7 @@ class IntegrityPlanner:
         except botocore.exceptions.ClientError as error:
             if classify(error) is ErrorKind.SOURCE_CHANGED:
                 raise SourceChanged() from None
-            raise S3CallFailed(error, action="s3:GetObject", side="source") from error
+            raise S3CallFailed(error, action="s3:GetObject", role="source") from error
         archived = unrestored_archive(head)
         if archived:
             raise ObjectFailure(f"it is {archived}")
@@ -3411,7 +3411,7 @@ class CrtSideClient:
         self._read_timeout = read_timeout
         self._credentials = side.credentials
         self._credentials_failure: Optional[BaseException] = None
-        self._renewal = (RoleRenewalOnExpiry(side.credentials, side=side.access.role)
+        self._renewal = (RoleRenewalOnExpiry(side.credentials, role=side.access.role)
                          if isinstance(side.credentials, RenewableRoleCredentials) else None)
         tls_options = None
         if url.scheme == "https":
@@ -4478,7 +4478,7 @@ class CopyServices:
             if classify(refused) is ErrorKind.DAMAGED_UPLOAD:  # S3 refused the body every time as damaged
                 raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
                                     f"{refused}") from refused
-            raise S3CallFailed(refused, action=action, side=side.access.role) from refused
+            raise S3CallFailed(refused, action=action, role=side.access.role) from refused
         except RETRYABLE_BODY_ERRORS as broken:
             kind = "integrity mismatch: " if isinstance(broken, botocore.exceptions.FlexibleChecksumError) else ""
             raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: {kind}{broken}") from broken
@@ -4494,7 +4494,7 @@ class CopyServices:
             tags = self.retries.call(lambda: self.source.client.get_object_tagging(Bucket=self.source.bucket, Key=key),
                                      what=f"GetObjectTagging of {key}")["TagSet"]
         except botocore.exceptions.ClientError as error:
-            raise S3CallFailed(error, action="s3:GetObjectTagging", side="source") from error
+            raise S3CallFailed(error, action="s3:GetObjectTagging", role="source") from error
         self.permissions.allowed("s3:GetObjectTagging")
         return tags
 
@@ -4519,7 +4519,7 @@ class CopyServices:
                     f"credentials ({self.destination.access.origin}) to have s3:GetObject on "
                     f"s3://{self.source.bucket}/{key} (same account, or a bucket policy granting the destination "
                     "account); use --copy-mode stream to copy through this machine instead") from None
-            raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
+            raise S3CallFailed(error, action="s3:PutObject", role="destination") from error
 
     def server_side_succeeded(self) -> None:
         self.copy_mode.succeeded()
@@ -4552,7 +4552,7 @@ class CopyServices:
         except botocore.exceptions.ClientError as error:
             if classify(error) is ErrorKind.NOT_FOUND:
                 return None
-            raise S3CallFailed(error, action="s3:GetObject", side="destination") from error
+            raise S3CallFailed(error, action="s3:GetObject", role="destination") from error
         checksum = expected.get("checksum") or {}
         if head["ContentLength"] != expected["size"]:
             return None
@@ -4906,7 +4906,7 @@ class MultipartCopy:
             # upload gone: what it completed is at the destination.
             if not (classify(error) is ErrorKind.UPLOAD_GONE
                     and services.destination_holds(self.destination_key, expected)):
-                raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
+                raise S3CallFailed(error, action="s3:PutObject", role="destination") from error
         if self.server_side:
             services.server_side_succeeded()
         # Done first, then the upload forgotten: a save between the two keeps both (a rerun skips the
@@ -4938,7 +4938,7 @@ class MultipartUploads:
         try:
             check = services.planner.check(listed.key, head["ETag"], head, head["ContentLength"])
         except botocore.exceptions.ClientError as error:
-            raise S3CallFailed(error, action="s3:GetObject", side="source") from error
+            raise S3CallFailed(error, action="s3:GetObject", role="source") from error
         part_size = copy_part_size(listed, check, services.config, server_side=server_side)
         if server_side:
             check = server_side_check(check)
@@ -4968,7 +4968,7 @@ class MultipartUploads:
                 **(upload_checksum.create_arguments() if upload_checksum else {})),
                 what=f"CreateMultipartUpload of {destination_key}")
         except botocore.exceptions.ClientError as error:
-            raise S3CallFailed(error, action="s3:PutObject", side="destination") from error
+            raise S3CallFailed(error, action="s3:PutObject", role="destination") from error
         services.permissions.allowed("s3:PutObject")
         upload = UploadRecord(upload_id=created["UploadId"], destination_key=destination_key,
                               source_etag=listed.etag, size=listed.size, part_size=part_size,
@@ -5013,7 +5013,7 @@ class MultipartUploads:
             uploaded = self._uploaded_parts(copy, upload)
         except botocore.exceptions.ClientError as error:
             if classify(error) is not ErrorKind.UPLOAD_GONE:
-                raise S3CallFailed(error, action="s3:ListMultipartUploadParts", side="destination") from error
+                raise S3CallFailed(error, action="s3:ListMultipartUploadParts", role="destination") from error
             services.progress.forget_upload(listed.key)
             raise UploadGone() from None
         hashed = self._take_up_digest(copy, upload, uploaded)
@@ -5111,7 +5111,7 @@ class MultipartUploads:
 def action_and_side(error: BaseException) -> tuple[str, str]:
     """The action and side an S3CallFailed names; ("", "") for any other error."""
     if isinstance(error, S3CallFailed):
-        return error.action, error.side
+        return error.action, error.role
     return "", ""
 
 

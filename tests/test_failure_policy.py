@@ -31,10 +31,10 @@ def answer(code: str, status: int = 400, message: str = "", operation: str = "Ge
          "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
 
 
-def failed(code: str, status: int = 400, *, action: str = "s3:GetObject", side: str = "source",
+def failed(code: str, status: int = 400, *, action: str = "s3:GetObject", role: str = "source",
            message: str = "", **details: str) -> tool.S3CallFailed:
     """An S3 request refused after every retry, as the copiers raise it."""
-    return tool.S3CallFailed(answer(code, status, message, **details), action=action, side=side)
+    return tool.S3CallFailed(answer(code, status, message, **details), action=action, role=role)
 
 
 KMS_MESSAGE = ("User: arn:aws:iam::1:user/x is not authorized to perform: kms:Decrypt on resource: "
@@ -146,13 +146,13 @@ def test_an_object_throttled_past_every_retry_fails_alone(run: Run) -> None:
 def test_a_vanished_source_is_no_failure_and_aborts_its_upload(run: Run) -> None:
     upload = FakeUpload()
     run.fail("a", failed("NoSuchKey", 404), upload=upload)
-    run.fail("b", failed("404", 404, side="source"))
+    run.fail("b", failed("404", 404, role="source"))
     assert run.progress.failures() == {} and run.status.objects_vanished == 2
     assert upload.aborted == ["the source object no longer exists"]
 
 
 def test_a_destination_that_answers_404_is_not_a_vanished_source(run: Run) -> None:
-    run.fail("a", failed("404", 404, action="s3:PutObject", side="destination"))
+    run.fail("a", failed("404", 404, action="s3:PutObject", role="destination"))
     assert run.status.objects_vanished == 0 and list(run.progress.failures()) == ["a"]
 
 
@@ -213,14 +213,14 @@ def test_kms_denials_fail_only_their_objects(run: Run) -> None:
 
 
 def test_refused_credentials_stop_the_run_and_blame_no_key(run: Run) -> None:
-    run.fail("a", failed("ExpiredToken", 400, action="s3:PutObject", side="destination"))
+    run.fail("a", failed("ExpiredToken", 400, action="s3:PutObject", role="destination"))
     assert run.progress.failures() == {}
     assert str(run.run.fatal) == ("The destination credentials (the destination test keys) were refused: "
                                   "credentials expired: refresh them and rerun to resume.")
 
 
 def test_a_missing_bucket_is_named_by_the_side_s3_names(run: Run) -> None:
-    run.fail("a", failed("NoSuchBucket", 404, action="s3:PutObject", side="destination", BucketName=SOURCE_BUCKET))
+    run.fail("a", failed("NoSuchBucket", 404, action="s3:PutObject", role="destination", BucketName=SOURCE_BUCKET))
     assert str(run.run.fatal) == ("The source bucket src does not exist (or is not reachable at this endpoint "
                                   "and region).")
 
