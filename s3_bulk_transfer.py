@@ -3726,12 +3726,12 @@ class ProgressStore:
     by the ranges and the work in flight, never by the bucket.
     """
 
-    def __init__(self, path: Path, job: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, path: Path, job_identity: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
         saved = saved or {}
         resume = saved.get("resume", {})
         totals = saved.get("summary", {})
         self.path = path
-        self.job = job
+        self.job_identity = job_identity
         self._lock = threading.RLock()
         # A file of one listing (no "ranges", a single watermark in "resume") is one range over every key.
         ranges = resume.get("ranges") or [{"after": None, "through": None, "watermark": resume.get("watermark"),
@@ -3754,22 +3754,22 @@ class ProgressStore:
         self._dirty = True
 
     @classmethod
-    def open(cls, path: Path, job: dict[str, Any], *, restart: bool) -> "ProgressStore":
+    def open(cls, path: Path, job_identity: dict[str, Any], *, restart: bool) -> "ProgressStore":
         """Load the progress of this job, refusing a file that belongs to another one."""
         saved = None if restart else read_progress_file(path)
-        if saved is not None and saved.get("job") != job:
+        if saved is not None and saved.get("job") != job_identity:
             theirs = saved.get("job", {})
             # Name only what differs: two jobs between the same buckets may differ in endpoint alone.
             differences = "; ".join(
-                f"{name.replace('_', ' ')} {theirs.get(name)!r} there, {job.get(name)!r} here"
-                for name in sorted(set(theirs) | set(job)) if theirs.get(name) != job.get(name)
+                f"{name.replace('_', ' ')} {theirs.get(name)!r} there, {job_identity.get(name)!r} here"
+                for name in sorted(set(theirs) | set(job_identity)) if theirs.get(name) != job_identity.get(name)
             )
             raise ConfigurationError(
                 f"The progress file {path} belongs to another job ({theirs.get('source')} -> "
                 f"{theirs.get('destination')}; {differences}). Use another --progress-file for this job, or "
                 "rerun with --restart to discard that progress and start over."
             )
-        return cls(path, job, saved)
+        return cls(path, job_identity, saved)
 
     # -- what workers and the scheduler report ---------------------------------------------
 
@@ -3952,8 +3952,8 @@ class ProgressStore:
             "format": PROGRESS_FORMAT,
             "summary": {
                 "state": self._state,
-                "source": self.job["source"],
-                "destination": self.job["destination"],
+                "source": self.job_identity["source"],
+                "destination": self.job_identity["destination"],
                 "objects_done": self._objects_done,
                 "bytes_done": self._bytes_done,
                 "bytes_done_human": format_size(self._bytes_done),
@@ -3963,7 +3963,7 @@ class ProgressStore:
                 "first_started_at": self._first_started,
                 "updated_at": _utc_now(),
             },
-            "job": self.job,
+            "job": self.job_identity,
             "resume": {
                 "listing_complete": self._listing_complete,
                 "ranges": [state.document() for state in self._ranges],

@@ -267,10 +267,10 @@ def test_the_engine_built_from_its_parts_copies_small_and_multipart_objects(
     run = tool.RunStop(stopping)
     permissions = tool.PermissionBreaker()
     copy_mode = tool.CopyModeChoice("stream", unavailable="")
+    engine = tool.choose_engine(config.tuning.engine, (source, destination))
     services = tool.CopyServices(
         config, source=source, destination=destination, progress=progress, status=status, run=run,
-        transport=tool.make_transport(tool.choose_engine(config.tuning.engine, (source, destination)), source, destination,
-                                      config),
+        transport=tool.make_transport(engine, source, destination, config),
         permissions=permissions, copy_mode=copy_mode, planner=tool.IntegrityPlanner(source))
     policy = tool.FailurePolicy(source=source, destination=destination, progress=progress, status=status, run=run,
                                 permissions=permissions)
