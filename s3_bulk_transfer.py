@@ -255,9 +255,9 @@ class PartsToRecheck(Exception):
 
 class S3CallFailed(Exception):
     """An S3 request refused after every retry, with the action it needed ("s3:GetObject") and the
-    role of the side it went to ("source", "destination"): the innermost call knows both best, and the message a
-    person reads names them. Raised from S3's answer (`cause`, a botocore ClientError), which
-    classify and error_code read through it; its text is the cause's."""
+    role of the side it went to ("source", "destination"): the innermost call knows both best, and
+    the message a person reads names them. Raised from S3's answer (`cause`, a botocore ClientError),
+    which classify and error_code read through it; its text is the cause's."""
 
     def __init__(self, cause: botocore.exceptions.ClientError, *, action: str, role: str) -> None:
         super().__init__(cause, action, role)
@@ -375,16 +375,6 @@ def _answered(error: BaseException, codes: set[str], statuses: set[int]) -> bool
     return error_code(error) in codes or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in statuses
 
 
-def is_throttled(error: BaseException) -> bool:
-    """S3 refused the request for the rate of requests (SlowDown, 503): send it again after a pause."""
-    return _answered(error, THROTTLED_CODES, THROTTLED_STATUSES)
-
-
-def is_busy(error: BaseException) -> bool:
-    """S3 refused the request for being busy or failing inside: worth sending again later."""
-    return is_throttled(error) or _answered(error, SERVER_ERROR_CODES, SERVER_ERROR_STATUSES)
-
-
 class ErrorKind(enum.Enum):
     """What an error means, as classify reads it; what each means for an object and for the run is
     the failure policy's (FailurePolicy), and for sending it again, Retries'."""
@@ -424,9 +414,9 @@ FATAL_KINDS = {ErrorKind.CREDENTIALS, ErrorKind.MISSING_BUCKET}
 def classify(error: BaseException) -> ErrorKind:
     """What an error means: S3's answer (through an S3CallFailed too) by its status for throttling and
     failures inside, else by its code (ERROR_CODE_TABLE); botocore's own errors by their type."""
-    if is_throttled(error):
+    if _answered(error, THROTTLED_CODES, THROTTLED_STATUSES):
         return ErrorKind.THROTTLED
-    if is_busy(error):
+    if _answered(error, SERVER_ERROR_CODES, SERVER_ERROR_STATUSES):
         return ErrorKind.SERVER_ERROR
     answer = s3_answer(error)
     if isinstance(answer, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
@@ -440,6 +430,11 @@ def classify(error: BaseException) -> ErrorKind:
     if isinstance(answer, RETRYABLE_BODY_ERRORS):
         return ErrorKind.BROKEN_BODY
     return ErrorKind.OTHER
+
+
+def is_busy(error: BaseException) -> bool:
+    """S3 refused the request for being busy or failing inside: worth sending again later."""
+    return classify(error) in (ErrorKind.THROTTLED, ErrorKind.SERVER_ERROR)
 
 
 def kms_permission_denied(error: BaseException) -> Optional[str]:
@@ -544,7 +539,7 @@ class Retries:
     """The tool's one retry loop, around requests that botocore (or awscrt) has already retried as far
     as its own attempts and retry quota allow. A request is sent again, after backoff_delay:
 
-    * while S3 throttles it (is_throttled: SlowDown, 503): for as long as any request of the run
+    * while S3 throttles it (SlowDown, 503): for as long as any request of the run
       succeeds, so that no object fails for throttling while the run makes progress. Only once
       nothing at all has succeeded for THROTTLE_PATIENCE is it given up.
     * while S3 fails inside (InternalError, 500, 502, 504): up to SERVER_ERROR_ATTEMPTS attempts.
