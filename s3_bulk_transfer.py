@@ -19,11 +19,13 @@ How the data moves
                or, when the destination's keys may read the source (--copy-mode), the same plan
                with CopyObject and UploadPartCopy: S3 moves the bytes, none pass through here
       -> --max-bandwidth: one token bucket before every GET, shared by all workers
-      -> a pool of --max-workers threads; every part and every small object is one unit of work,
-         so the parts of one large object spread across the whole pool
+      -> at most --max-workers units of work in flight, a unit being one part or one small object, so
+         the parts of one large object spread across all of them
       -> the bodies' GETs and PUTs go through one of two engines (--engine): crt, awscrt's S3 client
-         (signing, HTTP and retries in C; the worker waits), or threads, boto3 in the worker itself;
-         listing, multipart bookkeeping and server-side copies are boto3's under both
+         (signing, HTTP and retries in C), or threads, boto3 in a worker thread that waits; under
+         crt, small objects move from awscrt's completion callbacks (a GET's starts its PUT, a PUT's
+         the next GET) and a worker takes over only what needs waiting: tags, a retry; listing,
+         multipart bookkeeping and server-side copies are boto3's under both
       -> the progress store: per key range a watermark in key order and the few keys done beyond it;
          failed keys, and every multipart upload in flight with its digest so far ->
          transfer_progress.json (atomic rewrite, every 2 s and before each completion; one run per
@@ -62,8 +64,9 @@ Sections, in the order data moves
     (awscrt), what each object carries (ObjectAttributes)
  9. Progress and resume: ProgressStore, the progress file, its lock
 10. Status: the log, the live status line, the final report
-11. The transfer engine: UnitScheduler, FailurePolicy, SmallObjectCopier, MultipartUploads and
-    MultipartCopy over CopyServices, composed by TransferEngine (build_engine)
+11. The transfer engine: UnitScheduler, FailurePolicy, SmallObjectCopier (and its callback-driven
+    SmallObjectPipeline), MultipartUploads and MultipartCopy over CopyServices, composed by
+    TransferEngine (build_engine)
 12. Comparing source and destination: the merge join behind --verify, --verify-only,
     --skip-existing and --report
 13. Command line: argparse, build_settings, the dry run, signals, main
@@ -561,12 +564,20 @@ class Retries:
         self._clock = clock
         self._last_success = clock()  # of any request of the run: one float, replaced whole
 
-    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False) -> T:
-        """`operation()`, sent again as long as the rules above allow; `what` names it in the log."""
+    def call(self, operation: Callable[[], T], *, what: str, retry_bodies: bool = False,
+             failed_once: Optional[BaseException] = None) -> T:
+        """`operation()`, sent again as long as the rules above allow; `what` names it in the log.
+        `failed_once` is an attempt made already (by SmallObjectPipeline) and the error it came to:
+        counted as the first attempt when the rules would send it again; otherwise the operation is
+        simply tried, since that error may be one the request mends itself (an expired role session)."""
         attempt = throttled = failed_inside = 0
+        earlier = failed_once if failed_once is not None and self.would_retry(failed_once, retry_bodies) else None
         while True:
             error: BaseException
             try:
+                if earlier is not None:
+                    error, earlier = earlier, None
+                    raise error
                 result = operation()
             except botocore.exceptions.ClientError as refused:
                 kind = classify(refused)
@@ -598,6 +609,19 @@ class Retries:
             LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
                         BODY_ATTEMPTS)
             self._wait(delay, error)
+
+    @staticmethod
+    def would_retry(error: BaseException, retry_bodies: bool) -> bool:
+        """Whether the rules above send a request that failed with `error` again."""
+        if isinstance(error, botocore.exceptions.ClientError):
+            kind = classify(error)
+            return kind in (ErrorKind.THROTTLED, ErrorKind.SERVER_ERROR) or (
+                retry_bodies and kind is ErrorKind.DAMAGED_UPLOAD)
+        return retry_bodies and isinstance(error, RETRYABLE_BODY_ERRORS)
+
+    def succeeded(self) -> None:
+        """A request of the run succeeded outside call() (SmallObjectPipeline's): S3 is not stuck."""
+        self._last_success = self._clock()
 
     def _wait_while_busy(self, error: botocore.exceptions.ClientError, *, what: str, times: int) -> None:
         idle = self._clock() - self._last_success
@@ -2993,8 +3017,8 @@ class IntegrityPlanner:
         if plain is not None:
             return IntegrityCheck("md5", plain, (max(size, 1),), checksum)
         encrypted = etag_is_opaque(response)
-        counted = re.search(r"-(\d+)$", checksum.value if checksum and checksum.composite else value)
-        layout = self.part_layout(key, size, int(counted.group(1))) if counted else None
+        counted = self.parts_counted(etag, response)
+        layout = self.part_layout(key, size, counted) if counted else None
         if checksum is not None and checksum.composite and layout is None:
             checksum = None  # a composite checksum cannot be recomputed without the part layout
         if not encrypted and re.fullmatch(r"[0-9a-f]{32}-\d+", value) and layout is not None:
@@ -3008,6 +3032,17 @@ class IntegrityPlanner:
             return IntegrityCheck("size-only", reason=f"the source's parts are of unequal sizes and more than "
                                                       f"{LAYOUT_PROBE_LIMIT:,}, too many to read each one's size")
         return IntegrityCheck("size-only", reason=f"its ETag {etag} is in no format S3 documents")
+
+    @staticmethod
+    def parts_counted(etag: str, response: dict[str, Any]) -> int:
+        """How many parts the source's ETag (or composite checksum) says it was uploaded in, whose
+        layout check() must then ask the source for; 0 when it needs no request."""
+        value = etag.strip('"')
+        if plain_md5_etag(etag, response) is not None:
+            return 0
+        checksum = find_source_checksum(response, value)
+        counted = re.search(r"-(\d+)$", checksum.value if checksum and checksum.composite else value)
+        return int(counted.group(1)) if counted else 0
 
     def part_layout(self, key: str, size: int, parts_count: int) -> Optional[tuple[int, ...]]:
         """The source's part sizes, from HeadObject(PartNumber) of its first and last part, or of
@@ -3130,6 +3165,28 @@ class BodyTransport(Protocol):
     def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
                     content_md5: Optional[str], checksum: dict[str, str]) -> str: ...
 
+    # Itself, if it can also send whole objects with no thread waiting on them; else None.
+    callbacks: Optional["CallbackTransport"]
+
+
+class SentRequest(Protocol):
+    """A request of a CallbackTransport, in flight."""
+
+    def cancel_if_silent(self, now: float) -> bool: ...
+
+
+class CallbackTransport(Protocol):
+    """The whole-object calls of a BodyTransport, started without waiting: `then(outcome)` runs once
+    the request has ended, on a thread of the transport's own where nothing may wait, and
+    `outcome()` returns what the blocking call would have returned, or raises what it would have
+    raised. Each returns the request in flight, for a watchdog to cancel if it falls silent."""
+
+    def start_get_object(self, bucket: str, key: str, *, expected_size: int,
+                         then: Callable[[Callable[[], FetchedObject]], None]) -> SentRequest: ...
+
+    def start_put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any],
+                         then: Callable[[Callable[[], str]], None]) -> SentRequest: ...
+
 
 def exact_length(body: bytes, expected: int) -> bytes:
     """A GetObject body, insisting on the length S3 promised: a short body is retried."""
@@ -3145,6 +3202,8 @@ def read_exact(response: dict[str, Any], expected: int) -> bytes:
 
 class Boto3Transport:
     """BodyTransport over two boto3 clients: GETs with the source's, PUTs with the destination's."""
+
+    callbacks = None
 
     def __init__(self, source_client: Any, destination_client: Any) -> None:
         self._source = source_client
@@ -3403,7 +3462,7 @@ class CrtSideClient:
         self._path = url.path
         # What the boto3 clients add to every request (_declare_request_payer), signed by the crt client.
         self._declared = [("x-amz-request-payer", side.access.request_payer)] if side.access.request_payer else []
-        self._read_timeout = read_timeout
+        self.read_timeout = read_timeout
         self._credentials = side.credentials
         self._credentials_failure: Optional[BaseException] = None
         self._renewal = (RoleRenewalOnExpiry(side.credentials, role=side.access.role)
@@ -3450,11 +3509,13 @@ class CrtSideClient:
         self._credentials_failure = None
         return auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token or None)
 
-    def request(self, operation: str, bucket: str, key: str, parameters: dict[str, Any], *,
-                body: Optional[bytes] = None, expected_size: int = 0) -> tuple[dict[str, Any], bytes]:
-        """Send one request; its answer as boto3 would return it (less the body) and its body. An
-        error answer raises botocore's ClientError; an expired role session is renewed and retried."""
-        model = self._service.operation_model(operation)
+    def send(self, operation: str, bucket: str, key: str, parameters: dict[str, Any], *,
+             body: Optional[bytes] = None, expected_size: int = 0,
+             then: Optional[Callable[["CrtExchange"], None]] = None) -> "CrtExchange":
+        """Start one request and return at once; `then(exchange)` runs when it has ended, on crt's
+        event-loop thread (where nothing may wait on crt), or in this thread if it ended at once."""
+        from awscrt import http, s3
+
         written_headers, query = self._writers[operation].write(bucket, key, parameters)
         path = self._path + botocore.utils.percent_encode(key, safe="/~")
         if query:
@@ -3463,59 +3524,116 @@ class CrtSideClient:
                    *((name, str(value)) for name, value in written_headers.items())]
         if body is not None:
             headers.append(("Content-Length", str(len(body))))
+        exchange = CrtExchange(self, operation, allowed_silence=self.read_timeout + max(
+            len(body or b""), expected_size) / CRT_SLOWEST_EXPECTED_RATE)
+        request = http.HttpRequest(self._service.operation_model(operation).http["method"], path,
+                                   http.HttpHeaders(headers), io.BytesIO(body) if body is not None else None)
+        exchange.sent = self._client.make_request(
+            type=s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
+            on_headers=exchange.answer.on_headers, on_body=exchange.answer.on_body)
+        if then is not None:
+            exchange.sent.finished_future.add_done_callback(lambda finished: exchange.end(finished, then))
+        return exchange
+
+    def request(self, operation: str, bucket: str, key: str, parameters: dict[str, Any], *,
+                body: Optional[bytes] = None, expected_size: int = 0) -> tuple[dict[str, Any], bytes]:
+        """Send one request and wait for it: its answer as boto3 would return it (less the body) and
+        its body. An error answer raises botocore's ClientError; an expired role session is renewed
+        and the request sent again."""
         for attempt in range(1, RoleRenewalOnExpiry.ATTEMPTS + 1):
             generation = getattr(self._credentials, "generation", 0)
-            status, response_headers, received = self._exchange(
-                model.http["method"], path, headers, body, operation=operation,
-                allowed_silence=self._read_timeout + max(len(body or b""), expected_size) / CRT_SLOWEST_EXPECTED_RATE)
-            if status < 300:
-                return self._readers[operation].read(response_headers), received
-            parsed = self._parser.parse({"status_code": status, "headers": botocore.awsrequest.HeadersDict(
-                response_headers), "body": received}, model.output_shape)
-            error = botocore.exceptions.ClientError(parsed, operation)
-            if not (self._renewal and attempt < RoleRenewalOnExpiry.ATTEMPTS
-                    and self._renewal.renew_if_expired(error_code(error), generation)):
-                raise error
+            exchange = self.send(operation, bucket, key, parameters, body=body, expected_size=expected_size)
+            exchange.wait()
+            try:
+                return exchange.result()
+            except botocore.exceptions.ClientError as error:
+                if not (self._renewal and attempt < RoleRenewalOnExpiry.ATTEMPTS
+                        and self._renewal.renew_if_expired(error_code(error), generation)):
+                    raise
         raise AssertionError("unreachable")
 
-    def _exchange(self, method: str, path: str, headers: list[tuple[str, str]], body: Optional[bytes], *,
-                  operation: str, allowed_silence: float) -> tuple[int, list[tuple[str, str]], bytes]:
-        """One request through the crt client: status, headers and body of the answer, whatever its status."""
-        from awscrt import exceptions, http, s3
+    def answer_of(self, operation: str, status: int, headers: list[tuple[str, str]],
+                  body: bytes) -> tuple[dict[str, Any], bytes]:
+        """An answer as boto3 would return it (less the body) and its body; an error answer raises
+        botocore's ClientError, parsed as boto3 parses it."""
+        if status < 300:
+            return self._readers[operation].read(headers), body
+        output_shape = self._service.operation_model(operation).output_shape
+        parsed = self._parser.parse({"status_code": status, "headers": botocore.awsrequest.HeadersDict(headers),
+                                     "body": body}, output_shape)
+        raise botocore.exceptions.ClientError(parsed, operation)
 
-        answer = CrtAnswer()
-        request = http.HttpRequest(method, path, http.HttpHeaders(headers),
-                                   io.BytesIO(body) if body is not None else None)
-        sent = self._client.make_request(type=s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
-                                         on_headers=answer.on_headers, on_body=answer.on_body)
-        finished = sent.finished_future
-        while not finished.done():
-            silence = time.monotonic() - answer.last_heard
-            if silence >= allowed_silence:
-                # Held open but silent, which awscrt would wait out for ever: given up and retried,
-                # like botocore's read timeout. The server may have done it; every call here is idempotent.
-                sent.cancel()
-                if finished.exception() is not None:
-                    raise TransportError(f"{operation}: no answer from the {self.side.access.role} endpoint "
-                                         f"for {silence:.0f} s (--read-timeout {self._read_timeout:g} s)")
-                break
-            with contextlib.suppress(concurrent.futures.TimeoutError):  # woken to look at the silence again
-                finished.exception(timeout=allowed_silence - silence)
-        error = finished.exception()
+    def failure_of(self, operation: str, error: BaseException) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The S3 answer (status, headers, body) of a request that awscrt ended with `error`; raises
+        what it came to when S3 did not answer."""
+        from awscrt import exceptions, s3
+
         if isinstance(error, s3.S3ResponseError):
             return error.status_code, error.headers or [], error.body or b""
-        if error is not None:
-            # The CRT says only that signing failed, not why, nor for which request: every request
-            # that fails while the last attempt to get credentials failed is told that reason,
-            # until an attempt succeeds (a renewed role), rather than a bare transport error.
-            failure = self._credentials_failure
-            if failure is not None:
-                raise failure
-            name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
-            if name in CRT_BUSY_ERRORS:
-                return CRT_BUSY_ERRORS[name], [], b""
-            raise TransportError(f"{operation} to the {self.side.access.role} endpoint failed: {name}: {error}")
-        return answer.status, answer.headers, answer.body()
+        # The CRT says only that signing failed, not why, nor for which request: every request
+        # that fails while the last attempt to get credentials failed is told that reason,
+        # until an attempt succeeds (a renewed role), rather than a bare transport error.
+        if self._credentials_failure is not None:
+            raise self._credentials_failure
+        name = error.name if isinstance(error, exceptions.AwsCrtError) else type(error).__name__
+        if name in CRT_BUSY_ERRORS:
+            return CRT_BUSY_ERRORS[name], [], b""
+        raise TransportError(f"{operation} to the {self.side.access.role} endpoint failed: {name}: {error}")
+
+
+class CrtExchange:
+    """One request sent through a CrtSideClient: its answer as it arrives, and its outcome once it
+    has ended (result(): the answer, or the exception it came to). A request held open but silent,
+    which awscrt would wait out for ever, is cancelled (cancel_if_silent) and given up like
+    botocore's read timeout: every call sent this way is idempotent, so the caller may send it again."""
+
+    def __init__(self, client: CrtSideClient, operation: str, *, allowed_silence: float) -> None:
+        self.client = client
+        self.operation = operation
+        self.answer = CrtAnswer()
+        self.allowed_silence = allowed_silence
+        self.sent: Any = None  # the awscrt S3Request, until end() lets go of it
+        self._error: Optional[BaseException] = None  # what it ended with, once end() has let go of it
+        self._silence = 0.0  # how long it had been silent when cancelled; 0 while not
+
+    def end(self, finished: "concurrent.futures.Future[None]", then: Callable[["CrtExchange"], None]) -> None:
+        """The request has ended: its outcome kept and the request let go of (its callbacks refer
+        back to this exchange, a cycle that only the garbage collector would free, with the bodies in
+        it), then `then(self)`."""
+        self._error = finished.exception()
+        self.sent = None
+        then(self)
+
+    def cancel_if_silent(self, now: float) -> bool:
+        """Cancel the request if nothing was heard of it for longer than allowed; whether it was."""
+        sent = self.sent
+        silence = now - self.answer.last_heard
+        if sent is None or silence < self.allowed_silence or sent.finished_future.done():
+            return False
+        self._silence = silence
+        sent.cancel()
+        return True
+
+    def wait(self) -> None:
+        """Wait for the request to end, cancelling it once it has been silent for too long."""
+        finished = self.sent.finished_future
+        while not finished.done():
+            if self.cancel_if_silent(time.monotonic()):
+                finished.exception()
+                return
+            silence = time.monotonic() - self.answer.last_heard
+            with contextlib.suppress(concurrent.futures.TimeoutError):  # woken to look at the silence again
+                finished.exception(timeout=max(self.allowed_silence - silence, 0.01))
+
+    def result(self) -> tuple[dict[str, Any], bytes]:
+        """The answer of the ended request, as CrtSideClient.request returns it, or its exception."""
+        error = self._error if self.sent is None else self.sent.finished_future.exception()
+        if error is None:
+            return self.client.answer_of(self.operation, self.answer.status, self.answer.headers, self.answer.body())
+        if self._silence:
+            raise TransportError(f"{self.operation}: no answer from the {self.client.side.access.role} endpoint "
+                                 f"for {self._silence:.0f} s (--read-timeout {self.client.read_timeout:g} s)")
+        return self.client.answer_of(self.operation, *self.client.failure_of(self.operation, error))
 
 
 def keep_delegate_failures_off_stderr() -> None:
@@ -3537,20 +3655,30 @@ def keep_delegate_failures_off_stderr() -> None:
 
 
 class CrtTransport:
-    """BodyTransport over awscrt (--engine crt): each call blocks its worker while the request runs
-    in C, so the thread pool, memory budget, progress and integrity checks are the threads engine's,
-    and only the costly part of a request (signing, HTTP, TLS: most of its CPU in botocore) leaves
-    Python."""
+    """BodyTransport over awscrt (--engine crt). Each BodyTransport call blocks its worker while the
+    request runs in C, so the thread pool, memory budget, progress and integrity checks are the
+    threads engine's, and only the costly part of a request (signing, HTTP, TLS: most of its CPU in
+    botocore) leaves Python. It is also a CallbackTransport: SmallObjectPipeline sends whole
+    objects with no thread waiting on them."""
 
     def __init__(self, source: ConnectedSide, destination: ConnectedSide, *, read_timeout: float) -> None:
         self._source = CrtSideClient(source, read_timeout=read_timeout)
         self._destination = CrtSideClient(destination, read_timeout=read_timeout)
+        self.callbacks: Optional[CallbackTransport] = self
 
     def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
-        response, body = self._source.request("GetObject", bucket, key, {"ChecksumMode": "ENABLED"},
-                                              expected_size=expected_size)
+        return self._fetched(*self._source.request("GetObject", bucket, key, {"ChecksumMode": "ENABLED"},
+                                                   expected_size=expected_size))
+
+    @staticmethod
+    def _fetched(response: dict[str, Any], body: bytes) -> FetchedObject:
         return FetchedObject(body=exact_length(body, response["ContentLength"]), etag=response["ETag"],
                              response=response)
+
+    def start_get_object(self, bucket: str, key: str, *, expected_size: int,
+                         then: Callable[[Callable[[], FetchedObject]], None]) -> CrtExchange:
+        return self._source.send("GetObject", bucket, key, {"ChecksumMode": "ENABLED"}, expected_size=expected_size,
+                                 then=lambda sent: then(lambda: self._fetched(*sent.result())))
 
     def get_range(self, bucket: str, key: str, part: PartRange, *, if_match: str) -> bytes:
         _, body = self._source.request("GetObject", bucket, key,
@@ -3562,6 +3690,11 @@ class CrtTransport:
         response, _ = self._destination.request("PutObject", bucket, key, {"ContentMD5": content_md5, **arguments},
                                                 body=body)
         return response["ETag"]
+
+    def start_put_object(self, bucket: str, key: str, body: bytes, *, content_md5: str, arguments: dict[str, Any],
+                         then: Callable[[Callable[[], str]], None]) -> CrtExchange:
+        return self._destination.send("PutObject", bucket, key, {"ContentMD5": content_md5, **arguments}, body=body,
+                                      then=lambda sent: then(lambda: sent.result()[0]["ETag"]))
 
     def upload_part(self, bucket: str, key: str, *, upload_id: str, part_number: int, body: bytes,
                     content_md5: Optional[str], checksum: dict[str, str]) -> str:
@@ -3577,6 +3710,7 @@ class SplitTransport:
     def __init__(self, whole_objects: BodyTransport, parts: BodyTransport) -> None:
         self._whole = whole_objects
         self._parts = parts
+        self.callbacks = whole_objects.callbacks
 
     def get_object(self, bucket: str, key: str, *, expected_size: int) -> FetchedObject:
         return self._whole.get_object(bucket, key, expected_size=expected_size)
@@ -4007,6 +4141,34 @@ def skip_caller_lookup_in_log_records() -> None:
     logging._srcfile = None
 
 
+class BatchedLogFile(logging.FileHandler):
+    """The log file, written through the file's own buffer: flushed when a warning or worse is
+    logged, when the main thread ticks (flush_log_file) and at close, not after every line, since a
+    large bucket logs a line per object. A kill -9 may lose the lines of the last tick; what is done
+    is the progress file's word, never the log's."""
+
+    def flush(self) -> None:
+        """Called by emit() after every record: left to the buffer."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if record.levelno >= logging.WARNING:
+            self.flush_now()
+
+    def flush_now(self) -> None:
+        super().flush()
+
+    def close(self) -> None:
+        self.flush_now()
+        super().close()
+
+
+def flush_log_file() -> None:
+    for handler in LOG.handlers:
+        if isinstance(handler, BatchedLogFile):
+            handler.flush_now()
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -4229,6 +4391,10 @@ class MemoryBudget:
             self._used += cost
             self._units += 1
             return True
+
+    def try_acquire(self, cost: int) -> bool:
+        """acquire() without waiting: for callbacks, which must never block."""
+        return self.acquire(cost, timeout=0)
 
     def release(self, cost: int) -> None:
         with self._changed:
@@ -4463,12 +4629,13 @@ class CopyServices:
         if self._bandwidth is not None:
             self._bandwidth.take(amount)
 
-    def body_request(self, operation: Callable[[], T], *, what: str, action: str, side: ConnectedSide) -> T:
+    def body_request(self, operation: Callable[[], T], *, what: str, action: str, side: ConnectedSide,
+                     failed_once: Optional[BaseException] = None) -> T:
         """A GET or PUT of a body through Retries, which also sends again what botocore does not: a
         body broken after the headers arrived, or one that does not match its ETag. A unit already
         started is let finish when the run stops (Ctrl-C), but it is not retried then."""
         try:
-            return self.retries.call(operation, what=what, retry_bodies=True)
+            return self.retries.call(operation, what=what, retry_bodies=True, failed_once=failed_once)
         except botocore.exceptions.ClientError as refused:
             if classify(refused) is ErrorKind.DAMAGED_UPLOAD:  # S3 refused the body every time as damaged
                 raise ObjectFailure(f"{what} failed after {BODY_ATTEMPTS} attempts: integrity mismatch: "
@@ -4521,8 +4688,9 @@ class CopyServices:
         self.permissions.allowed(SERVER_SIDE_COPY)
 
     def object_done(self, key: str, size: int, started: float, check: IntegrityCheck, *,
-                    counted_bytes: Optional[int] = None, server_side: bool = False) -> None:
-        elapsed = max(time.monotonic() - started, 1e-6)
+                    counted_bytes: Optional[int] = None, server_side: bool = False,
+                    finished: Optional[float] = None) -> None:
+        elapsed = max((time.monotonic() if finished is None else finished) - started, 1e-6)
         self.progress.mark_done(key, size)
         self.status.object_done(size, bytes_moved=size if counted_bytes is None else counted_bytes,
                                 verified_by=check.method, server_side=server_side)
@@ -4577,15 +4745,45 @@ class SmallObjectCopier:
     def __init__(self, services: CopyServices) -> None:
         self.services = services
 
-    def copy_streamed(self, listed: ListedObject, destination_key: str) -> None:
+    def copy_streamed(self, listed: ListedObject, destination_key: str, *, started: Optional[float] = None,
+                      failed_get: Optional[BaseException] = None) -> None:
+        """GET, check, PUT. `failed_get`: what SmallObjectPipeline's GET of it came to (see Retries)."""
         services = self.services
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started
         fetched, check = services.body_request(
             lambda: self._fetch_verified(listed.key, listed.size), what=f"GET {listed.key}", action="s3:GetObject",
-            side=services.source,
+            side=services.source, failed_once=failed_get,
         )
+        self.put_checked(listed, destination_key, fetched, check, started)
+
+    def copy_fetched(self, listed: ListedObject, destination_key: str, fetched: FetchedObject, started: float) -> None:
+        """The rest of copy_streamed once a GET has returned `fetched` (SmallObjectPipeline's)."""
+        try:
+            check = self.verified(listed.key, fetched)
+        except BodyMismatch as mismatch:
+            self.copy_streamed(listed, destination_key, started=started, failed_get=mismatch)
+            return
+        self.put_checked(listed, destination_key, fetched, check, started)
+
+    def put_checked(self, listed: ListedObject, destination_key: str, fetched: FetchedObject, check: IntegrityCheck,
+                    started: float, *, failed_put: Optional[BaseException] = None) -> None:
+        """PUT a body that was checked, with its tags; `failed_put`: what SmallObjectPipeline's PUT came to."""
+        services = self.services
         tags = services.tags_if_any(listed.key, fetched.response.get("TagCount", 0))
-        arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(services.config)
+        arguments, md5_base64 = self.put_request(fetched, check, tags)
+        services.body_request(
+            lambda: services.transport.put_object(
+                services.destination.bucket, destination_key, fetched.body, content_md5=md5_base64,
+                arguments=arguments,
+            ),
+            what=f"PUT {destination_key}", action="s3:PutObject", side=services.destination, failed_once=failed_put,
+        )
+        services.object_done(listed.key, len(fetched.body), started, check)
+
+    def put_request(self, fetched: FetchedObject, check: IntegrityCheck,
+                    tags: list[dict[str, str]]) -> tuple[dict[str, Any], str]:
+        """The PutObject arguments of a checked body, and its Content-MD5."""
+        arguments = ObjectAttributes.from_response(fetched.response, tags).upload_arguments(self.services.config)
         if check.checksum is not None:
             # Sent with its value, S3 checks the body against it and keeps the source's algorithm. A
             # full-object value was just checked against these bytes: no need to compute it again.
@@ -4593,15 +4791,8 @@ class SmallObjectCopier:
             value = checksum_of(algorithm, fetched.body) if check.checksum.composite else check.checksum.value
             arguments.update({"ChecksumAlgorithm": algorithm, f"Checksum{algorithm}": value})
         # Likewise the MD5, when it is what the bytes were checked against.
-        md5_base64 = content_md5(bytes.fromhex(check.expected) if check.method == "md5" else md5_digest(fetched.body))
-        services.body_request(
-            lambda: services.transport.put_object(
-                services.destination.bucket, destination_key, fetched.body, content_md5=md5_base64,
-                arguments=arguments,
-            ),
-            what=f"PUT {destination_key}", action="s3:PutObject", side=services.destination,
-        )
-        services.object_done(listed.key, len(fetched.body), started, check)
+        return arguments, content_md5(bytes.fromhex(check.expected) if check.method == "md5"
+                                      else md5_digest(fetched.body))
 
     def _fetch_verified(self, key: str, listed_size: int) -> tuple[FetchedObject, IntegrityCheck]:
         """GET a whole object and check its bytes against its ETag and checksum; a mismatch is
@@ -4609,14 +4800,18 @@ class SmallObjectCopier:
         services = self.services
         services.throttle(listed_size)
         fetched = services.transport.get_object(services.source.bucket, key, expected_size=listed_size)
-        check = services.planner.check(key, fetched.etag, fetched.response, len(fetched.body))
+        return fetched, self.verified(key, fetched)
+
+    def verified(self, key: str, fetched: FetchedObject) -> IntegrityCheck:
+        """How the fetched body was proven; BodyMismatch when it does not match what the source says."""
+        check = self.services.planner.check(key, fetched.etag, fetched.response, len(fetched.body))
         digest = check.new_digest()
         if digest is not None:
             digest.update(fetched.body)
             mismatch = check.mismatch(digest)
             if mismatch:
                 raise BodyMismatch(mismatch)
-        return fetched, check
+        return check
 
     def copy_server_side(self, listed: ListedObject, destination_key: str) -> None:
         """CopyObject keeps metadata, headers, tags and the checksum (the COPY directives), but not the
@@ -4673,6 +4868,191 @@ class SmallObjectCopier:
             reason = ("it was copied server-side, its ETag is of a multipart upload, which a CopyObject does not "
                       "repeat, and it has no full-object checksum for S3 to compute again")
         return IntegrityCheck("size-only", reason=reason)
+
+
+class PipelinedObject:
+    """One small object in SmallObjectPipeline: where it goes, and the requests sent for it."""
+
+    __slots__ = ("listed", "destination_key", "attempt", "started", "exchanges")
+
+    def __init__(self, listed: ListedObject, destination_key: str, attempt: int) -> None:
+        self.listed = listed
+        self.destination_key = destination_key
+        self.attempt = attempt
+        self.started = 0.0
+        self.exchanges: list[SentRequest] = []  # its GET, then its PUT: what the watchdog looks at
+
+
+class SmallObjectPipeline:
+    """Small objects copied by the crt engine's completion callbacks, with no thread waiting on
+    them: a finished GET is checked (SmallObjectCopier.verified) and starts its PUT, a finished PUT
+    settles the object and starts the next queued one, within the same MemoryBudget as every unit.
+    A callback never waits: anything that needs a request of its own (tags, the source's part
+    layout) or a retry is handed to a worker (`hand_off`, with the object's budget still held),
+    which carries on with the blocking steps of SmallObjectCopier from where the callback stopped,
+    through Retries as any unit. The main thread queues the listing (`offer`, waiting while the queue
+    is full), and settles finished objects in batches (`settle_finished`: progress, status, log), so
+    the callbacks share no lock with the bookkeeping. After Ctrl-C nothing new is started; what is
+    in flight finishes, and what is queued stays pending for the rerun."""
+
+    def __init__(self, copier: SmallObjectCopier, transport: CallbackTransport, *, budget: MemoryBudget,
+                 hand_off: Callable[..., None], queue_length: int) -> None:
+        self._copier = copier
+        self._services = copier.services
+        self._transport = transport
+        self._budget = budget
+        self._hand_off = hand_off  # (listed, attempt, cost, work, *arguments): work(*arguments) on a worker
+        self._queue_length = queue_length
+        self._queued: collections.deque[PipelinedObject] = collections.deque()
+        self._in_flight: set[PipelinedObject] = set()
+        # (listed, size, started, finished, check) of copied objects, for the main thread to settle
+        self._copied: collections.deque[tuple[ListedObject, int, float, float, IntegrityCheck]] = collections.deque()
+        self._changed = threading.Condition()
+        self._main_waits = False
+
+    # -- the main thread's side
+    def offer(self, listed: ListedObject, destination_key: str, attempt: int, *, tick: Callable[[], None]) -> None:
+        """Queue one small object; wait (ticking) while the queue is full."""
+        with self._changed:
+            self._queued.append(PipelinedObject(listed, destination_key, attempt))
+        self.start_what_fits()
+        while True:
+            self.settle_finished()
+            with self._changed:
+                if len(self._queued) < self._queue_length or self._services.should_stop():
+                    return
+                self._main_waits = True
+                self._changed.wait(TICK_SECONDS)
+                self._main_waits = False
+            tick()
+
+    def settle_finished(self) -> None:
+        """Settle every object copied since the last call: progress, status line and log."""
+        services = self._services
+        while self._copied:
+            listed, size, started, finished, check = self._copied.popleft()
+            services.object_done(listed.key, size, started, check, finished=finished)
+            services.status.worker_busy(-1)
+
+    def idle(self) -> bool:
+        """Nothing in flight nor left to settle, and nothing queued unless the run stops."""
+        with self._changed:
+            return not (self._in_flight or self._copied or (self._queued and not self._services.should_stop()))
+
+    def wait(self, timeout: float) -> None:
+        """Wait until the pipeline empties, or `timeout`."""
+        with self._changed:
+            if self._in_flight:
+                self._main_waits = True
+                self._changed.wait(timeout)
+                self._main_waits = False
+
+    def finish(self) -> None:
+        """Wait for what is in flight to end (the run has stopped, or ended) and settle it."""
+        while True:
+            self.tick()
+            with self._changed:
+                if not self._in_flight:
+                    break
+            self.wait(TICK_SECONDS)
+        self.settle_finished()
+
+    def tick(self) -> None:
+        """On the scheduler's tick: settle, start what a released budget lets start, and cancel any
+        request silent for too long (CrtExchange.cancel_if_silent), whose callback then retries it."""
+        self.settle_finished()
+        self.start_what_fits()
+        now = time.monotonic()
+        with self._changed:
+            watched = [exchange for item in self._in_flight for exchange in item.exchanges]
+        for exchange in watched:
+            exchange.cancel_if_silent(now)
+
+    # -- any thread's side, crt's event-loop thread included: nothing here waits
+    def start_what_fits(self) -> None:
+        """Start the GET of each queued object the memory budget has room for, in listing order."""
+        while not self._services.should_stop():
+            with self._changed:
+                if not self._queued or not self._budget.try_acquire(self._queued[0].listed.size):
+                    return
+                item = self._queued.popleft()
+                self._in_flight.add(item)
+                if self._main_waits and len(self._queued) <= self._queue_length // 2:
+                    self._changed.notify_all()
+            self._start(item)
+
+    def _start(self, item: PipelinedObject) -> None:
+        services = self._services
+        services.status.worker_busy(+1)
+        item.started = time.monotonic()
+        try:
+            item.exchanges.append(self._transport.start_get_object(
+                services.source.bucket, item.listed.key, expected_size=item.listed.size,
+                then=lambda outcome: self._fetched(item, outcome)))
+        except Exception as error:  # noqa: BLE001 - the worker raises it, and FailurePolicy settles it
+            self._give_up(item, raise_again, error)
+
+    def _fetched(self, item: PipelinedObject, outcome: Callable[[], FetchedObject]) -> None:
+        copier, listed = self._copier, item.listed
+        try:
+            try:
+                fetched = outcome()
+            except Exception as error:  # noqa: BLE001 - retried or settled by the worker, as any GET
+                self._give_up(item, copier.copy_streamed, listed, item.destination_key, started=item.started,
+                              failed_get=error)
+                return
+            self._services.retries.succeeded()
+            tagged = fetched.response.get("TagCount", 0) and self._services.config.job.copy_tags
+            if tagged or IntegrityPlanner.parts_counted(fetched.etag, fetched.response):
+                # Tags, or the source's part layout, need a request of their own: a worker's.
+                self._give_up(item, copier.copy_fetched, listed, item.destination_key, fetched, item.started)
+                return
+            try:
+                check = copier.verified(listed.key, fetched)
+            except BodyMismatch as mismatch:
+                self._give_up(item, copier.copy_streamed, listed, item.destination_key, started=item.started,
+                              failed_get=mismatch)
+                return
+            arguments, md5_base64 = copier.put_request(fetched, check, [])
+            item.exchanges.append(self._transport.start_put_object(
+                self._services.destination.bucket, item.destination_key, fetched.body, content_md5=md5_base64,
+                arguments=arguments, then=lambda outcome: self._put(item, fetched, check, outcome)))
+        except Exception as error:  # noqa: BLE001 - a callback must not lose it: the worker raises it
+            self._give_up(item, raise_again, error)
+
+    def _put(self, item: PipelinedObject, fetched: FetchedObject, check: IntegrityCheck,
+             outcome: Callable[[], str]) -> None:
+        try:
+            outcome()
+        except Exception as error:  # noqa: BLE001 - retried or settled by the worker, as any PUT
+            self._give_up(item, self._copier.put_checked, item.listed, item.destination_key, fetched, check,
+                          item.started, failed_put=error)
+            return
+        self._services.retries.succeeded()
+        with self._changed:
+            self._in_flight.discard(item)
+            self._copied.append((item.listed, len(fetched.body), item.started, time.monotonic(), check))
+            if self._main_waits and not self._in_flight:
+                self._changed.notify_all()
+        self._budget.release(item.listed.size)
+        self.start_what_fits()
+
+    def _give_up(self, item: PipelinedObject, work: Callable[..., None], *arguments: Any, **keywords: Any) -> None:
+        """Hand the rest of an object's copy to a worker, with its memory budget; it counts as busy
+        there instead."""
+        try:
+            self._hand_off(item.listed, item.attempt, item.listed.size, lambda: work(*arguments, **keywords))
+        finally:
+            self._services.status.worker_busy(-1)
+            with self._changed:
+                self._in_flight.discard(item)
+                if self._main_waits and not self._in_flight:
+                    self._changed.notify_all()
+
+
+def raise_again(error: BaseException) -> None:
+    """A unit of work that raises what a callback caught, for FailurePolicy to settle."""
+    raise error
 
 
 class MultipartCopy:
@@ -5250,6 +5630,7 @@ class UnitScheduler:
         self._in_flight_lock = threading.Lock()
         self._stop_announced = False
         self._last_tick = 0.0
+        self.pipeline: Optional[SmallObjectPipeline] = None  # the small objects it also ticks and waits for
 
     def submit(self, work: Callable[[], None], *, cost: int) -> bool:
         """Hand one unit to the pool once a worker and `cost` bytes of the memory budget are free;
@@ -5261,19 +5642,29 @@ class UnitScheduler:
         if self._run.should_stop():
             self._budget.release(cost)
             return False
+        self.submit_reserved(work, cost=cost)
+        return True
+
+    def submit_reserved(self, work: Callable[[], None], *, cost: int) -> None:
+        """Hand the pool a unit whose `cost` is already taken from the memory budget (a small object
+        SmallObjectPipeline hands off); given back when it ends. Never waits: crt's callbacks call it."""
         future = self._pool.submit(work)
         with self._in_flight_lock:
             self._in_flight.add(future)
         future.add_done_callback(lambda finished: self._unit_finished(finished, cost))
-        return True
 
     def _unit_finished(self, future: "concurrent.futures.Future[None]", cost: int) -> None:
         with self._in_flight_lock:
             self._in_flight.discard(future)
         self._budget.release(cost)
+        if self.pipeline is not None:
+            self.pipeline.start_what_fits()
 
     def idle(self) -> bool:
-        """Whether no unit is in flight."""
+        """Whether no unit is in flight. The pipeline is asked first: it hands units to the pool
+        before it forgets them."""
+        if self.pipeline is not None and not self.pipeline.idle():
+            return False
         with self._in_flight_lock:
             return not self._in_flight
 
@@ -5281,11 +5672,17 @@ class UnitScheduler:
         """Wait until a unit in flight ends, or TICK_SECONDS; then tick."""
         with self._in_flight_lock:
             pending = set(self._in_flight)
-        concurrent.futures.wait(pending, timeout=TICK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
+        if pending or self.pipeline is None:
+            concurrent.futures.wait(pending, timeout=TICK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
+        else:
+            self.pipeline.wait(TICK_SECONDS)
         self.tick()
 
     def tick(self) -> None:
         self._last_tick = time.monotonic()
+        if self.pipeline is not None:
+            self.pipeline.tick()
+        flush_log_file()
         if self._run.stopping.is_set() and not self._stop_announced:
             self._stop_announced = True
             LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
@@ -5300,6 +5697,8 @@ class UnitScheduler:
             self.tick()
 
     def shutdown(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.finish()  # before the pool, to which its callbacks may still hand objects
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -5323,6 +5722,7 @@ class TransferEngine:
         self.progress = progress
         self.status = status
         self.run_stop = run
+        self.pipeline: Optional[SmallObjectPipeline] = None  # build_engine's, when the transport has callbacks
 
     def run(self, listing: ListingWindow, retry_keys: Iterable[str]) -> None:
         should_stop = self.run_stop.should_stop
@@ -5389,6 +5789,9 @@ class TransferEngine:
         threshold = self.config.tuning.multipart_threshold
         if copied_in_one_request(destination_key, listed.size, multipart_threshold=threshold):
             self.multipart.abort_recorded(listed.key, "the object is now copied with one request, not in parts")
+            if self.pipeline is not None and not server_side:
+                self.pipeline.offer(listed, destination_key, attempt, tick=self.scheduler.tick)
+                return
             copy = self.small.copy_server_side if server_side else self.small.copy_streamed
             self.scheduler.submit(lambda: self._guarded(listed, attempt, None, copy, listed, destination_key),
                                   cost=0 if server_side else listed.size)
@@ -5417,6 +5820,10 @@ class TransferEngine:
                                          cost=0 if upload.server_side else part.size):
                 return
 
+    def hand_off(self, listed: ListedObject, attempt: int, cost: int, work: Callable[[], None]) -> None:
+        """SmallObjectPipeline's: the rest of a small object's copy, to a worker, its budget held."""
+        self.scheduler.submit_reserved(lambda: self._guarded(listed, attempt, None, work), cost=cost)
+
     def _guarded(self, listed: ListedObject, attempt: int, upload: Optional[MultipartCopy],
                  work: Callable[..., None], *args: Any) -> None:
         """Run one unit; turn whatever it raises into the object's outcome. Never lets an error vanish."""
@@ -5442,15 +5849,24 @@ def build_engine(config: RunSettings, *, source: ConnectedSide, destination: Con
     services = CopyServices(config, source=source, destination=destination, transport=transport, progress=progress,
                             status=status, run=run, permissions=permissions, copy_mode=copy_mode,
                             planner=IntegrityPlanner(source), bandwidth=bandwidth)
-    scheduler = UnitScheduler(budget=MemoryBudget(config.tuning.memory_limit, max_units=config.tuning.max_workers),
-                              pool=concurrent.futures.ThreadPoolExecutor(config.tuning.max_workers,
+    budget = MemoryBudget(config.tuning.memory_limit, max_units=config.tuning.max_workers)
+    scheduler = UnitScheduler(budget=budget, pool=concurrent.futures.ThreadPoolExecutor(config.tuning.max_workers,
                                                                          thread_name_prefix="worker"),
                               progress=progress, status=status, run=run)
     policy = FailurePolicy(source=source, destination=destination, progress=progress, status=status, run=run,
                            permissions=permissions)
-    return TransferEngine(config, scheduler=scheduler, policy=policy, small=SmallObjectCopier(services),
-                          multipart=MultipartUploads(services), copy_mode=copy_mode, progress=progress,
-                          status=status, run=run)
+    small = SmallObjectCopier(services)
+    engine = TransferEngine(config, scheduler=scheduler, policy=policy, small=small,
+                            multipart=MultipartUploads(services), copy_mode=copy_mode, progress=progress,
+                            status=status, run=run)
+    # --max-bandwidth waits before each GET, which a callback must not: workers carry small objects then.
+    if transport.callbacks is not None and bandwidth is None:
+        engine.pipeline = scheduler.pipeline = SmallObjectPipeline(
+            small, transport.callbacks, budget=budget, hand_off=engine.hand_off,
+            # Short, so the copies keep to listing order (a watermark close behind) while the main
+            # thread, woken when half of it has gone, still sleeps through most objects.
+            queue_length=2 * config.tuning.max_workers)
+    return engine
 
 
 # =============================================================================================
@@ -5988,7 +6404,7 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
         raise ConfigurationError(
             f"The directory {args.log_file.parent} for --log-file does not exist: create it first.")
     os.close(os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    file_handler = logging.FileHandler(args.log_file, encoding="utf-8")
+    file_handler = BatchedLogFile(args.log_file, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     file_handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     console.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING)

@@ -42,6 +42,13 @@ DEST_BUCKET = "dest-account-bucket"
 LOOPBACK = "127.0.0.1"
 
 
+PORT_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """weed exited because a port free_port() found was taken before weed could bind it."""
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now.
 
@@ -244,13 +251,30 @@ class SeaweedServer:
 
         config_path = self._data_dir / "s3.json"
         config_path.write_text(json.dumps(self._s3_config(), indent=2))
+        self._config_path = config_path
+        self._weed = weed
+        # free_port() releases each port before weed binds it, so another server starting at the same
+        # moment (the suite runs several) may take one: weed then exits, and is started again on others.
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._launch(startup_timeout)
+                return
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    self.stop()
+                    raise
+
+    def _launch(self, startup_timeout: float) -> None:
+        """Start weed on ports free a moment ago; PortTaken if one of them was taken meanwhile."""
+        config_path = self._config_path
         s3_port = free_port()
         self.endpoint_url = f"http://{LOOPBACK}:{s3_port}"
         storage = self._data_dir / "data"
+        shutil.rmtree(storage, ignore_errors=True)
         storage.mkdir()
         self._grpc_ports = {server: free_port() for server in ("master", "volume", "filer", "s3")}
         command = [
-            weed,
+            self._weed,
             "server",
             f"-dir={storage}",
             f"-ip={LOOPBACK}",
@@ -287,6 +311,9 @@ class SeaweedServer:
             admin = self.client(self.admin)
             for bucket in (SOURCE_BUCKET, DEST_BUCKET):
                 admin.create_bucket(Bucket=bucket)
+        except PortTaken:
+            self._kill()
+            raise
         except BaseException:
             self.stop()
             raise
@@ -321,6 +348,8 @@ class SeaweedServer:
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            if "bind: address already in use" in self.log_path.read_text(errors="replace"):
+                raise PortTaken(self.log_tail())  # weed does not always exit on its own then
             if self._process.poll() is not None:
                 raise RuntimeError(f"weed server exited with code {self._process.returncode}:\n{self.log_tail()}")
             try:
@@ -350,12 +379,15 @@ class SeaweedServer:
         /tmp whatever the flags and TMPDIR say, and never removes them; this
         instance's are removed here by their port numbers.
         """
+        self._kill()
+        shutil.rmtree(self._data_dir, ignore_errors=True)
+
+    def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
         for server, port in self._grpc_ports.items():
             Path(f"/tmp/seaweedfs-{server}-grpc-{port}.sock").unlink(missing_ok=True)
-        shutil.rmtree(self._data_dir, ignore_errors=True)
 
     def __enter__(self) -> SeaweedServer:
         return self

@@ -190,6 +190,35 @@ def test_a_broken_body_still_fails_after_its_attempts() -> None:
     assert len(waits.delays) == tool.BODY_ATTEMPTS - 1
 
 
+def test_an_attempt_made_before_the_loop_counts_as_its_first() -> None:
+    """SmallObjectPipeline's GET or PUT failed in a callback, and a worker carries the request on:
+    that failure is the first of its attempts, not an extra one."""
+    retries, waits = retries_at(Clock())
+    broken = botocore.exceptions.IncompleteReadError(actual_bytes=1, expected_bytes=2)
+    sent: list[int] = []
+
+    def always_broken() -> str:
+        sent.append(1)
+        raise broken
+
+    with pytest.raises(botocore.exceptions.IncompleteReadError):
+        retries.call(always_broken, what="GET x", retry_bodies=True, failed_once=broken)
+    assert len(sent) == tool.BODY_ATTEMPTS - 1
+    assert len(waits.delays) == tool.BODY_ATTEMPTS - 1  # after the seeded failure too, as after any
+
+
+def test_an_earlier_failure_the_rules_would_not_retry_lets_the_request_be_tried() -> None:
+    """An expired role session, say: sent again it renews itself (CrtSideClient.request), so the
+    worker sends it rather than failing the object for the callback's attempt."""
+    retries, waits = retries_at(Clock())
+    expired = botocore.exceptions.ClientError(
+        {"Error": {"Code": "ExpiredToken", "Message": "The provided token has expired."},
+         "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject")
+
+    assert retries.call(failing([]), what="GET x", retry_bodies=True, failed_once=expired) == "done"
+    assert waits.delays == []
+
+
 def test_bookkeeping_calls_leave_broken_bodies_to_botocore() -> None:
     retries, _ = retries_at(Clock())
     broken = botocore.exceptions.ConnectionClosedError(endpoint_url="http://127.0.0.1")
