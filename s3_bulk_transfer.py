@@ -5001,6 +5001,7 @@ class SmallObjectPipeline:
                 self._give_up(item, copier.copy_streamed, listed, item.destination_key, started=item.started,
                               failed_get=error)
                 return
+            item.exchanges.clear()  # its answer's chunks, joined into fetched.body: not to be held twice
             self._services.retries.succeeded()
             tagged = fetched.response.get("TagCount", 0) and self._services.config.job.copy_tags
             if tagged or IntegrityPlanner.parts_counted(fetched.etag, fetched.response):
