@@ -4141,34 +4141,6 @@ def skip_caller_lookup_in_log_records() -> None:
     logging._srcfile = None
 
 
-class BatchedLogFile(logging.FileHandler):
-    """The log file, written through the file's own buffer: flushed when a warning or worse is
-    logged, when the main thread ticks (flush_log_file) and at close, not after every line, since a
-    large bucket logs a line per object. A kill -9 may lose the lines of the last tick; what is done
-    is the progress file's word, never the log's."""
-
-    def flush(self) -> None:
-        """Called by emit() after every record: left to the buffer."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        if record.levelno >= logging.WARNING:
-            self.flush_now()
-
-    def flush_now(self) -> None:
-        super().flush()
-
-    def close(self) -> None:
-        self.flush_now()
-        super().close()
-
-
-def flush_log_file() -> None:
-    for handler in LOG.handlers:
-        if isinstance(handler, BatchedLogFile):
-            handler.flush_now()
-
-
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -4901,7 +4873,7 @@ class SmallObjectPipeline:
         self._services = copier.services
         self._transport = transport
         self._budget = budget
-        self._hand_off = hand_off  # (listed, attempt, cost, work, *arguments): work(*arguments) on a worker
+        self._hand_off = hand_off  # (listed, attempt, cost, work): work() on a worker, the cost held
         self._queue_length = queue_length
         self._queued: collections.deque[PipelinedObject] = collections.deque()
         self._in_flight: set[PipelinedObject] = set()
@@ -5030,11 +5002,8 @@ class SmallObjectPipeline:
                           item.started, failed_put=error)
             return
         self._services.retries.succeeded()
-        with self._changed:
-            self._in_flight.discard(item)
-            self._copied.append((item.listed, len(fetched.body), item.started, time.monotonic(), check))
-            if self._main_waits and not self._in_flight:
-                self._changed.notify_all()
+        self._copied.append((item.listed, len(fetched.body), item.started, time.monotonic(), check))
+        self._forget(item)
         self._budget.release(item.listed.size)
         self.start_what_fits()
 
@@ -5045,10 +5014,16 @@ class SmallObjectPipeline:
             self._hand_off(item.listed, item.attempt, item.listed.size, lambda: work(*arguments, **keywords))
         finally:
             self._services.status.worker_busy(-1)
-            with self._changed:
-                self._in_flight.discard(item)
-                if self._main_waits and not self._in_flight:
-                    self._changed.notify_all()
+            self._forget(item)
+
+    def _forget(self, item: PipelinedObject) -> None:
+        """`item` is no longer the pipeline's (copied, or a worker's); wake a main thread waiting for
+        the last one. A copied item is in `_copied` before it leaves `_in_flight`, so idle() never
+        sees it in neither."""
+        with self._changed:
+            self._in_flight.discard(item)
+            if self._main_waits and not self._in_flight:
+                self._changed.notify_all()
 
 
 def raise_again(error: BaseException) -> None:
@@ -5683,7 +5658,6 @@ class UnitScheduler:
         self._last_tick = time.monotonic()
         if self.pipeline is not None:
             self.pipeline.tick()
-        flush_log_file()
         if self._run.stopping.is_set() and not self._stop_announced:
             self._stop_announced = True
             LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
@@ -6405,7 +6379,7 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
         raise ConfigurationError(
             f"The directory {args.log_file.parent} for --log-file does not exist: create it first.")
     os.close(os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    file_handler = BatchedLogFile(args.log_file, encoding="utf-8")
+    file_handler = logging.FileHandler(args.log_file, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     file_handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     console.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING)
