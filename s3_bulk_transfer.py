@@ -101,6 +101,7 @@ import queue
 import random
 import re
 import signal
+import socket
 import ssl
 import stat
 import sys
@@ -110,7 +111,7 @@ import time
 import urllib.parse
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence, TypeVar
 
 import boto3
 import botocore.awsrequest
@@ -812,16 +813,79 @@ def is_selected(relative_key: str, rules: Iterable[FilterRule]) -> bool:
     return selected
 
 
+SHARD_SPLITS = ("ranges", "hash")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """How the shards of one job divide its keyspace: contiguous key ranges (relative to the source
+    prefix, cut at `split_points`), range i owned by shard owners[i]; or, where the bucket offered
+    too few places to cut, a stable hash of each key (`by_hash`). Every shard of a job must use the
+    same plan: two plans made at different moments of a changing bucket could give a key to two
+    shards or to none."""
+
+    count: int
+    split_points: tuple[str, ...] = ()
+    owners: tuple[int, ...] = (0,)
+    by_hash: bool = False
+
+    def owner_of(self, relative_key: str) -> int:
+        if self.by_hash:
+            return shard_of(relative_key, self.count)
+        return self.owners[range_index(self.split_points, relative_key)]
+
+    def ranges_of(self, index: int) -> list[int]:
+        """The indices of the ranges shard `index` lists (none under a hash split: it lists everything)."""
+        return [number for number, owner in enumerate(self.owners) if owner == index and not self.by_hash]
+
+    def document(self) -> dict[str, Any]:
+        if self.by_hash:
+            return {"shards": self.count, "split": "hash"}
+        return {"shards": self.count, "split": "ranges", "split_points": list(self.split_points),
+                "owners": list(self.owners)}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> "ShardPlan":
+        count = int(document["shards"])
+        if document["split"] == "hash":
+            return cls(count, by_hash=True)
+        plan = cls(count, tuple(document["split_points"]), tuple(int(owner) for owner in document["owners"]))
+        if len(plan.owners) != len(plan.split_points) + 1 or list(plan.split_points) != sorted(set(plan.split_points)) \
+                or sorted(set(plan.owners)) != list(range(count)):
+            raise ValueError("the ranges do not cover the keyspace once, shared among every shard")
+        return plan
+
+
+def plan_shards(split_points: list[str], count: int) -> ShardPlan:
+    """Give each of `count` shards a run of adjacent ranges cut at these (sorted, relative) points,
+    as many ranges each as can be (the split points already spread the bucket's folders evenly);
+    a hash split when there are fewer ranges than shards, so that no shard is left idle."""
+    ranges = len(split_points) + 1
+    if ranges < count:
+        return ShardPlan(count, by_hash=True)
+    return ShardPlan(count, tuple(split_points), tuple(number * count // ranges for number in range(ranges)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Shard:
-    """--shard I/N: this process copies only the keys whose stable hash falls in shard I (0-based) of N,
-    so N machines split one job with no coordination and no key is copied twice."""
+    """--shard I/N: this process copies only shard I (0-based) of N, so N machines split one job and
+    no key is copied twice. `split` "ranges": the shards share a ShardPlan of key ranges and each
+    lists only its own (the plan is read at connection time, see shard_plan_for); "hash": a stable
+    hash of each key, every shard listing the whole bucket, with no plan to share."""
 
     index: int
     count: int
+    split: str = "ranges"
+    plan: Optional[ShardPlan] = None
 
     def owns(self, relative_key: str) -> bool:
-        return shard_of(relative_key, self.count) == self.index
+        if self.split == "hash" or self.count == 1:
+            return self.count == 1 or shard_of(relative_key, self.count) == self.index
+        assert self.plan is not None, "a shard of key ranges knows its plan before it reads a listing"
+        return self.plan.owner_of(relative_key) == self.index
+
+    def needs_plan(self) -> bool:
+        return self.split == "ranges" and self.count > 1 and self.plan is None
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -837,7 +901,7 @@ def shard_of(relative_key: str, count: int) -> int:
     return int.from_bytes(digest, "big") % count
 
 
-def parse_shard(text: str, environment: dict[str, str]) -> Shard:
+def parse_shard(text: str, environment: dict[str, str], split: str = "ranges") -> Shard:
     """'I/N' with 0 <= I < N, or 'auto/N', which takes I from AWS Batch's or a Kubernetes indexed Job's
     array index variable."""
     index_text, slash, count_text = text.partition("/")
@@ -856,7 +920,7 @@ def parse_shard(text: str, environment: dict[str, str]) -> Shard:
             raise ConfigurationError(f"{name}={index_text!r} is not a shard index (a whole number).")
     if not index_text.isdigit() or not 0 <= int(index_text) < count:
         raise ConfigurationError(f"--shard {text!r}: the index must be a whole number from 0 to {count - 1}.")
-    return Shard(int(index_text), count)
+    return Shard(int(index_text), count, split)
 
 
 def shard_file_name(path: Path, shard: Optional[Shard]) -> Path:
@@ -1030,6 +1094,8 @@ class JobDefinition:
             "destination_endpoint_url": canonical_endpoint(self.destination_access.endpoint_url),
             "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
             **({"shard": str(self.shard)} if self.shard else {}),
+            # The two splits give a key to different shards: a file of one never resumes under the other.
+            **({"shard_split": "key ranges"} if self.shard and self.shard.split == "ranges" else {}),
             # A watermark is a place in one listing's key order: a listing's and a report's do not mix.
             **({"inventory": self.inventory} if self.inventory else {}),
             # Resumed without it, an upload begun without tags would complete without them, unsaid.
@@ -1075,6 +1141,7 @@ class OutputSettings:
 
     progress_file: Path = Path(DEFAULT_PROGRESS_FILE)
     log_file: Path = Path(DEFAULT_LOG_FILE)
+    shard_plan_file: Optional[Path] = None  # --shard I/N of key ranges: the plan every shard shares
     report_file: Optional[Path] = None
     status_interval: float = DEFAULT_STATUS_INTERVAL
     quiet: bool = False
@@ -1727,7 +1794,7 @@ def key_ranges(split_points: list[str]) -> list[KeyRange]:
     return [KeyRange(after=bounds[index], through=bounds[index + 1]) for index in range(len(split_points) + 1)]
 
 
-def range_index(split_points: list[str], key: str) -> int:
+def range_index(split_points: Sequence[str], key: str) -> int:
     """Which of the ranges cut at `split_points` holds `key`."""
     return bisect.bisect_left(split_points, key)
 
@@ -2396,10 +2463,10 @@ def source_objects(config: RunSettings, source: ConnectedSide, start_after: Opti
     return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
 
 
-def listing_split_points(config: RunSettings, source: ConnectedSide) -> list[str]:
-    """Where to cut the source's keyspace for --list-concurrency listers; refusals as a listing's."""
+def listing_split_points(config: RunSettings, source: ConnectedSide, ranges_wanted: int) -> list[str]:
+    """Where to cut the source's keyspace in about `ranges_wanted` ranges; refusals as a listing's."""
     try:
-        return discover_split_points(source, config.job.source, config.tuning.list_concurrency * RANGES_PER_LISTER)
+        return discover_split_points(source, config.job.source, ranges_wanted)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
         raise FatalTransferError(explain_error(error, access=config.job.source_access, bucket=config.job.source.bucket,
                                                action="s3:ListBucket")) from None
@@ -3744,25 +3811,57 @@ def make_transport(choice: EngineChoice, source: ConnectedSide, destination: Con
 PROGRESS_FORMAT = "s3-bulk-transfer progress, version 1"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace a file so that it is valid at every instant, even after kill -9 or a power cut:
-    write a temporary file in the same directory, fsync it, rename it over, fsync the directory."""
+def _durable_temporary(path: Path, text: str) -> str:
+    """A temporary file beside `path` holding `text`, on disk (fsync) before it is given a name."""
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:  # mkstemp made it mode 0600
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+    return temporary
+
+
+def _sync_directory(path: Path) -> None:
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file so that it is valid at every instant, even after kill -9 or a power cut:
+    write a temporary file in the same directory, fsync it, rename it over, fsync the directory."""
+    temporary = _durable_temporary(path, text)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _sync_directory(path)
+
+
+def create_once(path: Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists; False if it did. Of several processes racing
+    (the shards of an array job start together) exactly one wins, and no reader ever sees a part of
+    the file: the text is written under a temporary name and then hard-linked to `path`, and link(2)
+    fails on an existing name, on a local disk as over NFS (EFS), where O_EXCL alone was not atomic
+    before NFSv3 and a file created empty would be read half-written."""
+    temporary = _durable_temporary(path, text)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+    _sync_directory(path)
+    return True
 
 
 @contextlib.contextmanager
@@ -3910,11 +4009,20 @@ class ProgressStore:
 
     def split(self, split_points: list[str]) -> None:
         """Cut a job that has not started into ranges at these points."""
+        self.take_ranges(key_ranges(split_points))
+
+    def take_ranges(self, ranges: list[KeyRange]) -> None:
+        """Make a job that has not started these adjacent ranges: the whole keyspace, or a shard's
+        share of it (a key outside them is never listed, so never reported)."""
         with self._lock:
             assert self.splittable(), "a started job keeps its ranges"
-            self._split_points = list(split_points)
-            self._ranges = [RangeProgress(key_range) for key_range in key_ranges(self._split_points)]
+            self._split_points = [key_range.through for key_range in ranges[:-1]]  # type: ignore[misc]
+            self._ranges = [RangeProgress(key_range) for key_range in ranges]
             self._dirty = True
+
+    def key_ranges(self) -> list[KeyRange]:
+        with self._lock:
+            return [state.key_range for state in self._ranges]
 
     def listing_plan(self) -> list[tuple[KeyRange, Optional[str]]]:
         """Each range, with where a rerun's listing of it starts (exclusive)."""
@@ -4125,6 +4233,157 @@ def discard_progress(path: Path, destination: ConnectedSide) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
         LOG.info("--restart: discarded the progress file %s", path)
+
+
+# -- the plan that shards share ------------------------------------------------------------
+#
+# Shards of key ranges list only their own share of the bucket, so together they make one listing's
+# worth of ListObjectsV2 calls. For that they must agree on the ranges, whenever each of them starts:
+# the first to start writes the plan beside the progress files, once (create_once), and every other
+# shard, and every rerun, reads that plan instead of cutting the keyspace again.
+
+SHARD_PLAN_FORMAT = "s3-bulk-transfer shard plan, version 1"
+
+
+def shard_plan_name(progress_file: Path, count: int) -> Path:
+    """transfer_progress.json -> transfer_progress.plan-of-8-shards.json, beside the shards' files."""
+    return progress_file.with_name(f"{progress_file.stem}.plan-of-{count}-shards{progress_file.suffix}")
+
+
+def shard_plan_identity(config: RunSettings) -> dict[str, Any]:
+    """What a plan is of: a keyspace (the source and its prefix), cut for a number of shards."""
+    assert config.job.shard is not None
+    return {"source": str(config.job.source),
+            "source_endpoint_url": canonical_endpoint(config.job.source_access.endpoint_url),
+            "shards": config.job.shard.count}
+
+
+def read_shard_plan(path: Path, config: RunSettings) -> Optional[ShardPlan]:
+    """The plan the shards of this job share, None if no shard has made it yet."""
+    try:
+        data = read_json_file(path, what="shard plan", when_invalid=(
+            "it was not written by this tool. Move it aside, or give this job another --shard-plan; every "
+            "shard of the job must then use the new one"))
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict) or data.get("format") != SHARD_PLAN_FORMAT:
+        raise ConfigurationError(f"The shard plan {path} was not written by this tool (or by an incompatible "
+                                 "version). It was left untouched: give this job another --shard-plan.")
+    if data.get("job") != shard_plan_identity(config):
+        raise ConfigurationError(
+            f"The shard plan {path} is for {data.get('job', {}).get('source')} in "
+            f"{data.get('job', {}).get('shards')} shards, not {config.job.source} in {config.job.shard.count}: "
+            "give this job another --shard-plan (or another --progress-file folder).")
+    try:
+        return ShardPlan.from_document(data["plan"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigurationError(f"The shard plan {path} is damaged ({error}). Move it aside only if no shard "
+                                 "has started yet: the shards' progress files follow its ranges.") from None
+
+
+def shard_plan_for(config: RunSettings, source: ConnectedSide) -> ShardPlan:
+    """The job's shard plan: read if a shard (or a dry run) made it before; else made here by the
+    first shard to claim the making, while the others wait for it. The claim only saves the others'
+    ListObjectsV2 calls (a thousand shards cutting the bucket each would cost a listing's worth):
+    the plan is whichever was written first, and a claim left by a shard that died is ignored
+    once it is PLAN_WAIT_SECONDS old."""
+    assert config.job.shard is not None and config.output.shard_plan_file is not None
+    path = config.output.shard_plan_file
+    plan = read_shard_plan(path, config)
+    if plan is not None:
+        return announced_plan(plan, config)
+    claim = path.with_name(f".{path.name}.planning")
+    claimed = create_once(claim, json.dumps({"shard": str(config.job.shard), "host": socket.gethostname(),
+                                             "pid": os.getpid(), "at": _utc_now()}) + "\n")
+    if not claimed:
+        plan = wait_for_shard_plan(path, claim, config)
+    if plan is None:
+        plan = make_shard_plan(path, config, source)
+    if claimed:
+        with contextlib.suppress(FileNotFoundError):
+            claim.unlink()
+    return announced_plan(plan, config)
+
+
+PLAN_WAIT_SECONDS = 120.0  # a plan takes a few ListObjectsV2 pages: a claim this old was left by a crash
+PLAN_POLL_SECONDS = 0.5
+
+
+def wait_for_shard_plan(path: Path, claim: Path, config: RunSettings) -> Optional[ShardPlan]:
+    """The plan another shard is making, once it is written; None if its claim grows stale first."""
+    LOG.info("waiting for the shard plan %s, which another shard is making", path)
+    while True:
+        plan = read_shard_plan(path, config)
+        if plan is not None:
+            return plan
+        try:
+            age = time.time() - claim.stat().st_mtime
+        except FileNotFoundError:  # its maker is done: the plan is there, or it failed to make one
+            return read_shard_plan(path, config)
+        if age > PLAN_WAIT_SECONDS:
+            LOG.warning("no shard plan %s after %.0f s: the shard that claimed the making stopped; making it here",
+                        path, age)
+            return None
+        time.sleep(PLAN_POLL_SECONDS)
+
+
+def make_shard_plan(path: Path, config: RunSettings, source: ConnectedSide) -> ShardPlan:
+    """Cut the source's keyspace for the shards and write the plan once; if another shard wrote
+    one first, that one is the plan."""
+    assert config.job.shard is not None
+    count = config.job.shard.count
+    prefix = config.job.source.prefix
+    # As many ranges per shard as it has listers: each range costs at most one page that a single
+    # stream would not have needed.
+    points = listing_split_points(config, source, count * max(1, config.tuning.list_concurrency))
+    made = plan_shards([point[len(prefix):] for point in points], count)
+    text = json.dumps({"format": SHARD_PLAN_FORMAT, "job": shard_plan_identity(config), "made_at": _utc_now(),
+                       "plan": made.document()}, indent=2, ensure_ascii=False) + "\n"
+    if not create_once(path, text):
+        theirs = read_shard_plan(path, config)
+        assert theirs is not None
+        return theirs
+    LOG.info("made the shard plan %s: %s", path, f"{len(made.owners)} key ranges over {count} shards"
+             if not made.by_hash else f"too few folders to cut {count} ways, so a hash of each key")
+    return made
+
+
+def announced_plan(plan: ShardPlan, config: RunSettings) -> ShardPlan:
+    assert config.job.shard is not None
+    if not plan.by_hash:
+        LOG.info("shard %s lists %d of the %d key ranges of %s", config.job.shard,
+                 len(plan.ranges_of(config.job.shard.index)), len(plan.owners), config.output.shard_plan_file)
+    return plan
+
+
+def follow_shard_plan(progress: ProgressStore, own_ranges: list[KeyRange], config: RunSettings) -> None:
+    """Give a new shard's progress its share of the plan; a started one must have that very share."""
+    if progress.splittable():
+        progress.take_ranges(own_ranges)
+    elif progress.key_ranges() != own_ranges:
+        raise ConfigurationError(
+            f"The progress file {config.output.progress_file} follows other key ranges than the shard plan "
+            f"{config.output.shard_plan_file} gives shard {config.job.shard}: the plan was replaced after this "
+            "shard started. Put the plan back, or rerun every shard with --restart (and a new plan).")
+
+
+def with_shard_plan(config: RunSettings, source: ConnectedSide) -> RunSettings:
+    """The settings with the shard's plan in them, once the source can be read."""
+    shard = config.job.shard
+    if shard is None or not shard.needs_plan():
+        return config
+    planned = dataclasses.replace(shard, plan=shard_plan_for(config, source))
+    return dataclasses.replace(config, job=dataclasses.replace(config.job, shard=planned))
+
+
+def shard_key_ranges(config: RunSettings) -> Optional[list[KeyRange]]:
+    """The key ranges (of source keys) this shard lists, None when it lists everything."""
+    shard = config.job.shard
+    if shard is None or shard.plan is None or shard.plan.by_hash:
+        return None
+    prefix = config.job.source.prefix
+    every = key_ranges([prefix + point for point in shard.plan.split_points])
+    return [every[number] for number in shard.plan.ranges_of(shard.index)]
 
 
 # =============================================================================================
@@ -6169,10 +6428,19 @@ def _add_selection_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--exclude", action=FilterAction, metavar="GLOB", dest="filters",
                        help="skip keys matching GLOB; repeatable; the last matching --include/--exclude wins")
     group.add_argument("--shard", metavar="I/N",
-                       help="copy only shard I (0-based) of N, by a stable hash of each key, to split one job "
-                            "across N machines with no coordination; auto/N takes I from "
-                            "AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX. Each shard keeps its own "
+                       help="copy only shard I (0-based) of N, to split one job across N machines; auto/N takes "
+                            "I from AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX. Each shard keeps its own "
                             "progress and log file: .shard-I-of-N is added to their names")
+    group.add_argument("--shard-split", choices=SHARD_SPLITS,
+                       help="how shards divide the keys: ranges, key ranges of a plan the shards share (the "
+                            "first to start writes it, see --shard-plan), so each lists only its own share "
+                            "and N shards together list the bucket once, but every shard must see the plan "
+                            "file; hash, a stable hash of each key, which needs nothing shared but makes "
+                            "every shard list the whole bucket (default: ranges; hash with --from-inventory)")
+    group.add_argument("--shard-plan", type=Path, metavar="PATH",
+                       help="the plan of key ranges the shards share (default: beside the progress files, "
+                            "NAME.plan-of-N-shards.json); made by the first shard to start, or by a --dry-run, "
+                            "and never changed after")
     group.add_argument("--from-inventory", metavar="PATH_OR_S3_URI",
                        help="copy the objects named by an S3 Inventory report (its manifest.json, CSV format) or "
                             "by a key list (one key a line, or CSV key[,size[,etag]]; sorted in byte order; .gz "
@@ -6246,7 +6514,13 @@ def _add_restart_and_verbosity_options(group: argparse._ArgumentGroup) -> None:
 def resolve_state_files(args: argparse.Namespace, environment: dict[str, str]) -> None:
     """Read --shard, then name the progress and log files: one pair per shard, even when every
     shard is given the same path (as the children of one array job are)."""
-    args.shard = parse_shard(args.shard, environment) if args.shard else None
+    if args.shard_split == "ranges" and args.from_inventory:
+        raise ConfigurationError("--shard-split ranges is for listings: with --from-inventory no shard lists the "
+                                 "bucket, and the shards split the report by a hash of each key (--shard-split hash).")
+    split = args.shard_split or ("hash" if args.from_inventory else "ranges")
+    args.shard = parse_shard(args.shard, environment, split) if args.shard else None
+    if args.shard is not None and args.shard_plan is None:
+        args.shard_plan = shard_plan_name(args.progress_file or Path(DEFAULT_PROGRESS_FILE), args.shard.count)
     args.progress_file = shard_file_name(args.progress_file or Path(DEFAULT_PROGRESS_FILE), args.shard)
     args.log_file = shard_file_name(args.log_file or Path(DEFAULT_LOG_FILE), args.shard)
 
@@ -6364,6 +6638,7 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
                                               else max(1, min(DEFAULT_LISTERS_LIMIT, args.max_workers // 2))),
     )
     output = OutputSettings(progress_file=args.progress_file, log_file=args.log_file, report_file=args.report,
+                            shard_plan_file=args.shard_plan,
                             status_interval=args.status_interval, quiet=args.quiet, verbose=args.verbose)
     mode = RunMode.DRY_RUN if args.dry_run else RunMode.VERIFY_ONLY if args.verify_only else RunMode.COPY
     return RunSettings(job=job, mode=mode, tuning=tuning, output=output,
@@ -6406,12 +6681,14 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, inventory: Option
     counts: collections.Counter[str] = collections.Counter()
     largest_unit = 0
     # Planning needs sizes, not ETags: a key list with sizes costs no request per key here.
-    if inventory is None and config.tuning.list_concurrency > 1:  # the order does not matter for counting
+    ranges = shard_key_ranges(config)
+    if ranges is None and inventory is None and config.tuning.list_concurrency > 1:
+        ranges = key_ranges(listing_split_points(config, source, config.tuning.list_concurrency * RANGES_PER_LISTER))
+    if ranges is not None:  # the order does not matter for counting
         stopping = threading.Event()
         window = ListingWindow(
             [functools.partial(source_objects, config, source, key_range.after, key_range.through, inventory=None,
-                               on_missing=lambda key: None)
-             for key_range in key_ranges(listing_split_points(config, source))],
+                               on_missing=lambda key: None) for key_range in ranges],
             listers=config.tuning.list_concurrency, window=LISTING_WINDOW, stopping=stopping)
         listing: Iterable[ListedObject] = iter(lambda: window.next(lambda: None), None)
     else:
@@ -6505,6 +6782,7 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
                                max_workers=config.tuning.max_workers,
                                list_prefix=config.job.destination.prefix, read_timeout=config.tuning.read_timeout,
                                retries=retries)
+    config = with_shard_plan(config, source)
     inventory = open_inventory(config.job.inventory, source) if config.job.inventory else None
     if config.mode is RunMode.DRY_RUN:
         return report_dry_run(config, source, inventory, tags_refused=tag_access_refusal(config, source))
@@ -6550,8 +6828,11 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     engine = build_engine(config, source=source, destination=destination,
                           transport=make_transport(engine_choice, source, destination, config),
                           progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
-    if config.tuning.list_concurrency > 1 and progress.splittable():
-        progress.split(listing_split_points(config, source))
+    own_ranges = shard_key_ranges(config)
+    if own_ranges is not None:
+        follow_shard_plan(progress, own_ranges, config)
+    elif config.tuning.list_concurrency > 1 and progress.splittable():
+        progress.split(listing_split_points(config, source, config.tuning.list_concurrency * RANGES_PER_LISTER))
     plan = progress.listing_plan()
     if len(plan) > 1:
         LOG.info("listing %d key ranges, %d at a time", len(plan), min(config.tuning.list_concurrency, len(plan)))

@@ -204,10 +204,44 @@ def test_a_key_falls_in_the_same_shard_in_every_process_and_shards_are_even() ->
 
 
 def test_shards_partition_the_keys() -> None:
-    shards = [tool.Shard(index, 4) for index in range(4)]
+    shards = [tool.Shard(index, 4, "hash") for index in range(4)]
     for index in range(500):
         key = f"k/{index}"
         assert sum(shard.owns(key) for shard in shards) == 1
+
+
+def test_a_plan_gives_every_key_to_exactly_one_shard_in_runs_of_adjacent_ranges() -> None:
+    points = [f"{letter}/" for letter in "bcdefghijk"]  # 11 ranges for 3 shards
+    plan = tool.plan_shards(points, 3)
+    shards = [tool.Shard(index, 3, "ranges", plan) for index in range(3)]
+    assert [len(plan.ranges_of(index)) for index in range(3)] == [4, 4, 3]
+    assert plan.owners == tuple(sorted(plan.owners))  # each shard's share is one interval of key order
+    keys = ["", "a", "b/", "b/x", "c", "k/", "k/zz", "zzz", "\U0010ffff", *(f"{letter}/{n}" for letter in "abck"
+                                                                      for n in range(5))]
+    for key in keys:
+        assert sum(shard.owns(key) for shard in shards) == 1, key
+    # The ranges a shard lists hold exactly the keys it owns, boundaries included.
+    every = tool.key_ranges(points)
+    for shard in shards:
+        listed = [key for key in keys if any((r.after is None or key > r.after) and (r.through is None or key <= r.through)
+                                             for r in (every[number] for number in plan.ranges_of(shard.index)))]
+        assert listed == [key for key in keys if shard.owns(key)]
+
+
+def test_a_plan_survives_its_file_and_a_damaged_one_is_refused() -> None:
+    plan = tool.plan_shards(["m"], 2)
+    assert tool.ShardPlan.from_document(plan.document()) == plan
+    assert tool.ShardPlan.from_document(tool.plan_shards([], 2).document()).by_hash
+    with pytest.raises(ValueError):
+        tool.ShardPlan.from_document({"shards": 3, "split": "ranges", "split_points": ["m"], "owners": [0, 1]})
+
+
+def test_too_few_places_to_cut_make_a_hash_plan_so_no_shard_is_idle() -> None:
+    plan = tool.plan_shards(["m"], 3)
+    assert plan.by_hash
+    shards = [tool.Shard(index, 3, "ranges", plan) for index in range(3)]
+    owned = [[key for key in (f"k/{n}" for n in range(60)) if shard.owns(key)] for shard in shards]
+    assert all(owned) and sum(map(len, owned)) == 60
 
 
 @pytest.mark.parametrize(
@@ -243,6 +277,8 @@ def test_a_wrong_shard_is_explained(text: str, environment: dict[str, str], mess
 
 def test_each_shard_gets_its_own_default_files() -> None:
     shard = tool.Shard(1, 3)
+    assert tool.shard_plan_name(Path("state/transfer_progress.json"), 3) == \
+        Path("state/transfer_progress.plan-of-3-shards.json")
     assert tool.shard_file_name(Path("transfer_progress.json"), shard) == Path("transfer_progress.shard-1-of-3.json")
     assert tool.shard_file_name(Path("s3_transfer.log"), shard) == Path("s3_transfer.shard-1-of-3.log")
     assert tool.shard_file_name(Path("transfer_progress.json"), None) == Path("transfer_progress.json")
@@ -275,12 +311,12 @@ def test_bandwidth_limit_spaces_units_to_hold_the_average_rate() -> None:
 
 def test_a_given_progress_file_is_split_per_shard_too() -> None:
     # Every child of an array job gets the same command line, so the same --progress-file.
-    import argparse
-
-    args = argparse.Namespace(shard="auto/8", progress_file=Path("/efs/progress.json"), log_file=None)
+    args = tool.build_parser().parse_args(["s3://a", "s3://b", "--shard", "auto/8", "--progress-file",
+                                           "/efs/progress.json"])
     tool.resolve_state_files(args, {"AWS_BATCH_JOB_ARRAY_INDEX": "2"})
     assert args.progress_file == Path("/efs/progress.shard-2-of-8.json")
     assert args.log_file == Path("s3_transfer.shard-2-of-8.log")
+    assert args.shard_plan == Path("/efs/progress.plan-of-8-shards.json")  # one plan, shared by the eight
 
 
 @pytest.mark.parametrize("text", ["2026-11-27T04:35:51.000Z", "2026-11-27T04:35:51Z", "2026-11-27T04:35:51.123456+02:00",
