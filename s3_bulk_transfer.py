@@ -89,6 +89,7 @@ import enum
 import fcntl
 import fnmatch
 import functools
+import glob
 import hashlib
 import importlib.metadata
 import io
@@ -169,6 +170,9 @@ DEFAULT_READ_TIMEOUT = 120.0
 
 MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows past any sane EC2 size
 PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
+# A running job rewrites its progress file at least this often, changed or not, so that `status`
+# can tell a run that is alive from one that was killed.
+PROGRESS_HEARTBEAT_SECONDS = 30.0
 LISTING_WINDOW = 2_000  # listed objects buffered ahead of the workers
 LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ETag) up to 4 x --chunk-size
 
@@ -200,7 +204,10 @@ EXIT_CODES_HELP = """exit codes:
   1    the run finished but some objects failed; they are listed, and a rerun retries them
   2    usage, configuration or preflight error, or a failure that dooms every request
        (bad or expired credentials, missing bucket, missing permission); rerun to resume
-  130  interrupted (Ctrl-C or SIGTERM); progress saved, rerun the same command to resume"""
+  130  interrupted (Ctrl-C or SIGTERM); progress saved, rerun the same command to resume
+
+s3_bulk_transfer.py status [PATH] prints a job's progress, every shard's, from its progress files
+(see s3_bulk_transfer.py status --help)."""
 
 
 # =============================================================================================
@@ -4160,7 +4167,8 @@ class ProgressStore:
         self.save(this_run)
 
     def save_if_due(self, this_run: dict[str, Any]) -> None:
-        if self._dirty and time.monotonic() - self._last_save >= PROGRESS_SAVE_INTERVAL:
+        since = time.monotonic() - self._last_save
+        if (self._dirty and since >= PROGRESS_SAVE_INTERVAL) or since >= PROGRESS_HEARTBEAT_SECONDS:
             self.save(this_run)
 
     def save(self, this_run: dict[str, Any]) -> None:
@@ -4590,6 +4598,133 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
     uploads = progress.uploads()
     if uploads:
         lines.append(f"{len(uploads)} multipart upload(s) kept for resume; rerun the same command to finish them.")
+    return "\n".join(lines)
+
+
+# -- the whole job, from its progress files: the status command --------------------------------
+#
+# `s3_bulk_transfer.py status [PATH]` reads what every shard last saved and prints the job at once:
+# an operator of an array job sees which shards are done, which run, which stopped, which never
+# started. It reads only files; it never opens a lock (a shard starting at that instant must not
+# find its progress file busy), so a run killed by kill -9 shows as running until its file goes
+# silent for longer than a live run ever leaves it.
+
+SILENT_AFTER_SECONDS = 4 * PROGRESS_HEARTBEAT_SECONDS
+SHARD_FILE_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardStatus:
+    """What one progress file says, reduced to what the status table shows."""
+
+    label: str  # "0/3", or "job" for an unsharded run
+    state: str  # the file's state; "not started" for a shard with no file; "silent" for a run gone quiet
+    objects_done: int = 0
+    bytes_done: int = 0
+    objects_failed: int = 0
+    uploads_in_flight: int = 0
+    listing_complete: bool = False
+    updated_at: Optional[str] = None
+    silent_for: Optional[float] = None
+    source: str = ""
+    destination: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+
+def shard_status(label: str, document: dict[str, Any], now: datetime.datetime) -> ShardStatus:
+    """One file's row: a 'running' file not rewritten for SILENT_AFTER_SECONDS belongs to a run that
+    was killed (or whose machine went away), since a live run rewrites it at least every heartbeat."""
+    summary, resume = document.get("summary", {}), document.get("resume", {})
+    updated_at = summary.get("updated_at")
+    age = (now - datetime.datetime.fromisoformat(updated_at)).total_seconds() if updated_at else None
+    state = summary.get("state", "unknown")
+    if state == "running" and age is not None and age > SILENT_AFTER_SECONDS:
+        state = "silent"
+    return ShardStatus(label=label, state=state, objects_done=int(summary.get("objects_done", 0)),
+                       bytes_done=int(summary.get("bytes_done", 0)),
+                       objects_failed=int(summary.get("objects_failed", 0)),
+                       uploads_in_flight=int(summary.get("multipart_uploads_in_flight", 0)),
+                       listing_complete=bool(resume.get("listing_complete")), updated_at=updated_at,
+                       silent_for=age if state == "silent" else None,
+                       source=summary.get("source", ""), destination=summary.get("destination", ""))
+
+
+def job_state_files(path: Path) -> dict[Optional[int], dict[Optional[int], Path]]:
+    """The progress files of the job named by `path` (a progress file's name, or a folder holding
+    the default one): {shard count: {shard index: file}}, None for the unsharded file. Shard counts
+    come from the shards' file names and from any plan beside them, so that a shard that never
+    started is still counted."""
+    if path.is_dir():
+        path = path / DEFAULT_PROGRESS_FILE
+    found: dict[Optional[int], dict[Optional[int], Path]] = {}
+    if path.is_file():
+        found[None] = {None: path}
+    for candidate in sorted(path.parent.glob(f"{glob.escape(path.stem)}.*{path.suffix}")):
+        name = candidate.name[:len(candidate.name) - len(path.suffix)] if path.suffix else candidate.name
+        shard = SHARD_FILE_NAME.search(name[len(path.stem):])
+        if shard and len(name) == len(path.stem) + shard.end():
+            found.setdefault(int(shard.group(2)), {})[int(shard.group(1))] = candidate
+    for plan in path.parent.glob(f"{glob.escape(path.stem)}.plan-of-*-shards{path.suffix}"):
+        count = plan.name[len(path.stem) + len(".plan-of-"):].split("-", 1)[0]
+        if count.isdigit():
+            found.setdefault(int(count), {})
+    return found
+
+
+def job_status(path: Path, now: Optional[datetime.datetime] = None) -> dict[Optional[int], list[ShardStatus]]:
+    """Every shard's row, by shard count; a file that cannot be read is a ConfigurationError."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    rows: dict[Optional[int], list[ShardStatus]] = {}
+    for count, files in job_state_files(path).items():
+        indices: Iterable[Optional[int]] = [None] if count is None else range(count)
+        for index in indices:
+            label = "job" if count is None else f"{index}/{count}"
+            file = files.get(index)
+            document = read_progress_file(file) if file is not None else None
+            rows.setdefault(count, []).append(ShardStatus(label, "not started") if document is None
+                                              else shard_status(label, document, now))
+    return rows
+
+
+def format_job_status(path: Path, rows: dict[Optional[int], list[ShardStatus]],
+                      now: Optional[datetime.datetime] = None) -> str:
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+
+    def saved(shard: ShardStatus) -> str:
+        if shard.updated_at is None:
+            return "-"
+        return f"{format_duration((now - datetime.datetime.fromisoformat(shard.updated_at)).total_seconds())} ago"
+
+    def row(label: str, state: str, shards: list[ShardStatus], last: str) -> str:
+        return (f"  {label:<8}{state:<20}{sum(s.objects_done for s in shards):>13,}"
+                f"{format_size(sum(s.bytes_done for s in shards)):>12}{sum(s.objects_failed for s in shards):>8,}"
+                f"{sum(s.uploads_in_flight for s in shards):>11,}  {last}")
+
+    lines: list[str] = []
+    for count, shards in rows.items():
+        started = [shard for shard in shards if shard.state != "not started"]
+        where = f"{started[0].source} -> {started[0].destination}" if started else "(no shard has started)"
+        lines.append(f"{where}: {'one process' if count is None else f'{count} shards'}, files beside {path}")
+        lines.append(f"  {'shard':<8}{'state':<20}{'objects done':>13}{'bytes done':>12}{'failed':>8}"
+                     f"{'in flight':>11}  last saved")
+        for shard in shards:
+            state = shard.state + (", listing" if shard.state == "running" and not shard.listing_complete else "")
+            lines.append(row(shard.label, state, [shard], saved(shard)))
+        states = collections.Counter(shard.state for shard in shards)
+        lines.append(row("total", "", shards, ", ".join(f"{number} {state}" for state, number in states.items())))
+        for shard in shards:
+            if shard.state == "silent":
+                lines.append(f"  Shard {shard.label} says it is running but has not saved its progress for "
+                             f"{format_duration(shard.silent_for or 0)}: it was killed or its machine stopped. "
+                             "Run it again (the same command) to resume it.")
+            elif shard.state in ("interrupted", "stopped", "finished with failures"):
+                lines.append(f"  Shard {shard.label} {shard.state}: run it again (the same command) to resume it"
+                             + (" and retry its failed objects." if shard.objects_failed else "."))
+    lines.append("(in flight: multipart uploads begun and kept for resume; objects below the multipart threshold "
+                 "in flight are not saved, a rerun copies them again)")
     return "\n".join(lines)
 
 
@@ -6898,8 +7033,57 @@ def return_freed_bodies_to_the_system() -> None:
         pass
 
 
+STATUS_EXIT_CODES_HELP = """exit codes:
+  0    every shard of the job (or the unsharded run) is complete
+  1    the job is not complete: a shard is running, stopped, silent, failed some objects or never started
+  2    no progress file of the job was found there, or one cannot be read"""
+
+
+def build_status_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3_bulk_transfer.py status",
+        description="Print a job's progress from the progress files its runs save: every shard's "
+                    "(NAME.shard-I-of-N.json), with the shards that have not started, or the one file of an "
+                    "unsharded run. It only reads files; a running job is not disturbed.",
+        epilog=STATUS_EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("progress_file", nargs="?", type=Path, default=Path(DEFAULT_PROGRESS_FILE), metavar="PATH",
+                        help="the job's --progress-file as every shard was given it (without .shard-I-of-N), or "
+                             f"the folder holding the default one (default: {DEFAULT_PROGRESS_FILE})")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document (the rows by shard count) instead of the table")
+    return parser
+
+
+def status_main(argv: list[str]) -> int:
+    """The status command: the whole job's progress, and an exit code saying whether it is done."""
+    try:
+        args = build_status_parser().parse_args(argv)
+    except SystemExit as exit_request:
+        return int(exit_request.code or 0)
+    try:
+        rows = job_status(args.progress_file)
+    except ConfigurationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if not rows:
+        print(f"error: no progress file of a job at {args.progress_file} (nor of its shards, "
+              f"{Path(args.progress_file).stem}.shard-I-of-N{Path(args.progress_file).suffix}): give the "
+              "--progress-file the job was started with, or the folder it is in.", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps({str(count or 1): [dataclasses.asdict(row) for row in shards]
+                          for count, shards in rows.items()}, indent=2, ensure_ascii=False))
+    else:
+        print(format_job_status(args.progress_file, rows))
+    return EXIT_OK if all(row.complete for shards in rows.values() for row in shards) else EXIT_SOME_FAILED
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Parse the command line, run the transfer, and map the outcome to an exit code."""
+    """Parse the command line, run the transfer (or the status command), and map the outcome to an
+    exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:  # a source is always s3://..., so the word cannot be one
+        return status_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

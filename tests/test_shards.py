@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import datetime
 import json
 import re
 import uuid
@@ -20,7 +21,9 @@ import pytest
 from fault_proxy import FaultProxy
 from s3servers import DEST_BUCKET, SOURCE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
-from toolcli import ToolJob, copied_keys, describe, read_progress, write_source_credentials
+from toolcli import ToolJob, copied_keys, describe, read_progress, run_tool, write_source_credentials
+
+import s3_bulk_transfer as tool
 
 pytestmark = pytest.mark.engine_independent  # how shards divide a job is the same under either engine
 
@@ -61,6 +64,16 @@ def shard_file(job: ToolJob, path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}.shard-{index}-of-{SHARDS}{path.suffix}")
 
 
+def status_of(job: ToolJob, *extra: str):  # noqa: ANN201 - subprocess.CompletedProcess[str]
+    """`s3_bulk_transfer.py status PROGRESS_FILE`, as the operator of the job types it."""
+    return run_tool(["status", str(job.progress_file), *extra], env=job.env, cwd=job.workdir)
+
+
+def status_rows(result) -> dict[str, str]:  # noqa: ANN001
+    """The table's rows: shard label -> the rest of its line."""
+    return {line.split()[0]: line for line in result.stdout.splitlines() if re.match(r"\s+(\d+/\d+|total)\s", line)}
+
+
 def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_once(
         accounts: CrossAccount, tmp_path: Path) -> None:
     names = fill_source(accounts)
@@ -80,6 +93,13 @@ def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_o
                      "shard 1 had copied 40 objects")
         shards[1].kill()
         shards[1].wait()
+        # The operator's view of the killed shard: still "running", since it could not say otherwise,
+        # and "silent" once its file has gone unsaved for longer than any live run leaves it.
+        while_killed = status_of(job)
+        killed_file = read_progress(shard_file(job, job.progress_file, 1))
+        saved_at = datetime.datetime.fromisoformat(killed_file["summary"]["updated_at"])
+        later = tool.job_status(job.progress_file, now=saved_at + datetime.timedelta(
+            seconds=tool.SILENT_AFTER_SECONDS + 1))[SHARDS]
         restarted = job.start(accounts.source_uri, accounts.destination_uri, "--shard", f"1/{SHARDS}", *TAGLESS)
         codes = [job.wait(process) for process in (shards[0], restarted, shards[2])]
         assert codes == [0, 0, 0], job.diagnostics()
@@ -105,6 +125,14 @@ def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_o
     assert sum(entry["summary"]["objects_done"] for entry in progress) == len(keys)  # none counted twice
     # Listed about once between them: each shard listed its own ranges, not the whole bucket.
     assert sharded_listings <= 1.2 * one_listing, (sharded_listings, one_listing)
+    assert while_killed.returncode == 1, describe(while_killed)
+    assert "running" in status_rows(while_killed)["1/3"], describe(while_killed)
+    assert later[1].state == "silent" and "killed" in tool.format_job_status(job.progress_file, {SHARDS: later})
+    done = status_of(job)
+    assert done.returncode == 0, describe(done)
+    assert re.search(r"total\s+1,100\s.*\s3 complete$", status_rows(done)["total"]), describe(done)
+    as_json = json.loads(status_of(job, "--json").stdout)[str(SHARDS)]
+    assert [row["objects_done"] for row in as_json] == [entry["summary"]["objects_done"] for entry in progress]
     print(f"shards: {sharded_listings} ListObjectsV2 pages for {SHARDS} shards (one restarted) against "
           f"{one_listing} unsharded; {sum(creates.values()) - len(keys)} objects sent again after the kill")
 
@@ -112,16 +140,20 @@ def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_o
 def test_a_dry_run_makes_the_plan_that_shards_started_later_follow(accounts: CrossAccount, tmp_path: Path) -> None:
     names = fill_source(accounts)
     job = accounts.job(accounts.server.source, accounts.server.dest)
-    plan_file = tmp_path / "plan.json"
+    plan_file = tmp_path / "progress.plan-of-2-shards.json"  # beside the progress files, as by default
 
-    planned = job.run(accounts.source_uri, accounts.destination_uri, "--dry-run", "--shard", "0/2",
-                      "--shard-plan", str(plan_file))
+    planned = job.run(accounts.source_uri, accounts.destination_uri, "--dry-run", "--shard", "0/2")
     assert planned.returncode == 0, describe(planned)
     made = plan_file.read_text()
+    # A plan and no shard yet: the operator sees two shards not started, and the job not done.
+    waiting = status_of(job)
+    assert waiting.returncode == 1, describe(waiting)
+    assert [row.split()[1:3] for label, row in status_rows(waiting).items() if label != "total"] == \
+        [["not", "started"]] * 2, describe(waiting)
     # Objects created after the plan, in a new folder before every other: still copied, by exactly one shard.
     accounts.put("a-late/new.txt", b"late")
-    later = [job.run(accounts.source_uri, accounts.destination_uri, "--dry-run", "--shard", f"{index}/2",
-                     "--shard-plan", str(plan_file)) for index in range(2)]
+    later = [job.run(accounts.source_uri, accounts.destination_uri, "--dry-run", "--shard", f"{index}/2")
+             for index in range(2)]
 
     assert [result.returncode for result in later] == [0, 0], [describe(result) for result in later]
     assert plan_file.read_text() == made  # never rewritten
@@ -144,3 +176,14 @@ def test_a_plan_of_another_source_is_refused_with_a_sentence(accounts: CrossAcco
     assert result.returncode == 2, describe(result)
     assert "s3://elsewhere/" in result.stderr and "another --shard-plan" in result.stderr, describe(result)
     assert "Traceback" not in result.stderr
+
+
+def test_status_of_a_place_with_no_job_or_a_damaged_file_is_a_sentence(tmp_path: Path) -> None:
+    nothing = run_tool(["status", str(tmp_path / "progress.json")], env={}, cwd=tmp_path)
+    assert nothing.returncode == 2 and "no progress file of a job" in nothing.stderr, describe(nothing)
+    (tmp_path / "progress.shard-1-of-2.json").write_text('{"format": "s3-bulk-transfer progress, version 1", ')
+
+    damaged = run_tool(["status", str(tmp_path / "progress.json")], env={}, cwd=tmp_path)
+
+    assert damaged.returncode == 2 and "is not valid JSON" in damaged.stderr, describe(damaged)
+    assert "Traceback" not in damaged.stderr
