@@ -97,10 +97,12 @@ import heapq
 import json
 import logging
 import math
+import multiprocessing
 import os
 import queue
 import random
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -168,6 +170,7 @@ DEFAULT_STATUS_INTERVAL = 10.0
 DEFAULT_READ_TIMEOUT = 120.0
 
 
+MAX_PROCESSES = 64  # --processes: beyond this the parent's bookkeeping is the bottleneck, on any machine
 MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows past any sane EC2 size
 PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
 # A running job rewrites its progress file at least this often, changed or not, so that `status`
@@ -1123,6 +1126,7 @@ class Tuning:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     engine: str = "auto"
     copy_mode: str = "auto"
+    processes: int = 1  # --processes: worker processes copying the small objects (1: this process does)
 
     def memory_bound(self) -> str:
         return (
@@ -1670,6 +1674,32 @@ def connect_side(settings: SideAccess, bucket: str, *, max_workers: int, list_pr
     return ConnectedSide(access=settings, client=client, bucket=bucket, region=region, credentials=credentials,
                 objects_url=objects_url(urls[-1]), ca_bundle=ca_bundle,
                 first_key=next((entry["Key"] for entry in first.get("Contents", ())), None), retries=retries)
+
+
+@dataclasses.dataclass(frozen=True)
+class SideReach:
+    """What a worker process (--processes) needs to reach a side the parent connected, without the
+    preflight's requests: the settings and what connecting learnt (the region, the objects' URL)."""
+
+    access: SideAccess
+    bucket: str
+    region: str
+    objects_url: str
+    ca_bundle: Optional[str]
+
+    @classmethod
+    def of(cls, side: ConnectedSide) -> "SideReach":
+        return cls(side.access, side.bucket, side.region, side.objects_url, side.ca_bundle)
+
+    def connect(self, *, max_workers: int, read_timeout: float, retries: Retries) -> ConnectedSide:
+        session = build_session(self.access)
+        if self.access.role_arn:
+            session = role_session(session, self.access, region=self.region)
+        client = make_s3_client(session, self.access, region=self.region, max_workers=max_workers,
+                                read_timeout=read_timeout)
+        return ConnectedSide(access=self.access, client=client, bucket=self.bucket, region=self.region,
+                             credentials=session.get_credentials(), objects_url=self.objects_url,
+                             ca_bundle=self.ca_bundle, retries=retries)
 
 
 def objects_url(listing_url: str) -> str:
@@ -5990,7 +6020,8 @@ class UnitScheduler:
     announcement of a stop."""
 
     def __init__(self, *, budget: MemoryBudget, pool: concurrent.futures.ThreadPoolExecutor,
-                 progress: "ProgressStore", status: "StatusReporter", run: RunStop) -> None:
+                 progress: "ProgressStore", status: "StatusReporter", run: RunStop,
+                 announce_stop: bool = True) -> None:
         self._budget = budget
         self._pool = pool
         self._progress = progress
@@ -5998,13 +6029,22 @@ class UnitScheduler:
         self._run = run
         self._in_flight: set[concurrent.futures.Future[None]] = set()
         self._in_flight_lock = threading.Lock()
-        self._stop_announced = False
+        self._stop_announced = not announce_stop  # a worker process's parent announces it, once
         self._last_tick = 0.0
         self.pipeline: Optional[SmallObjectPipeline] = None  # the small objects it also ticks and waits for
+        self.processes: Optional[WorkerProcesses] = None  # --processes: the objects handed to them, likewise
 
     def submit(self, work: Callable[[], None], *, cost: int) -> bool:
         """Hand one unit to the pool once a worker and `cost` bytes of the memory budget are free;
         False (nothing submitted) when the run stops while waiting."""
+        if not self.reserve(cost):
+            return False
+        self.submit_reserved(work, cost=cost)
+        return True
+
+    def reserve(self, cost: int) -> bool:
+        """Take a unit and `cost` bytes of the memory budget, ticking while they are not free; False
+        (nothing taken) when the run stops while waiting."""
         while not self._budget.acquire(cost, timeout=TICK_SECONDS):
             self.tick()
             if self._run.should_stop():
@@ -6012,7 +6052,6 @@ class UnitScheduler:
         if self._run.should_stop():
             self._budget.release(cost)
             return False
-        self.submit_reserved(work, cost=cost)
         return True
 
     def submit_reserved(self, work: Callable[[], None], *, cost: int) -> None:
@@ -6035,6 +6074,8 @@ class UnitScheduler:
         before it forgets them."""
         if self.pipeline is not None and not self.pipeline.idle():
             return False
+        if self.processes is not None and not self.processes.idle():
+            return False
         with self._in_flight_lock:
             return not self._in_flight
 
@@ -6042,7 +6083,9 @@ class UnitScheduler:
         """Wait until a unit in flight ends, or TICK_SECONDS; then tick."""
         with self._in_flight_lock:
             pending = set(self._in_flight)
-        if pending or self.pipeline is None:
+        if self.processes is not None and not pending and not self.processes.idle():
+            self.processes.wait(TICK_SECONDS)
+        elif pending or self.pipeline is None:
             concurrent.futures.wait(pending, timeout=TICK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
         else:
             self.pipeline.wait(TICK_SECONDS)
@@ -6052,6 +6095,8 @@ class UnitScheduler:
         self._last_tick = time.monotonic()
         if self.pipeline is not None:
             self.pipeline.tick()
+        if self.processes is not None:
+            self.processes.tick()
         if self._run.stopping.is_set() and not self._stop_announced:
             self._stop_announced = True
             LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
@@ -6068,6 +6113,8 @@ class UnitScheduler:
     def shutdown(self) -> None:
         if self.pipeline is not None:
             self.pipeline.finish()  # before the pool, to which its callbacks may still hand objects
+        if self.processes is not None:
+            self.processes.finish()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -6092,6 +6139,8 @@ class TransferEngine:
         self.status = status
         self.run_stop = run
         self.pipeline: Optional[SmallObjectPipeline] = None  # build_engine's, when the transport has callbacks
+        # --processes: who takes the objects this process does not copy itself (see WorkerProcesses)
+        self.delegate: Optional[UnitDelegate] = None
 
     def run(self, listing: ListingWindow, retry_keys: Iterable[str]) -> None:
         should_stop = self.run_stop.should_stop
@@ -6156,8 +6205,13 @@ class TransferEngine:
             return
         server_side = self.copy_mode.server_side()
         threshold = self.config.tuning.multipart_threshold
-        if copied_in_one_request(destination_key, listed.size, multipart_threshold=threshold):
+        one_request = copied_in_one_request(destination_key, listed.size, multipart_threshold=threshold)
+        if one_request:
             self.multipart.abort_recorded(listed.key, "the object is now copied with one request, not in parts")
+        if self.delegate is not None and self.delegate.take(listed, attempt, one_request=one_request,
+                                                            server_side=server_side):
+            return
+        if one_request:
             if self.pipeline is not None and not server_side:
                 self.pipeline.offer(listed, destination_key, attempt, tick=self.scheduler.tick)
                 return
@@ -6209,9 +6263,11 @@ class TransferEngine:
 
 def build_engine(config: RunSettings, *, source: ConnectedSide, destination: ConnectedSide, transport: BodyTransport,
                  progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event,
-                 copy_mode: CopyModeChoice) -> TransferEngine:
+                 copy_mode: CopyModeChoice, worker_job: Optional[Callable[[int], "WorkerJob"]] = None,
+                 announce_stop: bool = True) -> TransferEngine:
     """A TransferEngine of its parts, for this job: one RunStop, PermissionBreaker and memory budget
-    shared by them all."""
+    shared by them all; with `worker_job` (--processes), the worker processes that copy its small
+    objects, under that same budget."""
     run = RunStop(stopping)
     permissions = PermissionBreaker()
     bandwidth = BandwidthLimit(config.tuning.max_bandwidth, stopping) if config.tuning.max_bandwidth else None
@@ -6221,21 +6277,495 @@ def build_engine(config: RunSettings, *, source: ConnectedSide, destination: Con
     budget = MemoryBudget(config.tuning.memory_limit, max_units=config.tuning.max_workers)
     scheduler = UnitScheduler(budget=budget, pool=concurrent.futures.ThreadPoolExecutor(config.tuning.max_workers,
                                                                          thread_name_prefix="worker"),
-                              progress=progress, status=status, run=run)
+                              progress=progress, status=status, run=run, announce_stop=announce_stop)
     policy = FailurePolicy(source=source, destination=destination, progress=progress, status=status, run=run,
                            permissions=permissions)
     small = SmallObjectCopier(services)
     engine = TransferEngine(config, scheduler=scheduler, policy=policy, small=small,
                             multipart=MultipartUploads(services), copy_mode=copy_mode, progress=progress,
                             status=status, run=run)
+    if worker_job is not None:
+        engine.delegate = scheduler.processes = WorkerProcesses(
+            config, job=worker_job, scheduler=scheduler, budget=budget, progress=progress, status=status,
+            policy=policy, run=run)
     # --max-bandwidth waits before each GET, which a callback must not: workers carry small objects then.
-    if transport.callbacks is not None and bandwidth is None:
+    elif transport.callbacks is not None and bandwidth is None:
         engine.pipeline = scheduler.pipeline = SmallObjectPipeline(
             small, transport.callbacks, budget=budget, hand_off=engine.hand_off,
             # Short, so the copies keep to listing order (a watermark close behind) while the main
             # thread, woken when half of it has gone, still sleeps through most objects.
             queue_length=2 * config.tuning.max_workers)
     return engine
+
+
+# -- worker processes: --processes N ----------------------------------------------------------
+#
+# One process runs its Python on one core at a time, and a small object costs the process more CPU
+# than its bytes do. With --processes N the parent keeps all that is the job's own (the listing, the
+# progress file and its lock, multipart uploads and server-side copies, the log, the status line and
+# the report) and hands the objects below the multipart threshold, in batches, to N worker processes,
+# each with its own connections and engine. Only the listing's entries cross: a worker GETs and PUTs
+# each body itself. What the parent hands out it counts against the job's --max-workers and
+# --memory-limit (its own MemoryBudget), so the bound holds for the job, not per process. An object is
+# settled (done, failed, gone) only when its worker says so: the objects of a worker that dies are
+# handed to another, and a parent that dies takes its workers with it (PR_SET_PDEATHSIG, and the end
+# of their pipe), leaving a progress file whose pending keys the rerun copies, as after any kill -9.
+
+
+class UnitDelegate(Protocol):
+    """Takes, or declines, an object TransferEngine is about to copy (WorkerProcesses in a parent,
+    HandBack in a worker process)."""
+
+    def take(self, listed: ListedObject, attempt: int, *, one_request: bool, server_side: bool) -> bool: ...
+
+
+PROCESS_BATCH_LIMIT = 64  # objects in one hand-off to a worker process
+PROCESS_DEATHS_BEFORE_STOP = 5  # worker processes that die unasked, in one run, before it stops
+PROCESS_END_SECONDS = 120.0  # how long the parent waits for its workers to finish what they hold
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerJob:
+    """What a worker process starts from (sent to it pickled, over its pipe from the parent)."""
+
+    config: RunSettings
+    source: SideReach
+    destination: SideReach
+    engine: EngineChoice
+    parent_pid: int
+    number: int
+
+
+class WorkerProcess:
+    """The parent's side of one worker process: the process, its pipe, the objects it holds (by key,
+    with the budget each took) and those not yet sent. A thread of its own reads what the worker says
+    and passes each message to `heard`."""
+
+    def __init__(self, number: int, job: WorkerJob, heard: Callable[["WorkerProcess", tuple], None],
+                 context: Any) -> None:
+        self.number = number
+        parent_end, child_end = context.Pipe()
+        self.process = context.Process(target=worker_process_main, args=(job, child_end), daemon=True,
+                                       name=f"s3-bulk-transfer worker {number}")
+        self.process.start()
+        child_end.close()
+        self.connection = parent_end
+        self.held: dict[str, tuple[ListedObject, int]] = {}
+        self.unsent: list[ListedObject] = []
+        self.ended = False  # it said it ended, or it died
+        threading.Thread(target=self._read, args=(heard,), daemon=True, name=f"process-{number}-reader").start()
+
+    def _read(self, heard: Callable[["WorkerProcess", tuple], None]) -> None:
+        try:
+            while True:
+                for message in self.connection.recv():
+                    heard(self, message)
+        except (EOFError, OSError):
+            heard(self, ("gone",))
+
+    def send(self, message: tuple) -> None:
+        with contextlib.suppress(OSError):  # a worker that died: its reader says so
+            self.connection.send(message)
+
+    def flush(self) -> None:
+        if self.unsent and not self.ended:
+            batch, self.unsent = self.unsent, []
+            self.send(("work", batch))
+
+    def how_it_ended(self) -> str:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return "still running" if code is None else f"exit code {code}"
+
+
+class WorkerProcesses:
+    """The parent's UnitDelegate under --processes: takes every object copied with one GET and one
+    PUT, holds its budget, hands it to the worker holding the fewest, and settles it in the progress
+    store, the status and the log as the worker reports. The workers' reader threads settle objects
+    (so the budget frees as soon as a worker says so); the main thread hands out objects and, on its
+    ticks, replaces a worker that died: a process started from a reader thread would die with it
+    (PR_SET_PDEATHSIG follows the thread that started it)."""
+
+    def __init__(self, config: RunSettings, *, job: Callable[[int], WorkerJob], scheduler: UnitScheduler,
+                 budget: MemoryBudget, progress: "ProgressStore", status: "StatusReporter", policy: FailurePolicy,
+                 run: RunStop) -> None:
+        self._job = job
+        self._scheduler = scheduler
+        self._budget = budget
+        self._progress = progress
+        self._status = status
+        self._policy = policy
+        self._run = run
+        self._context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads' locks
+        self._changed = threading.Condition()  # guards the workers' `held` and `unsent`; notified as they change
+        self._endings: "queue.SimpleQueue[WorkerProcess]" = queue.SimpleQueue()  # died, for the main thread
+        count = config.tuning.processes
+        self._batch = max(1, min(PROCESS_BATCH_LIMIT, config.tuning.max_workers // (2 * count)))
+        self._workers = [WorkerProcess(number, job(number), self._heard, self._context) for number in range(count)]
+        self._deaths = 0
+        self._stopped = False
+        self._finishing = False
+
+    def take(self, listed: ListedObject, attempt: int, *, one_request: bool, server_side: bool) -> bool:
+        if not one_request or server_side:
+            return False
+        if not self._budget.try_acquire(listed.size):
+            self._flush()  # the objects waiting to be sent are what frees the budget
+            if not self._scheduler.reserve(listed.size):
+                return True  # the run stops: the key stays pending, for the rerun
+        self._hand(listed, listed.size)
+        return True
+
+    def _hand(self, listed: ListedObject, cost: int) -> None:
+        with self._changed:
+            live = [worker for worker in self._workers if not worker.ended]
+            if not live or self._stopped:
+                self._budget.release(cost)
+                return
+            worker = min(live, key=lambda candidate: len(candidate.held))
+            worker.held[listed.key] = (listed, cost)
+            self._status.worker_busy(+1)
+            worker.unsent.append(listed)
+            if len(worker.unsent) >= self._batch:
+                worker.flush()
+
+    def _flush(self) -> None:
+        with self._changed:
+            for worker in self._workers:
+                worker.flush()
+
+    def idle(self) -> bool:
+        with self._changed:
+            return all(worker.ended or not worker.held for worker in self._workers)
+
+    def tick(self) -> None:
+        while True:
+            try:
+                self._replace(self._endings.get_nowait())
+            except queue.Empty:
+                break
+        if self._run.should_stop() and not self._stopped:
+            with self._changed:
+                self._stopped = True
+                for worker in self._workers:
+                    for listed in worker.unsent:
+                        self._release(worker, listed.key)
+                    worker.unsent.clear()
+                    worker.send(("stop",))
+        self._flush()
+
+    def wait(self, timeout: float) -> None:
+        """Until a worker settles an object or ends, or `timeout`."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def _release(self, worker: WorkerProcess, key: str) -> ListedObject:
+        """Under self._changed."""
+        listed, cost = worker.held.pop(key)
+        self._budget.release(cost)
+        self._status.worker_busy(-1)
+        return listed
+
+    def _heard(self, worker: WorkerProcess, message: tuple) -> None:
+        """A worker's message, on its reader thread."""
+        with self._changed:
+            self._settle(worker, message)
+            self._changed.notify_all()
+
+    def _settle(self, worker: WorkerProcess, message: tuple) -> None:
+        kind, *details = message
+        if kind == "done":
+            self._release(worker, details[0])
+            self._progress.mark_done(details[0], details[1])
+        elif kind == "failed":
+            self._release(worker, details[0])
+            self._progress.mark_failed(details[0], details[1])
+        elif kind == "vanished":
+            self._release(worker, details[0])
+            self._progress.vanished(details[0])
+        elif kind == "status" and details[0] in ForwardedStatus.FORWARDED:
+            name, args, keywords = details
+            getattr(self._status, name)(*args, **keywords)
+        elif kind == "returned":  # changed since it was listed, into one for the parent: multipart
+            self._policy.restarts.put((self._release(worker, details[0]), 1))
+        elif kind == "log":
+            LOG.log(details[0], "%s", details[1])
+        elif kind == "fatal":
+            self._run.stop(FatalTransferError(details[0]))
+        elif kind == "cpu":  # its last word: what it cost, for a person sizing --processes (bench/ reads it)
+            LOG.info("worker process %d (pid %s) used %.2f s of CPU", worker.number, worker.process.pid, details[0])
+        elif kind == "ended":
+            worker.ended = True
+            for key in list(worker.held):  # stopped before these were started: pending, for the rerun
+                self._release(worker, key)
+        elif kind == "gone" and not worker.ended:
+            worker.ended = True
+            self._endings.put(worker)
+
+    def _replace(self, worker: WorkerProcess) -> None:
+        """A worker died unasked (killed, out of memory): its objects go to a new one in its place."""
+        how = worker.how_it_ended()
+        with self._changed:
+            if self._finishing or self._run.should_stop() or self._deaths + 1 >= PROCESS_DEATHS_BEFORE_STOP:
+                for key in list(worker.held):
+                    self._release(worker, key)
+        if self._finishing or self._run.should_stop():
+            return
+        self._deaths += 1
+        if self._deaths >= PROCESS_DEATHS_BEFORE_STOP:
+            self._run.stop(FatalTransferError(
+                f"{self._deaths} worker processes ended unexpectedly (the last: {how}), so the run stopped. If the "
+                "system killed them for memory (dmesg says so), rerun with fewer --max-workers or --processes; "
+                "rerun the same command to resume."))
+            return
+        LOG.warning("worker process %d (pid %s) ended unexpectedly (%s): its %d objects in flight are copied by "
+                    "a new one", worker.number, worker.process.pid, how, len(worker.held))
+        replacement = WorkerProcess(worker.number, self._job(worker.number), self._heard, self._context)
+        with self._changed:
+            self._workers[self._workers.index(worker)] = replacement
+            held, worker.held = list(worker.held.values()), {}
+            self._status.worker_busy(-len(held))
+        for listed, cost in held:
+            self._hand(listed, cost)  # its budget still held
+
+    def finish(self) -> None:
+        """End every worker: each finishes what it holds (all of it, unless the run stops), says so and
+        exits; one that has not ended in PROCESS_END_SECONDS is killed."""
+        self._finishing = True
+        for worker in self._workers:
+            worker.flush()
+            worker.send(("stop",) if self._run.should_stop() else ("end",))
+        deadline = time.monotonic() + PROCESS_END_SECONDS
+        while not all(worker.ended for worker in self._workers) and time.monotonic() < deadline:
+            self.wait(TICK_SECONDS)
+            self.tick()
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.join(timeout=1)
+            if worker.process.is_alive():
+                LOG.warning("worker process %d did not end: killed", worker.number)
+                worker.process.kill()
+            worker.process.join()
+            worker.connection.close()
+
+
+# -- inside a worker process ----------------------------------------------------------------
+
+
+class OutcomeSender:
+    """A worker's messages to its parent, sent by a thread of their own: what accumulates while it
+    writes goes in the next write, so the batches grow with the rate and add no wait."""
+
+    _END = ("ended",)
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._messages: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._send, daemon=True, name="outcome-sender")
+        self._thread.start()
+
+    def put(self, message: tuple) -> None:
+        self._messages.put(message)
+
+    def _send(self) -> None:
+        while True:
+            batch = [self._messages.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 1_000:
+                    batch.append(self._messages.get_nowait())
+            try:
+                self._connection.send(batch)
+            except OSError:
+                os._exit(EXIT_INTERRUPTED)  # the parent is gone: nothing here can be recorded any more
+            if batch[-1] is self._END:
+                return
+
+    def close(self) -> None:
+        self._messages.put(self._END)
+        self._thread.join()
+
+
+class ForwardedLog(logging.Handler):
+    """A worker's log records, to the parent's one log (and console), in order with its outcomes."""
+
+    def __init__(self, sender: OutcomeSender) -> None:
+        super().__init__(logging.INFO)
+        self._sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sender.put(("log", record.levelno, record.getMessage()))
+
+
+class OutcomeRecorder:
+    """A worker's stand-in for the ProgressStore: what the engine records of each object goes to the
+    parent, which keeps the job's one progress file. A worker copies no multipart object (HandBack
+    returns those to the parent), so it records no upload."""
+
+    def __init__(self, sender: OutcomeSender) -> None:
+        self._sender = sender
+
+    def mark_done(self, key: str, size: int) -> None:
+        self._sender.put(("done", key, size))
+
+    def mark_failed(self, key: str, reason: str) -> None:
+        self._sender.put(("failed", key, reason))
+
+    def vanished(self, key: str) -> None:
+        self._sender.put(("vanished", key))
+
+    def is_done_beyond_watermark(self, key: str) -> bool:
+        return False
+
+    def listed(self, key: str, *, already_done: bool = False) -> None:
+        pass
+
+    def listing_finished(self) -> None:
+        pass
+
+    def upload_for(self, key: str) -> None:
+        return None
+
+    def uploads(self) -> list[str]:
+        return []
+
+    def save_if_due(self, this_run: dict[str, Any]) -> None:
+        pass
+
+
+class ForwardedStatus(StatusReporter):
+    """A worker's status counters, counted by the parent's StatusReporter instead."""
+
+    FORWARDED = frozenset({"object_done", "object_failed", "vanished", "retried", "throttled"})
+
+    def __init__(self, sender: OutcomeSender, *, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, interval=float("inf"), live=False, plain=False)
+        self._sender = sender
+
+    def object_done(self, size: int, *, bytes_moved: int, verified_by: str, server_side: bool) -> None:
+        self._sender.put(("status", "object_done", (size,),
+                          {"bytes_moved": bytes_moved, "verified_by": verified_by, "server_side": server_side}))
+
+    def object_failed(self) -> None:
+        self._sender.put(("status", "object_failed", (), {}))
+
+    def vanished(self) -> None:
+        self._sender.put(("status", "vanished", (), {}))
+
+    def retried(self) -> None:
+        self._sender.put(("status", "retried", (), {}))
+
+    def throttled(self) -> None:
+        self._sender.put(("status", "throttled", (), {}))
+
+
+class HandBack:
+    """A worker's UnitDelegate: an object that must be copied in parts (it grew since it was
+    listed) goes back to the parent, which keeps the multipart uploads' records."""
+
+    def __init__(self, sender: OutcomeSender) -> None:
+        self._sender = sender
+
+    def take(self, listed: ListedObject, attempt: int, *, one_request: bool, server_side: bool) -> bool:
+        if one_request and not server_side:
+            return False
+        self._sender.put(("returned", listed.key))
+        return True
+
+
+class HandedOutObjects:
+    """A worker's listing: the objects its parent sends, in the order sent, until it says "end"."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._objects: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+
+    def add(self, objects: list[ListedObject]) -> None:
+        for listed in objects:
+            self._objects.put(listed)
+
+    def end(self) -> None:
+        self._objects.put(self._END)
+
+    def next(self, on_wait: Callable[[], None]) -> Optional[ListedObject]:
+        while True:
+            try:
+                listed = self._objects.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                on_wait()
+                continue
+            return None if listed is self._END else listed
+
+
+def receive_work(connection: Any, handed: HandedOutObjects, stopping: threading.Event) -> None:
+    """A worker's reader of its parent's messages; the parent gone, the worker goes at once."""
+    try:
+        while True:
+            kind, *details = connection.recv()
+            if kind == "work":
+                handed.add(details[0])
+            elif kind == "stop":
+                stopping.set()
+                handed.end()
+            elif kind == "end":
+                handed.end()
+    except (EOFError, OSError):
+        os._exit(EXIT_INTERRUPTED)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux's PR_SET_PDEATHSIG), so no worker
+    goes on copying for a parent that can no longer record it; elsewhere the end of the pipe does it,
+    a moment later."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(LINUX_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the above took effect
+        os._exit(EXIT_INTERRUPTED)
+
+
+LINUX_PR_SET_PDEATHSIG = 1  # prctl option, from linux/prctl.h
+
+
+def worker_process_main(job: WorkerJob, connection: Any) -> None:
+    """A worker process: copies what its parent hands it, with an engine of its own, and tells the
+    parent how each object ended; ends when told, or at once when the parent is gone."""
+    die_with_parent(job.parent_pid)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # sent to the whole process group: the parent decides
+        signal.signal(signum, signal.SIG_IGN)
+    sender = OutcomeSender(connection)
+    LOG.handlers[:] = [ForwardedLog(sender)]
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    skip_caller_lookup_in_log_records()
+    config, stopping = job.config, threading.Event()
+    status = ForwardedStatus(sender, max_workers=config.tuning.max_workers)
+    retries = Retries(stopping, on_throttle=status.throttled, on_retry=status.retried)
+    try:
+        source, destination = (reach.connect(max_workers=config.tuning.max_workers,
+                                             read_timeout=config.tuning.read_timeout, retries=retries)
+                               for reach in (job.source, job.destination))
+        handed = HandedOutObjects()
+        threading.Thread(target=receive_work, args=(connection, handed, stopping), daemon=True,
+                         name="work-receiver").start()
+        engine = build_engine(config, source=source, destination=destination,
+                              transport=make_transport(job.engine, source, destination, config),
+                              progress=OutcomeRecorder(sender), status=status,  # type: ignore[arg-type]
+                              stopping=stopping, copy_mode=CopyModeChoice("stream", unavailable=""),
+                              announce_stop=False)
+        engine.delegate = HandBack(sender)
+        engine.run(handed, ())  # type: ignore[arg-type]
+    except FatalTransferError as error:
+        sender.put(("fatal", str(error)))
+    except Exception as error:  # noqa: BLE001 - told to the parent, which stops the run with it
+        sender.put(("fatal", f"worker process {job.number} failed: {error!r}"))
+    finally:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        sender.put(("cpu", usage.ru_utime + usage.ru_stime))
+        sender.close()
 
 
 # =============================================================================================
@@ -6614,6 +7144,21 @@ def _add_listing_and_engine_options(group: argparse._ArgumentGroup) -> None:
                             "threshold and threads for parts, when awscrt is installed and no proxy is set, else "
                             "threads. Listing, multipart bookkeeping and server-side copies use boto3 either way "
                             "(default: auto)")
+    group.add_argument("--processes", type=processes_argument, default=1, metavar="N",
+                       help="worker processes that copy the objects below the multipart threshold, beside this "
+                            "one, which lists, keeps the progress file and copies the large objects: Python runs "
+                            "one process on one core, so small objects go faster with more, up to the cores the "
+                            "machine has; --max-workers and --memory-limit still bound the whole job, and each "
+                            "process adds its interpreter's memory. auto: one per core (default: 1, no worker "
+                            "processes)")
+
+
+def processes_argument(text: str) -> int:
+    if text == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be auto or a whole number from 1 to {MAX_PROCESSES}, not {text!r}")
+    return int(text)
 
 
 def _add_run_mode_options(group: argparse._ArgumentGroup) -> None:
@@ -6733,6 +7278,11 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
         raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
     if args.status_interval <= 0:
         raise ConfigurationError("--status-interval must be a positive number of seconds.")
+    if args.processes > args.max_workers:
+        raise ConfigurationError(f"--processes {args.processes} is more than --max-workers {args.max_workers}, the "
+                                 "objects in flight they share: raise --max-workers, or use fewer processes.")
+    if args.processes > 1 and args.max_bandwidth:
+        raise ConfigurationError("--max-bandwidth is counted by one process: with it, use --processes 1.")
     if args.list_concurrency is not None and not 1 <= args.list_concurrency <= MAX_LIST_CONCURRENCY:
         raise ConfigurationError(
             f"--list-concurrency must be between 1 and {MAX_LIST_CONCURRENCY}, not {args.list_concurrency}.")
@@ -6768,6 +7318,7 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
     tuning = Tuning(
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
         memory_limit=memory_limit, max_bandwidth=args.max_bandwidth, read_timeout=args.read_timeout,
+        processes=args.processes,
         engine=args.engine, copy_mode=args.copy_mode,
         list_concurrency=1 if inventory else (args.list_concurrency if args.list_concurrency is not None
                                               else max(1, min(DEFAULT_LISTERS_LIMIT, args.max_workers // 2))),
@@ -6940,6 +7491,19 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
     return code
 
 
+def worker_jobs(config: RunSettings, source: ConnectedSide, destination: ConnectedSide,
+                engine_choice: EngineChoice) -> Optional[Callable[[int], WorkerJob]]:
+    """--processes N: what each worker process starts from; None for one process."""
+    if config.tuning.processes <= 1:
+        return None
+    # A worker streams (the parent makes the server-side copies, which its CopyModeChoice decides)
+    # and lists nothing.
+    settings = dataclasses.replace(config, tuning=dataclasses.replace(
+        config.tuning, copy_mode="stream", processes=1, list_concurrency=1))
+    reach = (SideReach.of(source), SideReach.of(destination))
+    return lambda number: WorkerJob(settings, *reach, engine=engine_choice, parent_pid=os.getpid(), number=number)
+
+
 def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSide, destination: ConnectedSide,
              inventory: Optional[Inventory], engine_choice: EngineChoice, stopping: threading.Event) -> int:
     """Copy everything of the job not yet done, under its progress file's lock; the exit code."""
@@ -6947,9 +7511,10 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     if config.restart:
         discard_progress(config.output.progress_file, destination)
     progress = ProgressStore.open(config.output.progress_file, config.job.identity(), restart=config.restart)
-    LOG.info("starting %s -> %s with %d workers, %s parts, threshold %s, bodies moved by %s (%s); "
+    LOG.info("starting %s -> %s with %d workers%s, %s parts, threshold %s, bodies moved by %s (%s); "
              "memory bound %s%s%s%s",
              config.job.source, config.job.destination, config.tuning.max_workers,
+             f" (small objects in {config.tuning.processes} worker processes)" if config.tuning.processes > 1 else "",
              format_size(config.tuning.chunk_size),
              format_size(config.tuning.multipart_threshold), engine_choice.describe(), engine_choice.reason,
              config.tuning.memory_bound(),
@@ -6962,7 +7527,8 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     progress.save(status.summary())
     engine = build_engine(config, source=source, destination=destination,
                           transport=make_transport(engine_choice, source, destination, config),
-                          progress=progress, status=status, stopping=stopping, copy_mode=copy_mode)
+                          progress=progress, status=status, stopping=stopping, copy_mode=copy_mode,
+                          worker_job=worker_jobs(config, source, destination, engine_choice))
     own_ranges = shard_key_ranges(config)
     if own_ranges is not None:
         follow_shard_plan(progress, own_ranges, config)

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -87,7 +88,10 @@ PYTHON_BASELINE = 100 * MiB  # README: "plus Python's own ~100 MiB"
 BANDWIDTH_TOLERANCE = 0.10
 CONTENDED_ATTEMPTS = 3  # tries per run while another job keeps competing for the cores
 
-PARTS = ("small", "large", "latency", "server-side", "grid", "memory", "bandwidth")
+PARTS = ("small", "large", "latency", "server-side", "grid", "memory", "bandwidth", "processes")
+PROCESS_COUNTS = (1, 2)  # --processes compared on the small data set (this machine has 2 cores)
+# The tool's log line for each worker process's CPU (--processes), written as the process ends.
+WORKER_CPU_LINE = re.compile(r"worker process \d+ \(pid \d+\) used ([\d.]+) s of CPU")
 
 
 # =============================================================================================
@@ -295,6 +299,7 @@ class Measurement:
     proc_io_read_as: str
     stdout: str
     stderr: str
+    tree_peak_rss_kib: int = 0  # the process and its children at once (--processes), sampled
 
 
 def run_measured(command: list[str], env: dict[str, str], cwd: Path, scratch: Path) -> Measurement:
@@ -324,6 +329,7 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, scratch: Pa
         sys_s=report["sys_s"], max_rss_kib=report["max_rss_kib"], write_bytes=report["write_bytes"],
         proc_io_read_as=report["proc_io_read_as"],
         stdout=out_path.read_text(errors="replace"), stderr=err_path.read_text(errors="replace"),
+        tree_peak_rss_kib=report.get("tree_peak_rss_kib", 0),
     )
 
 
@@ -540,7 +546,8 @@ class Run:
 
     @property
     def rss_mib(self) -> float:
-        return self.max_rss_kib / 1024
+        """Peak memory of the tool: of its one process, or of all its processes at once."""
+        return max(self.max_rss_kib, int(self.extra.get("tree_peak_rss_kib", 0))) / 1024
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -650,6 +657,10 @@ class Bench:
             stderr_tail="\n".join(measured.stderr.strip().splitlines()[-15:]),
             server_cpu_s=load["server_cpu_s"], kernel_cpu_s=load["kernel_cpu_s"], other_cpu_s=load["other_cpu_s"],
         )
+        run.extra["tree_peak_rss_kib"] = measured.tree_peak_rss_kib
+        if invocation.log_file is not None and invocation.log_file.exists():
+            run.extra["worker_cpu_s"] = [float(seconds) for seconds in
+                                         WORKER_CPU_LINE.findall(invocation.log_file.read_text(errors="replace"))]
         delete_prefix(self.admin, dest_prefix)
         self.reclaimer.deleted(job.dataset.total_bytes)
         if run.contended:
@@ -896,6 +907,34 @@ def comparison_table(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def processes_table(scenario: Scenario) -> list[str]:
+    """Where each process's CPU went under --processes, and what that makes the ceiling of each: the
+    objects/s a process could reach with a core of its own, were the client the bottleneck. The parent
+    lists and settles every object; a worker copies them. Medians over the runs; the spread in brackets."""
+    lines = ["| tool | obj/s (min-max) | CPU ms/object, all processes | parent: CPU s, share of a core, ceiling obj/s "
+             "| each worker: share of a core | worker ceiling obj/s per process |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for tool in scenario.tools[:-1]:
+        runs = [run for run in scenario.runs if run.tool == tool and run.ok]
+        if not runs:
+            continue
+        objects = runs[0].dataset_objects
+        rates = [run.objects_per_s for run in runs]
+        parent = [run.cpu_s - sum(run.extra.get("worker_cpu_s", [])) for run in runs]
+        parent_share = [cpu / run.wall_s for cpu, run in zip(parent, runs)]
+        worker_shares = [seconds / run.wall_s for run in runs for seconds in run.extra.get("worker_cpu_s", [])]
+        worker_cpu = [sum(run.extra.get("worker_cpu_s", [])) for run in runs]
+        per_worker = (f"{statistics.median(worker_shares):.0%}" if worker_shares else "(none: the parent copies)")
+        # Each worker copied about objects / N of them with its share of the CPU: objects per worker CPU second.
+        worker_ceiling = f"{objects / statistics.median(worker_cpu):,.0f}" if worker_shares else "-"
+        lines.append(
+            f"| {tool} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
+            f"| {statistics.median(run.cpu_s for run in runs) / objects * 1000:.2f} "
+            f"| {statistics.median(parent):.2f} s, {statistics.median(parent_share):.0%}, "
+            f"{objects / statistics.median(parent):,.0f} | {per_worker} | {worker_ceiling} |")
+    return lines
+
+
 def grid_table(scenario: Scenario) -> list[str]:
     lines = ["| data set | workers | tool | wall s | MB/s | obj/s | CPU s/GB | peak RSS MiB | MB/s vs rclone |",
              "|" + " --- |" * 9]
@@ -996,6 +1035,8 @@ def markdown_report(scenarios: list[Scenario], summaries: dict[str, dict[str, An
             lines += bandwidth_table(scenario) if scenario.runs else []
         elif scenario.runs:
             lines += comparison_table(scenario, summaries[scenario.name + ":" + scenario.dataset])
+            if scenario.name == "processes":
+                lines += [""] + processes_table(scenario)
         lines += [""] + [f"{note}" for note in scenario.notes] + ([""] if scenario.notes else [])
     return "\n".join(lines).rstrip() + "\n"
 
@@ -1136,6 +1177,13 @@ def run_parts(bench: Bench, args: argparse.Namespace, proxy: LatencyProxy) -> tu
                 bench, "server-side", f"{dataset.name} ({dataset.describe()}), {WORKERS} workers, server-side copy "
                 "(destination keys may read the source)", dataset, ("ours", "aws-cli"), reps, direct,
                 extra={"ours": ("--copy-mode", "server-side")}))
+    if "processes" in parts:
+        dataset = datasets["small"]
+        tools = (*(f"ours-p{count}" for count in PROCESS_COUNTS), "rclone")
+        scenarios.append(run_comparison(
+            bench, "processes", f"small ({dataset.describe()}), {WORKERS} workers, direct, --processes "
+            f"{' and '.join(map(str, PROCESS_COUNTS))}", dataset, tools, reps, direct,
+            extra={f"ours-p{count}": ("--processes", str(count)) for count in PROCESS_COUNTS}))
     if "grid" in parts:
         scenarios.append(run_grid(bench, datasets, args.grid_repetitions))
     if "memory" in parts:
