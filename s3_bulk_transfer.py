@@ -8,8 +8,8 @@ How the data moves
       boundaries, --list-concurrency ranges listed at once, each in key order, a bounded window ahead;
       or no listing: --from-inventory merges the data files of an S3 Inventory report (or reads a key
       list) in key order, streaming them from S3 or a local copy
-      -> include/exclude filters, --shard (a stable hash of the key), key mapping (destination
-         prefix + key minus source prefix)
+      -> include/exclude filters, --shard (the shard's own key ranges, of a plan the shards share;
+         or a stable hash of the key), key mapping (destination prefix + key minus source prefix)
       -> plan: below --multipart-threshold one GET then one PUT (so too, up to 5 GiB, a key with a
                character XML 1.0 forbids, which multipart answers could not carry);
                at or above it CreateMultipartUpload, ranged GETs of one part each (If-Match the
@@ -20,7 +20,9 @@ How the data moves
                with CopyObject and UploadPartCopy: S3 moves the bytes, none pass through here
       -> --max-bandwidth: one token bucket before every GET, shared by all workers
       -> at most --max-workers units of work in flight, a unit being one part or one small object, so
-         the parts of one large object spread across all of them
+         the parts of one large object spread across all of them; with --processes N, the small
+         objects go in batches to N worker processes, each with its own engine, still within the
+         job's --max-workers and --memory-limit, and their outcomes come back to this process
       -> the bodies' GETs and PUTs go through one of two engines (--engine): crt, awscrt's S3 client
          (signing, HTTP and retries in C), or threads, boto3 in a worker thread that waits; under
          crt, small objects move from awscrt's completion callbacks (a GET's starts its PUT, a PUT's
@@ -52,7 +54,8 @@ Sections, in the order data moves
  1. Limits and exit codes
  2. Errors and retries: every exception, the named code tables, classify(), the sentences a
     person reads (explain_error), backoff and Retries, the one retry loop
- 3. Pure rules: sizes, locations and access points, filters, shards, key mapping, part plans
+ 3. Pure rules: sizes, locations and access points, filters, shards and their plans, key mapping,
+    part plans
  4. Configuration: how each side is reached (SideAccess), RunSettings (JobDefinition, Tuning,
     WriteOptions, OutputSettings, RunMode), the credentials file
  5. Connecting to each side: sessions and role credentials, clients, regions, preflight checks
@@ -62,11 +65,11 @@ Sections, in the order data moves
     IntegrityCheck and the HEAD-based IntegrityPlanner
  8. Moving bodies: the BodyTransport interface, the threads engine (boto3) and the crt engine
     (awscrt), what each object carries (ObjectAttributes)
- 9. Progress and resume: ProgressStore, the progress file, its lock
-10. Status: the log, the live status line, the final report
+ 9. Progress and resume: ProgressStore, the progress file, its lock; the plan that shards share
+10. Status: the log, the live status line, the final report; the status command (every shard's)
 11. The transfer engine: UnitScheduler, FailurePolicy, SmallObjectCopier (and its callback-driven
     SmallObjectPipeline), MultipartUploads and MultipartCopy over CopyServices, composed by
-    TransferEngine (build_engine)
+    TransferEngine (build_engine); WorkerProcesses (--processes) and what runs inside a worker
 12. Comparing source and destination: the merge join behind --verify, --verify-only,
     --skip-existing and --report
 13. Command line: argparse, build_settings, the dry run, signals, main
@@ -99,6 +102,7 @@ import logging
 import math
 import multiprocessing
 import os
+import pickle
 import queue
 import random
 import re
@@ -120,6 +124,7 @@ import boto3
 import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
+import botocore.handlers
 import botocore.loaders
 import botocore.parsers
 import botocore.serialize
@@ -1477,12 +1482,49 @@ def make_s3_client(session: boto3.Session, settings: SideAccess, *, region: str,
         client.meta.events.register(f"before-call.s3.{operation}", _send_raw_expires)
     if settings.request_payer:
         client.meta.events.register("before-sign.s3", functools.partial(_declare_request_payer, settings.request_payer))
+    check_listings_by_their_end(client)
     credentials = session.get_credentials()
     if isinstance(credentials, RenewableRoleCredentials):
         renewal = RoleRenewalOnExpiry(credentials, role=settings.role)
         client.meta.events.register_first("request-created.s3", renewal.note_generation)
         client.meta.events.register_first("needs-retry.s3", renewal.retry_if_expired)
     return client
+
+
+# The element each listing answer ends with: one that does not was cut short (or ends in an error).
+LISTING_ANSWER_ENDS = {
+    "ListObjectsV2": b"</ListBucketResult>",
+    "ListObjects": b"</ListBucketResult>",
+    "ListObjectVersions": b"</ListVersionsResult>",
+    "ListMultipartUploads": b"</ListMultipartUploadsResult>",
+    "ListParts": b"</ListPartsResult>",
+}
+
+
+def check_listings_by_their_end(client: Any) -> None:
+    """botocore parses every 200 answer of S3 once more, whole, before parsing it, to catch the
+    error S3 embeds in a 200 when a request fails after its answer began (CopyObject, UploadPartCopy
+    and CompleteMultipartUpload, S3 API reference) and a body cut short: for a page of 1,000 listed
+    keys that costs a large part of what the parse itself does, on each of the 100,000 pages of a
+    big bucket. A listing answer is proven whole, and not an error, by the element it ends with;
+    every other answer is still checked by botocore's own handler, as before.
+
+    Library seam (botocore.handlers._handle_200_error, registered for before-parse.s3.*): a
+    botocore without it (older ones checked the copy operations only) is left as it is."""
+    whole_check = getattr(botocore.handlers, "_handle_200_error", None)
+    if whole_check is None:
+        return
+
+    def check(operation_model: Any, response_dict: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
+        end = LISTING_ANSWER_ENDS.get(operation_model.name)
+        if end is None:
+            whole_check(operation_model=operation_model, response_dict=response_dict, **kwargs)
+        elif response_dict and response_dict.get("status_code") == 200 \
+                and not bytes(response_dict.get("body") or b"").rstrip().endswith(end):
+            response_dict["status_code"] = 500  # retried, as botocore's check would have it
+
+    client.meta.events.unregister("before-parse.s3.*", whole_check)
+    client.meta.events.register_first("before-parse.s3", check)
 
 
 class RoleRenewalOnExpiry:
@@ -5292,8 +5334,12 @@ class SmallObjectPipeline:
     in flight finishes, and what is queued stays pending for the rerun."""
 
     def __init__(self, copier: SmallObjectCopier, transport: CallbackTransport, *, budget: MemoryBudget,
-                 hand_off: Callable[..., None], queue_length: int) -> None:
+                 hand_off: Callable[..., None], queue_length: int, settle_at_once: bool = False) -> None:
         self._copier = copier
+        # In a worker process (--processes) settling is a message to the parent, which waits for it to
+        # hand out more, while this process's main thread may be waiting for that work: so there the
+        # callback settles each object itself.
+        self._settle_at_once = settle_at_once
         self._services = copier.services
         self._transport = transport
         self._budget = budget
@@ -5429,6 +5475,8 @@ class SmallObjectPipeline:
         self._copied.append((item.listed, len(fetched.body), item.started, time.monotonic(), check))
         self._forget(item)
         self._budget.release(item.listed.size)
+        if self._settle_at_once:
+            self.settle_finished()
         self.start_what_fits()
 
     def _give_up(self, item: PipelinedObject, work: Callable[..., None], *arguments: Any, **keywords: Any) -> None:
@@ -6264,10 +6312,10 @@ class TransferEngine:
 def build_engine(config: RunSettings, *, source: ConnectedSide, destination: ConnectedSide, transport: BodyTransport,
                  progress: "ProgressStore", status: "StatusReporter", stopping: threading.Event,
                  copy_mode: CopyModeChoice, worker_job: Optional[Callable[[int], "WorkerJob"]] = None,
-                 announce_stop: bool = True) -> TransferEngine:
+                 in_worker_process: bool = False) -> TransferEngine:
     """A TransferEngine of its parts, for this job: one RunStop, PermissionBreaker and memory budget
     shared by them all; with `worker_job` (--processes), the worker processes that copy its small
-    objects, under that same budget."""
+    objects, under that same budget; `in_worker_process`, the engine of one of them."""
     run = RunStop(stopping)
     permissions = PermissionBreaker()
     bandwidth = BandwidthLimit(config.tuning.max_bandwidth, stopping) if config.tuning.max_bandwidth else None
@@ -6277,7 +6325,7 @@ def build_engine(config: RunSettings, *, source: ConnectedSide, destination: Con
     budget = MemoryBudget(config.tuning.memory_limit, max_units=config.tuning.max_workers)
     scheduler = UnitScheduler(budget=budget, pool=concurrent.futures.ThreadPoolExecutor(config.tuning.max_workers,
                                                                          thread_name_prefix="worker"),
-                              progress=progress, status=status, run=run, announce_stop=announce_stop)
+                              progress=progress, status=status, run=run, announce_stop=not in_worker_process)
     policy = FailurePolicy(source=source, destination=destination, progress=progress, status=status, run=run,
                            permissions=permissions)
     small = SmallObjectCopier(services)
@@ -6294,7 +6342,7 @@ def build_engine(config: RunSettings, *, source: ConnectedSide, destination: Con
             small, transport.callbacks, budget=budget, hand_off=engine.hand_off,
             # Short, so the copies keep to listing order (a watermark close behind) while the main
             # thread, woken when half of it has gone, still sleeps through most objects.
-            queue_length=2 * config.tuning.max_workers)
+            queue_length=2 * config.tuning.max_workers, settle_at_once=in_worker_process)
     return engine
 
 
@@ -6320,6 +6368,9 @@ class UnitDelegate(Protocol):
 
 
 PROCESS_BATCH_LIMIT = 64  # objects in one hand-off to a worker process
+# Messages are pickled here and sent as bytes: Connection.send's own pickler is made anew for every
+# message, a cost the parent would pay for every batch of every worker.
+PIPE_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 PROCESS_DEATHS_BEFORE_STOP = 5  # worker processes that die unasked, in one run, before it stops
 PROCESS_END_SECONDS = 120.0  # how long the parent waits for its workers to finish what they hold
 
@@ -6339,9 +6390,9 @@ class WorkerJob:
 class WorkerProcess:
     """The parent's side of one worker process: the process, its pipe, the objects it holds (by key,
     with the budget each took) and those not yet sent. A thread of its own reads what the worker says
-    and passes each message to `heard`."""
+    and passes each batch of messages to `heard`."""
 
-    def __init__(self, number: int, job: WorkerJob, heard: Callable[["WorkerProcess", tuple], None],
+    def __init__(self, number: int, job: WorkerJob, heard: Callable[["WorkerProcess", list[tuple]], None],
                  context: Any) -> None:
         self.number = number
         parent_end, child_end = context.Pipe()
@@ -6355,22 +6406,23 @@ class WorkerProcess:
         self.ended = False  # it said it ended, or it died
         threading.Thread(target=self._read, args=(heard,), daemon=True, name=f"process-{number}-reader").start()
 
-    def _read(self, heard: Callable[["WorkerProcess", tuple], None]) -> None:
+    def _read(self, heard: Callable[["WorkerProcess", list[tuple]], None]) -> None:
         try:
             while True:
-                for message in self.connection.recv():
-                    heard(self, message)
+                heard(self, pickle.loads(self.connection.recv_bytes()))
         except (EOFError, OSError):
-            heard(self, ("gone",))
+            heard(self, [("gone",)])
 
     def send(self, message: tuple) -> None:
         with contextlib.suppress(OSError):  # a worker that died: its reader says so
-            self.connection.send(message)
+            self.connection.send_bytes(pickle.dumps(message, PIPE_PICKLE_PROTOCOL))
 
     def flush(self) -> None:
         if self.unsent and not self.ended:
             batch, self.unsent = self.unsent, []
-            self.send(("work", batch))
+            # As tuples: a dataclass pickles its fields by name, which costs this process more per object.
+            self.send(("work", [(listed.key, listed.size, listed.etag, listed.storage_class, listed.last_modified)
+                                for listed in batch]))
 
     def how_it_ended(self) -> str:
         self.process.join(timeout=5)
@@ -6468,10 +6520,11 @@ class WorkerProcesses:
         self._status.worker_busy(-1)
         return listed
 
-    def _heard(self, worker: WorkerProcess, message: tuple) -> None:
-        """A worker's message, on its reader thread."""
+    def _heard(self, worker: WorkerProcess, messages: list[tuple]) -> None:
+        """A worker's messages, on its reader thread."""
         with self._changed:
-            self._settle(worker, message)
+            for message in messages:
+                self._settle(worker, message)
             self._changed.notify_all()
 
     def _settle(self, worker: WorkerProcess, message: tuple) -> None:
@@ -6495,7 +6548,8 @@ class WorkerProcesses:
         elif kind == "fatal":
             self._run.stop(FatalTransferError(details[0]))
         elif kind == "cpu":  # its last word: what it cost, for a person sizing --processes (bench/ reads it)
-            LOG.info("worker process %d (pid %s) used %.2f s of CPU", worker.number, worker.process.pid, details[0])
+            LOG.info("worker process %d (pid %s) used %.2f s of CPU, %.2f s of it starting", worker.number,
+                     worker.process.pid, *details)
         elif kind == "ended":
             worker.ended = True
             for key in list(worker.held):  # stopped before these were started: pending, for the rerun
@@ -6576,7 +6630,7 @@ class OutcomeSender:
                 while len(batch) < 1_000:
                     batch.append(self._messages.get_nowait())
             try:
-                self._connection.send(batch)
+                self._connection.send_bytes(pickle.dumps(batch, PIPE_PICKLE_PROTOCOL))
             except OSError:
                 os._exit(EXIT_INTERRUPTED)  # the parent is gone: nothing here can be recorded any more
             if batch[-1] is self._END:
@@ -6703,9 +6757,9 @@ def receive_work(connection: Any, handed: HandedOutObjects, stopping: threading.
     """A worker's reader of its parent's messages; the parent gone, the worker goes at once."""
     try:
         while True:
-            kind, *details = connection.recv()
+            kind, *details = pickle.loads(connection.recv_bytes())
             if kind == "work":
-                handed.add(details[0])
+                handed.add([ListedObject(*fields) for fields in details[0]])
             elif kind == "stop":
                 stopping.set()
                 handed.end()
@@ -6713,6 +6767,12 @@ def receive_work(connection: Any, handed: HandedOutObjects, stopping: threading.
                 handed.end()
     except (EOFError, OSError):
         os._exit(EXIT_INTERRUPTED)
+
+
+def cpu_seconds() -> float:
+    """User and system CPU this process has used so far (its children not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -6744,6 +6804,7 @@ def worker_process_main(job: WorkerJob, connection: Any) -> None:
     config, stopping = job.config, threading.Event()
     status = ForwardedStatus(sender, max_workers=config.tuning.max_workers)
     retries = Retries(stopping, on_throttle=status.throttled, on_retry=status.retried)
+    starting: Optional[float] = None  # the CPU used before the first object: start-up, not copying
     try:
         source, destination = (reach.connect(max_workers=config.tuning.max_workers,
                                              read_timeout=config.tuning.read_timeout, retries=retries)
@@ -6755,16 +6816,17 @@ def worker_process_main(job: WorkerJob, connection: Any) -> None:
                               transport=make_transport(job.engine, source, destination, config),
                               progress=OutcomeRecorder(sender), status=status,  # type: ignore[arg-type]
                               stopping=stopping, copy_mode=CopyModeChoice("stream", unavailable=""),
-                              announce_stop=False)
+                              in_worker_process=True)
         engine.delegate = HandBack(sender)
+        starting = cpu_seconds()
         engine.run(handed, ())  # type: ignore[arg-type]
     except FatalTransferError as error:
         sender.put(("fatal", str(error)))
     except Exception as error:  # noqa: BLE001 - told to the parent, which stops the run with it
         sender.put(("fatal", f"worker process {job.number} failed: {error!r}"))
     finally:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        sender.put(("cpu", usage.ru_utime + usage.ru_stime))
+        used = cpu_seconds()
+        sender.put(("cpu", used, used if starting is None else starting))
         sender.close()
 
 
@@ -7535,6 +7597,7 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     elif config.tuning.list_concurrency > 1 and progress.splittable():
         progress.split(listing_split_points(config, source, config.tuning.list_concurrency * RANGES_PER_LISTER))
     plan = progress.listing_plan()
+    starting = cpu_seconds()
     if len(plan) > 1:
         LOG.info("listing %d key ranges, %d at a time", len(plan), min(config.tuning.list_concurrency, len(plan)))
 
@@ -7568,6 +7631,7 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     else:
         state, code = "complete", EXIT_OK
     progress.finish(state, status.summary())
+    LOG.info("this process used %.2f s of CPU, %.2f s of it starting", cpu_seconds(), starting)
     status.clear()
     report = final_report(state=state, status=status, progress=progress, config=config, engine=engine_choice)
     LOG.info("%s", report)

@@ -90,8 +90,10 @@ CONTENDED_ATTEMPTS = 3  # tries per run while another job keeps competing for th
 
 PARTS = ("small", "large", "latency", "server-side", "grid", "memory", "bandwidth", "processes")
 PROCESS_COUNTS = (1, 2)  # --processes compared on the small data set (this machine has 2 cores)
-# The tool's log line for each worker process's CPU (--processes), written as the process ends.
-WORKER_CPU_LINE = re.compile(r"worker process \d+ \(pid \d+\) used ([\d.]+) s of CPU")
+# The tool's log lines for the CPU of each of its processes, written as each ends: "worker process 1
+# (pid 123) used 2.05 s of CPU, 0.46 s of it starting" (--processes), "this process used ...".
+WORKER_CPU_LINE = re.compile(r"worker process \d+ \(pid \d+\) used ([\d.]+) s of CPU, ([\d.]+) s of it starting")
+PARENT_CPU_LINE = re.compile(r"this process used ([\d.]+) s of CPU, ([\d.]+) s of it starting")
 
 
 # =============================================================================================
@@ -659,8 +661,9 @@ class Bench:
         )
         run.extra["tree_peak_rss_kib"] = measured.tree_peak_rss_kib
         if invocation.log_file is not None and invocation.log_file.exists():
-            run.extra["worker_cpu_s"] = [float(seconds) for seconds in
-                                         WORKER_CPU_LINE.findall(invocation.log_file.read_text(errors="replace"))]
+            log = invocation.log_file.read_text(errors="replace")
+            run.extra["worker_cpu_s"] = [[float(used), float(starting)] for used, starting in WORKER_CPU_LINE.findall(log)]
+            run.extra["parent_cpu_s"] = [[float(used), float(starting)] for used, starting in PARENT_CPU_LINE.findall(log)]
         delete_prefix(self.admin, dest_prefix)
         self.reclaimer.deleted(job.dataset.total_bytes)
         if run.contended:
@@ -909,29 +912,37 @@ def comparison_table(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
 
 def processes_table(scenario: Scenario) -> list[str]:
     """Where each process's CPU went under --processes, and what that makes the ceiling of each: the
-    objects/s a process could reach with a core of its own, were the client the bottleneck. The parent
-    lists and settles every object; a worker copies them. Medians over the runs; the spread in brackets."""
-    lines = ["| tool | obj/s (min-max) | CPU ms/object, all processes | parent: CPU s, share of a core, ceiling obj/s "
-             "| each worker: share of a core | worker ceiling obj/s per process |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    objects/s a process could reach with a core of its own, were the client the bottleneck, from its
+    CPU per object once started (the tool logs each process's CPU, and how much of it was start-up).
+    The parent lists and settles every object; a worker copies them. Medians over the runs."""
+    lines = ["| tool | obj/s (min-max) | CPU ms/object, all processes | start-up CPU s, each process "
+             "| parent: ms/object, share of a core, ceiling obj/s | each worker: ms/object, share of a core, "
+             "ceiling obj/s |", "| --- | --- | --- | --- | --- | --- |"]
     for tool in scenario.tools[:-1]:
-        runs = [run for run in scenario.runs if run.tool == tool and run.ok]
+        runs = [run for run in scenario.runs if run.tool == tool and run.ok and run.extra.get("parent_cpu_s")]
         if not runs:
             continue
         objects = runs[0].dataset_objects
         rates = [run.objects_per_s for run in runs]
-        parent = [run.cpu_s - sum(run.extra.get("worker_cpu_s", [])) for run in runs]
-        parent_share = [cpu / run.wall_s for cpu, run in zip(parent, runs)]
-        worker_shares = [seconds / run.wall_s for run in runs for seconds in run.extra.get("worker_cpu_s", [])]
-        worker_cpu = [sum(run.extra.get("worker_cpu_s", [])) for run in runs]
-        per_worker = (f"{statistics.median(worker_shares):.0%}" if worker_shares else "(none: the parent copies)")
-        # Each worker copied about objects / N of them with its share of the CPU: objects per worker CPU second.
-        worker_ceiling = f"{objects / statistics.median(worker_cpu):,.0f}" if worker_shares else "-"
-        lines.append(
-            f"| {tool} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
-            f"| {statistics.median(run.cpu_s for run in runs) / objects * 1000:.2f} "
-            f"| {statistics.median(parent):.2f} s, {statistics.median(parent_share):.0%}, "
-            f"{objects / statistics.median(parent):,.0f} | {per_worker} | {worker_ceiling} |")
+        parent = [run.extra["parent_cpu_s"][0] for run in runs]
+        workers = [run.extra.get("worker_cpu_s", []) for run in runs]
+        parent_ms = statistics.median((used - starting) / objects * 1000 for used, starting in parent)
+        parent_share = statistics.median(used / run.wall_s for (used, _), run in zip(parent, runs))
+        starting = statistics.median(start for *_, start in parent)
+        cells = [f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})",
+                 f"{statistics.median(run.cpu_s for run in runs) / objects * 1000:.2f}",
+                 f"{starting:.2f}" + (f", workers {statistics.median(s for each in workers for _, s in each):.2f}"
+                                      if any(workers) else ""),
+                 f"{parent_ms:.2f}, {parent_share:.0%}, {1000 / parent_ms:,.0f}"]
+        if any(workers):
+            # Each worker copied about objects / N of them: its CPU once started, per object it copied.
+            worker_ms = statistics.median((used - start) / (objects / len(each)) * 1000
+                                          for each in workers for used, start in each)
+            worker_share = statistics.median(used / run.wall_s for each, run in zip(workers, runs) for used, _ in each)
+            cells.append(f"{worker_ms:.2f}, {worker_share:.0%}, {1000 / worker_ms:,.0f}")
+        else:
+            cells.append("(none: the one process copies)")
+        lines.append(f"| {tool} | " + " | ".join(cells) + " |")
     return lines
 
 

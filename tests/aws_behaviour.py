@@ -517,3 +517,22 @@ class CopySourceBucketGone:
                 return Answer.s3_error(404, "NoSuchBucket", "The specified bucket does not exist",
                                        BucketName=self._bucket)
         return forward(request)
+
+
+class AnswerCutShortOnce:
+    """The first 200 answer to `operation` ends halfway, in an <Error>: what S3 sends when a request
+    fails after its answer began ("If the error occurs during the copy operation, the error response
+    is embedded in the 200 OK response", CopyObject reference; likewise UploadPartCopy and
+    CompleteMultipartUpload), and what a client must refuse of any answer, a listing's too."""
+
+    def __init__(self, operation: str) -> None:
+        self._operation = operation
+        self.cut = 0
+
+    def __call__(self, request: Request, forward: Forward) -> Answer:
+        answer = forward(request)
+        if self.cut == 0 and request.operation == self._operation and answer.status == 200 and answer.body:
+            self.cut += 1
+            error = Answer.s3_error(500, "InternalError", "We encountered an internal error. Please try again.")
+            answer.body = answer.body[:len(answer.body) // 2] + error.body.split(b"?>", 1)[1]
+        return answer

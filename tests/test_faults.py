@@ -9,11 +9,13 @@ body damaged on its way up is refused there, as S3 refuses it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import uuid
 from pathlib import Path
 
 import pytest
+from aws_behaviour import AnswerCutShortOnce
 from fault_proxy import FAULT_KINDS, FaultProxy
 from s3servers import SOURCE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
@@ -124,3 +126,21 @@ def test_objects_that_exhaust_their_retries_are_named_and_a_rerun_completes_them
     assert rerun.returncode == 0, describe(rerun)
     assert sorted(copied_keys(job.log_text()[log_before:])) == sorted(failed)  # the rerun copied only those
     assert accounts.destination_snapshot() == source
+
+
+def test_a_listing_answer_cut_short_by_an_error_is_read_again(accounts: CrossAccount) -> None:
+    """botocore's own check of every 200 answer (a second parse of each listing page) is replaced,
+    for listings, by a look at how the answer ends: it must still refuse a page that stops halfway."""
+    names = [f"many/{index:04d}.txt" for index in range(1_100)]  # two pages: the first is cut
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: accounts.put(name, name.encode()), names))
+    cut = AnswerCutShortOnce("ListObjectsV2")
+    with FaultProxy(accounts.server.endpoint_url, key_prefix=accounts.prefix) as proxy:
+        proxy.behave(cut)
+        job = job_through(accounts, proxy)
+        result = job.run(accounts.source_uri, accounts.destination_uri, "--no-tags", "--list-concurrency", "1")
+
+    assert cut.cut == 1
+    assert result.returncode == 0, describe(result)
+    assert sorted(copied_keys(job.log_file.read_text())) == sorted(accounts.prefix + name for name in names)
+    assert accounts.destination_snapshot() == accounts.source_snapshot()

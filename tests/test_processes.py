@@ -141,13 +141,13 @@ def test_ctrl_c_stops_every_process_once_and_the_rerun_resumes(accounts: CrossAc
         code = job.wait(first)
         interrupted = read_progress(job.progress_file)
         stderr = Path(job.workdir / "run1.stderr").read_text()
-        assert wait_gone(children)
+        assert wait_gone(children), f"worker processes {children} outlived the run\n{job.diagnostics()}"
         second = job.run(*arguments)
         created = creates(proxy)
 
     assert code == 130, job.diagnostics()
-    assert interrupted["summary"]["state"] == "interrupted"
-    assert stderr.count("Interrupted: finishing the parts in flight") == 1, stderr
+    assert interrupted["summary"]["state"] == "interrupted", job.diagnostics()
+    assert stderr.count("Interrupted: finishing the parts in flight") == 1, job.diagnostics()
     assert second.returncode == 0, describe(second)
     assert_one_complete_job(accounts, job, keys)
     assert set(created) == keys
