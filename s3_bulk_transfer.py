@@ -1131,7 +1131,7 @@ class Tuning:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     engine: str = "auto"
     copy_mode: str = "auto"
-    processes: int = 1  # --processes: worker processes copying the small objects (1: this process does)
+    processes: int = 1  # --processes: the processes the job runs in; all but this one copy small objects
 
     def memory_bound(self) -> str:
         return (
@@ -6453,7 +6453,7 @@ class WorkerProcesses:
         self._context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads' locks
         self._changed = threading.Condition()  # guards the workers' `held` and `unsent`; notified as they change
         self._endings: "queue.SimpleQueue[WorkerProcess]" = queue.SimpleQueue()  # died, for the main thread
-        count = config.tuning.processes
+        count = config.tuning.processes - 1  # this process is the first of them
         self._batch = max(1, min(PROCESS_BATCH_LIMIT, config.tuning.max_workers // (2 * count)))
         self._workers = [WorkerProcess(number, job(number), self._heard, self._context) for number in range(count)]
         self._deaths = 0
@@ -7207,17 +7207,18 @@ def _add_listing_and_engine_options(group: argparse._ArgumentGroup) -> None:
                             "threads. Listing, multipart bookkeeping and server-side copies use boto3 either way "
                             "(default: auto)")
     group.add_argument("--processes", type=processes_argument, default=1, metavar="N",
-                       help="worker processes that copy the objects below the multipart threshold, beside this "
-                            "one, which lists, keeps the progress file and copies the large objects: Python runs "
-                            "one process on one core, so small objects go faster with more, up to the cores the "
-                            "machine has; --max-workers and --memory-limit still bound the whole job, and each "
-                            "process adds its interpreter's memory. auto: one per core (default: 1, no worker "
-                            "processes)")
+                       help="the processes the job runs in: this one lists, keeps the progress file and the log and "
+                            "copies the large objects, and N-1 worker processes copy the objects below the "
+                            "multipart threshold. Python runs one process on about one core, so small objects go "
+                            "faster with more, up to the cores the machine has; --max-workers and --memory-limit "
+                            "bound the whole job, and each process adds its interpreter's memory. auto: one per "
+                            "core (default: 1, one process)")
 
 
-def processes_argument(text: str) -> int:
+def processes_argument(text: str) -> Optional[int]:
+    """--processes: a number, or None for auto (resolved by build_settings, which knows the workers)."""
     if text == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return None
     if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
         raise argparse.ArgumentTypeError(f"must be auto or a whole number from 1 to {MAX_PROCESSES}, not {text!r}")
     return int(text)
@@ -7340,10 +7341,15 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
         raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
     if args.status_interval <= 0:
         raise ConfigurationError("--status-interval must be a positive number of seconds.")
-    if args.processes > args.max_workers:
-        raise ConfigurationError(f"--processes {args.processes} is more than --max-workers {args.max_workers}, the "
-                                 "objects in flight they share: raise --max-workers, or use fewer processes.")
-    if args.processes > 1 and args.max_bandwidth:
+    processes = args.processes
+    if processes is None:  # auto: one per core, no more than have objects in flight to copy
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        processes = 1 if args.max_bandwidth else min(usable, MAX_PROCESSES, args.max_workers + 1)
+    if processes - 1 > args.max_workers:
+        raise ConfigurationError(f"--processes {processes} makes more worker processes than --max-workers "
+                                 f"{args.max_workers}, the objects in flight they share: raise --max-workers, or use "
+                                 "fewer processes.")
+    if processes > 1 and args.max_bandwidth:
         raise ConfigurationError("--max-bandwidth is counted by one process: with it, use --processes 1.")
     if args.list_concurrency is not None and not 1 <= args.list_concurrency <= MAX_LIST_CONCURRENCY:
         raise ConfigurationError(
@@ -7380,7 +7386,7 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
     tuning = Tuning(
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
         memory_limit=memory_limit, max_bandwidth=args.max_bandwidth, read_timeout=args.read_timeout,
-        processes=args.processes,
+        processes=processes,
         engine=args.engine, copy_mode=args.copy_mode,
         list_concurrency=1 if inventory else (args.list_concurrency if args.list_concurrency is not None
                                               else max(1, min(DEFAULT_LISTERS_LIMIT, args.max_workers // 2))),
@@ -7576,7 +7582,8 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     LOG.info("starting %s -> %s with %d workers%s, %s parts, threshold %s, bodies moved by %s (%s); "
              "memory bound %s%s%s%s",
              config.job.source, config.job.destination, config.tuning.max_workers,
-             f" (small objects in {config.tuning.processes} worker processes)" if config.tuning.processes > 1 else "",
+             f" (small objects in {config.tuning.processes - 1} worker processes)" if config.tuning.processes > 1
+             else "",
              format_size(config.tuning.chunk_size),
              format_size(config.tuning.multipart_threshold), engine_choice.describe(), engine_choice.reason,
              config.tuning.memory_bound(),

@@ -89,7 +89,7 @@ BANDWIDTH_TOLERANCE = 0.10
 CONTENDED_ATTEMPTS = 3  # tries per run while another job keeps competing for the cores
 
 PARTS = ("small", "large", "latency", "server-side", "grid", "memory", "bandwidth", "processes")
-PROCESS_COUNTS = (1, 2)  # --processes compared on the small data set (this machine has 2 cores)
+PROCESS_COUNTS = (1, 2, 3)  # --processes compared on the small data set: one process, and 1 or 2 workers beside it
 # The tool's log lines for the CPU of each of its processes, written as each ends: "worker process 1
 # (pid 123) used 2.05 s of CPU, 0.46 s of it starting" (--processes), "this process used ...".
 WORKER_CPU_LINE = re.compile(r"worker process \d+ \(pid \d+\) used ([\d.]+) s of CPU, ([\d.]+) s of it starting")

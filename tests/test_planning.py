@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 from pathlib import Path
 
 import botocore.utils
@@ -326,3 +328,35 @@ def test_timestamps_are_read_as_botocore_reads_them(text: str) -> None:
     # format S3 answers in (XML listings, HTTP headers).
     assert tool.parse_timestamp(text) == botocore.utils.parse_timestamp(text)
     assert tool.parse_timestamp(text).tzinfo is not None
+
+
+def processes_of(tmp_path: Path, *extra: str) -> int:
+    args = tool.build_parser().parse_args(["s3://source-bucket", "s3://dest-bucket", "--progress-file",
+                                           str(tmp_path / "p.json"), "--log-file", str(tmp_path / "log"), *extra])
+    tool.resolve_state_files(args, {})
+    return tool.build_settings(args).tuning.processes
+
+
+def test_processes_auto_is_one_per_core_but_no_more_workers_than_objects_in_flight(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert processes_of(tmp_path) == 1  # the default: one process
+    assert processes_of(tmp_path, "--processes", "auto", "--max-workers", "64") == min(cores, 65)
+    assert processes_of(tmp_path, "--processes", "auto", "--max-workers", "1") == min(cores, 2)
+    assert processes_of(tmp_path, "--processes", "auto", "--max-bandwidth", "10MB/s") == 1  # counted by one process
+    assert processes_of(tmp_path, "--processes", "5", "--max-workers", "4") == 5  # four workers, one object each
+
+
+@pytest.mark.parametrize(("extra", "sentence"), [
+    (["--processes", "6", "--max-workers", "4"], "--processes 6 makes more worker processes than --max-workers 4"),
+    (["--processes", "2", "--max-bandwidth", "10MB/s"], "--max-bandwidth is counted by one process"),
+])
+def test_processes_that_cannot_work_are_refused_with_a_sentence(tmp_path: Path, extra: list[str],
+                                                                 sentence: str) -> None:
+    with pytest.raises(tool.ConfigurationError, match=re.escape(sentence)):
+        processes_of(tmp_path, *extra)
+
+
+def test_processes_must_be_auto_or_a_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        tool.build_parser().parse_args(["s3://a", "s3://b", "--processes", "many"])
+    assert "must be auto or a whole number from 1 to 64, not 'many'" in capsys.readouterr().err

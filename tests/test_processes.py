@@ -27,7 +27,7 @@ from units import MIB
 
 SMALL_OBJECTS = 400
 LARGE_BODY = 7 * MIB  # over the tests' 6 MiB threshold: copied in parts, by the parent
-PROCESSES = ["--processes", "2"]
+PROCESSES = ["--processes", "3"]  # this one and two worker processes
 
 
 @pytest.fixture
