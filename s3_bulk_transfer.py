@@ -176,6 +176,9 @@ DEFAULT_READ_TIMEOUT = 120.0
 
 
 MAX_PROCESSES = 64  # --processes: beyond this the parent's bookkeeping is the bottleneck, on any machine
+# --processes auto: the first process lists and keeps the books of every object, for a fraction of
+# what a worker spends copying one, so a few workers are all it can keep busy (bench/README.md).
+AUTO_PROCESSES_LIMIT = 5
 MAX_WORKERS_LIMIT = 256  # beyond this S3 throttles a prefix and memory grows past any sane EC2 size
 PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
 # A running job rewrites its progress file at least this often, changed or not, so that `status`
@@ -7212,7 +7215,17 @@ def _add_listing_and_engine_options(group: argparse._ArgumentGroup) -> None:
                             "multipart threshold. Python runs one process on about one core, so small objects go "
                             "faster with more, up to the cores the machine has; --max-workers and --memory-limit "
                             "bound the whole job, and each process adds its interpreter's memory. auto: one per "
-                            "core (default: 1, one process)")
+                            f"core, at most {AUTO_PROCESSES_LIMIT}, one on two cores or fewer (default: 1)")
+
+
+def auto_processes(max_workers: int, max_bandwidth: Optional[int]) -> int:
+    """--processes auto: one per core, up to AUTO_PROCESSES_LIMIT and to one worker per object in
+    flight; one on two cores or fewer, where the server's side or the system needs one of them and
+    a worker's messages cost more than they spare (bench/README.md, Every core)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if usable <= 2 or max_bandwidth:
+        return 1
+    return min(usable, AUTO_PROCESSES_LIMIT, max_workers + 1)
 
 
 def processes_argument(text: str) -> Optional[int]:
@@ -7341,10 +7354,7 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
         raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
     if args.status_interval <= 0:
         raise ConfigurationError("--status-interval must be a positive number of seconds.")
-    processes = args.processes
-    if processes is None:  # auto: one per core, no more than have objects in flight to copy
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        processes = 1 if args.max_bandwidth else min(usable, MAX_PROCESSES, args.max_workers + 1)
+    processes = args.processes if args.processes is not None else auto_processes(args.max_workers, args.max_bandwidth)
     if processes - 1 > args.max_workers:
         raise ConfigurationError(f"--processes {processes} makes more worker processes than --max-workers "
                                  f"{args.max_workers}, the objects in flight they share: raise --max-workers, or use "

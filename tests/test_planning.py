@@ -337,11 +337,13 @@ def processes_of(tmp_path: Path, *extra: str) -> int:
     return tool.build_settings(args).tuning.processes
 
 
-def test_processes_auto_is_one_per_core_but_no_more_workers_than_objects_in_flight(tmp_path: Path) -> None:
-    cores = len(os.sched_getaffinity(0))
+def test_processes_auto_is_one_per_core_up_to_a_few_and_one_on_two_cores(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     assert processes_of(tmp_path) == 1  # the default: one process
-    assert processes_of(tmp_path, "--processes", "auto", "--max-workers", "64") == min(cores, 65)
-    assert processes_of(tmp_path, "--processes", "auto", "--max-workers", "1") == min(cores, 2)
+    for cores, workers, expected in [(1, 64, 1), (2, 64, 1), (4, 64, 4), (16, 64, tool.AUTO_PROCESSES_LIMIT),
+                                     (16, 2, 3)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)))
+        assert processes_of(tmp_path, "--processes", "auto", "--max-workers", str(workers)) == expected, cores
     assert processes_of(tmp_path, "--processes", "auto", "--max-bandwidth", "10MB/s") == 1  # counted by one process
     assert processes_of(tmp_path, "--processes", "5", "--max-workers", "4") == 5  # four workers, one object each
 

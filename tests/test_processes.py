@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from fault_proxy import FaultProxy
 from s3servers import DEST_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
-from toolcli import SIZE_ARGS, ToolJob, copied_keys, describe, read_progress
+from toolcli import ToolJob, copied_keys, describe, read_progress
 from units import MIB
 
 SMALL_OBJECTS = 400
@@ -95,13 +96,7 @@ def test_kill_9_of_the_parent_or_a_worker_loses_nothing_and_completes_nothing_tw
     keys = fill_source(accounts)
     with FaultProxy(accounts.server.endpoint_url, key_prefix=accounts.prefix) as proxy:
         job = job_through(accounts, proxy)
-        # Fewer workers, so the job is still running when it is killed.
-        arguments = [accounts.source_uri, accounts.destination_uri, *PROCESSES, "--max-workers", "2"]
-        first = job.start(*arguments)
-        job.wait_for(first, lambda: len(copied_keys(job.log_file.read_text() if job.log_file.exists() else "")) >= 60,
-                     "60 objects were copied")
-        children = worker_pids(first.pid)
-        assert len(children) == 2, children
+        arguments, first, children = started_and_copying(accounts, job)
         if victim == "parent":
             first.kill()
             first.wait()
@@ -130,11 +125,7 @@ def test_ctrl_c_stops_every_process_once_and_the_rerun_resumes(accounts: CrossAc
     keys = fill_source(accounts)
     with FaultProxy(accounts.server.endpoint_url, key_prefix=accounts.prefix) as proxy:
         job = job_through(accounts, proxy)
-        arguments = [accounts.source_uri, accounts.destination_uri, *PROCESSES, "--max-workers", "2"]
-        first = job.start(*arguments)
-        job.wait_for(first, lambda: len(copied_keys(job.log_file.read_text() if job.log_file.exists() else "")) >= 60,
-                     "60 objects were copied")
-        children = worker_pids(first.pid)
+        arguments, first, children = started_and_copying(accounts, job)
         # Ctrl-C reaches every process of the terminal's foreground group at once.
         for pid in [first.pid, *children]:
             os.kill(pid, signal.SIGINT)
@@ -151,6 +142,19 @@ def test_ctrl_c_stops_every_process_once_and_the_rerun_resumes(accounts: CrossAc
     assert second.returncode == 0, describe(second)
     assert_one_complete_job(accounts, job, keys)
     assert set(created) == keys
+
+
+def started_and_copying(accounts: CrossAccount, job: ToolJob) -> tuple[list[str], subprocess.Popen[bytes], list[int]]:
+    """A run of the job started as a process of its own, once its worker processes have copied 60
+    objects: its arguments, the process and its workers. Two --max-workers, so that it is still
+    running then."""
+    arguments = [accounts.source_uri, accounts.destination_uri, *PROCESSES, "--max-workers", "2"]
+    first = job.start(*arguments)
+    job.wait_for(first, lambda: len(copied_keys(job.log_file.read_text() if job.log_file.exists() else "")) >= 60,
+                 "60 objects were copied")
+    children = worker_pids(first.pid)
+    assert len(children) == 2, children
+    return arguments, first, children
 
 
 def worker_pids(parent: int) -> list[int]:

@@ -21,7 +21,8 @@ import pytest
 from fault_proxy import FaultProxy
 from s3servers import DEST_BUCKET, SOURCE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
-from toolcli import ToolJob, copied_keys, describe, read_progress, run_tool, write_source_credentials
+from test_faults import job_through
+from toolcli import ToolJob, copied_keys, describe, read_progress, run_tool
 
 import s3_bulk_transfer as tool
 
@@ -44,13 +45,6 @@ def fill_source(accounts: CrossAccount) -> list[str]:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda name: accounts.put(name, f"body of {name}".encode()), names))
     return names
-
-
-def job_through(accounts: CrossAccount, proxy: FaultProxy) -> ToolJob:
-    job = accounts.job(accounts.server.source, accounts.server.dest)
-    write_source_credentials(job.credentials, accounts.server.source, proxy.endpoint_url)
-    job.dest_endpoint_url = proxy.endpoint_url
-    return job
 
 
 def source_listings(proxy: FaultProxy) -> int:
