@@ -368,6 +368,10 @@ RETRYABLE_BODY_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectTimeoutError,
     botocore.exceptions.FlexibleChecksumError,  # botocore's own check of a GET body against its CRC
+    # An answer that is not the XML it should be (damaged on the way, or cut short and then ended):
+    # botocore says further retries may succeed. check_listings_by_their_end leaves such listing
+    # pages to it.
+    botocore.parsers.ResponseParserError,
     _Urllib3ProtocolError,
     ConnectionError,
     BodyMismatch,
@@ -1700,11 +1704,12 @@ def connect_side(settings: SideAccess, bucket: str, *, max_workers: int, list_pr
         # ListObjectsV2 rather than HeadBucket: a HEAD answer has no body, so a wrong secret key would
         # arrive as a bare 403 and be mistaken for a missing permission.
         first = retries.call(lambda: client.list_objects_v2(Bucket=bucket, Prefix=list_prefix, MaxKeys=1),
-                             what=f"ListObjectsV2 of {bucket}")
+                             what=f"ListObjectsV2 of {bucket}", retry_bodies=True)
         credentials = session.get_credentials()
     except FatalTransferError as error:
         raise ConfigurationError(str(error)) from None
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
+            botocore.parsers.ResponseParserError) as error:
         message = explain_error(error, access=settings, bucket=bucket, action=action)
         if error_code(error) in DENIED_CODES and not settings.request_payer:
             # S3 refuses a Requester Pays bucket's requests that do not declare who pays as it refuses

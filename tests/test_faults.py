@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from aws_behaviour import AnswerCutShortOnce
-from fault_proxy import FAULT_KINDS, FaultProxy
+from fault_proxy import FAULT_KINDS, Answer, FaultProxy, Forward, Request
 from s3servers import SOURCE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
 import toolcli
@@ -143,4 +143,35 @@ def test_a_listing_answer_cut_short_by_an_error_is_read_again(accounts: CrossAcc
     assert cut.cut == 1
     assert result.returncode == 0, describe(result)
     assert sorted(copied_keys(job.log_file.read_text())) == sorted(accounts.prefix + name for name in names)
+    assert accounts.destination_snapshot() == accounts.source_snapshot()
+
+
+class ListingDamagedOnce:
+    """The first listing page with an object in it arrives damaged but whole, its XML broken in the
+    middle (a flipped byte on a plain-HTTP endpoint would do it): nothing at its end tells."""
+
+    def __init__(self) -> None:
+        self.damaged = 0
+
+    def __call__(self, request: Request, forward: Forward) -> Answer:
+        answer = forward(request)
+        if not self.damaged and request.operation == "ListObjectsV2" and b"<Contents>" in answer.body:
+            self.damaged += 1
+            middle = answer.body.index(b"<Contents>")
+            answer.body = answer.body[:middle] + b"<Contents><Key>x</Ke" + answer.body[middle:]
+        return answer
+
+
+def test_a_listing_answer_that_is_not_xml_is_read_again(accounts: CrossAccount) -> None:
+    for index in range(5):
+        accounts.put(f"few/{index}.txt", b"body")
+    damaged = ListingDamagedOnce()
+    with FaultProxy(accounts.server.endpoint_url, key_prefix=accounts.prefix) as proxy:
+        proxy.behave(damaged)
+        job = job_through(accounts, proxy)
+        result = job.run(accounts.source_uri, accounts.destination_uri, "--no-tags")
+
+    assert damaged.damaged == 1
+    assert result.returncode == 0, describe(result)
+    assert "invalid XML received" in result.stderr and "retrying in" in result.stderr
     assert accounts.destination_snapshot() == accounts.source_snapshot()
