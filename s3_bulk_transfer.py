@@ -1498,14 +1498,17 @@ def make_s3_client(session: boto3.Session, settings: SideAccess, *, region: str,
     return client
 
 
-# The element each listing answer ends with: one that does not was cut short (or ends in an error).
-LISTING_ANSWER_ENDS = {
-    "ListObjectsV2": b"</ListBucketResult>",
-    "ListObjects": b"</ListBucketResult>",
-    "ListObjectVersions": b"</ListVersionsResult>",
-    "ListMultipartUploads": b"</ListMultipartUploadsResult>",
-    "ListParts": b"</ListPartsResult>",
-}
+# Listing answers: botocore's whole second parse of each 200 answer is replaced by a look at its ends.
+LISTING_OPERATIONS = frozenset({"ListObjectsV2", "ListObjects", "ListObjectVersions", "ListMultipartUploads",
+                                "ListParts"})
+XML_ROOT = re.compile(rb"\s*(?:<\?xml[^>]*\?>\s*)?<([A-Za-z][\w.:-]*)")
+
+
+def xml_answer_is_whole(body: bytes) -> bool:
+    """Whether an XML answer ends with the closing tag of the element it opened with, and that
+    element is not an <Error>: a body cut short, or cut and ended with an error, is not."""
+    root = XML_ROOT.match(body)
+    return bool(root) and root.group(1) != b"Error" and body.rstrip().endswith(b"</" + root.group(1) + b">")
 
 
 def check_listings_by_their_end(client: Any) -> None:
@@ -1513,7 +1516,7 @@ def check_listings_by_their_end(client: Any) -> None:
     error S3 embeds in a 200 when a request fails after its answer began (CopyObject, UploadPartCopy
     and CompleteMultipartUpload, S3 API reference) and a body cut short: for a page of 1,000 listed
     keys that costs a large part of what the parse itself does, on each of the 100,000 pages of a
-    big bucket. A listing answer is proven whole, and not an error, by the element it ends with;
+    big bucket. A listing answer is proven whole, and not an error, by its ends (xml_answer_is_whole);
     every other answer is still checked by botocore's own handler, as before.
 
     Library seam (botocore.handlers._handle_200_error, registered for before-parse.s3.*): a
@@ -1523,11 +1526,10 @@ def check_listings_by_their_end(client: Any) -> None:
         return
 
     def check(operation_model: Any, response_dict: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
-        end = LISTING_ANSWER_ENDS.get(operation_model.name)
-        if end is None:
+        if operation_model.name not in LISTING_OPERATIONS:
             whole_check(operation_model=operation_model, response_dict=response_dict, **kwargs)
         elif response_dict and response_dict.get("status_code") == 200 \
-                and not bytes(response_dict.get("body") or b"").rstrip().endswith(end):
+                and not xml_answer_is_whole(bytes(response_dict.get("body") or b"")):
             response_dict["status_code"] = 500  # retried, as botocore's check would have it
 
     client.meta.events.unregister("before-parse.s3.*", whole_check)

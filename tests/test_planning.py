@@ -362,3 +362,17 @@ def test_processes_must_be_auto_or_a_number(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit):
         tool.build_parser().parse_args(["s3://a", "s3://b", "--processes", "many"])
     assert "must be auto or a whole number from 1 to 64, not 'many'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("body", "whole"), [
+    # S3's answer to ListObjectsV2, and moto's to ListParts (another root name than S3's ListPartsResult)
+    (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+     b"<Name>b</Name><Contents><Key>k</Key></Contents></ListBucketResult>\n", True),
+    (b'<?xml version="1.0" encoding="utf-8"?>\n<ListPartsResponse xmlns="x"><Part/></ListPartsResponse>', True),
+    (b"<ListBucketResult><Name>b</Name><Contents><Key>k</Ke", False),  # cut short
+    (b"<ListBucketResult><Contents><Error><Code>InternalError</Code></Error>", False),  # cut, then an error
+    (b'<?xml version="1.0"?><Error><Code>InternalError</Code></Error>', False),  # an error in a 200
+    (b"", False),
+])
+def test_a_listing_answer_is_whole_when_it_closes_what_it_opened(body: bytes, whole: bool) -> None:
+    assert tool.xml_answer_is_whole(body) is whole
