@@ -96,6 +96,7 @@ import glob
 import hashlib
 import importlib.metadata
 import io
+import itertools
 import heapq
 import json
 import logging
@@ -6975,6 +6976,26 @@ def listed_in(objects: Iterable[ListedObject], keys: Iterable[str]) -> Iterator[
             yield listed
 
 
+def audited_listings(config: RunSettings, source: ConnectedSide,
+                     destination: ConnectedSide) -> tuple[Iterator[ListedObject], Iterator[ListedObject]]:
+    """Both sides' selected listings, in key order: whole, or a shard's own key ranges only (the
+    same ranges on the destination, since mapping a key keeps its order), so that N shards that
+    verify list each bucket about once between them."""
+    job = config.job
+    ranges = shard_key_ranges(config) or [KeyRange(after=None, through=None)]
+
+    def bound(key: Optional[str]) -> Optional[str]:
+        return None if key is None else map_destination_key(key, job.source, job.destination)
+
+    return (itertools.chain.from_iterable(
+                selected_objects(list_objects(source, job.source, key_range.after, key_range.through), config)
+                for key_range in ranges),
+            itertools.chain.from_iterable(
+                selected_objects(list_objects(destination, job.destination, bound(key_range.after),
+                                              bound(key_range.through)), config, side="destination")
+                for key_range in ranges))
+
+
 def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide,
           inventory: Optional[Inventory] = None) -> int:
     """--verify / --verify-only: compare both sides in one merge join and report; exit 1 on any
@@ -6985,15 +7006,11 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
     counts: collections.Counter[str] = collections.Counter()
     shown = 0
     report = AuditReportFile(config.output.report_file)
-    source_listing = selected_objects(list_objects(source, config.job.source, None), config)
+    source_listing, destination_listing = audited_listings(config, source, destination)
     if inventory is not None:
         source_listing = listed_in(source_listing, (row.key for row in
                                                     inventory_rows(inventory, source, config.job.source, None)))
-    joined = merge_join(
-        source_listing, config.job.source.prefix,
-        selected_objects(list_objects(destination, config.job.destination, None), config, side="destination"),
-        config.job.destination.prefix,
-    )
+    joined = merge_join(source_listing, config.job.source.prefix, destination_listing, config.job.destination.prefix)
     try:
         for relative_key, source_object, destination_object in joined:
             if source_object is None:

@@ -47,6 +47,11 @@ def fill_source(accounts: CrossAccount) -> list[str]:
     return names
 
 
+def listing_pages(proxy: FaultProxy) -> int:
+    """ListObjectsV2 pages of either bucket, less the one-key probes of the preflights."""
+    return sum(1 for seen in proxy.counts.operations("ListObjectsV2") if seen.query.get("max-keys") != ["1"])
+
+
 def source_listings(proxy: FaultProxy) -> int:
     """ListObjectsV2 pages of the source, less the one-key probe each run starts with to check
     that it may list (the preflight: MaxKeys=1), which is one per process, not a listing."""
@@ -100,6 +105,13 @@ def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_o
         sharded_listings = source_listings(proxy) - one_listing
         creates = collections.Counter(seen.key for seen in proxy.counts.operations("PutObject")[created_before:]
                                       if seen.bucket == DEST_BUCKET)
+        # Verifying lists too: each shard compares only its own ranges, of both buckets.
+        before = listing_pages(proxy)
+        whole = job.run(accounts.source_uri, accounts.destination_uri, "--verify-only", *TAGLESS)
+        one_audit = listing_pages(proxy) - before
+        audits = [job.run(accounts.source_uri, accounts.destination_uri, "--verify-only", "--shard",
+                          f"{index}/{SHARDS}", *TAGLESS) for index in range(SHARDS)]
+        sharded_audits = listing_pages(proxy) - before - one_audit
 
     assert accounts.destination_snapshot() == accounts.source_snapshot()
     assert accounts.destination_uploads() == []
@@ -119,6 +131,11 @@ def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_o
     assert sum(entry["summary"]["objects_done"] for entry in progress) == len(keys)  # none counted twice
     # Listed about once between them: each shard listed its own ranges, not the whole bucket.
     assert sharded_listings <= 1.2 * one_listing, (sharded_listings, one_listing)
+    assert whole.returncode == 0 and [audit.returncode for audit in audits] == [0] * SHARDS, describe(whole)
+    identical = [int(re.search(r"([\d,]+) identical", audit.stdout)[1].replace(",", "")) for audit in audits]
+    assert identical == [len(found) for found in copied], (identical, [len(found) for found in copied])
+    # (No page count is asserted for the audits: at this size each range's one page costs as much as
+    # the whole listing, 1,100 keys being two pages; the saving is for shares of many pages.)
     assert while_killed.returncode == 1, describe(while_killed)
     assert "running" in status_rows(while_killed)["1/3"], describe(while_killed)
     assert later[1].state == "silent" and "killed" in tool.format_job_status(job.progress_file, {SHARDS: later})
@@ -128,7 +145,8 @@ def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_o
     as_json = json.loads(status_of(job, "--json").stdout)[str(SHARDS)]
     assert [row["objects_done"] for row in as_json] == [entry["summary"]["objects_done"] for entry in progress]
     print(f"shards: {sharded_listings} ListObjectsV2 pages for {SHARDS} shards (one restarted) against "
-          f"{one_listing} unsharded; {sum(creates.values()) - len(keys)} objects sent again after the kill")
+          f"{one_listing} unsharded; {sum(creates.values()) - len(keys)} objects sent again after the kill; "
+          f"verifying, {sharded_audits} pages of both buckets against {one_audit}")
 
 
 def test_a_dry_run_makes_the_plan_that_shards_started_later_follow(accounts: CrossAccount, tmp_path: Path) -> None:
