@@ -4509,6 +4509,7 @@ class StatusReporter:
         self._plain = plain
         self._stream = stream
         self._started = time.monotonic()
+        self.cpu_at_start = cpu_seconds()  # of the process: the tool's main() may run inside another program
         self._last_line = self._started
         self._last_draw = 0.0
         self._drawn = False
@@ -6225,6 +6226,7 @@ class TransferEngine:
                     continue
                 self.progress.listed(listed.key)
                 self._schedule(listed, attempt=1)
+            self.scheduler.tick()  # a stop is announced even if nothing was left in flight to wait for
             self._wait_for_in_flight()
             if self.status.listing_complete and not should_stop():
                 # Every listed key is settled, so an upload still recorded belongs to a key that was
@@ -7638,7 +7640,7 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     elif config.tuning.list_concurrency > 1 and progress.splittable():
         progress.split(listing_split_points(config, source, config.tuning.list_concurrency * RANGES_PER_LISTER))
     plan = progress.listing_plan()
-    starting = cpu_seconds()
+    starting = cpu_seconds() - status.cpu_at_start
     if len(plan) > 1:
         LOG.info("listing %d key ranges, %d at a time", len(plan), min(config.tuning.list_concurrency, len(plan)))
 
@@ -7672,7 +7674,7 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     else:
         state, code = "complete", EXIT_OK
     progress.finish(state, status.summary())
-    LOG.info("this process used %.2f s of CPU, %.2f s of it starting", cpu_seconds(), starting)
+    LOG.info("this process used %.2f s of CPU, %.2f s of it starting", cpu_seconds() - status.cpu_at_start, starting)
     status.clear()
     report = final_report(state=state, status=status, progress=progress, config=config, engine=engine_choice)
     LOG.info("%s", report)
