@@ -902,8 +902,10 @@ class Shard:
     plan: Optional[ShardPlan] = None
 
     def owns(self, relative_key: str) -> bool:
-        if self.split == "hash" or self.count == 1:
-            return self.count == 1 or shard_of(relative_key, self.count) == self.index
+        if self.count == 1:
+            return True
+        if self.split == "hash":
+            return shard_of(relative_key, self.count) == self.index
         assert self.plan is not None, "a shard of key ranges knows its plan before it reads a listing"
         return self.plan.owner_of(relative_key) == self.index
 
@@ -2553,8 +2555,11 @@ def source_objects(config: RunSettings, source: ConnectedSide, start_after: Opti
     return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
 
 
-def listing_split_points(config: RunSettings, source: ConnectedSide, ranges_wanted: int) -> list[str]:
-    """Where to cut the source's keyspace in about `ranges_wanted` ranges; refusals as a listing's."""
+def listing_split_points(config: RunSettings, source: ConnectedSide, ranges_wanted: Optional[int] = None) -> list[str]:
+    """Where to cut the source's keyspace in about `ranges_wanted` ranges (default: enough for the
+    --list-concurrency listers); refusals as a listing's."""
+    if ranges_wanted is None:
+        ranges_wanted = config.tuning.list_concurrency * RANGES_PER_LISTER
     try:
         return discover_split_points(source, config.job.source, ranges_wanted)
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
@@ -6433,9 +6438,9 @@ class WorkerProcess:
     def flush(self) -> None:
         if self.unsent and not self.ended:
             batch, self.unsent = self.unsent, []
-            # As tuples: a dataclass pickles its fields by name, which costs this process more per object.
-            self.send(("work", [(listed.key, listed.size, listed.etag, listed.storage_class, listed.last_modified)
-                                for listed in batch]))
+            # As tuples of the fields in order: a dataclass pickles its fields by name, which costs this
+            # process more per object.
+            self.send(("work", [tuple(vars(listed).values()) for listed in batch]))
 
     def how_it_ended(self) -> str:
         self.process.join(timeout=5)
@@ -6574,13 +6579,15 @@ class WorkerProcesses:
     def _replace(self, worker: WorkerProcess) -> None:
         """A worker died unasked (killed, out of memory): its objects go to a new one in its place."""
         how = worker.how_it_ended()
-        with self._changed:
-            if self._finishing or self._run.should_stop() or self._deaths + 1 >= PROCESS_DEATHS_BEFORE_STOP:
-                for key in list(worker.held):
+        stopping = self._finishing or self._run.should_stop()
+        if not stopping:
+            self._deaths += 1
+        if stopping or self._deaths >= PROCESS_DEATHS_BEFORE_STOP:
+            with self._changed:
+                for key in list(worker.held):  # pending, for the rerun
                     self._release(worker, key)
-        if self._finishing or self._run.should_stop():
+        if stopping:
             return
-        self._deaths += 1
         if self._deaths >= PROCESS_DEATHS_BEFORE_STOP:
             self._run.stop(FatalTransferError(
                 f"{self._deaths} worker processes ended unexpectedly (the last: {how}), so the run stopped. If the "
@@ -7473,7 +7480,7 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, inventory: Option
     # Planning needs sizes, not ETags: a key list with sizes costs no request per key here.
     ranges = shard_key_ranges(config)
     if ranges is None and inventory is None and config.tuning.list_concurrency > 1:
-        ranges = key_ranges(listing_split_points(config, source, config.tuning.list_concurrency * RANGES_PER_LISTER))
+        ranges = key_ranges(listing_split_points(config, source))
     if ranges is not None:  # the order does not matter for counting
         stopping = threading.Event()
         window = ListingWindow(
@@ -7638,7 +7645,7 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     if own_ranges is not None:
         follow_shard_plan(progress, own_ranges, config)
     elif config.tuning.list_concurrency > 1 and progress.splittable():
-        progress.split(listing_split_points(config, source, config.tuning.list_concurrency * RANGES_PER_LISTER))
+        progress.split(listing_split_points(config, source))
     plan = progress.listing_plan()
     starting = cpu_seconds() - status.cpu_at_start
     if len(plan) > 1:
