@@ -508,6 +508,12 @@ def certificate_failure(error: Optional[BaseException]) -> Optional[ssl.SSLCertV
     return None
 
 
+def error_line(error: BaseException) -> str:
+    """What a log line or a sentence shows of an error: its first line. botocore's ResponseParserError
+    goes on with the whole answer it could not read, a listing page of a thousand keys."""
+    return (str(error).splitlines() or [""])[0]
+
+
 def explain_error(error: BaseException, *, access: SideAccess, bucket: str, action: str, key: str = "") -> str:
     """One sentence naming the side, the bucket, the action and what to do about it."""
     where = f"s3://{bucket}/{key}" if key else bucket_or_access_point(bucket)
@@ -552,7 +558,8 @@ def explain_error(error: BaseException, *, access: SideAccess, bucket: str, acti
     if isinstance(error, botocore.exceptions.ClientError):
         message = error.response.get("Error", {}).get("Message") or code
         return f"{action} on {where} ({access.role}) failed: {code}: {message}"
-    return f"{action} on {where} ({access.role}) failed: {type(error).__name__}: {error}"
+    return f"{action} on {where} ({access.role}) failed: {type(error).__name__}: {error_line(error)}"
+
 
 
 def backoff_delay(attempt: int) -> float:
@@ -630,8 +637,8 @@ class Retries:
                 raise error
             self._on_retry()
             delay = backoff_delay(attempt)
-            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error, delay, attempt + 1,
-                        BODY_ATTEMPTS)
+            LOG.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", what, error_line(error), delay,
+                        attempt + 1, BODY_ATTEMPTS)
             self._wait(delay, error)
 
     @staticmethod
