@@ -31,7 +31,8 @@ How the data moves
       -> the progress store: per key range a watermark in key order and the few keys done beyond it;
          failed keys, and every multipart upload in flight with its digest so far ->
          transfer_progress.json (atomic rewrite, every 2 s and before each completion; one run per
-         job at a time, by a lock beside it)
+         job at a time, by a lock beside it), or an object in a bucket (--progress-file s3://...:
+         one conditional PutObject per save, which a second run of the job makes fail)
 
 Promises
 --------
@@ -65,7 +66,8 @@ Sections, in the order data moves
     IntegrityCheck and the HEAD-based IntegrityPlanner
  8. Moving bodies: the BodyTransport interface, the threads engine (boto3) and the crt engine
     (awscrt), what each object carries (ObjectAttributes)
- 9. Progress and resume: ProgressStore, the progress file, its lock; the plan that shards share
+ 9. Progress and resume: where state documents live (StateStore: files, or objects in a bucket),
+    ProgressStore, the progress file, its lock; the plan that shards share
 10. Status: the log, the live status line, the final report; the status command (every shard's)
 11. The transfer engine: UnitScheduler, FailurePolicy, SmallObjectCopier (and its callback-driven
     SmallObjectPipeline), MultipartUploads and MultipartCopy over CopyServices, composed by
@@ -117,9 +119,10 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import uuid
 import zlib
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence, TypeVar, Union
 
 import boto3
 import botocore.awsrequest
@@ -238,6 +241,10 @@ class FatalTransferError(Exception):
     """A failure that dooms every further request (bad credentials, missing bucket or permission)."""
 
 
+class StateTakenOver(FatalTransferError):
+    """Another run of the same job (or shard) wrote its state since this run last read or wrote it."""
+
+
 class ObjectFailure(Exception):
     """One object could not be copied; the rest of the run carries on."""
 
@@ -346,7 +353,9 @@ THROTTLED_CODES = {"SlowDown", "ServiceUnavailable"}
 
 
 THROTTLED_STATUSES = {503}
-SERVER_ERROR_CODES = {"InternalError"}
+# ConditionalRequestConflict (409): another conditional write of the same key was in progress; S3 asks
+# for the request to be sent again (S3 API Reference, PutObject, If-Match and If-None-Match).
+SERVER_ERROR_CODES = {"InternalError", "ConditionalRequestConflict"}
 SERVER_ERROR_STATUSES = {500, 502, 504}
 
 
@@ -843,7 +852,10 @@ def is_selected(relative_key: str, rules: Iterable[FilterRule]) -> bool:
     return selected
 
 
-SHARD_SPLITS = ("ranges", "hash")
+SHARD_SPLITS = ("ranges", "hash", "files")
+# As the progress file names each split but hash (whose files, older than the others, name none): the
+# splits give a key to different shards, so a file of one never resumes under another.
+SHARD_SPLIT_NAMES = {"ranges": "key ranges", "files": "report files"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -896,12 +908,31 @@ def plan_shards(split_points: list[str], count: int) -> ShardPlan:
     return ShardPlan(count, tuple(split_points), tuple(number * count // ranges for number in range(ranges)))
 
 
+def share_report_files(sizes: Sequence[int], count: int) -> Optional[list[int]]:
+    """The shard of each data file of an inventory report (by their sizes, in the manifest's order),
+    so that each of `count` shards reads about an equal share: the largest first, each to the shard
+    with the fewest bytes so far (the lowest index on a tie). The manifest never changes, so every
+    shard and every rerun computes the same shares. None for fewer files than shards, where some
+    would read nothing: a hash of each key then."""
+    if len(sizes) < count:
+        return None
+    owners = [0] * len(sizes)
+    loads = [(0, shard) for shard in range(count)]  # a heap of (bytes so far, shard)
+    for number in sorted(range(len(sizes)), key=lambda number: (-sizes[number], number)):
+        load, shard = heapq.heappop(loads)
+        owners[number] = shard
+        heapq.heappush(loads, (load + sizes[number], shard))
+    return owners
+
+
 @dataclasses.dataclass(frozen=True)
 class Shard:
     """--shard I/N: this process copies only shard I (0-based) of N, so N machines split one job and
     no key is copied twice. `split` "ranges": the shards share a ShardPlan of key ranges and each
     lists only its own (the plan is read at connection time, see shard_plan_for); "hash": a stable
-    hash of each key, every shard listing the whole bucket, with no plan to share."""
+    hash of each key, every shard listing the whole bucket, with no plan to share; "files": with
+    --from-inventory, each shard reads only its share of the report's data files
+    (share_report_files), which hold each key once."""
 
     index: int
     count: int
@@ -909,7 +940,7 @@ class Shard:
     plan: Optional[ShardPlan] = None
 
     def owns(self, relative_key: str) -> bool:
-        if self.count == 1:
+        if self.count == 1 or self.split == "files":  # a shard of a report's files reads only its own
             return True
         if self.split == "hash":
             return shard_of(relative_key, self.count) == self.index
@@ -955,7 +986,60 @@ def parse_shard(text: str, environment: dict[str, str], split: str = "ranges") -
     return Shard(int(index_text), count, split)
 
 
-def shard_file_name(path: Path, shard: Optional[Shard]) -> Path:
+@dataclasses.dataclass(frozen=True)
+class S3StatePath:
+    """An object holding one of the job's state documents (--progress-file s3://BUCKET/KEY), named
+    as a file path is (name, stem, suffix, with_name), so that the names made from it (a shard's
+    progress, the shard plan) are made alike for a file and for an object."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3StatePath":
+        """s3://BUCKET/KEY; a folder (s3://BUCKET/jobs/, or the bucket alone) holds the default name."""
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+            raise ConfigurationError(f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 "
+                                     "lowercase letters, digits, dots and hyphens.")
+        if has_dot_segments(key):
+            raise ConfigurationError(f"{uri!r} has a '.' or '..' segment: write the key without them.")
+        return cls(bucket, key + DEFAULT_PROGRESS_FILE if not key or key.endswith("/") else key)
+
+    @property
+    def folder(self) -> str:
+        """The key prefix the object is in ("" or ending in '/')."""
+        return self.key[:self.key.rfind("/") + 1]
+
+    @property
+    def name(self) -> str:
+        return self.key[len(self.folder):]
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.name).stem
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+    def with_name(self, name: str) -> "S3StatePath":
+        return S3StatePath(self.bucket, self.folder + name)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+# Where a state document (a progress file, the shard plan) is: a file, or an object in a bucket.
+StateLocation = Union[Path, S3StatePath]
+
+
+def state_location(text: str) -> StateLocation:
+    """--progress-file and --shard-plan: an s3:// location or a file path."""
+    return S3StatePath.parse(text) if text.startswith("s3://") else Path(text)
+
+
+def shard_file_name(path: StateLocation, shard: Optional[Shard]) -> StateLocation:
     """The state file of one shard: transfer_progress.json -> transfer_progress.shard-1-of-3.json,
     so shards sharing a directory never share a file."""
     if shard is None or shard.count == 1:
@@ -1126,8 +1210,8 @@ class JobDefinition:
             "destination_endpoint_url": canonical_endpoint(self.destination_access.endpoint_url),
             "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
             **({"shard": str(self.shard)} if self.shard else {}),
-            # The two splits give a key to different shards: a file of one never resumes under the other.
-            **({"shard_split": "key ranges"} if self.shard and self.shard.split == "ranges" else {}),
+            **({"shard_split": SHARD_SPLIT_NAMES[self.shard.split]} if self.shard and self.shard.split != "hash"
+               else {}),
             # A watermark is a place in one listing's key order: a listing's and a report's do not mix.
             **({"inventory": self.inventory} if self.inventory else {}),
             # Resumed without it, an upload begun without tags would complete without them, unsaid.
@@ -1172,9 +1256,9 @@ class WriteOptions:
 class OutputSettings:
     """Where the run keeps its state and tells its story."""
 
-    progress_file: Path = Path(DEFAULT_PROGRESS_FILE)
+    progress_file: StateLocation = Path(DEFAULT_PROGRESS_FILE)
     log_file: Path = Path(DEFAULT_LOG_FILE)
-    shard_plan_file: Optional[Path] = None  # --shard I/N of key ranges: the plan every shard shares
+    shard_plan_file: Optional[StateLocation] = None  # --shard I/N of key ranges: the plan every shard shares
     report_file: Optional[Path] = None
     status_interval: float = DEFAULT_STATUS_INTERVAL
     quiet: bool = False
@@ -1199,20 +1283,28 @@ def read_json_file(path: Path, *, what: str, when_invalid: str) -> Any:
     """Parse a JSON file, turning every way it can be unreadable into a sentence for a person.
     A missing file raises FileNotFoundError: what that means depends on the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise
     except OSError as error:
         raise ConfigurationError(f"The {what} {path} cannot be read ({error.strerror or error}): check that it is a "
                                  "file this user may read.") from None
+    return parse_json_document(data, where=str(path), what=what, when_invalid=when_invalid)
+
+
+def parse_json_document(data: bytes, *, where: str, what: str, when_invalid: str) -> Any:
+    """Parse a JSON document read from `where` (a file, an object), every way it can be unreadable a
+    sentence for a person."""
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigurationError(f"The {what} {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+        raise ConfigurationError(f"The {what} {where} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
                                  f"offset {error.start}); {when_invalid}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigurationError(
-            f"The {what} {path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+            f"The {what} {where} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
             f"{when_invalid}"
         ) from None
 
@@ -2523,6 +2615,25 @@ def _open_manifest(location: str, source: ConnectedSide) -> Inventory:
     LOG.info("inventory report %s: %d data files, %s, columns %s", location, len(files),
              format_size(sum(file.size for file in files)), ", ".join(columns))
     return Inventory(location, tuple(files), columns)
+
+
+def report_share(config: RunSettings, inventory: Optional[Inventory]) -> tuple[RunSettings, Optional[Inventory]]:
+    """A shard of a report's files: the settings, and the report reduced to the shard's own data
+    files; a report of fewer files than shards is split by a hash of each key instead."""
+    shard = config.job.shard
+    if inventory is None or shard is None or shard.split != "files":
+        return config, inventory
+    owners = share_report_files([file.size for file in inventory.files], shard.count)
+    if owners is None:
+        LOG.info("%s has %d data files, fewer than the %d shards: each shard reads it whole and keeps the keys a "
+                 "hash gives it", inventory.location, len(inventory.files), shard.count)
+        hashed = dataclasses.replace(shard, split="hash")
+        return dataclasses.replace(config, job=dataclasses.replace(config.job, shard=hashed)), inventory
+    own = tuple(file for file, owner in zip(inventory.files, owners) if owner == shard.index)
+    LOG.info("shard %s reads %d of the %d data files of %s (%s of %s)", shard, len(own), len(inventory.files),
+             inventory.location, format_size(sum(file.size for file in own)),
+             format_size(sum(file.size for file in inventory.files)))
+    return config, dataclasses.replace(inventory, files=own)
 
 
 def is_wanted(relative_key: str, config: RunSettings) -> bool:
@@ -3997,13 +4108,257 @@ def remove_temporary_files_of_killed_runs(path: Path) -> None:
             LOG.info("removed %s, a temporary progress file left by a killed run", name)
 
 
-def read_progress_file(path: Path) -> Optional[dict[str, Any]]:
+class StateStore(Protocol):
+    """Where the job's state documents live (the progress files, the shard plan): files on a disk
+    (LocalStateFiles) or objects in a bucket (S3StateObjects). Each document is replaced whole, so a
+    reader sees the old one or the new one, never a part."""
+
+    def read(self, location: Any, *, what: str) -> Optional[bytes]:
+        """The document, None if there is none."""
+
+    def replace(self, location: Any, text: str) -> None:
+        """Write the document whole (the run's own, which only this run writes)."""
+
+    def create_once(self, location: Any, text: str) -> bool:
+        """Write the document unless it exists; False if it did (another process made it first)."""
+
+    def remove(self, location: Any) -> None:
+        """Remove the document, if it is there."""
+
+    def age(self, location: Any) -> Optional[float]:
+        """Seconds since the document was last written, None if there is none."""
+
+    def siblings(self, location: Any) -> list[Any]:
+        """The documents beside `location` (in its folder) whose names begin with its stem."""
+
+    def held(self, location: Any) -> contextlib.AbstractContextManager[None]:
+        """Run the job with this progress document as the only run that writes it."""
+
+
+class LocalStateFiles:
+    """State documents as files, on this machine's disk or a shared one (EFS) that shards on several
+    machines reach alike: rewritten atomically (write_atomically), made once by a hard link
+    (create_once), one run per progress file by a lock beside it (progress_file_lock)."""
+
+    def read(self, location: Path, *, what: str) -> Optional[bytes]:
+        try:
+            return location.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise ConfigurationError(f"The {what} {location} cannot be read ({error.strerror or error}): check that "
+                                     "it is a file this user may read.") from None
+
+    def replace(self, location: Path, text: str) -> None:
+        write_atomically(location, text)
+
+    def create_once(self, location: Path, text: str) -> bool:
+        return create_once(location, text)
+
+    def remove(self, location: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            location.unlink()
+
+    def age(self, location: Path) -> Optional[float]:
+        try:
+            return time.time() - location.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def siblings(self, location: Path) -> list[Path]:
+        return sorted(location.parent.glob(f"{glob.escape(location.stem)}*"))
+
+    @contextlib.contextmanager
+    def held(self, location: Path) -> Iterator[None]:
+        with progress_file_lock(location):
+            remove_temporary_files_of_killed_runs(location)
+            yield
+
+
+LOCAL_STATE_FILES = LocalStateFiles()
+
+
+class S3StateObjects:
+    """State documents as objects in one bucket (--progress-file s3://BUCKET/KEY), for runs with no
+    disk that outlives them: a retried AWS Batch child, a rescheduled pod, resumes from there.
+    Reached with the destination's credentials and endpoint.
+
+    One PutObject writes a document whole. Each write of a run is conditional on the object being as
+    the run last read or wrote it: If-Match with that ETag, If-None-Match: * where it saw none (S3
+    API Reference, PutObject: a failed condition is 412 Precondition Failed, an If-Match on a missing
+    key 404 NoSuchKey; If-Match needs s3:GetObject besides s3:PutObject). So of two runs of one
+    shard, the first to write after the other read makes the other's next write fail, and that run
+    stops (StateTakenOver) instead of overwriting the progress of the run that goes on. A write that
+    S3 applied but whose answer was lost is sent again by botocore and refused too: an object holding
+    exactly the text this run sent tells the two cases apart.
+
+    A server that ignores the conditions (held() checks, with an object of its own) leaves that
+    guard out: the run warns once, and writes anyway.
+    """
+
+    def __init__(self, side: ConnectedSide) -> None:
+        self._side = side
+        self._seen: dict[str, Optional[str]] = {}  # key -> ETag this run last read or wrote; None: none there
+        self._lost: Optional[StateTakenOver] = None
+        self.guarded = True
+
+    def _call(self, operation: Callable[[], T], *, action: str, location: S3StatePath) -> T:
+        return self._side.retries.call(operation, what=f"{action} of {location}", retry_bodies=True)
+
+    def _refused(self, error: BaseException, action: str) -> FatalTransferError:
+        return FatalTransferError(explain_error(error, access=self._side.access, bucket=self._side.bucket,
+                                                action=action))
+
+    def read(self, location: S3StatePath, *, what: str) -> Optional[bytes]:
+        client = self._side.client
+
+        def get() -> tuple[bytes, str]:
+            answer = client.get_object(Bucket=location.bucket, Key=location.key)
+            return answer["Body"].read(), answer["ETag"]
+
+        try:
+            body, etag = self._call(get, action="GetObject", location=location)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) not in MISSING_OBJECT_CODES:
+                raise ConfigurationError(str(self._refused(error, "s3:GetObject"))) from None
+            self._seen[location.key] = None
+            return None
+        self._seen[location.key] = etag
+        return body
+
+    def replace(self, location: S3StatePath, text: str) -> None:
+        if self._lost is not None:
+            LOG.debug("not saving %s: %s", location, self._lost)
+            return
+        if location.key not in self._seen:
+            self._seen[location.key] = self._etag(location)
+        etag = self._seen[location.key]
+        if self._write(location, text, {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}):
+            return
+        self._lost = StateTakenOver(
+            f"Another run of this job wrote its progress at {location} after this run last saved it: two runs of "
+            "one shard were going at once (a retried Batch child, or a pod started again while the first still "
+            "ran). This run stops so that the two do not overwrite each other's progress; the other goes on. "
+            "If none is running any more, rerun this command to resume.")
+        raise self._lost
+
+    def create_once(self, location: S3StatePath, text: str) -> bool:
+        return self._write(location, text, {"IfNoneMatch": "*"})
+
+    def _write(self, location: S3StatePath, text: str, condition: dict[str, str]) -> bool:
+        """PutObject under `condition` (none once the server is known to ignore them); False if the
+        condition failed on another writer's object."""
+        body = text.encode("utf-8")
+        client = self._side.client
+        try:
+            answer = self._call(lambda: client.put_object(
+                Bucket=location.bucket, Key=location.key, Body=body, ContentType="application/json",
+                **(condition if self.guarded else {})), action="PutObject", location=location)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) not in PRECONDITION_FAILED_CODES | MISSING_OBJECT_CODES:
+                raise self._refused(error, "s3:PutObject") from None
+            return self.read(location, what="state") == body  # this very text: an answer lost, sent again
+        self._seen[location.key] = answer["ETag"]
+        return True
+
+    def _etag(self, location: S3StatePath) -> Optional[str]:
+        try:
+            return self._call(lambda: self._side.client.head_object(Bucket=location.bucket, Key=location.key),
+                              action="HeadObject", location=location)["ETag"]
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in MISSING_OBJECT_CODES:
+                return None
+            raise self._refused(error, "s3:GetObject") from None
+
+    def remove(self, location: S3StatePath) -> None:
+        try:
+            self._call(lambda: self._side.client.delete_object(Bucket=location.bucket, Key=location.key),
+                       action="DeleteObject", location=location)
+        except botocore.exceptions.ClientError as error:
+            raise self._refused(error, "s3:DeleteObject") from None
+        self._seen[location.key] = None
+
+    def age(self, location: S3StatePath) -> Optional[float]:
+        try:
+            answer = self._call(lambda: self._side.client.head_object(Bucket=location.bucket, Key=location.key),
+                                action="HeadObject", location=location)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in MISSING_OBJECT_CODES:
+                return None
+            raise self._refused(error, "s3:GetObject") from None
+        return (datetime.datetime.now(datetime.timezone.utc) - answer["LastModified"]).total_seconds()
+
+    def siblings(self, location: S3StatePath) -> list[S3StatePath]:
+        pages = self._side.client.get_paginator("list_objects_v2").paginate(
+            Bucket=location.bucket, Prefix=location.folder + location.stem, Delimiter="/")
+        try:
+            keys = [entry["Key"] for page in pages for entry in page.get("Contents", ())]
+        except botocore.exceptions.ClientError as error:
+            raise ConfigurationError(str(self._refused(error, "s3:ListBucket"))) from None
+        return [S3StatePath(location.bucket, key) for key in sorted(keys)]
+
+    @contextlib.contextmanager
+    def held(self, location: S3StatePath) -> Iterator[None]:
+        self._check_conditions_are_kept(location)
+        yield
+
+    def _check_conditions_are_kept(self, location: S3StatePath) -> None:
+        """Create an object of this run's own twice with If-None-Match: *: a server that keeps the
+        condition refuses the second write, one that ignores it takes both."""
+        check = location.with_name(f".{location.name}.check-{uuid.uuid4().hex[:12]}")
+        client = self._side.client
+
+        def put() -> None:
+            self._call(lambda: client.put_object(Bucket=check.bucket, Key=check.key, Body=b"", IfNoneMatch="*"),
+                       action="PutObject", location=check)
+
+        try:
+            put()
+            put()
+            self.guarded = False
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) not in PRECONDITION_FAILED_CODES:
+                raise self._refused(error, "s3:PutObject") from None
+        with contextlib.suppress(FatalTransferError):
+            self.remove(check)
+        if not self.guarded:
+            LOG.warning("The server of %s ignores conditional writes (If-None-Match): nothing stops two runs of one "
+                        "shard from overwriting each other's progress there, so make sure only one runs at a time; "
+                        "and make the shard plan before the shards start (run one shard with --dry-run).", location)
+
+
+def state_store(location: StateLocation, access: SideAccess, retries: Retries) -> StateStore:
+    """The store of a state location: the files on this machine, or a bucket reached with `access`
+    (the destination's credentials and endpoint)."""
+    if isinstance(location, Path):
+        return LOCAL_STATE_FILES
+    side = connect_side(dataclasses.replace(access, request_payer=None), location.bucket, max_workers=2,
+                        list_prefix=location.folder, retries=retries)
+    return S3StateObjects(side)
+
+
+def in_one_store(first: StateLocation, second: StateLocation) -> bool:
+    """Whether two state locations are in one store: both files, or objects in one bucket."""
+    if isinstance(first, Path) or isinstance(second, Path):
+        return isinstance(first, Path) and isinstance(second, Path)
+    return first.bucket == second.bucket
+
+
+def read_state_document(store: StateStore, location: StateLocation, *, what: str,
+                        when_invalid: str) -> Optional[Any]:
+    """A state document parsed, None if there is none; unreadable, a sentence."""
+    data = store.read(location, what=what)
+    if data is None:
+        return None
+    return parse_json_document(data, where=str(location), what=what, when_invalid=when_invalid)
+
+
+def read_progress_file(path: StateLocation, store: StateStore = LOCAL_STATE_FILES) -> Optional[dict[str, Any]]:
     """The saved progress, None when there is none; a damaged file is an error, never ignored."""
-    try:
-        data = read_json_file(path, what="progress file", when_invalid=(
-            "it may have been cut short by a full disk. It was left untouched: move it aside, or rerun with "
-            "--restart to discard it and start over."))
-    except FileNotFoundError:
+    data = read_state_document(store, path, what="progress file", when_invalid=(
+        "it may have been cut short by a full disk. It was left untouched: move it aside, or rerun with "
+        "--restart to discard it and start over."))
+    if data is None:
         return None
     if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT or not isinstance(data.get("resume"), dict):
         raise ConfigurationError(
@@ -4046,6 +4401,93 @@ class RangeProgress:
                 "done_beyond_watermark": sorted(self.done_beyond)}
 
 
+class UploadsInFlight:
+    """The multipart uploads kept for resume, by source key: each one's record (an UploadRecord's
+    document, with the parts S3 confirmed and what it is being completed into) and its digest so
+    far. A part of the progress file, under ProgressStore's lock; `changed` tells the store that the
+    file needs a save."""
+
+    def __init__(self, saved: dict[str, dict[str, Any]], lock: threading.RLock, changed: Callable[[], None]) -> None:
+        self.records: dict[str, dict[str, Any]] = dict(saved)  # serialised as they are, under the lock
+        self._digests: dict[str, tuple[str, OrderedDigest]] = {}  # (the identity of its check, the digest)
+        self._saved_ids = self.upload_ids()  # of the uploads the file held when last written (or read)
+        self._lock = lock
+        self._changed = changed
+
+    def record_for(self, key: str) -> Optional[UploadRecord]:
+        with self._lock:
+            document = self.records.get(key)
+            return UploadRecord.from_document(document) if document else None
+
+    def record(self, key: str, upload: UploadRecord, *, digest: Optional[tuple[str, OrderedDigest]] = None) -> None:
+        """Keep an upload for resume, and its digest: saved with it each time the file is written, so
+        that a rerun goes on hashing after the parts it hashed instead of reading them again."""
+        with self._lock:
+            self.records[key] = upload.document()
+            if digest is not None:
+                self._digests[key] = digest
+            self._changed()
+
+    def recheck(self, key: str) -> None:
+        """The parts of this upload do not make the source: the next attempt compares each with the
+        source again, so the digest saved so far, of those very parts, must not be taken up."""
+        with self._lock:
+            self._digests.pop(key, None)
+            if key in self.records:
+                self.records[key].pop("digest", None)
+                self.records[key]["recheck"] = True
+                self._changed()
+
+    def completing(self, key: str, expected: dict[str, Any]) -> None:
+        """The upload is about to be completed into this object (see MultipartUploads._completed_before_the_stop)."""
+        with self._lock:
+            if key in self.records:
+                self.records[key]["completing"] = expected
+                self._changed()
+
+    def record_part(self, key: str, number: int, etag: str, checksum: Optional[str]) -> None:
+        with self._lock:
+            if key in self.records:
+                self.records[key]["parts"][str(number)] = etag
+                if checksum is not None:
+                    self.records[key].setdefault("part_checksums", {})[str(number)] = checksum
+                self._changed()
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._digests.pop(key, None)
+            if self.records.pop(key, None) is not None:
+                self._changed()
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self.records)
+
+    def unsaved(self) -> dict[str, dict[str, Any]]:
+        """The uploads begun since the file was last written: only this run knows of them."""
+        with self._lock:
+            return {key: entry for key, entry in self.records.items() if entry.get("upload_id") not in self._saved_ids}
+
+    def upload_ids(self) -> set[Any]:
+        return {entry.get("upload_id") for entry in self.records.values()}
+
+    def saved(self, upload_ids: set[Any]) -> None:
+        with self._lock:
+            self._saved_ids = upload_ids
+
+    def digest_states(self) -> list[tuple[str, str, Optional[dict[str, Any]]]]:
+        """Each digest's state, taken outside the lock (a digest waits for the part being hashed)."""
+        with self._lock:
+            digests = list(self._digests.items())
+        return [(key, identity, digest.state()) for key, (identity, digest) in digests]
+
+    def take_digest_states(self, states: list[tuple[str, str, Optional[dict[str, Any]]]]) -> None:
+        """Put the states into the records about to be written (under the lock)."""
+        for key, identity, state in states:
+            if key in self.records and key in self._digests and state is not None:
+                self.records[key]["digest"] = {"identity": identity, **state}
+
+
 class ProgressStore:
     """What is done, in a form that does not grow with the bucket.
 
@@ -4056,11 +4498,13 @@ class ProgressStore:
     by the ranges and the work in flight, never by the bucket.
     """
 
-    def __init__(self, path: Path, job_identity: dict[str, Any], saved: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, path: StateLocation, job_identity: dict[str, Any], saved: Optional[dict[str, Any]] = None, *,
+                 store: StateStore = LOCAL_STATE_FILES) -> None:
         saved = saved or {}
         resume = saved.get("resume", {})
         totals = saved.get("summary", {})
         self.path = path
+        self._store = store
         self.job_identity = job_identity
         self._lock = threading.RLock()
         # A file of one listing (no "ranges", a single watermark in "resume") is one range over every key.
@@ -4070,8 +4514,7 @@ class ProgressStore:
         self._ranges = [RangeProgress(KeyRange(entry["after"], entry["through"]), entry.get("watermark"),
                                       entry.get("done_beyond_watermark", ())) for entry in ranges]
         self._failed: dict[str, str] = dict(resume.get("failed", {}))
-        self._uploads: dict[str, dict[str, Any]] = dict(resume.get("multipart_uploads", {}))
-        self._digests: dict[str, tuple[str, OrderedDigest]] = {}  # the uploads' digests: (check identity, digest)
+        self.uploads = UploadsInFlight(resume.get("multipart_uploads", {}), self._lock, self._touch)
         # One writer at a time, in the order their texts were made. Re-entrant: the second Ctrl-C's
         # handler saves on the main thread, which it may have interrupted in the middle of a save.
         self._writing = threading.RLock()
@@ -4084,9 +4527,10 @@ class ProgressStore:
         self._dirty = True
 
     @classmethod
-    def open(cls, path: Path, job_identity: dict[str, Any], *, restart: bool) -> "ProgressStore":
+    def open(cls, path: StateLocation, job_identity: dict[str, Any], *, restart: bool,
+             store: StateStore = LOCAL_STATE_FILES) -> "ProgressStore":
         """Load the progress of this job, refusing a file that belongs to another one."""
-        saved = None if restart else read_progress_file(path)
+        saved = None if restart else read_progress_file(path, store)
         if saved is not None and saved.get("job") != job_identity:
             theirs = saved.get("job", {})
             # Name only what differs: two jobs between the same buckets may differ in endpoint alone.
@@ -4099,7 +4543,7 @@ class ProgressStore:
                 f"{theirs.get('destination')}; {differences}). Use another --progress-file for this job, or "
                 "rerun with --restart to discard that progress and start over."
             )
-        return cls(path, job_identity, saved)
+        return cls(path, job_identity, saved, store=store)
 
     # -- what workers and the scheduler report ---------------------------------------------
 
@@ -4191,59 +4635,8 @@ class ProgressStore:
             state.advance()
         self._dirty = True
 
-    # -- multipart uploads in flight -------------------------------------------------------
-
-    def upload_for(self, key: str) -> Optional[UploadRecord]:
-        with self._lock:
-            document = self._uploads.get(key)
-            return UploadRecord.from_document(document) if document else None
-
-    def record_upload(self, key: str, upload: UploadRecord, *,
-                      digest: Optional[tuple[str, OrderedDigest]] = None) -> None:
-        """Keep an upload for resume, and its digest (the identity of its check, and the digest):
-        saved with it each time the file is written, so that a rerun goes on hashing after the parts
-        it hashed instead of reading them again."""
-        with self._lock:
-            self._uploads[key] = upload.document()
-            if digest is not None:
-                self._digests[key] = digest
-            self._dirty = True
-
-    def recheck_upload(self, key: str) -> None:
-        """The parts of this upload do not make the source: the next attempt compares each with the
-        source again, so the digest saved so far, of those very parts, must not be taken up."""
-        with self._lock:
-            self._digests.pop(key, None)
-            if key in self._uploads:
-                self._uploads[key].pop("digest", None)
-                self._uploads[key]["recheck"] = True
-                self._dirty = True
-
-    def completing(self, key: str, expected: dict[str, Any]) -> None:
-        """The upload is about to be completed into this object (see MultipartUploads._completed_before_the_stop)."""
-        with self._lock:
-            if key in self._uploads:
-                self._uploads[key]["completing"] = expected
-                self._dirty = True
-
-    def record_part(self, key: str, number: int, etag: str, checksum: Optional[str]) -> None:
-        with self._lock:
-            if key in self._uploads:
-                self._uploads[key]["parts"][str(number)] = etag
-                if checksum is not None:
-                    self._uploads[key].setdefault("part_checksums", {})[str(number)] = checksum
-                self._dirty = True
-
-    def forget_upload(self, key: str) -> None:
-        with self._lock:
-            self._digests.pop(key, None)
-            if self._uploads.pop(key, None) is not None:
-                self._dirty = True
-
-    def uploads(self) -> list[str]:
-        """The source keys of the multipart uploads kept for resume."""
-        with self._lock:
-            return list(self._uploads)
+    def _touch(self) -> None:
+        self._dirty = True
 
     def failures(self) -> dict[str, str]:
         with self._lock:
@@ -4274,17 +4667,15 @@ class ProgressStore:
         with self._writing:
             # The digests first, outside the lock (a digest waits for the part being hashed): each part
             # is recorded before it is hashed, so the records read next cover every part hashed here.
-            with self._lock:
-                digests = list(self._digests.items())
-            states = [(key, identity, digest.state()) for key, (identity, digest) in digests]
+            states = self.uploads.digest_states()
             with self._lock:  # serialised under the lock: workers add parts to the dicts being written
-                for key, identity, state in states:
-                    if key in self._uploads and key in self._digests and state is not None:
-                        self._uploads[key]["digest"] = {"identity": identity, **state}
+                self.uploads.take_digest_states(states)
                 text = json.dumps(self._document(this_run), indent=2, ensure_ascii=False) + "\n"
+                written = self.uploads.upload_ids()
                 self._dirty = False
                 self._last_save = time.monotonic()
-            write_atomically(self.path, text)
+            self._store.replace(self.path, text)
+            self.uploads.saved(written)
 
     def _document(self, this_run: dict[str, Any]) -> dict[str, Any]:
         """Summary first, so `cat transfer_progress.json` reads top-down; resume state after."""
@@ -4298,7 +4689,7 @@ class ProgressStore:
                 "bytes_done": self._bytes_done,
                 "bytes_done_human": format_size(self._bytes_done),
                 "objects_failed": len(self._failed),
-                "multipart_uploads_in_flight": len(self._uploads),
+                "multipart_uploads_in_flight": len(self.uploads.records),
                 "this_run": this_run,
                 "first_started_at": self._first_started,
                 "updated_at": _utc_now(),
@@ -4308,7 +4699,7 @@ class ProgressStore:
                 "listing_complete": self._listing_complete,
                 "ranges": [state.document() for state in self._ranges],
                 "failed": dict(sorted(self._failed.items())),
-                "multipart_uploads": self._uploads,
+                "multipart_uploads": self.uploads.records,
             },
         }
 
@@ -4317,25 +4708,31 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def discard_progress(path: Path, destination: ConnectedSide) -> None:
+def discard_progress(path: StateLocation, destination: ConnectedSide, store: StateStore = LOCAL_STATE_FILES) -> None:
     """--restart: abort the uploads the old progress file was keeping for resume, then remove it,
     so starting over orphans nothing."""
     try:
-        saved = read_progress_file(path)
+        saved = read_progress_file(path, store)
     except ConfigurationError:
-        saved = None
-    for key, entry in ((saved or {}).get("resume", {}).get("multipart_uploads") or {}).items():
+        saved = {}  # damaged: nothing in it can be aborted, and it goes all the same
+    if saved is None:
+        return
+    abort_uploads(saved.get("resume", {}).get("multipart_uploads") or {}, destination, why="--restart")
+    store.remove(path)
+    LOG.info("--restart: discarded the progress file %s", path)
+
+
+def abort_uploads(uploads: dict[str, dict[str, Any]], destination: ConnectedSide, *, why: str) -> None:
+    """Abort these uploads (source key -> their record), saying in the log which could not be."""
+    for key, entry in uploads.items():
         try:
             destination.retries.call(lambda: destination.client.abort_multipart_upload(
                 Bucket=destination.bucket, Key=entry["destination_key"], UploadId=entry["upload_id"]
             ), what=f"AbortMultipartUpload of {entry['destination_key']}")
-            LOG.info("--restart: aborted the unfinished upload of %s", json.dumps(key, ensure_ascii=False))
+            LOG.info("%s: aborted the unfinished upload of %s", why, json.dumps(key, ensure_ascii=False))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, KeyError) as error:
-            LOG.warning("--restart: could not abort the unfinished upload of %s (%s)",
+            LOG.warning("%s: could not abort the unfinished upload of %s (%s)", why,
                         json.dumps(key, ensure_ascii=False), error_code(error) or error)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-        LOG.info("--restart: discarded the progress file %s", path)
 
 
 # -- the plan that shards share ------------------------------------------------------------
@@ -4348,7 +4745,7 @@ def discard_progress(path: Path, destination: ConnectedSide) -> None:
 SHARD_PLAN_FORMAT = "s3-bulk-transfer shard plan, version 1"
 
 
-def shard_plan_name(progress_file: Path, count: int) -> Path:
+def shard_plan_name(progress_file: StateLocation, count: int) -> StateLocation:
     """transfer_progress.json -> transfer_progress.plan-of-8-shards.json, beside the shards' files."""
     return progress_file.with_name(f"{progress_file.stem}.plan-of-{count}-shards{progress_file.suffix}")
 
@@ -4361,13 +4758,12 @@ def shard_plan_identity(config: RunSettings) -> dict[str, Any]:
             "shards": config.job.shard.count}
 
 
-def read_shard_plan(path: Path, config: RunSettings) -> Optional[ShardPlan]:
+def read_shard_plan(path: StateLocation, config: RunSettings, store: StateStore) -> Optional[ShardPlan]:
     """The plan the shards of this job share, None if no shard has made it yet."""
-    try:
-        data = read_json_file(path, what="shard plan", when_invalid=(
-            "it was not written by this tool. Move it aside, or give this job another --shard-plan; every "
-            "shard of the job must then use the new one"))
-    except FileNotFoundError:
+    data = read_state_document(store, path, what="shard plan", when_invalid=(
+        "it was not written by this tool. Move it aside, or give this job another --shard-plan; every "
+        "shard of the job must then use the new one"))
+    if data is None:
         return None
     if not isinstance(data, dict) or data.get("format") != SHARD_PLAN_FORMAT:
         raise ConfigurationError(f"The shard plan {path} was not written by this tool (or by an incompatible "
@@ -4384,7 +4780,7 @@ def read_shard_plan(path: Path, config: RunSettings) -> Optional[ShardPlan]:
                                  "has started yet: the shards' progress files follow its ranges.") from None
 
 
-def shard_plan_for(config: RunSettings, source: ConnectedSide) -> ShardPlan:
+def shard_plan_for(config: RunSettings, source: ConnectedSide, store: StateStore) -> ShardPlan:
     """The job's shard plan: read if a shard (or a dry run) made it before; else made here by the
     first shard to claim the making, while the others wait for it. The claim only saves the others'
     ListObjectsV2 calls (a thousand shards cutting the bucket each would cost a listing's worth):
@@ -4392,19 +4788,18 @@ def shard_plan_for(config: RunSettings, source: ConnectedSide) -> ShardPlan:
     once it is PLAN_WAIT_SECONDS old."""
     assert config.job.shard is not None and config.output.shard_plan_file is not None
     path = config.output.shard_plan_file
-    plan = read_shard_plan(path, config)
+    plan = read_shard_plan(path, config, store)
     if plan is not None:
         return announced_plan(plan, config)
     claim = path.with_name(f".{path.name}.planning")
-    claimed = create_once(claim, json.dumps({"shard": str(config.job.shard), "host": socket.gethostname(),
+    claimed = store.create_once(claim, json.dumps({"shard": str(config.job.shard), "host": socket.gethostname(),
                                              "pid": os.getpid(), "at": _utc_now()}) + "\n")
     if not claimed:
-        plan = wait_for_shard_plan(path, claim, config)
+        plan = wait_for_shard_plan(path, claim, config, store)
     if plan is None:
-        plan = make_shard_plan(path, config, source)
+        plan = make_shard_plan(path, config, source, store)
     if claimed:
-        with contextlib.suppress(FileNotFoundError):
-            claim.unlink()
+        store.remove(claim)
     return announced_plan(plan, config)
 
 
@@ -4412,17 +4807,17 @@ PLAN_WAIT_SECONDS = 120.0  # a plan takes a few ListObjectsV2 pages: a claim thi
 PLAN_POLL_SECONDS = 0.5
 
 
-def wait_for_shard_plan(path: Path, claim: Path, config: RunSettings) -> Optional[ShardPlan]:
+def wait_for_shard_plan(path: StateLocation, claim: StateLocation, config: RunSettings,
+                        store: StateStore) -> Optional[ShardPlan]:
     """The plan another shard is making, once it is written; None if its claim grows stale first."""
     LOG.info("waiting for the shard plan %s, which another shard is making", path)
     while True:
-        plan = read_shard_plan(path, config)
+        plan = read_shard_plan(path, config, store)
         if plan is not None:
             return plan
-        try:
-            age = time.time() - claim.stat().st_mtime
-        except FileNotFoundError:  # its maker is done: the plan is there, or it failed to make one
-            return read_shard_plan(path, config)
+        age = store.age(claim)
+        if age is None:  # its maker is done: the plan is there, or it failed to make one
+            return read_shard_plan(path, config, store)
         if age > PLAN_WAIT_SECONDS:
             LOG.warning("no shard plan %s after %.0f s: the shard that claimed the making stopped; making it here",
                         path, age)
@@ -4430,7 +4825,7 @@ def wait_for_shard_plan(path: Path, claim: Path, config: RunSettings) -> Optiona
         time.sleep(PLAN_POLL_SECONDS)
 
 
-def make_shard_plan(path: Path, config: RunSettings, source: ConnectedSide) -> ShardPlan:
+def make_shard_plan(path: StateLocation, config: RunSettings, source: ConnectedSide, store: StateStore) -> ShardPlan:
     """Cut the source's keyspace for the shards and write the plan once; if another shard wrote
     one first, that one is the plan."""
     assert config.job.shard is not None
@@ -4442,8 +4837,8 @@ def make_shard_plan(path: Path, config: RunSettings, source: ConnectedSide) -> S
     made = plan_shards([point[len(prefix):] for point in points], count)
     text = json.dumps({"format": SHARD_PLAN_FORMAT, "job": shard_plan_identity(config), "made_at": _utc_now(),
                        "plan": made.document()}, indent=2, ensure_ascii=False) + "\n"
-    if not create_once(path, text):
-        theirs = read_shard_plan(path, config)
+    if not store.create_once(path, text):
+        theirs = read_shard_plan(path, config, store)
         assert theirs is not None
         return theirs
     LOG.info("made the shard plan %s: %s", path, f"{len(made.owners)} key ranges over {count} shards"
@@ -4470,12 +4865,12 @@ def follow_shard_plan(progress: ProgressStore, own_ranges: list[KeyRange], confi
             "shard started. Put the plan back, or rerun every shard with --restart (and a new plan).")
 
 
-def with_shard_plan(config: RunSettings, source: ConnectedSide) -> RunSettings:
+def with_shard_plan(config: RunSettings, source: ConnectedSide, store: StateStore) -> RunSettings:
     """The settings with the shard's plan in them, once the source can be read."""
     shard = config.job.shard
     if shard is None or not shard.needs_plan():
         return config
-    planned = dataclasses.replace(shard, plan=shard_plan_for(config, source))
+    planned = dataclasses.replace(shard, plan=shard_plan_for(config, source, store))
     return dataclasses.replace(config, job=dataclasses.replace(config.job, shard=planned))
 
 
@@ -4691,7 +5086,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
         if len(failures) > 20:
             lines.append(f"  ... and {len(failures) - 20:,} more, all listed in {config.output.progress_file} "
                          f"(resume.failed) and {config.output.log_file}.")
-    uploads = progress.uploads()
+    uploads = progress.uploads.keys()
     if uploads:
         lines.append(f"{len(uploads)} multipart upload(s) kept for resume; rerun the same command to finish them.")
     return "\n".join(lines)
@@ -4706,7 +5101,7 @@ def final_report(*, state: str, status: StatusReporter, progress: ProgressStore,
 # silent for longer than a live run ever leaves it.
 
 SILENT_AFTER_SECONDS = 4 * PROGRESS_HEARTBEAT_SECONDS
-SHARD_FILE_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)$")
+SHARD_FILE_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4748,44 +5143,44 @@ def shard_status(label: str, document: dict[str, Any], now: datetime.datetime) -
                        source=summary.get("source", ""), destination=summary.get("destination", ""))
 
 
-def job_state_files(path: Path) -> dict[Optional[int], dict[Optional[int], Path]]:
+def job_state_files(path: StateLocation,
+                    store: StateStore) -> dict[Optional[int], dict[Optional[int], StateLocation]]:
     """The progress files of the job named by `path` (a progress file's name, or a folder holding
     the default one): {shard count: {shard index: file}}, None for the unsharded file. Shard counts
     come from the shards' file names and from any plan beside them, so that a shard that never
     started is still counted."""
-    if path.is_dir():
+    if isinstance(path, Path) and path.is_dir():
         path = path / DEFAULT_PROGRESS_FILE
-    found: dict[Optional[int], dict[Optional[int], Path]] = {}
-    if path.is_file():
-        found[None] = {None: path}
-    for candidate in sorted(path.parent.glob(f"{glob.escape(path.stem)}.*{path.suffix}")):
-        name = candidate.name[:len(candidate.name) - len(path.suffix)] if path.suffix else candidate.name
-        shard = SHARD_FILE_NAME.search(name[len(path.stem):])
-        if shard and len(name) == len(path.stem) + shard.end():
+    found: dict[Optional[int], dict[Optional[int], StateLocation]] = {}
+    plan = re.compile(rf"\.plan-of-(\d+)-shards{re.escape(path.suffix)}$")
+    for candidate in store.siblings(path):
+        tail = candidate.name[len(path.stem):]
+        if candidate.name == path.name:
+            found[None] = {None: candidate}
+        elif (shard := re.fullmatch(SHARD_FILE_NAME.pattern + re.escape(path.suffix), tail)) is not None:
             found.setdefault(int(shard.group(2)), {})[int(shard.group(1))] = candidate
-    for plan in path.parent.glob(f"{glob.escape(path.stem)}.plan-of-*-shards{path.suffix}"):
-        count = plan.name[len(path.stem) + len(".plan-of-"):].split("-", 1)[0]
-        if count.isdigit():
-            found.setdefault(int(count), {})
+        elif (planned := plan.fullmatch(tail)) is not None:
+            found.setdefault(int(planned.group(1)), {})
     return found
 
 
-def job_status(path: Path, now: Optional[datetime.datetime] = None) -> dict[Optional[int], list[ShardStatus]]:
+def job_status(path: StateLocation, store: StateStore,
+               now: Optional[datetime.datetime] = None) -> dict[Optional[int], list[ShardStatus]]:
     """Every shard's row, by shard count; a file that cannot be read is a ConfigurationError."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     rows: dict[Optional[int], list[ShardStatus]] = {}
-    for count, files in job_state_files(path).items():
+    for count, files in sorted(job_state_files(path, store).items(), key=lambda item: item[0] or 0):
         indices: Iterable[Optional[int]] = [None] if count is None else range(count)
         for index in indices:
             label = "job" if count is None else f"{index}/{count}"
             file = files.get(index)
-            document = read_progress_file(file) if file is not None else None
+            document = read_progress_file(file, store) if file is not None else None
             rows.setdefault(count, []).append(ShardStatus(label, "not started") if document is None
                                               else shard_status(label, document, now))
     return rows
 
 
-def format_job_status(path: Path, rows: dict[Optional[int], list[ShardStatus]],
+def format_job_status(path: StateLocation, rows: dict[Optional[int], list[ShardStatus]],
                       now: Optional[datetime.datetime] = None) -> str:
     now = now or datetime.datetime.now(datetime.timezone.utc)
 
@@ -5601,7 +5996,7 @@ class MultipartCopy:
                 return False
             self.abandoned = True
         self._services.abort_upload(self.destination_key, self.upload_id, reason)
-        self._services.progress.forget_upload(self.source.key)
+        self._services.progress.uploads.forget(self.source.key)
         return True
 
     def expected_destination(self) -> dict[str, Any]:
@@ -5645,7 +6040,7 @@ class MultipartCopy:
                             "cannot be compared with the source (its ETag is no MD5, as under SSE-KMS, and S3 "
                             "gave no checksum for it)")
             etag = self._upload_part(part, body, md5=part_md5, checksum=part_checksum)
-        self._services.progress.record_part(self.source.key, part.number, etag, part_checksum)
+        self._services.progress.uploads.record_part(self.source.key, part.number, etag, part_checksum)
         all_uploaded = self.part_done(part.number, etag, part_checksum)
         if self.digest is not None:
             self.digest.feed(part.number, body, cancelled=lambda: self.abandoned or self._services.should_stop(),
@@ -5707,7 +6102,7 @@ class MultipartCopy:
         algorithm = self.part_algorithm
         part_checksum = result.get(f"Checksum{algorithm}") if algorithm else None
         services.status.bytes_moved_by_part(part.size)
-        services.progress.record_part(self.source.key, part.number, result["ETag"], part_checksum)
+        services.progress.uploads.record_part(self.source.key, part.number, result["ETag"], part_checksum)
         if self.part_done(part.number, result["ETag"], part_checksum):
             self.complete()
 
@@ -5741,7 +6136,7 @@ class MultipartCopy:
             # so nothing can be checked then.
             check = IntegrityCheck("size-only", reason="the server returned no checksums for the parts it copied")
         expected = self.expected_destination()
-        services.progress.completing(self.source.key, expected)
+        services.progress.uploads.completing(self.source.key, expected)
         services.progress.save(services.status.summary())
         try:
             services.retries.call(lambda: services.destination.client.complete_multipart_upload(
@@ -5760,7 +6155,7 @@ class MultipartCopy:
         # key and finds the upload gone), never neither (which would copy the object again).
         services.object_done(self.source.key, self.source.size, self.started, check, counted_bytes=0,
                              server_side=self.server_side)
-        services.progress.forget_upload(self.source.key)
+        services.progress.uploads.forget(self.source.key)
 
 
 class MultipartUploads:
@@ -5789,7 +6184,7 @@ class MultipartUploads:
         part_size = copy_part_size(listed, check, services.config, server_side=server_side)
         if server_side:
             check = server_side_check(check)
-        upload = services.progress.upload_for(listed.key)
+        upload = services.progress.uploads.record_for(listed.key)
         if upload is not None:
             try:
                 resumed = self._resume(listed, destination_key, part_size, upload, check, server_side=server_side)
@@ -5823,7 +6218,7 @@ class MultipartUploads:
         copy = MultipartCopy(listed, upload, check, upload_checksum=upload_checksum, services=services,
                              server_side=server_side)
         # Saved at once, not at the next tick: a kill -9 now must not orphan the upload.
-        services.progress.record_upload(listed.key, copy.record(), digest=self._digest_of(copy))
+        services.progress.uploads.record(listed.key, copy.record(), digest=self._digest_of(copy))
         services.progress.save(services.status.summary())
         self._abort_unrecorded_uploads(destination_key, keep=copy.upload_id)
         LOG.info("started %smultipart upload of %s (%s, %d parts of %s, verified by %s)",
@@ -5861,7 +6256,7 @@ class MultipartUploads:
         except botocore.exceptions.ClientError as error:
             if classify(error) is not ErrorKind.UPLOAD_GONE:
                 raise S3CallFailed(error, action="s3:ListMultipartUploadParts", role="destination") from error
-            services.progress.forget_upload(listed.key)
+            services.progress.uploads.forget(listed.key)
             raise UploadGone() from None
         hashed = self._take_up_digest(copy, upload, uploaded)
         for number, part in uploaded.items():
@@ -5873,7 +6268,7 @@ class MultipartUploads:
                  json.dumps(listed.key, ensure_ascii=False), len(uploaded), len(copy.parts),
                  f", {len(copy.to_recheck)} of them to be read again and compared with the source"
                  if copy.to_recheck else "")
-        services.progress.record_upload(listed.key, copy.record(), digest=self._digest_of(copy))
+        services.progress.uploads.record(listed.key, copy.record(), digest=self._digest_of(copy))
         return copy
 
     def _uploaded_parts(self, copy: MultipartCopy, upload: UploadRecord) -> dict[int, UploadedPart]:
@@ -5949,10 +6344,10 @@ class MultipartUploads:
 
     def abort_recorded(self, source_key: str, reason: str) -> None:
         """Abort an upload a previous run kept for resume that can no longer be continued."""
-        upload = self.services.progress.upload_for(source_key)
+        upload = self.services.progress.uploads.record_for(source_key)
         if upload is not None:
             self.services.abort_upload(upload.destination_key, upload.upload_id, reason)
-            self.services.progress.forget_upload(source_key)
+            self.services.progress.uploads.forget(source_key)
 
 
 def action_and_side(error: BaseException) -> tuple[str, str]:
@@ -6001,7 +6396,7 @@ class FailurePolicy:
             if upload.claim_recheck():
                 LOG.warning("%s: %s; reading its parts from the source again to upload again those S3 holds "
                             "differently", json.dumps(listed.key, ensure_ascii=False), error)
-                self.progress.recheck_upload(listed.key)
+                self.progress.uploads.recheck(listed.key)
                 self.restarts.put((listed, attempt + 1))
             return
         why = self._why_copied_again(error)
@@ -6173,7 +6568,10 @@ class UnitScheduler:
             self._stop_announced = True
             LOG.warning("Interrupted: finishing the parts in flight and saving progress (Ctrl-C again to quit now).")
         self._status.tick()
-        self._progress.save_if_due(self._status.summary())
+        try:
+            self._progress.save_if_due(self._status.summary())
+        except FatalTransferError as error:  # the progress can no longer be saved: stopped as any such failure
+            self._run.stop(error)
 
     def tick_if_due(self) -> None:
         """Tick on time, not only while waiting: when workers free up faster than TICK_SECONDS and
@@ -6243,7 +6641,7 @@ class TransferEngine:
             if self.status.listing_complete and not should_stop():
                 # Every listed key is settled, so an upload still recorded belongs to a key that was
                 # deleted from the source (or filtered away) since an earlier run: nothing will finish it.
-                for key in self.progress.uploads():
+                for key in self.progress.uploads.keys():
                     self.multipart.abort_recorded(key, "the source object no longer exists")
         except StopRequested:
             pass  # Ctrl-C while the scheduler's own request waited out a busy S3: the units in flight finish below
@@ -6686,6 +7084,7 @@ class OutcomeRecorder:
 
     def __init__(self, sender: OutcomeSender) -> None:
         self._sender = sender
+        self.uploads = UploadsInFlight({}, threading.RLock(), changed=lambda: None)  # none, ever
 
     def mark_done(self, key: str, size: int) -> None:
         self._sender.put(("done", key, size))
@@ -6704,12 +7103,6 @@ class OutcomeRecorder:
 
     def listing_finished(self) -> None:
         pass
-
-    def upload_for(self, key: str) -> None:
-        return None
-
-    def uploads(self) -> list[str]:
-        return []
 
     def save_if_due(self, this_run: dict[str, Any]) -> None:
         pass
@@ -7026,6 +7419,14 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
     if inventory is not None:
         source_listing = listed_in(source_listing, (row.key for row in
                                                     inventory_rows(inventory, source, config.job.source, None)))
+        if config.job.shard is not None and config.job.shard.split == "files":
+            # Which destination keys are another shard's, only the other shards' files say: this one
+            # compares its own keys, and looks for no destination-only key.
+            LOG.info("shard %s compares the objects of its data files only: destination keys of no source object "
+                     "are not looked for (verify unsharded for those)", config.job.shard)
+            destination_listing = listed_in(destination_listing, (
+                map_destination_key(row.key, config.job.source, config.job.destination)
+                for row in inventory_rows(inventory, source, config.job.source, None)))
     joined = merge_join(source_listing, config.job.source.prefix, destination_listing, config.job.destination.prefix)
     try:
         for relative_key, source_object, destination_object in joined:
@@ -7104,6 +7505,13 @@ def size_argument(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def state_location_argument(text: str) -> StateLocation:
+    try:
+        return state_location(text)
+    except ConfigurationError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -7206,8 +7614,10 @@ def _add_selection_options(group: argparse._ArgumentGroup) -> None:
                             "first to start writes it, see --shard-plan), so each lists only its own share "
                             "and N shards together list the bucket once, but every shard must see the plan "
                             "file; hash, a stable hash of each key, which needs nothing shared but makes "
-                            "every shard list the whole bucket (default: ranges; hash with --from-inventory)")
-    group.add_argument("--shard-plan", type=Path, metavar="PATH",
+                            "every shard list the whole bucket; files, with --from-inventory, each shard reads "
+                            "only its share of the report's data files (default: ranges; files with "
+                            "--from-inventory)")
+    group.add_argument("--shard-plan", type=state_location_argument, metavar="PATH_OR_S3_URI",
                        help="the plan of key ranges the shards share (default: beside the progress files, "
                             "NAME.plan-of-N-shards.json); made by the first shard to start, or by a --dry-run, "
                             "and never changed after")
@@ -7228,9 +7638,12 @@ def _add_selection_options(group: argparse._ArgumentGroup) -> None:
 
 
 def _add_state_file_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--progress-file", type=Path, metavar="PATH",
+    group.add_argument("--progress-file", type=state_location_argument, metavar="PATH_OR_S3_URI",
                        help=f"resume state (default: {DEFAULT_PROGRESS_FILE}; with --shard I/N, "
-                            "NAME.shard-I-of-N.json)")
+                            "NAME.shard-I-of-N.json); an s3://BUCKET/KEY (or s3://BUCKET/FOLDER/) keeps it "
+                            "in a bucket, reached with the destination's credentials, for runs with no disk "
+                            "of their own (Batch, Kubernetes): one PutObject per save, guarded by S3's "
+                            "conditional writes against a second run of the same shard")
     group.add_argument("--log-file", type=Path, metavar="PATH",
                        help=f"appended log, one line per object (default: {DEFAULT_LOG_FILE}; with --shard I/N, "
                             "NAME.shard-I-of-N.log)")
@@ -7312,8 +7725,12 @@ def resolve_state_files(args: argparse.Namespace, environment: dict[str, str]) -
     shard is given the same path (as the children of one array job are)."""
     if args.shard_split == "ranges" and args.from_inventory:
         raise ConfigurationError("--shard-split ranges is for listings: with --from-inventory no shard lists the "
-                                 "bucket, and the shards split the report by a hash of each key (--shard-split hash).")
-    split = args.shard_split or ("hash" if args.from_inventory else "ranges")
+                                 "bucket; the shards split the report's data files (--shard-split files, the "
+                                 "default) or its keys by a hash (--shard-split hash).")
+    if args.shard_split == "files" and not args.from_inventory:
+        raise ConfigurationError("--shard-split files divides the data files of an inventory report: it needs "
+                                 "--from-inventory. For a listing, use ranges (the default) or hash.")
+    split = args.shard_split or ("files" if args.from_inventory else "ranges")
     args.shard = parse_shard(args.shard, environment, split) if args.shard else None
     if args.shard is not None and args.shard_plan is None:
         args.shard_plan = shard_plan_name(args.progress_file or Path(DEFAULT_PROGRESS_FILE), args.shard.count)
@@ -7410,9 +7827,9 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
     if inventory and args.list_concurrency not in (None, 1):
         raise ConfigurationError("--list-concurrency splits a ListObjectsV2 listing, and --from-inventory reads a "
                                  "report instead of listing: drop --list-concurrency.")
-    for option, path in (("--progress-file", args.progress_file), ("--log-file", args.log_file),
-                         ("--report", args.report or args.log_file)):
-        if not path.parent.resolve().is_dir():
+    for option, path in (("--progress-file", args.progress_file), ("--shard-plan", args.shard_plan),
+                         ("--log-file", args.log_file), ("--report", args.report or args.log_file)):
+        if isinstance(path, Path) and not path.parent.resolve().is_dir():
             raise ConfigurationError(f"The directory {path.parent} for {option} does not exist: create it first.")
     source_access = source_access_of(args)
     destination_access = destination_access_of(args)
@@ -7474,11 +7891,11 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     return file_handler
 
 
-def report_dry_run(config: RunSettings, source: ConnectedSide, inventory: Optional[Inventory] = None, *,
-                   tags_refused: Optional[str] = None) -> int:
+def report_dry_run(config: RunSettings, source: ConnectedSide, state: StateStore,
+                   inventory: Optional[Inventory] = None, *, tags_refused: Optional[str] = None) -> int:
     """List and plan without writing anything: what would be copied, and what it costs in memory; and
     `tags_refused`, the preflight refusal that would stop the real run, after the plan (exit 2)."""
-    saved = read_progress_file(config.output.progress_file) if not config.restart else None
+    saved = read_progress_file(config.output.progress_file, state) if not config.restart else None
     if saved is not None and saved.get("job") != config.job.identity():
         saved = None
     recorded = ProgressStore(config.output.progress_file, config.job.identity(), saved)  # read only: never saved
@@ -7586,10 +8003,15 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
                                max_workers=config.tuning.max_workers,
                                list_prefix=config.job.destination.prefix, read_timeout=config.tuning.read_timeout,
                                retries=retries)
-    config = with_shard_plan(config, source)
+    state = state_store(config.output.progress_file, config.job.destination_access, retries)
+    plan = config.output.shard_plan_file
+    if plan is not None and config.job.shard is not None and config.job.shard.needs_plan():
+        config = with_shard_plan(config, source, state if in_one_store(plan, config.output.progress_file) else
+                                 state_store(plan, config.job.destination_access, retries))
     inventory = open_inventory(config.job.inventory, source) if config.job.inventory else None
+    config, inventory = report_share(config, inventory)
     if config.mode is RunMode.DRY_RUN:
-        return report_dry_run(config, source, inventory, tags_refused=tag_access_refusal(config, source))
+        return report_dry_run(config, source, state, inventory, tags_refused=tag_access_refusal(config, source))
     if config.mode is RunMode.VERIFY_ONLY:
         return audit(config, source, destination, inventory)  # compares listings: no tag is read
     tags_refused = tag_access_refusal(config, source)
@@ -7598,8 +8020,8 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
     engine_choice = choose_engine(config.tuning.engine, (source, destination))
     if engine_choice.parts == "threads":
         return_freed_bodies_to_the_system()
-    with progress_file_lock(config.output.progress_file):  # before --restart, which aborts the uploads the file records
-        code = copy_job(config, status, source=source, destination=destination, inventory=inventory,
+    with state.held(config.output.progress_file):  # before --restart, which aborts the uploads the file records
+        code = copy_job(config, status, source=source, destination=destination, state=state, inventory=inventory,
                         engine_choice=engine_choice, stopping=stopping)
     if code == EXIT_OK and config.verify:
         # `stopping` is set by now (it let the listers go), which would stop any retry of the comparison.
@@ -7623,12 +8045,13 @@ def worker_jobs(config: RunSettings, source: ConnectedSide, destination: Connect
 
 
 def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSide, destination: ConnectedSide,
-             inventory: Optional[Inventory], engine_choice: EngineChoice, stopping: threading.Event) -> int:
-    """Copy everything of the job not yet done, under its progress file's lock; the exit code."""
-    remove_temporary_files_of_killed_runs(config.output.progress_file)
+             state: StateStore, inventory: Optional[Inventory], engine_choice: EngineChoice,
+             stopping: threading.Event) -> int:
+    """Copy everything of the job not yet done, as the only run that writes its progress; the exit code."""
     if config.restart:
-        discard_progress(config.output.progress_file, destination)
-    progress = ProgressStore.open(config.output.progress_file, config.job.identity(), restart=config.restart)
+        discard_progress(config.output.progress_file, destination, state)
+    progress = ProgressStore.open(config.output.progress_file, config.job.identity(), restart=config.restart,
+                                  store=state)
     LOG.info("starting %s -> %s with %d workers%s, %s parts, threshold %s, bodies moved by %s (%s); "
              "memory bound %s%s%s%s",
              config.job.source, config.job.destination, config.tuning.max_workers,
@@ -7675,6 +8098,8 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
             stopping.set()
             status.clear()
             progress.finish("stopped", status.summary())
+            if isinstance(error, StateTakenOver):  # no record of them will ever be read: none may be left
+                abort_uploads(progress.uploads.unsaved(), destination, why="stopping")
             LOG.error("%s", error)
             LOG.info("%s", final_report(state="stopped", status=status, progress=progress, config=config,
                                             engine=engine_choice))
@@ -7731,13 +8156,20 @@ def build_status_parser() -> argparse.ArgumentParser:
         prog="s3_bulk_transfer.py status",
         description="Print a job's progress from the progress files its runs save: every shard's "
                     "(NAME.shard-I-of-N.json), with the shards that have not started, or the one file of an "
-                    "unsharded run. It only reads files; a running job is not disturbed.",
+                    "unsharded run. It only reads them; a running job is not disturbed.",
         epilog=STATUS_EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("progress_file", nargs="?", type=Path, default=Path(DEFAULT_PROGRESS_FILE), metavar="PATH",
+    parser.add_argument("progress_file", nargs="?", type=state_location_argument, default=Path(DEFAULT_PROGRESS_FILE),
+                        metavar="PATH_OR_S3_URI",
                         help="the job's --progress-file as every shard was given it (without .shard-I-of-N), or "
-                             f"the folder holding the default one (default: {DEFAULT_PROGRESS_FILE})")
+                             f"the folder holding the default one (default: {DEFAULT_PROGRESS_FILE}); an "
+                             "s3:// one is read with the default credential chain (or --profile)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document (the rows by shard count) instead of the table")
+    reach = parser.add_argument_group("reaching an s3:// progress location")
+    reach.add_argument("--profile", help="AWS profile whose credentials read it (default: the default chain)")
+    reach.add_argument("--endpoint-url", metavar="URL",
+                       help="S3 endpoint of its bucket (default: AWS, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    reach.add_argument("--region", help="region of its bucket, where it cannot be found out")
     return parser
 
 
@@ -7747,21 +8179,25 @@ def status_main(argv: list[str]) -> int:
         args = build_status_parser().parse_args(argv)
     except SystemExit as exit_request:
         return int(exit_request.code or 0)
+    location = args.progress_file
+    access = SideAccess(role="progress location", origin=f"profile {args.profile}" if args.profile
+                        else "the default credential chain", profile=args.profile, endpoint_url=args.endpoint_url,
+                        region=args.region)
     try:
-        rows = job_status(args.progress_file)
-    except ConfigurationError as error:
+        rows = job_status(location, state_store(location, access, Retries()))
+    except (ConfigurationError, FatalTransferError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if not rows:
-        print(f"error: no progress file of a job at {args.progress_file} (nor of its shards, "
-              f"{Path(args.progress_file).stem}.shard-I-of-N{Path(args.progress_file).suffix}): give the "
+        print(f"error: no progress file of a job at {location} (nor of its shards, "
+              f"{location.stem}.shard-I-of-N{location.suffix}): give the "
               "--progress-file the job was started with, or the folder it is in.", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
         print(json.dumps({str(count or 1): [dataclasses.asdict(row) for row in shards]
                           for count, shards in rows.items()}, indent=2, ensure_ascii=False))
     else:
-        print(format_job_status(args.progress_file, rows))
+        print(format_job_status(location, rows))
     return EXIT_OK if all(row.complete for shards in rows.values() for row in shards) else EXIT_SOME_FAILED
 
 

@@ -57,7 +57,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -232,8 +231,8 @@ def synthetic_child(args: argparse.Namespace) -> int:
         listed, parts = entry
         if parts:
             for part in parts:
-                store.record_part(listed.key, part.number, f'"{part.number:032x}"', None)
-            store.forget_upload(listed.key)
+                store.uploads.record_part(listed.key, part.number, f'"{part.number:032x}"', None)
+            store.uploads.forget(listed.key)
         store.mark_done(listed.key, listed.size)
         status.object_done(listed.size, bytes_moved=listed.size, verified_by="md5", server_side=False)
 
@@ -262,10 +261,9 @@ def synthetic_child(args: argparse.Namespace) -> int:
             multipart += 1
             parts_planned += len(parts)
             largest_parts = max(largest_parts, len(parts))
-            job = SimpleNamespace(upload_id=f"upload-{selected}", destination_key=destination_key,
-                                  part_size=part_size, check=SimpleNamespace(checksum_algorithm=None),
-                                  completed={}, part_checksums={})
-            store.record_upload(listed, job)
+            store.uploads.record(listed.key, tool.UploadRecord(
+                upload_id=f"upload-{selected}", destination_key=destination_key, source_etag=listed.etag,
+                size=listed.size, part_size=part_size, part_etags_are_md5=True))
         in_flight.append((listed, parts))
         if len(in_flight) >= SYNTHETIC_IN_FLIGHT:  # a worker frees up: one of the 16, not the oldest
             position = rng.randrange(len(in_flight))
@@ -844,8 +842,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             "from its own split discovery (`listing_split_points` on the fake listing's folders: days at 1 M keys, "
             f"months at 10 M), a `ListingWindow` of {SYNTHETIC_LISTERS} listers, then per key as "
             "the engine's scheduler: `StatusReporter.listed`, `ProgressStore.listed`, `map_destination_key`, "
-            "`why_uncopyable`, for large ones `choose_part_size` + `plan_parts` + `record_upload`; 16 keys in flight, "
-            "a random one of them finishing next (`record_part` of each part, `forget_upload`, `mark_done`); the "
+            "`why_uncopyable`, for large ones `choose_part_size` + `plan_parts` + `uploads.record`; 16 keys in flight, "
+            "a random one of them finishing next (`uploads.record_part` of each part, `uploads.forget`, `mark_done`); the "
             "progress file saved every 2 s. Peak RSS is `ru_maxrss` of that process (via measure_child.py); "
             "tracemalloc runs are separate (it slows Python down)."),
             "",

@@ -38,6 +38,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 SOURCE_BUCKET = "source-account-bucket"
 DEST_BUCKET = "dest-account-bucket"
+# The destination account's bucket for the job's state (--progress-file s3://...), as a Batch array job
+# or a Kubernetes Job keeps it: the destination identities may read, write and list it.
+STATE_BUCKET = "dest-account-state"
 
 LOOPBACK = "127.0.0.1"
 
@@ -195,7 +198,8 @@ def find_weed() -> str | None:
 _IDENTITY_ACTIONS: dict[str, list[str]] = {
     "admin": ["Admin"],
     "source": [f"Read:{SOURCE_BUCKET}", f"List:{SOURCE_BUCKET}"],
-    "dest": [f"Read:{DEST_BUCKET}", f"Write:{DEST_BUCKET}", f"List:{DEST_BUCKET}", f"Tagging:{DEST_BUCKET}"],
+    "dest": [f"Read:{DEST_BUCKET}", f"Write:{DEST_BUCKET}", f"List:{DEST_BUCKET}", f"Tagging:{DEST_BUCKET}",
+             f"Read:{STATE_BUCKET}", f"Write:{STATE_BUCKET}", f"List:{STATE_BUCKET}"],
     # May GET, HEAD and read tags of source objects, but not list them.
     "source_no_list": [f"Read:{SOURCE_BUCKET}"],
     # May list the source bucket, but not GET/HEAD objects, read tags or HeadBucket.
@@ -309,7 +313,7 @@ class SeaweedServer:
         try:
             self._wait_until_ready(startup_timeout)
             admin = self.client(self.admin)
-            for bucket in (SOURCE_BUCKET, DEST_BUCKET):
+            for bucket in (SOURCE_BUCKET, DEST_BUCKET, STATE_BUCKET):
                 admin.create_bucket(Bucket=bucket)
         except PortTaken:
             self._kill()

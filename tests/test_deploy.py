@@ -25,7 +25,7 @@ from typing import Any
 import botocore.session
 import botocore.validate
 import pytest
-from s3servers import SeaweedServer
+from s3servers import STATE_BUCKET, SeaweedServer
 from test_cross_account import CrossAccount
 from toolcli import RUN_TIMEOUT, copied_keys, describe, run_tool
 
@@ -121,8 +121,10 @@ def test_the_batch_job_definition_and_submission_are_valid_batch_requests() -> N
     # A mistake (exit 2) is not retried: Batch retries what matches no rule, so every other exit is.
     assert definition["retryStrategy"]["evaluateOnExit"] == [{"onExitCode": str(tool.EXIT_USAGE), "action": "EXIT"}]
     args = tool.build_parser().parse_args(batch_command(definition, submission))
-    mounts = {mount["containerPath"] for mount in definition["containerProperties"]["mountPoints"]}
-    assert str(Path(args.progress_file).parent) in mounts and str(Path(args.log_file).parent) in mounts
+    # Fargate gives a child no disk that outlives it: the state is in a bucket, the log in its own /tmp
+    # (and its console output in CloudWatch Logs).
+    assert isinstance(args.progress_file, tool.S3StatePath) and str(args.log_file).startswith("/tmp/")
+    assert "mountPoints" not in definition["containerProperties"]
     secrets = {secret["name"] for secret in definition["containerProperties"]["secrets"]}
     assert "S3BT_SOURCE_CREDENTIALS_JSON" in secrets and args.source_credentials == "/tmp/source_credentials.json"
 
@@ -175,12 +177,23 @@ def on_this_machine(arguments: list[str], accounts: CrossAccount, state: Path, t
     replaced = []
     for word in arguments:
         word = {"s3://SOURCE-BUCKET": accounts.source_uri, "s3://DEST-BUCKET": accounts.destination_uri}.get(word, word)
+        word = word.replace("s3://your-state-bucket/s3-bulk-transfer/", state_uri(accounts))
         if word.startswith("/state/"):
             word = str(state / word[len("/state/"):])
         elif word.startswith("/tmp/"):
             word = str(tmp / word[len("/tmp/"):])
         replaced.append(word)
     return [*replaced, "--dest-endpoint-url", accounts.server.endpoint_url]
+
+
+def state_uri(accounts: CrossAccount) -> str:
+    """Where this test's job keeps its state when its command line names the state bucket."""
+    return f"s3://{STATE_BUCKET}/{accounts.prefix}"
+
+
+def state_object(accounts: CrossAccount, name: str) -> bytes:
+    return accounts.server.client(accounts.server.admin).get_object(
+        Bucket=STATE_BUCKET, Key=accounts.prefix + name)["Body"].read()
 
 
 def run_as_the_platform_would(accounts: CrossAccount, arguments: list[str], index_variable: str,
@@ -214,16 +227,29 @@ def run_as_the_platform_would(accounts: CrossAccount, arguments: list[str], inde
     return codes, state
 
 
-def assert_copied_once(accounts: CrossAccount, names: list[str], state: Path, shards: int) -> None:
+def assert_copied_once(accounts: CrossAccount, names: list[str], state: Path, shards: int, *,
+                       in_bucket: bool = False) -> None:
+    """Every key copied by exactly one shard, and the job complete by its state: in the shared
+    folder `state` (the pods' logs there too), or `in_bucket` (each child's log in its own /tmp)."""
     assert accounts.destination_snapshot() == accounts.source_snapshot()
     assert accounts.destination_uploads() == []
-    logs = [set(copied_keys(log.read_text())) for log in sorted(state.glob(f"s3_transfer.shard-*-of-{shards}.log"))]
+    found = sorted((accounts.workdir.glob("tmp-*/") if in_bucket else [state]), key=str)
+    logs = [set(copied_keys(log.read_text())) for folder in found
+            for log in folder.glob(f"s3_transfer.shard-*-of-{shards}.log")]
     assert len(logs) == shards and sum(map(len, logs)) == len(names)  # no key copied by two shards
-    plan = json.loads((state / f"transfer_progress.plan-of-{shards}-shards.json").read_text())["plan"]
+    plan_name = f"transfer_progress.plan-of-{shards}-shards.json"
+    plan = json.loads(state_object(accounts, plan_name) if in_bucket else (state / plan_name).read_bytes())["plan"]
     # One page of keys has nowhere worth cutting, so the shards split it by hash (tests/test_shards.py
-    # has a bucket of key ranges); either way the plan is the one every pod read from the shared volume.
+    # has a bucket of key ranges); either way the plan is the one every pod read from the shared state.
     assert plan["shards"] == shards and plan["split"] == "hash"
-    status = run_tool(["status", str(state / "transfer_progress.json")], env={}, cwd=state)
+    if in_bucket:
+        assert not list(state.iterdir()), "a child kept state on a disk of its own"
+        env = {**accounts.base_env, "AWS_ACCESS_KEY_ID": accounts.server.dest.access_key,
+               "AWS_SECRET_ACCESS_KEY": accounts.server.dest.secret_key}
+        status = run_tool(["status", state_uri(accounts), "--endpoint-url", accounts.server.endpoint_url], env=env,
+                          cwd=state)
+    else:
+        status = run_tool(["status", str(state / "transfer_progress.json")], env={}, cwd=state)
     assert status.returncode == 0, describe(status)
     assert re.search(rf"total\s+{len(names):,}\s.*\s{shards} complete$", status.stdout, re.MULTILINE), describe(status)
 
@@ -253,4 +279,4 @@ def test_the_batch_array_jobs_children_copy_the_bucket_once(accounts: CrossAccou
     _, state = run_as_the_platform_would(accounts, batch_command(definition, submission),
                                          "AWS_BATCH_JOB_ARRAY_INDEX", submission["arrayProperties"]["size"])
 
-    assert_copied_once(accounts, names, state, submission["arrayProperties"]["size"])
+    assert_copied_once(accounts, names, state, submission["arrayProperties"]["size"], in_bucket=True)

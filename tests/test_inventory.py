@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -24,8 +25,10 @@ from typing import Any
 import pytest
 from botocore.client import BaseClient
 
+from conftest import FAKE_KEYS
+from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import CHUNK_SIZE, ToolJob, assert_usage_error, copied_keys, describe
+from toolcli import CHUNK_SIZE, ToolJob, assert_usage_error, copied_keys, describe, read_progress, write_source_credentials
 
 import s3_bulk_transfer as tool
 
@@ -152,6 +155,66 @@ def assert_copied_exactly(client: BaseClient, buckets: MotoBuckets, keys: list[s
 # ----------------------------------------------------------------------------------------
 # Copying from a report
 # ----------------------------------------------------------------------------------------
+
+
+def shard_log(job: ToolJob, shard: int, count: int) -> str:
+    return job.log_file.with_name(f"{job.log_file.stem}.shard-{shard}-of-{count}{job.log_file.suffix}").read_text()
+
+
+def test_shards_of_a_report_each_read_only_their_share_of_its_data_files(job: ToolJob, moto_buckets: MotoBuckets,
+                                                                           tool_env: dict[str, str]) -> None:
+    client = moto_buckets.client
+    keys = [f"f{index:02d}/{name}" for index in range(12) for name in ("a", "b", "c")]
+    described = put_source(client, moto_buckets.source, keys)
+    # Six data files of unequal sizes, the keys dealt over them, each key in one file as S3 writes them.
+    files: list[list[list[str]]] = [[] for _ in range(6)]
+    for index, key in enumerate(sorted(keys)):
+        files[min(index % 7, 5)].append(inventory_row(moto_buckets.source, key, described[key], CURRENT_SCHEMA))
+    report = build_report(moto_buckets.source, files, CURRENT_SCHEMA)
+    report_bucket = f"inventory-{moto_buckets.source}"
+    upload(report, client, report_bucket)
+    manifest = f"s3://{report_bucket}/{MANIFEST_KEY.format(bucket=moto_buckets.source)}"
+    data_files = {key for key in report if "/data/" in key}
+    read_by: dict[str, list[int]] = {key: [] for key in data_files}
+    copied: list[list[str]] = []
+    with FaultProxy(moto_buckets.endpoint_url) as proxy:
+        write_source_credentials(job.credentials, FAKE_KEYS, proxy.endpoint_url)
+        job.dest_endpoint_url = proxy.endpoint_url
+        for shard in range(2):
+            before = len(proxy.counts.operations("GetObject"))
+            result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--from-inventory", manifest,
+                             "--shard", f"{shard}/2", "--verify")
+            assert result.returncode == 0, describe(result)
+            for seen in proxy.counts.operations("GetObject")[before:]:
+                if seen.key in data_files:
+                    read_by[seen.key].append(shard)
+            copied.append(copied_keys(shard_log(job, shard, 2)))
+            identical = int(re.search(r"([\d,]+) identical", result.stdout)[1].replace(",", ""))
+            assert identical == len(copied[-1]), result.stdout  # its own objects compared, and only those
+
+    assert_copied_exactly(client, moto_buckets, keys)
+    assert all(len(set(shards)) == 1 for shards in read_by.values()), read_by  # each file read by one shard alone
+    assert {0, 1} == {shards[0] for shards in read_by.values()}
+    assert len(copied[0]) + len(copied[1]) == len(keys) and set(copied[0]) | set(copied[1]) == set(keys)
+    progress = [read_progress(job.progress_file.with_name(f"progress.shard-{shard}-of-2.json")) for shard in range(2)]
+    assert [entry["job"]["shard_split"] for entry in progress] == ["report files"] * 2
+
+
+def test_a_key_list_shared_by_more_shards_than_files_is_split_by_hash(job: ToolJob, moto_buckets: MotoBuckets,
+                                                                     tmp_path: Path) -> None:
+    keys = [f"k{index:02d}" for index in range(20)]
+    put_source(moto_buckets.client, moto_buckets.source, keys)
+    key_list = tmp_path / "keys.txt"
+    key_list.write_text("".join(f"{key}\n" for key in keys))
+    copied = []
+    for shard in range(2):
+        result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--from-inventory",
+                         str(key_list), "--shard", f"{shard}/2")
+        assert result.returncode == 0, describe(result)
+        copied.append(set(copied_keys(shard_log(job, shard, 2))))
+        assert "fewer than the 2 shards" in shard_log(job, shard, 2)
+
+    assert copied[0] and copied[1] and not copied[0] & copied[1] and copied[0] | copied[1] == set(keys)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -518,3 +581,13 @@ def test_local_data_files_are_found_by_the_end_of_their_key(tmp_path: Path) -> N
     assert tool.local_data_file(manifest, "reports/src/2026-01-04T01-00Z/files/g.csv.gz") == beside
     assert tool.local_data_file(manifest, "reports/src/daily/data/missing.csv.gz") is None
     assert tool.local_data_file(manifest, "reports/../daily/data/f.csv.gz") is None
+
+
+def test_report_files_are_shared_out_by_size_the_same_way_every_time() -> None:
+    sizes = [700, 100, 100, 300, 200, 400, 100]
+    owners = tool.share_report_files(sizes, 3)
+    assert owners == tool.share_report_files(sizes, 3)  # every shard, every rerun: the same shares
+    loads = [sum(size for size, owner in zip(sizes, owners) if owner == shard) for shard in range(3)]
+    assert sorted(loads) == [600, 600, 700]  # the largest file alone, the rest evened out
+    assert tool.share_report_files([5, 5], 3) is None  # a shard would read nothing: a hash instead
+    assert tool.share_report_files([5], 1) == [0]

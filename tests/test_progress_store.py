@@ -89,17 +89,17 @@ def test_multipart_uploads_in_flight_are_recorded_and_forgotten(tmp_path: Path) 
     source = tool.ListedObject(key="big", size=20 * tool.MiB, etag='"abc-2"')
     upload = tool.UploadRecord(upload_id="upload-1", destination_key="big", source_etag=source.etag,
                                size=source.size, part_size=8 * tool.MiB, part_etags_are_md5=True)
-    store.record_upload(source.key, upload)
-    store.record_part("big", 2, '"e2"', "AAAAAA==")
+    store.uploads.record(source.key, upload)
+    store.uploads.record_part("big", 2, '"e2"', "AAAAAA==")
     store.save({})
-    record = new_store(tmp_path).upload_for("big")
+    record = new_store(tmp_path).uploads.record_for("big")
     assert record is not None
     assert record.upload_id == "upload-1" and record.part_size == 8 * tool.MiB
     assert record.parts == {2: '"e2"'}
     assert record.part_checksums == {2: "AAAAAA=="}
-    store.forget_upload("big")
+    store.uploads.forget("big")
     store.save({})
-    assert new_store(tmp_path).upload_for("big") is None
+    assert new_store(tmp_path).uploads.record_for("big") is None
 
 
 def test_a_progress_file_of_another_job_is_refused(tmp_path: Path) -> None:

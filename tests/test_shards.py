@@ -97,7 +97,7 @@ def test_shards_started_together_copy_every_key_once_and_list_the_bucket_about_o
         while_killed = status_of(job)
         killed_file = read_progress(shard_file(job, job.progress_file, 1))
         saved_at = datetime.datetime.fromisoformat(killed_file["summary"]["updated_at"])
-        later = tool.job_status(job.progress_file, now=saved_at + datetime.timedelta(
+        later = tool.job_status(job.progress_file, tool.LOCAL_STATE_FILES, now=saved_at + datetime.timedelta(
             seconds=tool.SILENT_AFTER_SECONDS + 1))[SHARDS]
         restarted = job.start(accounts.source_uri, accounts.destination_uri, "--shard", f"1/{SHARDS}", *TAGLESS)
         codes = [job.wait(process) for process in (shards[0], restarted, shards[2])]
