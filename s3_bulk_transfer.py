@@ -8,7 +8,7 @@ How the data moves
       boundaries, --list-concurrency ranges listed at once, each in key order, a bounded window ahead;
       or no listing: --from-inventory merges the data files of an S3 Inventory report (or reads a key
       list) in key order, streaming them from S3 or a local copy
-      -> include/exclude filters, --shard (the shard's own key ranges, of a plan the shards share;
+      -> include/exclude filters, size and age filters, --shard (the shard's own key ranges, of a plan the shards share;
          or a stable hash of the key), key mapping (destination prefix + key minus source prefix)
       -> plan: below --multipart-threshold one GET then one PUT (so too, up to 5 GiB, a key with a
                character XML 1.0 forbids, which multipart answers could not carry);
@@ -18,7 +18,8 @@ How the data moves
                to compare them with what S3 holds;
                or, when the destination's keys may read the source (--copy-mode), the same plan
                with CopyObject and UploadPartCopy: S3 moves the bytes, none pass through here
-      -> --max-bandwidth: one token bucket before every GET, shared by all workers
+      -> --max-bandwidth: one token bucket before every GET, shared by all workers; so too
+         --max-requests-per-second, before every request that reads the source
       -> at most --max-workers units of work in flight, a unit being one part or one small object, so
          the parts of one large object spread across all of them; with --processes N, the small
          objects go in batches to N worker processes, each with its own engine, still within the
@@ -852,6 +853,66 @@ def is_selected(relative_key: str, rules: Iterable[FilterRule]) -> bool:
     return selected
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_moment(text: str, now: datetime.datetime) -> datetime.datetime:
+    """--newer-than and --older-than: a duration back from `now` (30d, 12h, 90m, 2w, 45s), a date
+    (2026-01-31, midnight UTC) or a time (2026-01-31T12:00:00Z, or with an offset; UTC if none)."""
+    stripped = text.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", stripped)
+    if match:
+        return now - datetime.timedelta(seconds=float(match.group(1)) * DURATION_UNITS[match.group(2)])
+    try:
+        moment = datetime.datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (30d, 12h, 90m, 2w, 45s) nor a date (2026-01-31) or a "
+                         "time (2026-01-31T12:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectFilter:
+    """--min-size and --max-size (inclusive, as rclone's), --newer-than and --older-than (its
+    LastModified after, or before, that moment): which objects are copied by their size and age,
+    applied after --include/--exclude, to a listing and to an inventory report alike. `given` is
+    the options as typed, which the job's identity keeps: a duration is counted from the start of
+    each run, so that a rerun of "--older-than 30d" is the same job."""
+
+    min_size: Optional[int] = None
+    max_size: Optional[int] = None
+    newer_than: Optional[datetime.datetime] = None
+    older_than: Optional[datetime.datetime] = None
+    given: tuple[str, ...] = ()
+
+    def active(self) -> bool:
+        return any(bound is not None for bound in (self.min_size, self.max_size, self.newer_than, self.older_than))
+
+    def needs_age(self) -> bool:
+        return self.newer_than is not None or self.older_than is not None
+
+    def admits(self, size: int, last_modified: Optional[datetime.datetime]) -> bool:
+        """Whether an object of this size and LastModified is selected (None: its age unknown, which
+        no age bound admits)."""
+        if (self.min_size is not None and size < self.min_size) or (self.max_size is not None and size > self.max_size):
+            return False
+        if not self.needs_age():
+            return True
+        if last_modified is None:
+            return False
+        return ((self.newer_than is None or last_modified > self.newer_than)
+                and (self.older_than is None or last_modified < self.older_than))
+
+    def describe(self) -> str:
+        """For the log: 'at least 1.0 KiB, modified before 2026-01-01T00:00:00+00:00'."""
+        parts = [f"{label} {value}" for label, value in (
+            ("at least", self.min_size is not None and format_size(self.min_size)),
+            ("at most", self.max_size is not None and format_size(self.max_size)),
+            ("modified after", self.newer_than and self.newer_than.isoformat(timespec="seconds")),
+            ("modified before", self.older_than and self.older_than.isoformat(timespec="seconds"))) if value]
+        return ", ".join(parts)
+
+
 SHARD_SPLITS = ("ranges", "hash", "files")
 # As the progress file names each split but hash (whose files, older than the others, name none): the
 # splits give a key to different shards, so a file of one never resumes under another.
@@ -1197,6 +1258,7 @@ class JobDefinition:
     source_access: SideAccess
     destination_access: SideAccess
     filters: tuple[FilterRule, ...] = ()
+    object_filter: ObjectFilter = ObjectFilter()
     shard: Optional[Shard] = None
     inventory: Optional[str] = None  # --from-inventory: a manifest.json or key list, local (absolute) or s3://
     copy_tags: bool = True  # --no-tags turns it off
@@ -1209,6 +1271,7 @@ class JobDefinition:
             "source_endpoint_url": canonical_endpoint(self.source_access.endpoint_url),
             "destination_endpoint_url": canonical_endpoint(self.destination_access.endpoint_url),
             "filters": [["include" if rule.include else "exclude", rule.pattern] for rule in self.filters],
+            **({"object_filters": list(self.object_filter.given)} if self.object_filter.given else {}),
             **({"shard": str(self.shard)} if self.shard else {}),
             **({"shard_split": SHARD_SPLIT_NAMES[self.shard.split]} if self.shard and self.shard.split != "hash"
                else {}),
@@ -1229,6 +1292,7 @@ class Tuning:
     memory_limit: int = DEFAULT_MAX_WORKERS * DEFAULT_CHUNK_SIZE
     list_concurrency: int = 1
     max_bandwidth: Optional[int] = None  # bytes per second of object data through this machine
+    max_requests_per_second: Optional[float] = None  # of the requests that read the source
     read_timeout: float = DEFAULT_READ_TIMEOUT
     engine: str = "auto"
     copy_mode: str = "auto"
@@ -1788,6 +1852,8 @@ class ConnectedSide:
     ca_bundle: Optional[str] = None
     first_key: Optional[str] = None  # the first key under the prefix the preflight listed, if any
     retries: Retries = dataclasses.field(default_factory=Retries, repr=False, compare=False)
+    # --max-requests-per-second: waits for a request's turn; boto3's requests wait in a before-send handler
+    pace: Optional[Callable[[], None]] = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def connect_side(settings: SideAccess, bucket: str, *, max_workers: int, list_prefix: str,
@@ -2666,11 +2732,18 @@ def source_objects(config: RunSettings, source: ConnectedSide, start_after: Opti
     """The selected source objects in key order, after start_after and up to through: listed with
     ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
     row without a size or ETag costs (see inventory_objects)."""
+    admits = config.job.object_filter.admits
     if inventory is None:
-        return selected_objects(list_objects(source, config.job.source, start_after, through), config)
+        listed = selected_objects(list_objects(source, config.job.source, start_after, through), config)
+        return (entry for entry in listed if admits(entry.size, entry.last_modified))
+    by_size_and_age = config.job.object_filter
     rows = (row for row in inventory_rows(inventory, source, config.job.source, start_after, through)
-            if is_wanted(row.key[len(config.job.source.prefix):], config))
-    return inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
+            if is_wanted(row.key[len(config.job.source.prefix):], config)
+            # A row that tells its size (and its age, if asked) is decided before any HeadObject.
+            and (row.size is None or (by_size_and_age.needs_age() and row.last_modified is None)
+                 or admits(row.size, row.last_modified)))
+    completed = inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
+    return (entry for entry in completed if admits(entry.size, entry.last_modified))
 
 
 def listing_split_points(config: RunSettings, source: ConnectedSide, ranges_wanted: Optional[int] = None) -> list[str]:
@@ -3808,6 +3881,8 @@ class CrtSideClient:
             len(body or b""), expected_size) / CRT_SLOWEST_EXPECTED_RATE)
         request = http.HttpRequest(self._service.operation_model(operation).http["method"], path,
                                    http.HttpHeaders(headers), io.BytesIO(body) if body is not None else None)
+        if self.side.pace is not None:  # never in a callback: a paced run has no SmallObjectPipeline
+            self.side.pace()
         exchange.sent = self._client.make_request(
             type=s3.S3RequestType.DEFAULT, request=request, operation_name=operation,
             on_headers=exchange.answer.on_headers, on_body=exchange.answer.on_body)
@@ -5260,30 +5335,41 @@ class MemoryBudget:
             self._changed.notify_all()
 
 
-class BandwidthLimit:
-    """--max-bandwidth: one token bucket shared by every worker, so the whole process stays under the
-    cap however many threads run. A unit takes its whole size before its GET; the bucket may go into
-    debt, so a unit larger than a second's worth simply waits longer, and the average holds."""
+class TokenBucket:
+    """A rate shared by every thread, so the whole process stays under it however many run:
+    --max-bandwidth in bytes (a unit takes its whole size before its GET) and
+    --max-requests-per-second in requests. The bucket may go into debt, so a unit larger than a
+    second's worth simply waits longer, and the average holds; at most one second's worth passes
+    at once after an idle spell."""
 
-    def __init__(self, bytes_per_second: int, stopping: threading.Event, *, now: Optional[float] = None) -> None:
-        self._rate = float(bytes_per_second)
-        self._capacity = float(bytes_per_second)  # at most one second of burst after an idle spell
+    def __init__(self, rate: float, stopping: threading.Event, *, now: Optional[float] = None) -> None:
+        self._rate = float(rate)
+        self._capacity = float(rate)
         self._tokens = 0.0
         self._updated = time.monotonic() if now is None else now
         self._lock = threading.Lock()
         self._stopping = stopping
+        self.taken = 0  # what went through it, for the log
 
-    def reserve(self, amount: int, now: float) -> float:
-        """Take `amount` bytes at time `now`; the seconds to wait before sending them."""
+    def reserve(self, amount: float, now: float) -> float:
+        """Take `amount` at time `now`; the seconds to wait before going on."""
         with self._lock:
             self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate) - amount
             self._updated = now
+            self.taken += int(amount)
             return -self._tokens / self._rate if self._tokens < 0 else 0.0
 
     def take(self, amount: int) -> None:
         wait = self.reserve(amount, time.monotonic())
         if wait and self._stopping.wait(wait):
             raise StopRequested()
+
+    def pace_request(self, **_: Any) -> None:
+        """One request's turn, as a botocore before-send handler (which must return None, and
+        inside which nothing is raised: a stop is noticed as soon as the request returns)."""
+        wait = self.reserve(1, time.monotonic())
+        if wait:
+            self._stopping.wait(wait)
 
 
 class CopyModeChoice:
@@ -5463,7 +5549,7 @@ class CopyServices:
     def __init__(self, config: RunSettings, *, source: ConnectedSide, destination: ConnectedSide,
                  transport: BodyTransport, progress: "ProgressStore", status: "StatusReporter", run: RunStop,
                  permissions: PermissionBreaker, copy_mode: CopyModeChoice, planner: IntegrityPlanner,
-                 bandwidth: Optional[BandwidthLimit] = None) -> None:
+                 bandwidth: Optional[TokenBucket] = None) -> None:
         self.config = config
         self.source = source
         self.destination = destination
@@ -6330,12 +6416,17 @@ class MultipartUploads:
         try:
             # URL-encoded: any other upload under this prefix, of a key XML cannot carry, would make the
             # whole answer unreadable (botocore asks so for ListObjects only).
+            # retry_bodies: an answer damaged on the way is asked for again, or the upload it lists is orphaned.
             listing = self.services.retries.call(lambda: destination.client.list_multipart_uploads(
                 Bucket=destination.bucket, Prefix=destination_key, EncodingType="url"),
-                what=f"ListMultipartUploads of {destination_key}")
+                what=f"ListMultipartUploads of {destination_key}", retry_bodies=True)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
                 botocore.parsers.ResponseParserError) as error:  # an answer botocore cannot read, too
-            LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
+            if error_code(error) in DENIED_CODES:
+                LOG.debug("could not list unfinished uploads of %s: %s", destination_key, error)
+            else:
+                LOG.warning("could not list the unfinished uploads of %s to abort any left by a lost answer (%s): "
+                            "aws s3api list-multipart-uploads shows them", destination_key, error_line(error))
             return
         for upload in listing.get("Uploads", ()):
             if listed_key(upload["Key"], listing) == destination_key and upload["UploadId"] != keep:
@@ -6741,7 +6832,7 @@ def build_engine(config: RunSettings, *, source: ConnectedSide, destination: Con
     objects, under that same budget; `in_worker_process`, the engine of one of them."""
     run = RunStop(stopping)
     permissions = PermissionBreaker()
-    bandwidth = BandwidthLimit(config.tuning.max_bandwidth, stopping) if config.tuning.max_bandwidth else None
+    bandwidth = TokenBucket(config.tuning.max_bandwidth, stopping) if config.tuning.max_bandwidth else None
     services = CopyServices(config, source=source, destination=destination, transport=transport, progress=progress,
                             status=status, run=run, permissions=permissions, copy_mode=copy_mode,
                             planner=IntegrityPlanner(source), bandwidth=bandwidth)
@@ -6759,8 +6850,9 @@ def build_engine(config: RunSettings, *, source: ConnectedSide, destination: Con
         engine.delegate = scheduler.processes = WorkerProcesses(
             config, job=worker_job, scheduler=scheduler, budget=budget, progress=progress, status=status,
             policy=policy, run=run)
-    # --max-bandwidth waits before each GET, which a callback must not: workers carry small objects then.
-    elif transport.callbacks is not None and bandwidth is None:
+    # --max-bandwidth and --max-requests-per-second wait before a request, which a callback must not:
+    # workers carry small objects then.
+    elif transport.callbacks is not None and bandwidth is None and not config.tuning.max_requests_per_second:
         engine.pipeline = scheduler.pipeline = SmallObjectPipeline(
             small, transport.callbacks, budget=budget, hand_off=engine.hand_off,
             # Short, so the copies keep to listing order (a watermark close behind) while the main
@@ -7429,7 +7521,12 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
                 for row in inventory_rows(inventory, source, config.job.source, None)))
     joined = merge_join(source_listing, config.job.source.prefix, destination_listing, config.job.destination.prefix)
     try:
+        admits = config.job.object_filter.admits
         for relative_key, source_object, destination_object in joined:
+            # Size and age are the source object's: a copy is newer than its source, so the destination's
+            # own LastModified must not decide (and a source object not selected is not compared).
+            if source_object is not None and not admits(source_object.size, source_object.last_modified):
+                continue
             if source_object is None:
                 verdict, detail = DESTINATION_ONLY, "not in the source"
             elif destination_object is None:
@@ -7588,6 +7685,11 @@ def _add_speed_and_memory_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--memory-limit", type=size_argument, metavar="BYTES",
                        help="most object data held in memory at once (default: max-workers x chunk-size); a single "
                             "part or object larger than this is copied alone")
+    group.add_argument("--max-requests-per-second", type=float, metavar="N",
+                       help="at most N requests a second that read the source (listing, HEAD, GET, tags, "
+                            "server-side copies), shared by all workers: for a source that also serves production "
+                            "traffic, since S3 throttles each prefix past 5,500 GETs a second. Small objects are "
+                            "then carried by worker threads, and the job runs in one process")
     group.add_argument("--max-bandwidth", type=rate_argument, metavar="RATE",
                        help="cap on object data through this machine, shared by all workers, e.g. 100MB/s "
                             "(binary units); server-side copies do not count (default: no cap)")
@@ -7605,6 +7707,16 @@ def _add_selection_options(group: argparse._ArgumentGroup) -> None:
                        help="copy keys (relative to the source prefix) matching GLOB; repeatable")
     group.add_argument("--exclude", action=FilterAction, metavar="GLOB", dest="filters",
                        help="skip keys matching GLOB; repeatable; the last matching --include/--exclude wins")
+    group.add_argument("--min-size", type=size_argument, metavar="SIZE",
+                       help="copy only objects of at least SIZE (e.g. 1MiB)")
+    group.add_argument("--max-size", type=size_argument, metavar="SIZE",
+                       help="copy only objects of at most SIZE")
+    group.add_argument("--newer-than", metavar="WHEN",
+                       help="copy only objects last modified after WHEN: a duration back from the start of the run "
+                            "(30d, 12h, 90m, 2w) or a date or time in UTC (2026-01-31, 2026-01-31T12:00:00Z)")
+    group.add_argument("--older-than", metavar="WHEN",
+                       help="copy only objects last modified before WHEN (as --newer-than). A duration moves with "
+                            "each rerun; give a date for a cut-off that never moves")
     group.add_argument("--shard", metavar="I/N",
                        help="copy only shard I (0-based) of N, to split one job across N machines; auto/N takes "
                             "I from AWS_BATCH_JOB_ARRAY_INDEX or JOB_COMPLETION_INDEX. Each shard keeps its own "
@@ -7671,12 +7783,13 @@ def _add_listing_and_engine_options(group: argparse._ArgumentGroup) -> None:
                             f"core, at most {AUTO_PROCESSES_LIMIT}, one on two cores or fewer (default: 1)")
 
 
-def auto_processes(max_workers: int, max_bandwidth: Optional[int]) -> int:
+def auto_processes(max_workers: int, capped: bool) -> int:
     """--processes auto: one per core, up to AUTO_PROCESSES_LIMIT and to one worker per object in
     flight; one on two cores or fewer, where the server's side or the system needs one of them and
-    a worker's messages cost more than they spare (bench/README.md, Every core)."""
+    a worker's messages cost more than they spare (bench/README.md, Every core); one under a cap
+    (--max-bandwidth, --max-requests-per-second), which one process counts."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if usable <= 2 or max_bandwidth:
+    if usable <= 2 or capped:
         return 1
     return min(usable, AUTO_PROCESSES_LIMIT, max_workers + 1)
 
@@ -7790,6 +7903,29 @@ def destination_access_of(args: argparse.Namespace) -> SideAccess:
     )
 
 
+def object_filter_of(args: argparse.Namespace, now: Optional[datetime.datetime] = None) -> ObjectFilter:
+    """--min-size, --max-size, --newer-than and --older-than, checked."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    moments = {}
+    for option, text in (("--newer-than", args.newer_than), ("--older-than", args.older_than)):
+        if text is not None:
+            try:
+                moments[option] = parse_moment(text, now)
+            except ValueError as error:
+                raise ConfigurationError(f"{option} {error}.") from None
+    if args.min_size is not None and args.max_size is not None and args.min_size > args.max_size:
+        raise ConfigurationError(f"--min-size {format_size(args.min_size)} is above --max-size "
+                                 f"{format_size(args.max_size)}: no object could be copied.")
+    newer, older = moments.get("--newer-than"), moments.get("--older-than")
+    if newer is not None and older is not None and newer >= older:
+        raise ConfigurationError(f"--newer-than {args.newer_than} is not before --older-than {args.older_than}: no "
+                                 "object could be copied (an object newer than the first and older than the second).")
+    given = tuple(f"{option} {value}" for option, value in (
+        ("--min-size", args.min_size), ("--max-size", args.max_size), ("--newer-than", args.newer_than),
+        ("--older-than", args.older_than)) if value is not None)
+    return ObjectFilter(args.min_size, args.max_size, newer, older, given)
+
+
 def build_settings(args: argparse.Namespace) -> RunSettings:
     """Turn parsed arguments into a validated RunSettings; every rule a person can break is here."""
     source = S3Location.parse(args.source)
@@ -7811,13 +7947,19 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
         raise ConfigurationError("--sse-kms-key-id needs --sse aws:kms.")
     if args.status_interval <= 0:
         raise ConfigurationError("--status-interval must be a positive number of seconds.")
-    processes = args.processes if args.processes is not None else auto_processes(args.max_workers, args.max_bandwidth)
+    processes = args.processes if args.processes is not None else auto_processes(
+        args.max_workers, capped=bool(args.max_bandwidth or args.max_requests_per_second))
     if processes - 1 > args.max_workers:
         raise ConfigurationError(f"--processes {processes} makes more worker processes than --max-workers "
                                  f"{args.max_workers}, the objects in flight they share: raise --max-workers, or use "
                                  "fewer processes.")
-    if processes > 1 and args.max_bandwidth:
-        raise ConfigurationError("--max-bandwidth is counted by one process: with it, use --processes 1.")
+    for option, cap in (("--max-bandwidth", args.max_bandwidth), ("--max-requests-per-second",
+                                                                  args.max_requests_per_second)):
+        if processes > 1 and cap:
+            raise ConfigurationError(f"{option} is counted by one process: with it, use --processes 1.")
+    if args.max_requests_per_second is not None and not 0 < args.max_requests_per_second <= 1_000_000:
+        raise ConfigurationError("--max-requests-per-second must be a positive number of requests a second "
+                                 f"(e.g. 500), not {args.max_requests_per_second:g}.")
     if args.list_concurrency is not None and not 1 <= args.list_concurrency <= MAX_LIST_CONCURRENCY:
         raise ConfigurationError(
             f"--list-concurrency must be between 1 and {MAX_LIST_CONCURRENCY}, not {args.list_concurrency}.")
@@ -7848,11 +7990,13 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
             "Use --copy-mode stream."
         )
     job = JobDefinition(source=source, destination=destination, source_access=source_access,
-                        destination_access=destination_access, filters=tuple(args.filters or ()), shard=args.shard,
+                        destination_access=destination_access, filters=tuple(args.filters or ()),
+                        object_filter=object_filter_of(args), shard=args.shard,
                         inventory=inventory, copy_tags=args.copy_tags)
     tuning = Tuning(
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
         memory_limit=memory_limit, max_bandwidth=args.max_bandwidth, read_timeout=args.read_timeout,
+        max_requests_per_second=args.max_requests_per_second,
         processes=processes,
         engine=args.engine, copy_mode=args.copy_mode,
         list_concurrency=1 if inventory else (args.list_concurrency if args.list_concurrency is not None
@@ -7956,6 +8100,8 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, state: StateStore
           f"({config.tuning.max_workers} workers, --memory-limit {format_size(config.tuning.memory_limit)}, "
           "largest single unit "
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
+    if config.job.object_filter.active():
+        print(f"  selection:    only objects {config.job.object_filter.describe()}")
     if not config.job.copy_tags:
         print("  tags:         not copied (--no-tags)")
     if tags_refused:
@@ -8003,6 +8149,10 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
                                max_workers=config.tuning.max_workers,
                                list_prefix=config.job.destination.prefix, read_timeout=config.tuning.read_timeout,
                                retries=retries)
+    pacing = None
+    if config.tuning.max_requests_per_second:
+        pacing = TokenBucket(config.tuning.max_requests_per_second, stopping)
+        source = paced_requests(source, destination, pacing)
     state = state_store(config.output.progress_file, config.job.destination_access, retries)
     plan = config.output.shard_plan_file
     if plan is not None and config.job.shard is not None and config.job.shard.needs_plan():
@@ -8023,12 +8173,26 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
     with state.held(config.output.progress_file):  # before --restart, which aborts the uploads the file records
         code = copy_job(config, status, source=source, destination=destination, state=state, inventory=inventory,
                         engine_choice=engine_choice, stopping=stopping)
+    if pacing is not None:
+        LOG.info("%d requests read the source, at most %g a second (--max-requests-per-second)", pacing.taken,
+                 config.tuning.max_requests_per_second)
     if code == EXIT_OK and config.verify:
         # `stopping` is set by now (it let the listers go), which would stop any retry of the comparison.
         comparing = Retries(on_throttle=status.throttled, on_retry=status.retried)
         return audit(config, dataclasses.replace(source, retries=comparing),
                      dataclasses.replace(destination, retries=comparing), inventory)
     return code
+
+
+def paced_requests(source: ConnectedSide, destination: ConnectedSide, pacing: TokenBucket) -> ConnectedSide:
+    """--max-requests-per-second: every request that reads the source waits for its turn, whichever
+    thread sends it: boto3's to the source (listing, HEAD, GET, tags, and each of botocore's retries),
+    the destination's server-side copies (S3 serves them from the source), and the crt engine's
+    (CrtSideClient.send; its own retries inside a request are not counted). The source, paced."""
+    source.client.meta.events.register("before-send.s3", pacing.pace_request)
+    for operation in ("CopyObject", "UploadPartCopy"):
+        destination.client.meta.events.register(f"before-send.s3.{operation}", pacing.pace_request)
+    return dataclasses.replace(source, pace=lambda: pacing.pace_request())
 
 
 def worker_jobs(config: RunSettings, source: ConnectedSide, destination: ConnectedSide,
@@ -8053,7 +8217,7 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
     progress = ProgressStore.open(config.output.progress_file, config.job.identity(), restart=config.restart,
                                   store=state)
     LOG.info("starting %s -> %s with %d workers%s, %s parts, threshold %s, bodies moved by %s (%s); "
-             "memory bound %s%s%s%s",
+             "memory bound %s%s%s%s%s%s",
              config.job.source, config.job.destination, config.tuning.max_workers,
              f" (small objects in {config.tuning.processes - 1} worker processes)" if config.tuning.processes > 1
              else "",
@@ -8061,7 +8225,10 @@ def copy_job(config: RunSettings, status: StatusReporter, *, source: ConnectedSi
              format_size(config.tuning.multipart_threshold), engine_choice.describe(), engine_choice.reason,
              config.tuning.memory_bound(),
              f"; shard {config.job.shard}" if config.job.shard else "",
+             f"; only objects {config.job.object_filter.describe()}" if config.job.object_filter.active() else "",
              f"; bandwidth cap {format_size(config.tuning.max_bandwidth)}/s" if config.tuning.max_bandwidth else "",
+             f"; at most {config.tuning.max_requests_per_second:g} requests a second to the source"
+             if config.tuning.max_requests_per_second else "",
              "" if config.job.copy_tags else "; tags not copied (--no-tags)")
     copy_mode = CopyModeChoice(config.tuning.copy_mode, unavailable="" if on_one_endpoint(
                                config.job.source_access, config.job.destination_access) else

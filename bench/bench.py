@@ -88,12 +88,13 @@ PYTHON_BASELINE = 100 * MiB  # README: "plus Python's own ~100 MiB"
 BANDWIDTH_TOLERANCE = 0.10
 CONTENDED_ATTEMPTS = 3  # tries per run while another job keeps competing for the cores
 
-PARTS = ("small", "large", "latency", "server-side", "grid", "memory", "bandwidth", "processes")
+PARTS = ("small", "large", "latency", "server-side", "grid", "memory", "bandwidth", "processes", "requests")
 PROCESS_COUNTS = (1, 2, 3)  # --processes compared on the small data set: one process, and 1 or 2 workers beside it
 # The tool's log lines for the CPU of each of its processes, written as each ends: "worker process 1
 # (pid 123) used 2.05 s of CPU, 0.46 s of it starting" (--processes), "this process used ...".
 WORKER_CPU_LINE = re.compile(r"worker process \d+ \(pid \d+\) used ([\d.]+) s of CPU, ([\d.]+) s of it starting")
 PARENT_CPU_LINE = re.compile(r"this process used ([\d.]+) s of CPU, ([\d.]+) s of it starting")
+PACED_REQUESTS_LINE = re.compile(r"(\d+) requests read the source, at most [\d.e+]+ a second")
 
 
 # =============================================================================================
@@ -664,6 +665,9 @@ class Bench:
             log = invocation.log_file.read_text(errors="replace")
             run.extra["worker_cpu_s"] = [[float(used), float(starting)] for used, starting in WORKER_CPU_LINE.findall(log)]
             run.extra["parent_cpu_s"] = [[float(used), float(starting)] for used, starting in PARENT_CPU_LINE.findall(log)]
+            paced = PACED_REQUESTS_LINE.search(log)
+            if paced:
+                run.extra["paced_requests"] = int(paced.group(1))
         delete_prefix(self.admin, dest_prefix)
         self.reclaimer.deleted(job.dataset.total_bytes)
         if run.contended:
@@ -982,6 +986,58 @@ def memory_table(scenario: Scenario) -> list[str]:
     return lines
 
 
+def run_requests(bench: Bench, dataset: Dataset, repetitions: int) -> Scenario:
+    """--max-requests-per-second on the small data set, at about half the requests a second the
+    uncapped tool sends: the requests the tool says it paced over the run's wall time, without the
+    start-up (a --dry-run's wall time) as well."""
+    scenario = Scenario("requests", f"--max-requests-per-second on {dataset.name} ({dataset.describe()})",
+                        dataset.name, ("ours",))
+    print(f"\n== {scenario.title}")
+
+    def job(args: tuple[str, ...]) -> Callable[[str], Job]:
+        return lambda prefix: Job(dataset, prefix, WORKERS, bench.server.endpoint_url, extra_args=args)
+
+    try:
+        # A cap far above the rate reached, so that the uncapped run counts its requests too.
+        uncapped = bench.run("requests", "ours", job(("--max-requests-per-second", "1000000")), 0, 0,
+                             note=" (uncapped)")
+    except FlagUnsupported as error:
+        scenario.skipped = f"skipped: the tool has no --max-requests-per-second ({error})"
+        print(f"   {scenario.skipped}")
+        return scenario
+    scenario.runs.append(uncapped)
+    if not uncapped.ok or "paced_requests" not in uncapped.extra:
+        scenario.skipped = "skipped: the uncapped run failed or did not count its requests"
+        return scenario
+    startup_s = measure_ours_baseline(bench, dataset).wall_s
+    cap = max(1, round(uncapped.extra["paced_requests"] / max(uncapped.wall_s - startup_s, 1e-3) / 2))
+    for repetition in range(repetitions):
+        run = bench.run("requests", "ours", job(("--max-requests-per-second", str(cap))), repetition, 1,
+                        note=f" (cap {cap}/s)")
+        if run.ok and "paced_requests" in run.extra:
+            requests = run.extra["paced_requests"]
+            run.extra.update(cap_per_s=cap, achieved_over_cap=requests / run.wall_s / cap, startup_s=startup_s,
+                             achieved_excl_startup_over_cap=requests / max(run.wall_s - startup_s, 1e-3) / cap)
+        scenario.runs.append(run)
+    return scenario
+
+
+def requests_table(scenario: Scenario) -> list[str]:
+    lines = ["| run | wall s | requests | requests/s | cap /s | achieved / cap | same without start-up |",
+             "|" + " --- |" * 7]
+    for run in scenario.runs:
+        extra = run.extra
+        requests = extra.get("paced_requests", 0)
+        if "cap_per_s" not in extra:
+            lines.append(f"| uncapped | {run.wall_s:.2f} | {requests:,} | {requests / run.wall_s:.0f} | - | - | - |")
+            continue
+        lines.append(f"| capped, rep {run.repetition + 1} | {run.wall_s:.2f} | {requests:,} | "
+                     f"{requests / run.wall_s:.0f} | {extra['cap_per_s']} | {extra['achieved_over_cap']:.2f} | "
+                     f"{extra['achieved_excl_startup_over_cap']:.2f} (start-up {extra['startup_s']:.1f} s) |"
+                     + ("" if run.ok else " **FAILED** |"))
+    return lines
+
+
 def bandwidth_table(scenario: Scenario) -> list[str]:
     header = ("| run | wall s | achieved MB/s | cap MB/s | achieved / cap | same without start-up "
               "| within 10% |")
@@ -1044,6 +1100,8 @@ def markdown_report(scenarios: list[Scenario], summaries: dict[str, dict[str, An
             lines += memory_table(scenario)
         elif scenario.name == "bandwidth":
             lines += bandwidth_table(scenario) if scenario.runs else []
+        elif scenario.name == "requests":
+            lines += requests_table(scenario) if scenario.runs else []
         elif scenario.runs:
             lines += comparison_table(scenario, summaries[scenario.name + ":" + scenario.dataset])
             if scenario.name == "processes":
@@ -1203,6 +1261,8 @@ def run_parts(bench: Bench, args: argparse.Namespace, proxy: LatencyProxy) -> tu
         large = next((s for s in scenarios if s.name == "large"), None)
         uncapped = median_of([r for r in large.runs if r.tool == "ours-crt"]) if large else None
         scenarios.append(run_bandwidth(bench, datasets["large"], uncapped["mb_per_s"] if uncapped else None))
+    if "requests" in parts:
+        scenarios.append(run_requests(bench, datasets["small"], reps))
     return scenarios, proxy_figures
 
 

@@ -301,7 +301,7 @@ def test_a_bandwidth_that_is_not_a_rate_is_refused(text: str) -> None:
 def test_bandwidth_limit_spaces_units_to_hold_the_average_rate() -> None:
     import threading
 
-    limit = tool.BandwidthLimit(100, threading.Event(), now=0.0)
+    limit = tool.TokenBucket(100, threading.Event(), now=0.0)
     # Four threads asking at once for 50 bytes each are let go 0.5 s apart: 200 bytes take 2 s.
     assert [limit.reserve(50, 0.0) for _ in range(4)] == [0.5, 1.0, 1.5, 2.0]
     # After an idle spell at most one second's worth goes without waiting, never more.
