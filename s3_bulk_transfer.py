@@ -1341,6 +1341,8 @@ class RunSettings:
     restart: bool = False  # --restart: forget the progress file and begin again
     verify: bool = False  # --verify: compare source and destination after copying
     skip_existing: bool = False  # --skip-existing: leave alone what the destination already holds
+    delete: bool = False  # --delete: after a complete copy, remove what the source no longer has
+    max_delete: Optional[int] = None  # --max-delete: refuse to delete more than this many
 
 
 def read_json_file(path: Path, *, what: str, when_invalid: str) -> Any:
@@ -7586,6 +7588,107 @@ class AuditReportFile:
             self._handle.close()
 
 
+# -- mirroring: --delete ----------------------------------------------------------------------
+#
+# After a run that copied everything (nothing failed, nothing interrupted), the destination keys
+# under the destination prefix that the source no longer has are removed, found by the same merge
+# join as the audit's over fresh listings of both sides (a shard's own key ranges only), so a key
+# the source gained or lost since the copy began is judged by what the source holds now. The pass
+# keeps nothing on disk: a rerun after a kill finds what is left to delete the same way.
+
+DELETE_BATCH = 1000  # keys per DeleteObjects, S3's most
+
+
+def destination_only(config: RunSettings, source: ConnectedSide, destination: ConnectedSide) -> Iterator[str]:
+    """The destination keys (whole, in key order) selected by the job's filters and shard whose
+    relative key the source does not have."""
+    source_listing, destination_listing = audited_listings(config, source, destination)
+    for _, source_object, destination_object in merge_join(source_listing, config.job.source.prefix,
+                                                          destination_listing, config.job.destination.prefix):
+        if source_object is None and destination_object is not None:
+            yield destination_object.key
+
+
+class Deletions:
+    """The deletions of one --delete pass, sent in batches of DELETE_BATCH (one DeleteObjects each),
+    each key logged as it goes; `failed` counts the keys S3 refused (with its reason, in the log)."""
+
+    def __init__(self, destination: ConnectedSide, *, dry_run: bool) -> None:
+        self._destination = destination
+        self._dry_run = dry_run
+        self._batch: list[str] = []
+        self.deleted = 0
+        self.failed = 0
+
+    def add(self, key: str) -> None:
+        self._batch.append(key)
+        if len(self._batch) == DELETE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        if self._dry_run:
+            for key in batch:
+                print(f"  would delete {json.dumps(key, ensure_ascii=False)} (not in the source)")
+            self.deleted += len(batch)
+            return
+        destination = self._destination
+        try:
+            answer = destination.retries.call(lambda: destination.client.delete_objects(
+                Bucket=destination.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}),
+                what=f"DeleteObjects of {len(batch)} keys", retry_bodies=True)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            raise FatalTransferError(explain_error(error, access=destination.access, bucket=destination.bucket,
+                                                   action="s3:DeleteObject")) from None
+        refused = {entry["Key"]: f"{entry.get('Code')}: {entry.get('Message')}" for entry in answer.get("Errors", ())}
+        for key in batch:
+            if key in refused:
+                LOG.error("FAILED to delete %s: %s", json.dumps(key, ensure_ascii=False), refused[key])
+            else:
+                LOG.info("deleted %s (not in the source)", json.dumps(key, ensure_ascii=False))
+        self.failed += len(refused)
+        self.deleted += len(batch) - len(refused)
+
+
+def within_max_delete(config: RunSettings, source: ConnectedSide,
+                      destination: ConnectedSide) -> Optional[list[str]]:
+    """The keys --delete would remove, if they are no more than --max-delete (at most that many plus
+    one are ever held); None, with the sentence logged, if there are more."""
+    assert config.max_delete is not None
+    found = list(itertools.islice(destination_only(config, source, destination), config.max_delete + 1))
+    if len(found) <= config.max_delete:
+        return found
+    LOG.error("More than --max-delete %s destination objects under %s are not in the source: nothing was deleted. "
+              "Check that the source and its prefix are the right ones (--dry-run --delete lists them), then rerun "
+              "with a higher --max-delete.", f"{config.max_delete:,}", config.job.destination)
+    return None
+
+
+def mirror_deletions(config: RunSettings, source: ConnectedSide, destination: ConnectedSide, *,
+                     dry_run: bool = False) -> int:
+    """--delete: remove what the source no longer has, or (`dry_run`) say what would go; never more
+    than --max-delete, counted again here before the first deletion. The exit code."""
+    keys: Iterable[str] = destination_only(config, source, destination)
+    if config.max_delete is not None:
+        within = within_max_delete(config, source, destination)
+        if within is None:
+            return EXIT_USAGE
+        keys = within
+    deletions = Deletions(destination, dry_run=dry_run)
+    for key in keys:
+        deletions.add(key)
+    deletions.flush()
+    verb = "would delete" if dry_run else "deleted"
+    message = (f"Mirroring {config.job.destination}: {verb} {deletions.deleted:,} objects the source no longer has"
+               + (f", {deletions.failed:,} refused (see the log)" if deletions.failed else "") + ".")
+    LOG.info("%s", message)
+    if not config.output.quiet or deletions.failed:
+        print(message, file=sys.stderr if deletions.failed else sys.stdout)
+    return EXIT_SOME_FAILED if deletions.failed else EXIT_OK
+
+
 # =============================================================================================
 # 13. Command line
 # =============================================================================================
@@ -7823,6 +7926,14 @@ def _add_audit_options(group: argparse._ArgumentGroup) -> None:
                             "ETag, or same size and newer where ETags are not comparable, counts as done)")
     group.add_argument("--report", type=Path, metavar="PATH",
                        help="write the comparison of --verify/--verify-only to PATH as JSON")
+    group.add_argument("--delete", action="store_true",
+                       help="mirror: after a run that copied everything, delete the destination objects under the "
+                            "destination prefix (selected by the same filters and shard) that the source no longer "
+                            "has, each logged; with --dry-run, list them. Needs s3:DeleteObject")
+    group.add_argument("--max-delete", type=int, metavar="N",
+                       help="with --delete: if more than N objects would go, delete none and stop with exit 2 (a "
+                            "wrong source prefix would otherwise empty the destination); checked before anything is "
+                            "copied, at the cost of listing both sides once more, and again before deleting")
 
 
 def _add_restart_and_verbosity_options(group: argparse._ArgumentGroup) -> None:
@@ -7901,6 +8012,29 @@ def destination_access_of(args: argparse.Namespace) -> SideAccess:
         role="destination", origin=origin, profile=args.dest_profile,
         endpoint_url=args.dest_endpoint_url, region=args.dest_region, request_payer=args.request_payer,
     )
+
+
+def refuse_delete_combinations(args: argparse.Namespace) -> None:
+    """--delete and --max-delete with what they cannot work with, in one sentence each."""
+    if args.max_delete is not None and not args.delete:
+        raise ConfigurationError("--max-delete limits --delete, which is not given: add --delete, or drop --max-delete.")
+    if args.max_delete is not None and args.max_delete < 0:
+        raise ConfigurationError(f"--max-delete must be 0 or more, not {args.max_delete}.")
+    if not args.delete:
+        return
+    if args.verify_only:
+        raise ConfigurationError("--verify-only copies and deletes nothing: drop --delete, or --verify-only "
+                                 "(--verify compares after the copy and the deletions).")
+    if args.from_inventory:
+        raise ConfigurationError("--delete judges by what the source holds now, and an inventory report is up to a "
+                                 "day old (and holds no key created since): mirror from a listing, without "
+                                 "--from-inventory.")
+    bounds = [option for option in ("--min-size", "--max-size", "--newer-than", "--older-than")
+              if getattr(args, option[2:].replace("-", "_")) is not None]
+    if bounds:
+        raise ConfigurationError(f"--delete with {' and '.join(bounds)}: a destination object whose source is gone has "
+                                 "no source size or age to judge it by, so it is not known whether the bounds would "
+                                 "keep it. Mirror without them (--include/--exclude are fine).")
 
 
 def object_filter_of(args: argparse.Namespace, now: Optional[datetime.datetime] = None) -> ObjectFilter:
@@ -7983,6 +8117,7 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
             f"{source} and {destination} overlap: copying a prefix onto itself or into itself would copy its own "
             "copies. Choose a destination outside the source prefix."
         )
+    refuse_delete_combinations(args)
     if args.copy_mode == "server-side" and not same_place:
         raise ConfigurationError(
             "--copy-mode server-side needs both buckets on one S3 endpoint: S3 cannot copy between "
@@ -8009,7 +8144,8 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
     return RunSettings(job=job, mode=mode, tuning=tuning, output=output,
                        writes=WriteOptions(storage_class=args.storage_class, sse=args.sse,
                                            sse_kms_key_id=args.sse_kms_key_id),
-                       restart=args.restart, verify=args.verify, skip_existing=args.skip_existing)
+                       restart=args.restart, verify=args.verify, skip_existing=args.skip_existing,
+                       delete=args.delete, max_delete=args.max_delete)
 
 
 def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logging.Handler:
@@ -8035,7 +8171,7 @@ def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logg
     return file_handler
 
 
-def report_dry_run(config: RunSettings, source: ConnectedSide, state: StateStore,
+def report_dry_run(config: RunSettings, source: ConnectedSide, destination: ConnectedSide, state: StateStore,
                    inventory: Optional[Inventory] = None, *, tags_refused: Optional[str] = None) -> int:
     """List and plan without writing anything: what would be copied, and what it costs in memory; and
     `tags_refused`, the preflight refusal that would stop the real run, after the plan (exit 2)."""
@@ -8107,6 +8243,8 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, state: StateStore
     if tags_refused:
         LOG.error("%s", tags_refused)
         return EXIT_USAGE
+    if config.delete:
+        return mirror_deletions(config, source, destination, dry_run=True)
     return EXIT_OK
 
 
@@ -8161,18 +8299,29 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
     inventory = open_inventory(config.job.inventory, source) if config.job.inventory else None
     config, inventory = report_share(config, inventory)
     if config.mode is RunMode.DRY_RUN:
-        return report_dry_run(config, source, state, inventory, tags_refused=tag_access_refusal(config, source))
+        return report_dry_run(config, source, destination, state, inventory,
+                              tags_refused=tag_access_refusal(config, source))
     if config.mode is RunMode.VERIFY_ONLY:
         return audit(config, source, destination, inventory)  # compares listings: no tag is read
     tags_refused = tag_access_refusal(config, source)
     if tags_refused:
         raise ConfigurationError(tags_refused)
+    # Copying adds no destination-only key, so the count holds for after the copy: checked before
+    # anything is written, and again before the first deletion.
+    if config.delete and config.max_delete is not None and within_max_delete(config, source, destination) is None:
+        return EXIT_USAGE
     engine_choice = choose_engine(config.tuning.engine, (source, destination))
     if engine_choice.parts == "threads":
         return_freed_bodies_to_the_system()
     with state.held(config.output.progress_file):  # before --restart, which aborts the uploads the file records
         code = copy_job(config, status, source=source, destination=destination, state=state, inventory=inventory,
                         engine_choice=engine_choice, stopping=stopping)
+    if config.delete:
+        if code == EXIT_OK:
+            code = mirror_deletions(config, source, destination)
+        else:
+            LOG.warning("Not deleting anything (--delete): the copy did not complete (exit %d). Rerun the same "
+                        "command: the deletions follow once every object is copied.", code)
     if pacing is not None:
         LOG.info("%d requests read the source, at most %g a second (--max-requests-per-second)", pacing.taken,
                  config.tuning.max_requests_per_second)
