@@ -39,9 +39,10 @@ Promises
 --------
 * No object byte ever touches the local disk: bodies live in memory between GET and PUT.
 * Memory bound: at most --max-workers units of object data in flight, where a unit is one part
-  (--chunk-size, raised only when an object would otherwise need more than 10,000 parts) or one
-  object below the multipart threshold. About max_workers x unit size, plus what Python and its
-  libraries take themselves (bench/README.md, the memory scenario).
+  (--chunk-size, raised only when an object would otherwise need more than 10,000 parts; or the
+  source's own part size, which keeps its ETag) or one object below the multipart threshold; and
+  at most --memory-limit of them, a larger unit running alone. About max_workers x unit size,
+  plus what Python and its libraries take themselves (bench/README.md, the memory scenario).
 * What is uploaded is proven against the source before it is completed: its MD5 ETag, its
   multipart ETag along the source's parts, or its additional checksum; the digest of a multipart
   copy is of the bytes uploaded, across crashes too. Every PUT carries Content-MD5 and every
@@ -190,7 +191,6 @@ PROGRESS_SAVE_INTERVAL = 2.0  # seconds between progress file rewrites
 # can tell a run that is alive from one that was killed.
 PROGRESS_HEARTBEAT_SECONDS = 30.0
 LISTING_WINDOW = 2_000  # listed objects buffered ahead of the workers
-LAYOUT_PART_LIMIT_CHUNKS = 4  # copy with the source's own parts (keeping its ETag) up to 4 x --chunk-size
 
 
 # A source of unequal parts has each part's size read by one HeadObject(PartNumber), up to this many:
@@ -913,6 +913,49 @@ class ObjectFilter:
         return ", ".join(parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestPrices:
+    """S3 Standard list prices the dry run's estimate uses (--price-*): US East (N. Virginia), as
+    AWS publishes them at https://aws.amazon.com/s3/pricing/ (PRICES_AS_OF). Other regions differ
+    by a few percent, transfer between some region pairs by more."""
+
+    write_per_1000: float = 0.005  # PUT, COPY, POST, LIST (CreateMultipartUpload, UploadPart, Complete...)
+    read_per_1000: float = 0.0004  # GET, SELECT and all other requests (HEAD, GetObjectTagging)
+    transfer_per_gb: float = 0.02  # data transferred from S3 to another region
+
+
+PRICES_AS_OF = "2026-12"
+
+
+@dataclasses.dataclass(frozen=True)
+class CostEstimate:
+    """The requests a copy makes, by who pays (each bucket's owner pays for the requests to it, and
+    the source's for the bytes leaving its region), and what they cost at `prices`."""
+
+    source_lists: int  # ListObjectsV2 pages
+    source_gets: int  # a GET per small object, a ranged GET per part
+    source_heads: int  # a HeadObject per multipart object (its part layout)
+    tagged_at_most: int  # a GetObjectTagging per tagged object: a listing does not tell which are
+    destination_writes: int  # a PUT per small object; per multipart: create, a part each, complete
+    bytes_out_of_region: int  # 0 when the source's region is the destination's (the machine's)
+    prices: RequestPrices = RequestPrices()
+
+    @classmethod
+    def of(cls, *, small: int, multipart: int, parts: int, listing_pages: int, total_bytes: int,
+           cross_region: bool, prices: RequestPrices = RequestPrices()) -> "CostEstimate":
+        return cls(source_lists=listing_pages, source_gets=small + parts, source_heads=multipart,
+                   tagged_at_most=small + multipart, destination_writes=small + parts + 2 * multipart,
+                   bytes_out_of_region=total_bytes if cross_region else 0, prices=prices)
+
+    def source_cost(self, *, with_tags: bool) -> float:
+        reads = self.source_gets + self.source_heads + (self.tagged_at_most if with_tags else 0)
+        return (self.source_lists * self.prices.write_per_1000 / 1000 + reads * self.prices.read_per_1000 / 1000
+                + self.bytes_out_of_region / GiB * self.prices.transfer_per_gb)
+
+    def destination_cost(self) -> float:
+        return self.destination_writes * self.prices.write_per_1000 / 1000
+
+
 SHARD_SPLITS = ("ranges", "hash", "files")
 # As the progress file names each split but hash (whose files, older than the others, name none): the
 # splits give a key to different shards, so a file of one never resumes under another.
@@ -1212,6 +1255,21 @@ def plan_parts(object_size: int, part_size: int) -> list[PartRange]:
     ]
 
 
+def plan_layout(part_sizes: Sequence[int]) -> list[PartRange]:
+    """Parts of these sizes, in order: a source's own unequal layout, repeated."""
+    starts = itertools.accumulate(part_sizes, initial=0)
+    return [PartRange(number, start, start + size - 1)
+            for number, (start, size) in enumerate(zip(starts, part_sizes), start=1)]
+
+
+def layout_fits_s3(part_sizes: Sequence[int]) -> bool:
+    """Whether S3 takes an upload in parts of these sizes: at most 10,000, each of 5 MiB to 5 GiB but
+    the last, which may be smaller."""
+    return (0 < len(part_sizes) <= MAX_PARTS and all(MIN_PART_SIZE <= size <= MAX_PART_SIZE
+                                                      for size in part_sizes[:-1])
+            and 0 < part_sizes[-1] <= MAX_PART_SIZE)
+
+
 # =============================================================================================
 # 4. Configuration
 # =============================================================================================
@@ -1343,6 +1401,7 @@ class RunSettings:
     skip_existing: bool = False  # --skip-existing: leave alone what the destination already holds
     delete: bool = False  # --delete: after a complete copy, remove what the source no longer has
     max_delete: Optional[int] = None  # --max-delete: refuse to delete more than this many
+    prices: RequestPrices = RequestPrices()  # what the dry run's cost estimate counts with
 
 
 def read_json_file(path: Path, *, what: str, when_invalid: str) -> Any:
@@ -3288,11 +3347,11 @@ def etag_of_parts(part_etags: Iterable[str]) -> Optional[str]:
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324 - S3's ETag
 
 
-def server_side_check(check: IntegrityCheck) -> IntegrityCheck:
+def server_side_check(check: IntegrityCheck, *, along_source_parts: bool) -> IntegrityCheck:
     """What a server-side multipart copy (UploadPartCopy) can be checked against, no byte passing
     through us: the source's multipart ETag, from the ETags S3 returns for our parts cut along the
     same boundaries; or a full-object CRC, which S3 itself checks on completion; else nothing."""
-    if check.method == "etag" and check.uniform_parts:
+    if check.method == "etag" and along_source_parts:
         return check
     if check.full_object_checksum and check.checksum is not None:
         return IntegrityCheck("checksum", "", (), check.checksum)
@@ -3300,8 +3359,8 @@ def server_side_check(check: IntegrityCheck) -> IntegrityCheck:
         reason = ("it was copied server-side in parts, and its ETag is the MD5 of the whole object, which "
                   "S3 does not return for copied parts")
     elif check.method == "etag":
-        reason = ("it was copied server-side in parts of one size, and its own parts are of unequal sizes, "
-                  "so the ETags S3 returns cannot make the source's")
+        reason = ("it was copied server-side in parts other than its own, so the ETags S3 returns for them "
+                  "cannot make the source's")
     else:
         reason = check.reason or "it was copied server-side and has neither a multipart ETag nor a full-object CRC"
     return IntegrityCheck("size-only", reason=reason)
@@ -3426,22 +3485,45 @@ class IntegrityPlanner:
         return layout
 
 
-def copy_part_size(listed: ListedObject, check: IntegrityCheck, config: RunSettings, *, server_side: bool) -> int:
-    """The source's own part size when it fits the budget (ETag kept; a server-side copy holds no
-    bytes, so any size fits), else our chunk size, raised if needed to stay within 10,000 parts."""
-    source_part = check.source_part_sizes[0] if check.method == "etag" and check.uniform_parts else 0
-    largest = MAX_PART_SIZE if server_side else min(LAYOUT_PART_LIMIT_CHUNKS * config.tuning.chunk_size,
-                                                    max(config.tuning.memory_limit, config.tuning.chunk_size))
-    # A source that is not AWS S3 may hold more than 10,000 parts; S3 would refuse part 10,001.
-    if MIN_PART_SIZE <= source_part <= largest and math.ceil(listed.size / source_part) <= MAX_PARTS:
-        return source_part
+def copy_part_plan(listed: ListedObject, check: IntegrityCheck, config: RunSettings, *,
+                   server_side: bool) -> tuple[int, Optional[tuple[int, ...]]]:
+    """The parts a multipart copy is cut in: (part size, None) for parts of one size, or (first
+    part's size, every part's size) to repeat a source's unequal layout. The source's own parts
+    whenever S3 takes them, so that the destination's ETag (and composite checksum) is the source's,
+    whatever --chunk-size says; a part larger than --memory-limit then runs alone (MemoryBudget). Our
+    own parts only when the source has no layout to keep (one PUT, SSE-KMS, too many parts to read)
+    or one part would hold more than half this machine's memory."""
+    sizes = check.source_part_sizes if check.method in ("etag", "checksum") else ()
+    if sizes and layout_fits_s3(sizes) and (server_side or max(sizes) <= MEMORY_FOR_ONE_PART):
+        if not server_side and max(sizes) > max(config.tuning.memory_limit, config.tuning.chunk_size):
+            LOG.info("%s keeps its source's parts of up to %s, larger than the %s memory limit: they are copied "
+                     "one at a time (raise --memory-limit to copy several at once)",
+                     json.dumps(listed.key, ensure_ascii=False), format_size(max(sizes)),
+                     format_size(config.tuning.memory_limit))
+        return sizes[0], None if check.uniform_parts else tuple(sizes)
+    if sizes and layout_fits_s3(sizes):
+        LOG.warning("%s: its source's parts of up to %s would take more than half this machine's memory at once, "
+                    "so it is copied in parts of its own and its ETag will differ from the source's (its bytes are "
+                    "checked along the source's parts all the same)", json.dumps(listed.key, ensure_ascii=False),
+                    format_size(max(sizes)))
     part_size = choose_part_size(listed.size, config.tuning.chunk_size)  # the engine refused what is too large
     if part_size != config.tuning.chunk_size and not server_side:
         LOG.warning("%s (%s) needs %s parts to stay within S3's 10,000 parts; %d of them fit the %s memory "
                     "limit at once (raise --memory-limit to copy more of them in parallel)",
                     json.dumps(listed.key, ensure_ascii=False), format_size(listed.size), format_size(part_size),
                     max(config.tuning.memory_limit // part_size, 1), format_size(config.tuning.memory_limit))
-    return part_size
+    return part_size, None
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes (16 GiB where it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * GiB
+
+
+MEMORY_FOR_ONE_PART = physical_memory() // 2  # the largest source part a copy holds whole to keep its ETag
 
 
 # =============================================================================================
@@ -5474,6 +5556,7 @@ class UploadRecord:
     part_size: int
     checksum_algorithm: Optional[str] = None
     checksum_type: Optional[str] = None  # "FULL_OBJECT" or "COMPOSITE" when there is an algorithm
+    part_sizes: Optional[tuple[int, ...]] = None  # a source's unequal layout, repeated (part_size is its first)
     # From CreateMultipartUpload's answer: False under SSE-KMS or SSE-C, None when unknown (a progress
     # file written before the tool recorded it).
     part_etags_are_md5: Optional[bool] = None
@@ -5488,6 +5571,7 @@ class UploadRecord:
         return cls(upload_id=document["upload_id"], destination_key=document["destination_key"],
                    source_etag=document.get("source_etag"), size=document.get("size"),
                    part_size=document["part_size"], checksum_algorithm=document.get("checksum_algorithm"),
+                   part_sizes=tuple(document["part_sizes"]) if document.get("part_sizes") else None,
                    checksum_type=document.get("checksum_type"),
                    part_etags_are_md5=document.get("part_etags_are_md5"),
                    parts={int(number): etag for number, etag in (document.get("parts") or {}).items()},
@@ -5504,6 +5588,7 @@ class UploadRecord:
             "source_etag": self.source_etag,
             "size": self.size,
             "part_size": self.part_size,
+            **({"part_sizes": list(self.part_sizes)} if self.part_sizes else {}),
             "checksum_algorithm": self.checksum_algorithm,
             "checksum_type": self.checksum_type,
             "part_etags_are_md5": self.part_etags_are_md5,
@@ -6033,7 +6118,8 @@ class MultipartCopy:
         self.destination_key = upload.destination_key
         self.upload_id = upload.upload_id
         self.part_size = upload.part_size
-        self.parts = plan_parts(source.size, upload.part_size)
+        self.part_sizes = upload.part_sizes
+        self.parts = plan_layout(upload.part_sizes) if upload.part_sizes else plan_parts(source.size, upload.part_size)
         self.completed: dict[int, str] = {}
         self.part_checksums: dict[int, str] = {}  # our parts' checksums, when the upload has an algorithm
         self.to_recheck: dict[int, UploadedPart] = {}
@@ -6051,7 +6137,8 @@ class MultipartCopy:
         """The upload as the progress file keeps it."""
         return UploadRecord(
             upload_id=self.upload_id, destination_key=self.destination_key, source_etag=self.source.etag,
-            size=self.source.size, part_size=self.part_size, checksum_algorithm=self.part_algorithm,
+            size=self.source.size, part_size=self.part_size, part_sizes=self.part_sizes,
+            checksum_algorithm=self.part_algorithm,
             checksum_type=("FULL_OBJECT" if self.upload_checksum.full_object else "COMPOSITE")
             if self.upload_checksum else None,
             part_etags_are_md5=self.part_etags_are_md5, parts=dict(self.completed),
@@ -6260,8 +6347,8 @@ class MultipartUploads:
         previous run was stopped (then settled).
 
         Runs on the main thread: it costs a few requests per object of 100 MiB or more. When the
-        source was itself uploaded in parts of a size that fits the memory budget, the copy uses the
-        same part boundaries, so the destination's ETag comes out identical to the source's.
+        source was itself uploaded in parts, the copy uses the same part boundaries (copy_part_plan),
+        so the destination's ETag comes out identical to the source's.
         """
         services = self.services
         head = services.planner.head(listed)
@@ -6269,13 +6356,15 @@ class MultipartUploads:
             check = services.planner.check(listed.key, head["ETag"], head, head["ContentLength"])
         except botocore.exceptions.ClientError as error:
             raise S3CallFailed(error, action="s3:GetObject", role="source") from error
-        part_size = copy_part_size(listed, check, services.config, server_side=server_side)
+        plan = copy_part_plan(listed, check, services.config, server_side=server_side)
         if server_side:
-            check = server_side_check(check)
+            sizes = check.source_part_sizes
+            check = server_side_check(check, along_source_parts=bool(sizes) and (
+                plan[1] is not None or (check.uniform_parts and plan[0] == sizes[0])))
         upload = services.progress.uploads.record_for(listed.key)
         if upload is not None:
             try:
-                resumed = self._resume(listed, destination_key, part_size, upload, check, server_side=server_side)
+                resumed = self._resume(listed, destination_key, plan, upload, check, server_side=server_side)
             except UploadGone:
                 if self._completed_before_the_stop(listed, destination_key, upload):
                     return None
@@ -6284,10 +6373,11 @@ class MultipartUploads:
                 resumed = None
             if resumed is not None:
                 return resumed
-        return self._create(listed, destination_key, head, part_size, check, server_side=server_side)
+        return self._create(listed, destination_key, head, plan, check, server_side=server_side)
 
-    def _create(self, listed: ListedObject, destination_key: str, head: dict[str, Any], part_size: int,
-                check: IntegrityCheck, *, server_side: bool) -> MultipartCopy:
+    def _create(self, listed: ListedObject, destination_key: str, head: dict[str, Any],
+                plan: tuple[int, Optional[tuple[int, ...]]], check: IntegrityCheck, *,
+                server_side: bool) -> MultipartCopy:
         services = self.services
         tags = services.tags_if_any(listed.key, None)
         arguments = ObjectAttributes.from_response(head, tags).upload_arguments(services.config)
@@ -6301,7 +6391,7 @@ class MultipartUploads:
             raise S3CallFailed(error, action="s3:PutObject", role="destination") from error
         services.permissions.allowed("s3:PutObject")
         upload = UploadRecord(upload_id=created["UploadId"], destination_key=destination_key,
-                              source_etag=listed.etag, size=listed.size, part_size=part_size,
+                              source_etag=listed.etag, size=listed.size, part_size=plan[0], part_sizes=plan[1],
                               part_etags_are_md5=not etag_is_opaque(created))
         copy = MultipartCopy(listed, upload, check, upload_checksum=upload_checksum, services=services,
                              server_side=server_side)
@@ -6311,15 +6401,16 @@ class MultipartUploads:
         self._abort_unrecorded_uploads(destination_key, keep=copy.upload_id)
         LOG.info("started %smultipart upload of %s (%s, %d parts of %s, verified by %s)",
                  "server-side " if server_side else "", json.dumps(listed.key, ensure_ascii=False),
-                 format_size(listed.size), len(copy.parts), format_size(part_size), check.method)
+                 format_size(listed.size), len(copy.parts),
+                 format_size(plan[0]) if plan[1] is None else "the source's own sizes", check.method)
         return copy
 
     @staticmethod
     def _digest_of(copy: MultipartCopy) -> Optional[tuple[str, OrderedDigest]]:
         return (copy.check.identity(), copy.digest) if copy.digest is not None else None
 
-    def _resume(self, listed: ListedObject, destination_key: str, part_size: int, upload: UploadRecord,
-                check: IntegrityCheck, *, server_side: bool) -> Optional[MultipartCopy]:
+    def _resume(self, listed: ListedObject, destination_key: str, plan: tuple[int, Optional[tuple[int, ...]]],
+                upload: UploadRecord, check: IntegrityCheck, *, server_side: bool) -> Optional[MultipartCopy]:
         """Continue a recorded upload with only its missing parts, whichever mode uploaded them. None
         when the upload cannot be continued (it is then aborted). UploadGone when S3 no longer has it."""
         services = self.services
@@ -6331,7 +6422,7 @@ class MultipartUploads:
         copy = MultipartCopy(listed, upload, check, upload_checksum=upload_checksum, services=services,
                              server_side=server_side)
         if (upload.source_etag != listed.etag or upload.size != listed.size
-                or upload.part_size != part_size or upload.destination_key != destination_key
+                or (upload.part_size, upload.part_sizes) != plan or upload.destination_key != destination_key
                 or (check.checksum is not None and recorded_checksum != check.checksum_algorithm)):
             copy.abandon("the source object or the part size changed since the upload began")
             return None
@@ -7910,8 +8001,18 @@ def _add_run_mode_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS",
                        help="abandon and retry a request when S3 sends nothing for this long (default: 120)")
     group.add_argument("--dry-run", action="store_true",
-                       help="list and plan only: print counts, bytes, multipart objects, already done and the "
-                            "memory bound; writes nothing to S3 and leaves the progress file alone")
+                       help="list and plan only: print counts, bytes, multipart objects, already done, the "
+                            "memory bound and an estimate of the requests and their cost; writes nothing to S3 and "
+                            "leaves the progress file alone")
+    prices = RequestPrices()
+    group.add_argument("--price-write", type=float, default=prices.write_per_1000, metavar="USD",
+                       help="the dry run's price of 1,000 PUT, COPY, POST or LIST requests (default: "
+                            f"{prices.write_per_1000}, S3 Standard in US East, {PRICES_AS_OF})")
+    group.add_argument("--price-read", type=float, default=prices.read_per_1000, metavar="USD",
+                       help=f"its price of 1,000 GET, HEAD and other requests (default: {prices.read_per_1000})")
+    group.add_argument("--price-transfer", type=float, default=prices.transfer_per_gb, metavar="USD",
+                       help="its price of a GB sent from the source's region to another (default: "
+                            f"{prices.transfer_per_gb}, from US East to another AWS region)")
 
 
 def _add_audit_options(group: argparse._ArgumentGroup) -> None:
@@ -8118,6 +8219,10 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
             "copies. Choose a destination outside the source prefix."
         )
     refuse_delete_combinations(args)
+    for option, price in (("--price-write", args.price_write), ("--price-read", args.price_read),
+                          ("--price-transfer", args.price_transfer)):
+        if price < 0:
+            raise ConfigurationError(f"{option} must be a price of 0 or more (US dollars), not {price:g}.")
     if args.copy_mode == "server-side" and not same_place:
         raise ConfigurationError(
             "--copy-mode server-side needs both buckets on one S3 endpoint: S3 cannot copy between "
@@ -8145,7 +8250,8 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
                        writes=WriteOptions(storage_class=args.storage_class, sse=args.sse,
                                            sse_kms_key_id=args.sse_kms_key_id),
                        restart=args.restart, verify=args.verify, skip_existing=args.skip_existing,
-                       delete=args.delete, max_delete=args.max_delete)
+                       delete=args.delete, max_delete=args.max_delete,
+                       prices=RequestPrices(args.price_write, args.price_read, args.price_transfer))
 
 
 def configure_logging(args: argparse.Namespace, console: ConsoleHandler) -> logging.Handler:
@@ -8180,6 +8286,7 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, destination: Conn
         saved = None
     recorded = ProgressStore(config.output.progress_file, config.job.identity(), saved)  # read only: never saved
     counts: collections.Counter[str] = collections.Counter()
+    source.client.meta.events.register("after-call.s3.ListObjectsV2", lambda **_: counts.update(["list_pages"]))
     largest_unit = 0
     # Planning needs sizes, not ETags: a key list with sizes costs no request per key here.
     ranges = shard_key_ranges(config)
@@ -8210,10 +8317,12 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, destination: Conn
             continue
         if not copied_in_one_request(destination_key, listed.size,
                                      multipart_threshold=config.tuning.multipart_threshold):
-            part_size = choose_part_size(listed.size, config.tuning.chunk_size)
+            parts, part_size = parts_to_copy(listed, config, source)
             counts["multipart"] += 1
             counts["multipart_bytes"] += listed.size
-            counts["parts"] += math.ceil(listed.size / part_size)
+            counts["parts"] += parts
+            if part_size > max(config.tuning.memory_limit, config.tuning.chunk_size):
+                counts["alone"] += 1  # its source's parts, larger than the memory limit
             largest_unit = max(largest_unit, part_size)
         else:
             largest_unit = max(largest_unit, listed.size)
@@ -8227,6 +8336,9 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, destination: Conn
           f"{counts['parts']:,} parts); single PUT: {counts['objects'] - counts['multipart'] - counts['uncopyable']:,}")
     print(f"  already done: {counts['done']:,} objects, {format_size(counts['done_bytes'])} "
           f"(per {config.output.progress_file})")
+    if counts["alone"]:
+        print(f"  alone:        {counts['alone']:,} objects keep their source's parts, larger than --memory-limit "
+              f"{format_size(config.tuning.memory_limit)}: copied one part at a time (to keep their ETags)")
     if counts["uncopyable"]:
         print(f"  cannot copy:  {counts['uncopyable']:,} objects, listed above with the reason")
     if counts["missing"]:
@@ -8238,6 +8350,11 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, destination: Conn
           f"{format_size(largest_unit)}), plus about 100 MiB for Python itself")
     if config.job.object_filter.active():
         print(f"  selection:    only objects {config.job.object_filter.describe()}")
+    small = counts["objects"] - counts["multipart"] - counts["uncopyable"]
+    print_cost_estimate(CostEstimate.of(
+        small=small, multipart=counts["multipart"], parts=counts["parts"], listing_pages=counts["list_pages"],
+        total_bytes=counts["bytes"], cross_region=source.region != destination.region, prices=config.prices),
+        config, source, destination)
     if not config.job.copy_tags:
         print("  tags:         not copied (--no-tags)")
     if tags_refused:
@@ -8246,6 +8363,41 @@ def report_dry_run(config: RunSettings, source: ConnectedSide, destination: Conn
     if config.delete:
         return mirror_deletions(config, source, destination, dry_run=True)
     return EXIT_OK
+
+
+def parts_to_copy(listed: ListedObject, config: RunSettings, source: ConnectedSide) -> tuple[int, int]:
+    """The dry run's parts for an object above the threshold, and about the largest: the source's
+    own (copy_part_plan keeps them), as many as its multipart ETag ("...-N") says, the first one's
+    size from one HeadObject(PartNumber=1); else parts of --chunk-size."""
+    counted = re.search(r"-(\d+)$", listed.etag.strip('"'))
+    if counted and 0 < int(counted.group(1)) <= MAX_PARTS:
+        try:
+            first = source.retries.call(lambda: source.client.head_object(
+                Bucket=source.bucket, Key=listed.key, PartNumber=1), what=f"HeadObject of {listed.key}")
+            return int(counted.group(1)), int(first["ContentLength"])
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            LOG.debug("no part size of %s for the dry run: %s", listed.key, error)
+    part_size = choose_part_size(listed.size, config.tuning.chunk_size)
+    return math.ceil(listed.size / part_size), part_size
+
+
+def print_cost_estimate(estimate: CostEstimate, config: RunSettings, source: ConnectedSide,
+                        destination: ConnectedSide) -> None:
+    """The dry run's estimate of what the copy's requests cost, by the account that pays."""
+    prices = estimate.prices
+    with_tags, without = estimate.source_cost(with_tags=True), estimate.source_cost(with_tags=False)
+    tags = (f", and up to {estimate.tagged_at_most:,} GetObjectTagging (one per tagged object)"
+            if config.job.copy_tags and estimate.tagged_at_most else "")
+    print(f"  requests:     source ({source.region}): {estimate.source_lists:,} LIST (as this dry run listed), "
+          f"{estimate.source_gets:,} GET, {estimate.source_heads:,} HEAD{tags}; destination ({destination.region}): "
+          f"{estimate.destination_writes:,} PUT, UploadPart and multipart calls")
+    moved = (f"{format_size(estimate.bytes_out_of_region)} leave {source.region}" if estimate.bytes_out_of_region
+             else f"nothing leaves {source.region} (both buckets there; a machine elsewhere would add transfer)")
+    source_cost = f"${without:,.2f}" + (f" to ${with_tags:,.2f}" if tags else "")
+    print(f"  cost:         about {source_cost} to the source's account ({moved}) and "
+          f"${estimate.destination_cost():,.2f} to the destination's, at ${prices.write_per_1000}/1,000 writes, "
+          f"${prices.read_per_1000}/1,000 reads, ${prices.transfer_per_gb}/GB between regions (S3 Standard list "
+          f"prices of US East, {PRICES_AS_OF}; --price-* to change): an estimate, before storage and retries")
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ LARGE_SINGLE_SIZE = 21 * MIB
 SHA256_PARTS = "multipart-sha256.bin"
 SHA256_PARTS_SIZE = 4 * CHUNK + 2 * MIB
 SHA256_PART_SIZE = 5 * MIB
-# Case 4: 25 MiB parts with CRC32, too large (> 4 x chunk) to keep: copied in 5 MiB parts.
+# Case 4: 25 MiB parts with CRC32, larger than the memory limit: kept all the same, each copied alone.
 CRC32_PARTS = "multipart-crc32.bin"
 CRC32_PARTS_SIZE = 35 * MIB
 CRC32_PART_SIZE = 25 * MIB
@@ -275,9 +275,9 @@ def test_multipart_sha256_source_is_copied_along_its_parts(copied: ChecksumCopy)
     assert copied.verified()[SHA256_PARTS] == "verified by etag and SHA256"
 
 
-# -- 4. multipart CRC32 in parts too large to keep: other boundaries, composite checked along the source's
+# -- 4. multipart CRC32 in parts larger than the memory limit: kept, so ETag and composite value identical
 
-def test_multipart_crc32_source_with_large_parts_gets_other_parts(copied: ChecksumCopy) -> None:
+def test_multipart_crc32_source_with_large_parts_keeps_them(copied: ChecksumCopy) -> None:
     assert_copy_ran(copied)
     data = copied.bodies[CRC32_PARTS]
     source_head = copied.head(SOURCE_BUCKET, CRC32_PARTS)
@@ -285,10 +285,10 @@ def test_multipart_crc32_source_with_large_parts_gets_other_parts(copied: Checks
 
     destination_head = copied.head(DEST_BUCKET, CRC32_PARTS)
 
-    assert destination_head["ETag"] != source_head["ETag"]
-    assert destination_head["ETag"].strip('"').endswith("-7")  # 35 MiB in 5 MiB parts
+    assert destination_head["ETag"] == source_head["ETag"]  # 35 MiB in its own 25 + 10 MiB parts
     assert destination_head.get("ChecksumType") == "COMPOSITE"
-    assert destination_head.get("ChecksumCRC32") == composite_checksum("CRC32", data, CHUNK)
+    assert destination_head.get("ChecksumCRC32") == source_head["ChecksumCRC32"]
+    assert f'"{copied.prefix + CRC32_PARTS}" keeps its source\'s parts of up to 25.0 MiB' in copied.log
     got = copied.admin.get_object(Bucket=DEST_BUCKET, Key=copied.prefix + CRC32_PARTS)["Body"].read()
     assert got == data
     assert copied.verified()[CRC32_PARTS] == "verified by etag and CRC32"
@@ -303,10 +303,9 @@ def test_verify_only_compares_by_checksum_where_etags_differ(copied: ChecksumCop
     first = copied.job("verify-1").run(copied.source_uri, copied.destination_uri, *SIZES, "--verify-only")
 
     assert first.returncode == 0, describe(first)
-    # Identical: the small objects and the SHA256 multipart one by their ETags, the large single-part one
-    # by its full-object CRC32 (its ETag is now "-5"). The CRC32 multipart one has composite values of
-    # different layouts, so only its size can be compared.
-    assert (f"{smalls + 2} identical by ETag or checksum, 1 equal in size (ETags not comparable), 0 missing, "
+    # Identical: the small objects and both multipart ones by their ETags (their parts were kept), the
+    # large single-part one by its full-object CRC32 (its ETag is now "-5").
+    assert (f"{smalls + 3} identical by ETag or checksum, 0 equal in size (ETags not comparable), 0 missing, "
             "0 size mismatches, 0 ETag mismatches, 0 checksum mismatches, 0 only in the destination.") \
         in first.stdout, describe(first)
 
@@ -324,7 +323,7 @@ def test_verify_only_compares_by_checksum_where_etags_differ(copied: ChecksumCop
     second = copied.job("verify-2").run(copied.source_uri, copied.destination_uri, *SIZES, "--verify-only")
 
     assert second.returncode == 1, describe(second)
-    assert (f"{smalls + 1} identical by ETag or checksum, 1 equal in size (ETags not comparable), 0 missing, "
+    assert (f"{smalls + 2} identical by ETag or checksum, 0 equal in size (ETags not comparable), 0 missing, "
             "0 size mismatches, 0 ETag mismatches, 1 checksum mismatches, 0 only in the destination.") \
         in second.stderr, describe(second)
     source_crc = full_checksum("CRC32", copied.bodies[LARGE_SINGLE])

@@ -13,6 +13,7 @@ The size settings (5 MiB parts, 6 MiB threshold) keep multipart objects at
 
 from __future__ import annotations
 
+import collections
 import datetime
 import re
 import stat
@@ -221,6 +222,39 @@ def test_dry_run_prints_the_plan_and_writes_nothing(job: ToolJob, moto_buckets: 
     assert object_snapshot(client, moto_buckets.dest) == {}
     assert incomplete_uploads(client, moto_buckets.dest) == []
     assert not job.progress_file.exists()
+
+
+def test_the_dry_runs_request_estimate_is_what_the_copy_then_sends(job: ToolJob, moto_buckets: MotoBuckets) -> None:
+    client = moto_buckets.client
+    put_plain(client, moto_buckets.source, ["one", "two", "three", "four", "five"])
+    put_objects(client, moto_buckets.source, {"big": body(2 * CHUNK_SIZE + 1, seed=3)})  # 3 parts
+    with FaultProxy(moto_buckets.endpoint_url) as proxy:
+        write_source_credentials(job.credentials, FAKE_KEYS, proxy.endpoint_url)
+        job.dest_endpoint_url = proxy.endpoint_url
+        dry = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--dry-run", "--price-write", "1",
+                      "--price-read", "1")
+        before = len(proxy.counts.log)
+        copied = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--no-tags")
+        # What the copy sent, less the preflights' one-key listings of both buckets.
+        sent = collections.Counter(seen.operation for seen in proxy.counts.log[before:]
+                                   if seen.query.get("max-keys") != ["1"])
+
+    assert dry.returncode == 0 and copied.returncode == 0, describe(dry)
+    estimate = re.search(r"requests:\s+source \(us-east-1\): (\d+) LIST \(as this dry run listed\), (\d+) GET, (\d+) HEAD, "
+                         r"and up to (\d+) GetObjectTagging \(one per tagged object\); destination \(us-east-1\): "
+                         r"(\d+) PUT", dry.stdout)
+    assert estimate, dry.stdout
+    lists, gets, heads, tagged, writes = map(int, estimate.groups())
+    assert (gets, heads, tagged, writes) == (5 + 3, 1, 6, 5 + 3 + 2)
+    # The same, request for request (the listing of an empty destination is the preflight's own).
+    assert sent["GetObject"] == gets and sent["ListObjectsV2"] == lists
+    assert sent["PutObject"] + sent["CreateMultipartUpload"] + sent["UploadPart"] + \
+        sent["CompleteMultipartUpload"] == writes
+    assert sent["HeadObject"] >= heads
+    # At $1 a thousand: the source's 1 + 8 + 1 requests, and its up to 6 tag reads; the destination's 10.
+    assert "about $0.01 to $0.02 to the source's account (nothing leaves us-east-1" in dry.stdout, dry.stdout
+    assert "and $0.01 to the destination's" in dry.stdout
+    assert "an estimate, before storage and retries" in dry.stdout
 
 
 def test_log_has_one_line_per_object_and_progress_file_reads_complete(

@@ -91,12 +91,33 @@ def test_a_source_of_unequal_parts_is_hashed_along_them_but_not_copied_along_the
     expected = hashlib.md5(b"".join(hashlib.md5(body[start:start + size]).digest()
                                     for start, size in zip(starts, (8 * MiB, 5 * MiB, 5 * MiB)))).hexdigest()
     assert digest.etag() == f"{expected}-3"
-    # A copy in parts of one size cannot repeat them: a server-side copy, whose only proof would be
-    # the part ETags S3 returns, is left with the size.
+    # A server-side copy, whose only proof is the part ETags S3 returns, keeps the check when its parts
+    # are the source's (copy_part_plan repeats even an unequal layout), and is left with the size when not.
     assert not unequal.uniform_parts
-    assert tool.server_side_check(unequal).method == "size-only"
+    assert tool.server_side_check(unequal, along_source_parts=False).method == "size-only"
+    assert tool.server_side_check(unequal, along_source_parts=True) is unequal
     uniform = tool.IntegrityCheck("etag", "unused", (8 * MiB, 8 * MiB, 2 * MiB))
-    assert uniform.uniform_parts and tool.server_side_check(uniform) is uniform
+    assert uniform.uniform_parts and tool.server_side_check(uniform, along_source_parts=True) is uniform
+
+
+def test_a_copy_keeps_the_source_parts_whenever_s3_takes_them() -> None:
+    config = tool.RunSettings(job=None, tuning=tool.Tuning(chunk_size=5 * MiB, max_workers=4,  # type: ignore[arg-type]
+                                                           memory_limit=20 * MiB))
+    big = tool.ListedObject("k", 30 * MiB, '"x-2"')
+    plan = tool.copy_part_plan
+    # Parts of 25 MiB, past 4 x --chunk-size and the memory limit: kept (run alone), the ETag with them.
+    assert plan(big, tool.IntegrityCheck("etag", "x-2", (25 * MiB, 5 * MiB)), config, server_side=False) == \
+        (25 * MiB, None)
+    unequal = (8 * MiB, 5 * MiB, 5 * MiB)
+    assert plan(tool.ListedObject("k", 18 * MiB, '"x-3"'), tool.IntegrityCheck("etag", "x-3", unequal), config,
+                server_side=False) == (8 * MiB, unequal)
+    # Parts S3 would refuse (a 4 MiB part before the last), or no layout at all: parts of our own.
+    assert plan(tool.ListedObject("k", 12 * MiB, '"x-3"'),
+                tool.IntegrityCheck("etag", "x-3", (4 * MiB, 4 * MiB, 4 * MiB)), config, server_side=False) == \
+        (5 * MiB, None)
+    assert plan(big, tool.IntegrityCheck("md5", "x"), config, server_side=False) == (5 * MiB, None)
+    assert [(part.start, part.end) for part in tool.plan_layout(unequal)] == [
+        (0, 8 * MiB - 1), (8 * MiB, 13 * MiB - 1), (13 * MiB, 18 * MiB - 1)]
 
 
 def listed(key: str) -> tool.ListedObject:

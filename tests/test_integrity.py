@@ -7,16 +7,14 @@ report, progress file, destination bucket):
   it is copied with one PUT or, above the threshold, in parts of --chunk-size.
 * A source uploaded in parts (ETag = MD5 of the part MD5s, "-N") is checked by recomputing that
   ETag along the source's own part layout, learned from HeadObject(PartNumber=1 and N) ("etag").
-  When the source's part size fits (5 MiB .. min(4 x --chunk-size, memory limit)), the copy uses
-  the same parts, so the destination ETag equals the source's; otherwise the bytes are hashed in
-  order along the source's boundaries while being copied in --chunk-size parts.
-* A source of unequal parts has every part's size read (HeadObject(PartNumber) of each) and is
-  checked along them ("etag") while being copied in --chunk-size parts.
+  Whenever S3 takes the source's parts, the copy uses the same parts, whatever --chunk-size says
+  (a part larger than the memory limit runs alone), so the destination ETag equals the source's.
+* A source of unequal parts has every part's size read (HeadObject(PartNumber) of each), is
+  copied in those very parts and checked along them ("etag"): its ETag is kept too.
 * Bytes damaged on the way from the source are never completed: the object is retried and
   then reported failed with "integrity mismatch" and both hashes; nothing is left behind.
 
-Sizes: --chunk-size 5MiB and --max-workers 4 (so a 20 MiB memory limit and a 20 MiB layout
-limit), --multipart-threshold 15MiB; no object above 40 MiB, since moto reads the whole object
+Sizes: --chunk-size 5MiB and --max-workers 4 (so a 20 MiB memory limit), --multipart-threshold 15MiB; no object above 40 MiB, since moto reads the whole object
 for every ranged GET.
 """
 
@@ -65,10 +63,10 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
         "a/empty": b"",
         "a/small.txt": body(100 * KIB, seed=1),
         "b/plain-large.bin": body(20 * MIB + 3, seed=2),  # one PUT at the source, copied in 5 parts
-        "c/parts-8mib.bin": body(20 * MIB + 12345, seed=3),  # 8+8+4 MiB: fits 4 x 5 MiB, layout kept
-        "d/parts-25mib.bin": body(30 * MIB + 777, seed=4),  # 25+5 MiB: too big a part, hashed in order
+        "c/parts-8mib.bin": body(20 * MIB + 12345, seed=3),  # 8+8+4 MiB: layout kept
+        "d/parts-25mib.bin": body(30 * MIB + 777, seed=4),  # 25+5 MiB: a part above the memory limit, kept alone
         "e/parts-below-threshold.bin": body(12 * MIB + 5, seed=5),  # 6+6 MiB+5: one GET, one PUT
-        "f/unequal-parts.bin": body(18 * MIB, seed=6),  # 8+5+5 MiB: each part's size read, then hashed in order
+        "f/unequal-parts.bin": body(18 * MIB, seed=6),  # 8+5+5 MiB: each part's size read, the layout repeated
     }
     source_etags = {
         "a/empty": upload(client, src, "a/empty", data["a/empty"]),
@@ -89,8 +87,13 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
     assert source_etags["e/parts-below-threshold.bin"] == multipart_etag(data["e/parts-below-threshold.bin"], 6 * MIB)
     assert source_etags["f/unequal-parts.bin"].endswith("-3")
 
+    dry = job.run(f"s3://{src}", f"s3://{moto_buckets.dest}", *THRESHOLD, "--dry-run")
     result = job.run(f"s3://{src}", f"s3://{moto_buckets.dest}", *THRESHOLD)
 
+    assert dry.returncode == 0, describe(dry)
+    # The source's own parts (3 + 2 + 3) and our 5 of the one uploaded whole; the 25 MiB part runs alone.
+    assert "multipart:    4 objects (88.0 MiB, 13 parts)" in dry.stdout, dry.stdout
+    assert "alone:        1 objects keep their source's parts, larger than --memory-limit 20.0 MiB" in dry.stdout
     assert result.returncode == 0, describe(result)
     # Byte for byte (an MD5 of a full GET of each side, not the ETags).
     destination = object_snapshot(moto_buckets.client, moto_buckets.dest)
@@ -99,16 +102,16 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
     assert incomplete_uploads(moto_buckets.client, moto_buckets.dest) == []
 
     dest_etags = {key: etag_of(moto_buckets.client, moto_buckets.dest, key) for key in data}
-    # Same ETag wherever the copy could use the source's own layout.
-    for key in ("a/empty", "a/small.txt", "c/parts-8mib.bin"):
+    # Same ETag wherever the source was uploaded in parts (or in one PUT and copied so): its layout is kept.
+    for key in ("a/empty", "a/small.txt", "c/parts-8mib.bin", "d/parts-25mib.bin", "f/unequal-parts.bin"):
         assert dest_etags[key] == source_etags[key], key
     # Elsewhere another layout (so another ETag) over the same bytes.
     assert dest_etags["b/plain-large.bin"] == multipart_etag(data["b/plain-large.bin"], CHUNK)  # 5 parts
-    assert dest_etags["d/parts-25mib.bin"] == multipart_etag(data["d/parts-25mib.bin"], CHUNK)  # 7 parts
     assert dest_etags["e/parts-below-threshold.bin"] == md5_hex(data["e/parts-below-threshold.bin"])  # one PUT
-    assert dest_etags["f/unequal-parts.bin"] == multipart_etag(data["f/unequal-parts.bin"], CHUNK)  # 4 parts
 
     log = job.log_text()
+    assert '"d/parts-25mib.bin" keeps its source\'s parts of up to 25.0 MiB, larger than the 20.0 MiB memory ' \
+           'limit: they are copied one at a time' in log
     assert verified_by(log) == {
         "a/empty": "md5",
         "a/small.txt": "md5",
@@ -131,14 +134,22 @@ def test_each_source_layout_is_verified_by_the_strongest_check_it_allows(
 # -- bytes damaged on the way from the source ---------------------------------------------
 
 
-def damaged_hash(data: bytes, *, copy_part: Optional[int], source_parts: Optional[tuple[int, ...]]) -> str:
+def copy_parts(size: int, copy_part: int | tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, length) of each part the copy reads: of one size, or a source's own unequal layout."""
+    sizes = list(copy_part) if isinstance(copy_part, tuple) else [copy_part] * -(-size // copy_part)
+    starts = [sum(sizes[:index]) for index in range(len(sizes))]
+    return [(start, min(length, size - start)) for start, length in zip(starts, sizes)]
+
+
+def damaged_hash(data: bytes, *, copy_part: Optional[int | tuple[int, ...]],
+                 source_parts: Optional[tuple[int, ...]]) -> str:
     """What the tool's check computes over the bytes the proxy hands it: every GET body (the whole
     object, or one copy part) with its middle byte inverted, hashed along the source's layout."""
     if copy_part is None:
         damaged = flip_middle_byte(data)
     else:
-        damaged = b"".join(flip_middle_byte(data[start:start + copy_part])
-                           for start in range(0, len(data), copy_part))
+        damaged = b"".join(flip_middle_byte(data[start:start + length])
+                           for start, length in copy_parts(len(data), copy_part))
     return md5_hex(damaged) if source_parts is None else multipart_etag(damaged, source_parts)
 
 
@@ -147,9 +158,8 @@ DAMAGED_CASES = {
     "small": (300 * KIB + 1, None, None),
     "large-single-part-source": (17 * MIB + 3, None, CHUNK),
     "large-8mib-parts-source": (17 * MIB + 3, (8 * MIB, 8 * MIB, MIB + 3), 8 * MIB),
-    # Unequal parts: the copy cannot repeat them, so it uses its own 5 MiB parts, and the check
-    # hashes the bytes along the source's boundaries, which HeadObject(PartNumber) of each part told.
-    "large-unequal-parts-source": (18 * MIB, (8 * MIB, 5 * MIB, 5 * MIB), CHUNK),
+    # Unequal parts, which HeadObject(PartNumber) of each part told: the copy repeats them.
+    "large-unequal-parts-source": (18 * MIB, (8 * MIB, 5 * MIB, 5 * MIB), (8 * MIB, 5 * MIB, 5 * MIB)),
 }
 
 
@@ -198,7 +208,7 @@ def test_a_body_damaged_in_transit_is_never_written(
 
     # Retried as promised: a small body BODY_ATTEMPTS times (as a damaged body), a large object
     # OBJECT_ATTEMPTS times, each time reading every part again to compare it with what S3 holds.
-    parts = 1 if copy_part is None else -(-size // copy_part)
+    parts = 1 if copy_part is None else len(copy_parts(size, copy_part))
     attempts = tool.BODY_ATTEMPTS if copy_part is None else tool.OBJECT_ATTEMPTS
     assert proxy.counts.corrupted == attempts * parts, (proxy.counts, job.log_text())
     if copy_part is not None:

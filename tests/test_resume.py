@@ -835,6 +835,39 @@ def test_a_resumed_upload_reads_again_only_the_parts_it_had_not_hashed(
     print(f"{layout}: the rerun read {read_again / MIB:.0f} MiB of the {HOLD_SIZE / MIB:.0f} MiB object")
 
 
+def test_an_upload_of_a_sources_unequal_parts_resumes_along_them_and_keeps_its_etag(
+        make_job: Callable[..., ResumeJob]) -> None:
+    """A source uploaded in unequal parts (7, 5, 6 and 0.5 MiB) is copied in those very parts, so that
+    its ETag is kept; killed after three, the rerun takes the layout from the progress file and uploads
+    only the last."""
+    from aws_behaviour import Hold, operation_is
+    from fault_proxy import FaultProxy
+    from uploads import etag_of, plain_client, upload_parts
+
+    job = make_job()
+    sizes = [7 * MIB, 5 * MIB, 6 * MIB, MIB // 2]
+    data = {HOLD_BIG: random.Random(17).randbytes(sum(sizes))}
+    source_etag = upload_parts(plain_client(job.buckets.endpoint_url), job.buckets.source, HOLD_BIG,
+                               data[HOLD_BIG], sizes)
+    held = HeldJob(job, data)
+    with FaultProxy(job.buckets.endpoint_url) as proxy:
+        proxy.behave(Hold(operation_is("UploadPart", key=HOLD_BIG, partNumber="3")))
+        held.through(proxy)
+        held.kill_when(held.job.start(), hashed_through(held, 3), "three parts hashed and saved")
+        recorded = held.record()
+        first_request, log_offset = len(proxy.counts.log), held.job.log_size()
+        proxy.behave_only()
+        assert held.job.run() == 0, held.job.diagnostics()
+
+    held.assert_identical()
+    assert recorded["part_sizes"] == sizes
+    assert etag_of(job.buckets.client, job.buckets.dest, HOLD_BIG) == source_etag
+    uploaded_again = sorted(seen.query["partNumber"][0] for seen in proxy.counts.log[first_request:]
+                            if seen.operation == "UploadPart")
+    assert uploaded_again == ["4"], uploaded_again
+    assert "3 of 4 parts already uploaded" in held.job.log_text(since=log_offset)
+
+
 @pytest.mark.parametrize("destination", ["plain", "SSE-KMS"])
 def test_an_upload_completed_just_before_a_kill_is_found_done_and_not_copied_again(
         held: HeldJob, destination: str) -> None:
