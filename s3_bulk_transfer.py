@@ -1320,6 +1320,7 @@ class JobDefinition:
     shard: Optional[Shard] = None
     inventory: Optional[str] = None  # --from-inventory: a manifest.json or key list, local (absolute) or s3://
     copy_tags: bool = True  # --no-tags turns it off
+    object_lock: bool = False  # --object-lock copy: each object's retention and legal hold go with it
 
     def identity(self) -> dict[str, Any]:
         """The job as the progress file records it, to refuse a file written for another job."""
@@ -1337,6 +1338,8 @@ class JobDefinition:
             **({"inventory": self.inventory} if self.inventory else {}),
             # Resumed without it, an upload begun without tags would complete without them, unsaid.
             **({"tags": "not copied (--no-tags)"} if not self.copy_tags else {}),
+            # Likewise an upload begun without the lock headers would complete unlocked.
+            **({"object_lock": "copied"} if self.object_lock else {}),
         }
 
 
@@ -1398,6 +1401,7 @@ class RunSettings:
     output: OutputSettings = OutputSettings()
     restart: bool = False  # --restart: forget the progress file and begin again
     verify: bool = False  # --verify: compare source and destination after copying
+    verify_metadata: bool = False  # --verify-metadata: the comparison compares headers, metadata and tags too
     skip_existing: bool = False  # --skip-existing: leave alone what the destination already holds
     delete: bool = False  # --delete: after a complete copy, remove what the source no longer has
     max_delete: Optional[int] = None  # --max-delete: refuse to delete more than this many
@@ -2015,6 +2019,42 @@ def tag_access_refusal(config: RunSettings, source: ConnectedSide) -> Optional[s
             f"on {bucket_or_access_point(source.bucket)}), so S3 would hide every object's tags and the copies "
             "would lose them: grant "
             "s3:GetObjectTagging on the source objects to them, or rerun with --no-tags to copy without tags.")
+
+
+def object_lock_refusal(config: RunSettings, source: ConnectedSide, destination: ConnectedSide) -> Optional[str]:
+    """Why --object-lock copy cannot work, as the sentence that stops the run, or None: the
+    destination bucket without Object Lock, or source credentials that may not read an object's
+    retention or legal hold (S3 would then leave the lock headers out of every answer, and the copies
+    would go unlocked without a word), asked of the first object under the source prefix."""
+    if not config.job.object_lock:
+        return None
+    try:
+        found = destination.retries.call(lambda: destination.client.get_object_lock_configuration(
+            Bucket=destination.bucket), what=f"GetObjectLockConfiguration of {destination.bucket}")
+        enabled = found.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        if error_code(error) in DENIED_CODES:
+            return explain_error(error, access=destination.access, bucket=destination.bucket,
+                                 action="s3:GetBucketObjectLockConfiguration")
+        enabled = False  # ObjectLockConfigurationNotFoundError
+    if not enabled:
+        return (f"The destination {bucket_or_access_point(destination.bucket)} does not have Object Lock "
+                "enabled, so it cannot keep the sources' retention and legal holds (--object-lock copy): copy into "
+                "a bucket created with Object Lock (or enable it on this one), or drop --object-lock.")
+    key = source.first_key
+    for action, ask in (("s3:GetObjectRetention", source.client.get_object_retention),
+                        ("s3:GetObjectLegalHold", source.client.get_object_legal_hold)):
+        if key is None:
+            break
+        try:
+            source.retries.call(lambda: ask(Bucket=source.bucket, Key=key), what=f"{action} of {key}")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            if error_code(error) in DENIED_CODES:
+                return (f"The source credentials ({config.job.source_access.origin}) may not read the Object Lock of "
+                        f"objects ({action} on {bucket_or_access_point(source.bucket)}), so S3 would hide every "
+                        f"object's retention and legal hold and the copies would go unlocked: grant {action} to "
+                        "them, or drop --object-lock.")
+    return None
 
 
 def _may_read(source: ConnectedSide, key: str) -> bool:
@@ -3549,6 +3589,7 @@ class ObjectAttributes:
     headers: dict[str, Any]
     metadata: dict[str, str]
     tagging: str = ""
+    lock: dict[str, Any] = dataclasses.field(default_factory=dict)  # its Object Lock fields, as S3 told them
 
     @classmethod
     def from_response(cls, response: dict[str, Any], tags: list[dict[str, str]]) -> "ObjectAttributes":
@@ -3556,6 +3597,7 @@ class ObjectAttributes:
             headers={name: response[name] for name in PRESERVED_HEADERS if response.get(name)},
             metadata=dict(response.get("Metadata") or {}),
             tagging=urllib.parse.urlencode([(tag["Key"], tag["Value"]) for tag in tags]),
+            lock={name: response[name] for name in OBJECT_LOCK_FIELDS if response.get(name)},
         )
 
     def upload_arguments(self, config: RunSettings) -> dict[str, Any]:
@@ -3564,7 +3606,29 @@ class ObjectAttributes:
         arguments["Metadata"] = self.metadata
         if self.tagging:
             arguments["Tagging"] = self.tagging
-        return {**arguments, **storage_arguments(config)}
+        return {**arguments, **storage_arguments(config), **lock_arguments(self.lock, config)}
+
+
+# GetObject and HeadObject answer with these only to a caller allowed s3:GetObjectRetention and
+# s3:GetObjectLegalHold (S3 API Reference, HeadObject: x-amz-object-lock-mode, -retain-until-date,
+# -legal-hold), which object_lock_refusal checks before anything is written.
+OBJECT_LOCK_FIELDS = ("ObjectLockMode", "ObjectLockRetainUntilDate", "ObjectLockLegalHoldStatus")
+
+
+def lock_to_copy(lock: dict[str, Any], now: Optional[datetime.datetime] = None) -> dict[str, Any]:
+    """What a copy carries of its source's Object Lock: its legal hold when on, and its retention
+    while the retain-until date is still ahead (S3 refuses a date in the past, and a retention that
+    has run out protects nothing any more)."""
+    arguments = {"ObjectLockLegalHoldStatus": "ON"} if lock.get("ObjectLockLegalHoldStatus") == "ON" else {}
+    until = lock.get("ObjectLockRetainUntilDate")
+    if lock.get("ObjectLockMode") and until and until > (now or datetime.datetime.now(datetime.timezone.utc)):
+        arguments.update(ObjectLockMode=lock["ObjectLockMode"], ObjectLockRetainUntilDate=until)
+    return arguments
+
+
+def lock_arguments(lock: dict[str, Any], config: RunSettings) -> dict[str, Any]:
+    """The Object Lock arguments of a write: lock_to_copy under --object-lock copy, else none."""
+    return lock_to_copy(lock) if config.job.object_lock else {}
 
 
 def storage_arguments(config: RunSettings) -> dict[str, str]:
@@ -5864,6 +5928,7 @@ class SmallObjectCopier:
                 CopySource={"Bucket": services.source.bucket, "Key": listed.key}, CopySourceIfMatch=listed.etag,
                 MetadataDirective="COPY", TaggingDirective="COPY" if services.config.job.copy_tags else "REPLACE",
                 **ask, **redirect, **storage_arguments(services.config),
+                **lock_arguments(ObjectAttributes.from_response(head, []).lock, services.config),
             ),
         )
         check = self.verified_copy(listed, head, response, checksum)
@@ -7445,8 +7510,10 @@ MISSING = "missing"
 SIZE_MISMATCH = "size mismatch"
 ETAG_MISMATCH = "etag mismatch"
 CHECKSUM_MISMATCH = "checksum mismatch"
+METADATA_MISMATCH = "metadata mismatch"  # --verify-metadata: a preserved header or user metadata differs
+TAGS_MISMATCH = "tags mismatch"  # --verify-metadata: the tags differ
 DESTINATION_ONLY = "destination only"
-DISCREPANCIES = (MISSING, SIZE_MISMATCH, ETAG_MISMATCH, CHECKSUM_MISMATCH)
+DISCREPANCIES = (MISSING, SIZE_MISMATCH, ETAG_MISMATCH, CHECKSUM_MISMATCH, METADATA_MISMATCH, TAGS_MISMATCH)
 
 
 def merge_join(source: Iterator[ListedObject], source_prefix: str, destination: Iterator[ListedObject],
@@ -7508,6 +7575,37 @@ class ObjectComparer:
         if not (theirs.etag_is_a_hash and ours.etag_is_a_hash):
             return MATCH_SIZE_ONLY, "an ETag is not an MD5 (SSE-KMS or SSE-C) and there is no common checksum"
         return MATCH_SIZE_ONLY, "the objects were uploaded with different part layouts and share no checksum"
+
+    def compare_attributes(self, source: ListedObject, destination: ListedObject, *,
+                           tags: bool, locks: bool = False) -> Optional[tuple[str, str]]:
+        """--verify-metadata: (METADATA_MISMATCH or TAGS_MISMATCH, what differs) when the headers the
+        tool preserves, the user metadata, (with `locks`) the Object Lock retention and legal hold or
+        (with `tags`) the tags differ; None when they agree. Two HeadObject and, with tags, two
+        GetObjectTagging a pair."""
+        pair = tuple(zip(self._sides, (source, destination)))
+        heads = [side.retries.call(lambda: side.client.head_object(Bucket=side.bucket, Key=listed.key),
+                                   what=f"HeadObject of {listed.key} ({side.access.role})") for side, listed in pair]
+        theirs, ours = (ObjectAttributes.from_response(head, []) for head in heads)
+        differences = [f"{name} {theirs.headers.get(name)!r} in the source, {ours.headers.get(name)!r} in the destination"
+                       for name in PRESERVED_HEADERS if theirs.headers.get(name) != ours.headers.get(name)]
+        differences += [f"metadata {name!r}: {theirs.metadata.get(name)!r} in the source, "
+                        f"{ours.metadata.get(name)!r} in the destination"
+                        for name in sorted(set(theirs.metadata) | set(ours.metadata))
+                        if theirs.metadata.get(name) != ours.metadata.get(name)]
+        if locks:  # as lock_to_copy copies them: a retention that ran out, or a hold that is off, is none
+            expected, found = lock_to_copy(theirs.lock), lock_to_copy(ours.lock)
+            differences += [f"{name} {expected.get(name)!r} in the source, {found.get(name)!r} in the destination"
+                            for name in OBJECT_LOCK_FIELDS if expected.get(name) != found.get(name)]
+        if differences:
+            return METADATA_MISMATCH, "; ".join(differences)
+        if not tags:
+            return None
+        tag_sets = [sorted((tag["Key"], tag["Value"]) for tag in side.retries.call(
+            lambda: side.client.get_object_tagging(Bucket=side.bucket, Key=listed.key),
+            what=f"GetObjectTagging of {listed.key} ({side.access.role})").get("TagSet", ())) for side, listed in pair]
+        if tag_sets[0] != tag_sets[1]:
+            return TAGS_MISMATCH, f"source tags {dict(tag_sets[0])}, destination tags {dict(tag_sets[1])}"
+        return None
 
     def _fingerprint(self, side: ConnectedSide, listed: ListedObject) -> Fingerprint:
         what = f"HeadObject of {listed.key} ({side.access.role})"
@@ -7626,6 +7724,10 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
                 verdict, detail = MISSING, "not in the destination"
             else:
                 verdict, detail = comparer.compare(source_object, destination_object)
+                if verdict in (MATCH, MATCH_SIZE_ONLY) and config.verify_metadata:
+                    verdict, detail = comparer.compare_attributes(
+                        source_object, destination_object, tags=config.job.copy_tags,
+                        locks=config.job.object_lock) or (verdict, detail)
             counts[verdict] += 1
             if verdict in (MATCH, MATCH_SIZE_ONLY):
                 continue
@@ -7639,6 +7741,8 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
     finally:
         summary = {name: counts[name] for name in (MATCH, MATCH_SIZE_ONLY, MISSING, SIZE_MISMATCH, ETAG_MISMATCH,
                                                    CHECKSUM_MISMATCH, DESTINATION_ONLY)}
+        if config.verify_metadata:
+            summary.update({name: counts[name] for name in (METADATA_MISMATCH, TAGS_MISMATCH)})
         report.close(config, summary)
     problems = sum(counts[name] for name in DISCREPANCIES)
     message = (f"Verify {config.job.source} -> {config.job.destination}: {counts[MATCH]:,} identical by ETag or "
@@ -7646,7 +7750,8 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
                f"{counts[MATCH_SIZE_ONLY]:,} equal in size (ETags not comparable), {counts[MISSING]:,} missing, "
                f"{counts[SIZE_MISMATCH]:,} size mismatches, {counts[ETAG_MISMATCH]:,} ETag mismatches, "
                f"{counts[CHECKSUM_MISMATCH]:,} checksum mismatches, {counts[DESTINATION_ONLY]:,} only in the "
-               "destination.")
+               "destination" + (f"; headers and metadata: {counts[METADATA_MISMATCH]:,} mismatches, tags: "
+                                f"{counts[TAGS_MISMATCH]:,} mismatches" if config.verify_metadata else "") + ".")
     if config.output.report_file:
         message += f" Full report: {config.output.report_file}."
     LOG.info("%s", message)
@@ -7937,6 +8042,11 @@ def _add_selection_options(group: argparse._ArgumentGroup) -> None:
                        help="storage class for the copies, e.g. STANDARD_IA (default: the bucket's default)")
     group.add_argument("--sse", choices=("AES256", "aws:kms"), help="server-side encryption for the copies")
     group.add_argument("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms")
+    group.add_argument("--object-lock", choices=("off", "copy"), default="off",
+                       help="copy: give each object the Object Lock retention (mode and retain-until date) and "
+                            "legal hold its source has, into a destination bucket with Object Lock enabled; the "
+                            "source credentials need s3:GetObjectRetention and s3:GetObjectLegalHold (default: "
+                            "off, the copies are not locked)")
     group.add_argument("--no-tags", dest="copy_tags", action="store_false",
                        help="copy objects without their tags and never ask for them, for source credentials "
                             "without s3:GetObjectTagging; the final report says so (default: tags are copied, "
@@ -8022,6 +8132,10 @@ def _add_audit_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--verify-only", action="store_true",
                        help="copy nothing: compare both listings in key order and report missing objects, "
                             "size and ETag mismatches and destination-only keys; exit 1 on a discrepancy")
+    group.add_argument("--verify-metadata", action="store_true",
+                       help="with --verify or --verify-only, compare also the headers the copy preserves "
+                            "(Content-Type, Cache-Control...), the user metadata and the tags of every object "
+                            "whose bytes match: two HeadObject and two GetObjectTagging per object more")
     group.add_argument("--skip-existing", action="store_true",
                        help="copy only objects the destination lacks or holds different (same size and "
                             "ETag, or same size and newer where ETags are not comparable, counts as done)")
@@ -8219,6 +8333,9 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
             "copies. Choose a destination outside the source prefix."
         )
     refuse_delete_combinations(args)
+    if args.verify_metadata and not (args.verify or args.verify_only):
+        raise ConfigurationError("--verify-metadata deepens a comparison: add --verify (after the copy) or "
+                                 "--verify-only.")
     for option, price in (("--price-write", args.price_write), ("--price-read", args.price_read),
                           ("--price-transfer", args.price_transfer)):
         if price < 0:
@@ -8232,7 +8349,7 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
     job = JobDefinition(source=source, destination=destination, source_access=source_access,
                         destination_access=destination_access, filters=tuple(args.filters or ()),
                         object_filter=object_filter_of(args), shard=args.shard,
-                        inventory=inventory, copy_tags=args.copy_tags)
+                        inventory=inventory, copy_tags=args.copy_tags, object_lock=args.object_lock == "copy")
     tuning = Tuning(
         chunk_size=args.chunk_size, max_workers=args.max_workers, multipart_threshold=args.multipart_threshold,
         memory_limit=memory_limit, max_bandwidth=args.max_bandwidth, read_timeout=args.read_timeout,
@@ -8250,6 +8367,7 @@ def build_settings(args: argparse.Namespace) -> RunSettings:
                        writes=WriteOptions(storage_class=args.storage_class, sse=args.sse,
                                            sse_kms_key_id=args.sse_kms_key_id),
                        restart=args.restart, verify=args.verify, skip_existing=args.skip_existing,
+                       verify_metadata=args.verify_metadata,
                        delete=args.delete, max_delete=args.max_delete,
                        prices=RequestPrices(args.price_write, args.price_read, args.price_transfer))
 
@@ -8452,12 +8570,16 @@ def run_transfer(config: RunSettings, status: StatusReporter) -> int:
     config, inventory = report_share(config, inventory)
     if config.mode is RunMode.DRY_RUN:
         return report_dry_run(config, source, destination, state, inventory,
-                              tags_refused=tag_access_refusal(config, source))
+                              tags_refused=tag_access_refusal(config, source)
+                              or object_lock_refusal(config, source, destination))
     if config.mode is RunMode.VERIFY_ONLY:
         return audit(config, source, destination, inventory)  # compares listings: no tag is read
     tags_refused = tag_access_refusal(config, source)
     if tags_refused:
         raise ConfigurationError(tags_refused)
+    lock_refused = object_lock_refusal(config, source, destination)
+    if lock_refused:
+        raise ConfigurationError(lock_refused)
     # Copying adds no destination-only key, so the count holds for after the copy: checked before
     # anything is written, and again before the first deletion.
     if config.delete and config.max_delete is not None and within_max_delete(config, source, destination) is None:

@@ -536,3 +536,25 @@ class AnswerCutShortOnce:
             error = Answer.s3_error(500, "InternalError", "We encountered an internal error. Please try again.")
             answer.body = answer.body[:len(answer.body) // 2] + error.body.split(b"?>", 1)[1]
         return answer
+
+
+class ObjectRetentionAsS3Answers:
+    """GetObjectRetention (``GET /BUCKET/KEY?retention``) answered as S3 answers it, from the object's
+    own HeadObject: ``<Retention><Mode/><RetainUntilDate/></Retention>``, or ``404
+    NoSuchObjectLockConfiguration`` for an object without retention (S3 API Reference,
+    GetObjectRetention). moto answers every such request 500."""
+
+    def __call__(self, request: Request, forward: Forward) -> Answer:
+        if not (request.method == "GET" and "retention" in request.query):
+            return forward(request)
+        head = forward(Request("HEAD", request.target.split("?", 1)[0], [
+            (name, value) for name, value in request.headers if name.lower() not in ("content-length",)]))
+        mode, until = head.header("x-amz-object-lock-mode"), head.header("x-amz-object-lock-retain-until-date")
+        if head.status != 200:
+            return head
+        if not mode:
+            return Answer.s3_error(404, "NoSuchObjectLockConfiguration", "The specified object does not have a "
+                                   "ObjectLock configuration")
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Retention xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                f"<Mode>{mode}</Mode><RetainUntilDate>{until}</RetainUntilDate></Retention>").encode()
+        return Answer(200, "OK", [("Content-Type", "application/xml")], body)

@@ -280,3 +280,43 @@ def test_skip_existing_recopies_a_same_size_object_changed_at_the_source_since(
     assert copied_keys(job.log_text()[log_before:]) == ["large/plain.bin"]
     assert "Skipped 1 objects already identical in the destination." in result.stdout, describe(result)
     assert object_snapshot(moto_buckets.client, dst) == object_snapshot(moto_buckets.client, src)
+
+
+def test_verify_metadata_finds_headers_metadata_and_tags_that_differ(job: ToolJob, moto_buckets: MotoBuckets,
+                                                                     tmp_path: Path) -> None:
+    client = moto_buckets.client
+    for key in ("same.txt", "headers.txt", "metadata.txt", "tags.txt"):
+        client.put_object(Bucket=moto_buckets.source, Key=key, Body=f"body of {key}".encode(),
+                          ContentType="text/plain", CacheControl="max-age=60", Metadata={"owner": "ops"},
+                          Tagging="team=storage")
+    copied = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--verify", "--verify-metadata")
+    # Then, behind the tool's back, the destination changes, its bytes (and ETags) untouched.
+    dest = moto_buckets.dest
+    for key, change in (("headers.txt", {"ContentType": "text/html", "Metadata": {"owner": "ops"}}),
+                        ("metadata.txt", {"ContentType": "text/plain", "Metadata": {"owner": "someone else"}})):
+        client.copy_object(Bucket=dest, Key=key, CopySource={"Bucket": dest, "Key": key}, MetadataDirective="REPLACE",
+                           CacheControl="max-age=60", **change)
+    client.put_object_tagging(Bucket=dest, Key="tags.txt", Tagging={"TagSet": [{"Key": "team", "Value": "web"}]})
+    report = tmp_path / "audit.json"
+
+    plain = job.run(f"s3://{moto_buckets.source}", f"s3://{dest}", "--verify-only")
+    deep = job.run(f"s3://{moto_buckets.source}", f"s3://{dest}", "--verify-only", "--verify-metadata",
+                   "--report", str(report))
+
+    assert copied.returncode == 0 and "headers and metadata: 0 mismatches, tags: 0 mismatches" in copied.stdout, \
+        describe(copied)
+    assert plain.returncode == 0, describe(plain)  # the bytes are all identical
+    assert deep.returncode == 1, describe(deep)
+    assert ("1 identical by ETag or checksum, 0 equal in size (ETags not comparable), 0 missing, 0 size mismatches, "
+            "0 ETag mismatches, 0 checksum mismatches, 0 only in the destination; headers and metadata: 2 "
+            "mismatches, tags: 1 mismatches.") in deep.stderr, describe(deep)
+    found = {entry["key"]: entry for entry in json.loads(report.read_text())["discrepancies"]}
+    assert found["headers.txt"]["problem"] == "metadata mismatch"
+    assert "ContentType 'text/plain' in the source, 'text/html' in the destination" in found["headers.txt"]["detail"]
+    assert "metadata 'owner': 'ops' in the source, 'someone else' in the destination" in \
+        found["metadata.txt"]["detail"]
+    assert found["tags.txt"] == {"key": "tags.txt", "problem": "tags mismatch",
+                                 "detail": "source tags {'team': 'storage'}, destination tags {'team': 'web'}"}
+    assert "same.txt" not in found
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["metadata mismatch"] == 2 and summary["tags mismatch"] == 1
