@@ -7688,6 +7688,52 @@ def audited_listings(config: RunSettings, source: ConnectedSide,
                 for key_range in ranges))
 
 
+AUDIT_WINDOW = 1_000  # pairs compared ahead of the one reported next, by requests of their own
+
+
+def verdicts(joined: Iterable[tuple[str, Optional[ListedObject], Optional[ListedObject]]], comparer: ObjectComparer,
+             config: RunSettings) -> Iterator[tuple[str, str, str]]:
+    """(relative key, verdict, detail) of each pair of the join, in key order. A pair that needs
+    requests of its own (ETags that differ, --verify-metadata) is compared by one of --max-workers
+    threads, a bounded window ahead: one at a time, a hundred million pairs at a few round trips each
+    would take months."""
+
+    def judge(source_object: ListedObject, destination_object: ListedObject) -> tuple[str, str]:
+        verdict, detail = comparer.compare(source_object, destination_object)
+        if verdict in (MATCH, MATCH_SIZE_ONLY) and config.verify_metadata:
+            return comparer.compare_attributes(source_object, destination_object, tags=config.job.copy_tags,
+                                               locks=config.job.object_lock) or (verdict, detail)
+        return verdict, detail
+
+    admits = config.job.object_filter.admits
+    waiting: collections.deque[tuple[str, concurrent.futures.Future[tuple[str, str]]]] = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(config.tuning.max_workers, thread_name_prefix="audit")
+    try:
+        for relative_key, source_object, destination_object in joined:
+            # Size and age are the source object's: a copy is newer than its source, so the destination's
+            # own LastModified must not decide (and a source object not selected is not compared).
+            if source_object is not None and not admits(source_object.size, source_object.last_modified):
+                continue
+            future: concurrent.futures.Future[tuple[str, str]] = concurrent.futures.Future()
+            if source_object is None:
+                future.set_result((DESTINATION_ONLY, "not in the source"))
+            elif destination_object is None:
+                future.set_result((MISSING, "not in the destination"))
+            elif source_object.etag == destination_object.etag and not config.verify_metadata:
+                future.set_result(judge(source_object, destination_object))  # no request: here
+            else:
+                future = pool.submit(judge, source_object, destination_object)
+            waiting.append((relative_key, future))
+            while waiting and (waiting[0][1].done() or len(waiting) > AUDIT_WINDOW):
+                key, done = waiting.popleft()
+                yield (key, *done.result())
+        while waiting:
+            key, done = waiting.popleft()
+            yield (key, *done.result())
+    finally:  # a comparison that stopped leaves no request behind
+        pool.shutdown(cancel_futures=True)
+
+
 def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide,
           inventory: Optional[Inventory] = None) -> int:
     """--verify / --verify-only: compare both sides in one merge join and report; exit 1 on any
@@ -7712,22 +7758,7 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
                 for row in inventory_rows(inventory, source, config.job.source, None)))
     joined = merge_join(source_listing, config.job.source.prefix, destination_listing, config.job.destination.prefix)
     try:
-        admits = config.job.object_filter.admits
-        for relative_key, source_object, destination_object in joined:
-            # Size and age are the source object's: a copy is newer than its source, so the destination's
-            # own LastModified must not decide (and a source object not selected is not compared).
-            if source_object is not None and not admits(source_object.size, source_object.last_modified):
-                continue
-            if source_object is None:
-                verdict, detail = DESTINATION_ONLY, "not in the source"
-            elif destination_object is None:
-                verdict, detail = MISSING, "not in the destination"
-            else:
-                verdict, detail = comparer.compare(source_object, destination_object)
-                if verdict in (MATCH, MATCH_SIZE_ONLY) and config.verify_metadata:
-                    verdict, detail = comparer.compare_attributes(
-                        source_object, destination_object, tags=config.job.copy_tags,
-                        locks=config.job.object_lock) or (verdict, detail)
+        for relative_key, verdict, detail in verdicts(joined, comparer, config):
             counts[verdict] += 1
             if verdict in (MATCH, MATCH_SIZE_ONLY):
                 continue

@@ -37,9 +37,8 @@ SERVER_FIXTURES = frozenset({"moto_server", "seaweed"})
 # scripts/run-tests.sh): the suite runs twice over within its time.
 ENGINE_INDEPENDENT_MODULES = frozenset({
     "test_audit", "test_digest_and_join", "test_docs", "test_engines", "test_errors", "test_inventory",
-    "test_library_seams", "test_object_filters", "test_parallel_listing", "test_planning", "test_progress_store",
-    "test_servers",
-    "test_tag_access",
+    "test_library_seams", "test_mirror", "test_object_filters", "test_parallel_listing", "test_planning",
+    "test_progress_store", "test_servers", "test_tag_access",
 })
 
 

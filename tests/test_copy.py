@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from botocore.client import BaseClient
 from conftest import FAKE_KEYS
 from fault_proxy import Answer, FaultProxy, Forward, Request
@@ -224,6 +225,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(job: ToolJob, moto_buckets: 
     assert not job.progress_file.exists()
 
 
+@pytest.mark.engine_independent  # counts and clean-up are boto3's under either engine
 def test_the_dry_runs_request_estimate_is_what_the_copy_then_sends(job: ToolJob, moto_buckets: MotoBuckets) -> None:
     client = moto_buckets.client
     put_plain(client, moto_buckets.source, ["one", "two", "three", "four", "five"])
@@ -421,6 +423,7 @@ class ListingOfUploadsDamagedOnce:
         return answer
 
 
+@pytest.mark.engine_independent  # counts and clean-up are boto3's under either engine
 def test_an_orphaned_upload_is_cleaned_up_even_when_the_listing_of_uploads_arrives_damaged(
         job: ToolJob, moto_buckets: MotoBuckets) -> None:
     # As the fault soak met it: a CreateMultipartUpload carried out whose answer was lost, sent again,

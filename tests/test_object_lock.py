@@ -86,6 +86,7 @@ def test_without_the_option_the_copies_are_not_locked(job: ToolJob, moto_buckets
     assert lock_of(moto_buckets, destination, "retained.txt")["ObjectLockMode"] is None
 
 
+@pytest.mark.engine_independent  # refused (or decided) before any body moves
 def test_a_destination_without_object_lock_is_one_sentence_before_anything_is_written(
         job: ToolJob, moto_buckets: MotoBuckets) -> None:
     source, _ = locked_buckets(moto_buckets)
@@ -107,6 +108,7 @@ class RetentionDenied:
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.engine_independent  # refused (or decided) before any body moves
 def test_source_credentials_that_may_not_read_locks_are_one_sentence(job: ToolJob, moto_buckets: MotoBuckets,
                                                                      dry_run: bool) -> None:
     source, destination = locked_buckets(moto_buckets)
@@ -118,6 +120,7 @@ def test_source_credentials_that_may_not_read_locks_are_one_sentence(job: ToolJo
     assert object_snapshot(moto_buckets.client, destination) == {}
 
 
+@pytest.mark.engine_independent  # refused (or decided) before any body moves
 def test_a_retention_that_ran_out_is_not_copied_and_a_hold_only_when_on() -> None:
     import s3_bulk_transfer as tool
 
