@@ -767,6 +767,13 @@ def split_access_point_arn(path: str, uri: str) -> tuple[str, str]:
     return arn, prefix
 
 
+def check_bucket_name(bucket: str, uri: str) -> None:
+    """Refuse, in a sentence, a bucket name S3 would refuse."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+        raise ConfigurationError(f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 lowercase "
+                                 "letters, digits, dots and hyphens.")
+
+
 @dataclasses.dataclass(frozen=True)
 class S3Location:
     """A bucket (or an access point's ARN) and a key prefix. A non-empty prefix always ends in '/', as
@@ -784,11 +791,7 @@ class S3Location:
             bucket, prefix = split_access_point_arn(path, uri)
         else:
             bucket, _, prefix = path.partition("/")
-            if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
-                raise ConfigurationError(
-                    f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 lowercase "
-                    "letters, digits, dots and hyphens."
-                )
+            check_bucket_name(bucket, uri)
         if has_dot_segments(prefix):
             raise ConfigurationError(
                 f"The prefix of {uri!r} has a '.' or '..' segment, which a server that normalises URLs would "
@@ -1103,9 +1106,7 @@ class S3StatePath:
     def parse(cls, uri: str) -> "S3StatePath":
         """s3://BUCKET/KEY; a folder (s3://BUCKET/jobs/, or the bucket alone) holds the default name."""
         bucket, _, key = uri[len("s3://"):].partition("/")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
-            raise ConfigurationError(f"{bucket!r} in {uri!r} is not a valid bucket name: bucket names are 3-63 "
-                                     "lowercase letters, digits, dots and hyphens.")
+        check_bucket_name(bucket, uri)
         if has_dot_segments(key):
             raise ConfigurationError(f"{uri!r} has a '.' or '..' segment: write the key without them.")
         return cls(bucket, key + DEFAULT_PROGRESS_FILE if not key or key.endswith("/") else key)
@@ -1411,14 +1412,19 @@ class RunSettings:
 def read_json_file(path: Path, *, what: str, when_invalid: str) -> Any:
     """Parse a JSON file, turning every way it can be unreadable into a sentence for a person.
     A missing file raises FileNotFoundError: what that means depends on the file."""
+    return parse_json_document(read_file_bytes(path, what=what), where=str(path), what=what, when_invalid=when_invalid)
+
+
+def read_file_bytes(path: Path, *, what: str) -> bytes:
+    """A file's bytes; a file that exists but cannot be read is a sentence. A missing file raises
+    FileNotFoundError: what that means depends on the file."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise
     except OSError as error:
         raise ConfigurationError(f"The {what} {path} cannot be read ({error.strerror or error}): check that it is a "
                                  "file this user may read.") from None
-    return parse_json_document(data, where=str(path), what=what, when_invalid=when_invalid)
 
 
 def parse_json_document(data: bytes, *, where: str, what: str, when_invalid: str) -> Any:
@@ -2042,10 +2048,10 @@ def object_lock_refusal(config: RunSettings, source: ConnectedSide, destination:
                 "enabled, so it cannot keep the sources' retention and legal holds (--object-lock copy): copy into "
                 "a bucket created with Object Lock (or enable it on this one), or drop --object-lock.")
     key = source.first_key
+    if key is None:  # no object to ask, and none whose lock could be lost
+        return None
     for action, ask in (("s3:GetObjectRetention", source.client.get_object_retention),
                         ("s3:GetObjectLegalHold", source.client.get_object_legal_hold)):
-        if key is None:
-            break
         try:
             source.retries.call(lambda: ask(Bucket=source.bucket, Key=key), what=f"{action} of {key}")
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
@@ -2833,18 +2839,17 @@ def source_objects(config: RunSettings, source: ConnectedSide, start_after: Opti
     """The selected source objects in key order, after start_after and up to through: listed with
     ListObjectsV2, or read from --from-inventory, where the filters apply before any HeadObject a
     row without a size or ETag costs (see inventory_objects)."""
-    admits = config.job.object_filter.admits
+    bounds = config.job.object_filter
     if inventory is None:
         listed = selected_objects(list_objects(source, config.job.source, start_after, through), config)
-        return (entry for entry in listed if admits(entry.size, entry.last_modified))
-    by_size_and_age = config.job.object_filter
+        return (entry for entry in listed if bounds.admits(entry.size, entry.last_modified))
     rows = (row for row in inventory_rows(inventory, source, config.job.source, start_after, through)
             if is_wanted(row.key[len(config.job.source.prefix):], config)
             # A row that tells its size (and its age, if asked) is decided before any HeadObject.
-            and (row.size is None or (by_size_and_age.needs_age() and row.last_modified is None)
-                 or admits(row.size, row.last_modified)))
+            and (row.size is None or (bounds.needs_age() and row.last_modified is None)
+                 or bounds.admits(row.size, row.last_modified)))
     completed = inventory_objects(rows, source, on_missing=on_missing, need_etag=need_etag)
-    return (entry for entry in completed if admits(entry.size, entry.last_modified))
+    return (entry for entry in completed if bounds.admits(entry.size, entry.last_modified))
 
 
 def listing_split_points(config: RunSettings, source: ConnectedSide, ranges_wanted: Optional[int] = None) -> list[str]:
@@ -3534,14 +3539,15 @@ def copy_part_plan(listed: ListedObject, check: IntegrityCheck, config: RunSetti
     own parts only when the source has no layout to keep (one PUT, SSE-KMS, too many parts to read)
     or one part would hold more than half this machine's memory."""
     sizes = check.source_part_sizes if check.method in ("etag", "checksum") else ()
-    if sizes and layout_fits_s3(sizes) and (server_side or max(sizes) <= MEMORY_FOR_ONE_PART):
+    kept = bool(sizes) and layout_fits_s3(sizes)
+    if kept and (server_side or max(sizes) <= MEMORY_FOR_ONE_PART):
         if not server_side and max(sizes) > max(config.tuning.memory_limit, config.tuning.chunk_size):
             LOG.info("%s keeps its source's parts of up to %s, larger than the %s memory limit: they are copied "
                      "one at a time (raise --memory-limit to copy several at once)",
                      json.dumps(listed.key, ensure_ascii=False), format_size(max(sizes)),
                      format_size(config.tuning.memory_limit))
         return sizes[0], None if check.uniform_parts else tuple(sizes)
-    if sizes and layout_fits_s3(sizes):
+    if kept:
         LOG.warning("%s: its source's parts of up to %s would take more than half this machine's memory at once, "
                     "so it is copied in parts of its own and its ETag will differ from the source's (its bytes are "
                     "checked along the source's parts all the same)", json.dumps(listed.key, ensure_ascii=False),
@@ -4365,12 +4371,9 @@ class LocalStateFiles:
 
     def read(self, location: Path, *, what: str) -> Optional[bytes]:
         try:
-            return location.read_bytes()
+            return read_file_bytes(location, what=what)
         except FileNotFoundError:
             return None
-        except OSError as error:
-            raise ConfigurationError(f"The {what} {location} cannot be read ({error.strerror or error}): check that "
-                                     "it is a file this user may read.") from None
 
     def replace(self, location: Path, text: str) -> None:
         write_atomically(location, text)
@@ -4454,7 +4457,8 @@ class S3StateObjects:
             LOG.debug("not saving %s: %s", location, self._lost)
             return
         if location.key not in self._seen:
-            self._seen[location.key] = self._etag(location)
+            head = self._head(location)
+            self._seen[location.key] = head["ETag"] if head else None
         etag = self._seen[location.key]
         if self._write(location, text, {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}):
             return
@@ -4484,10 +4488,11 @@ class S3StateObjects:
         self._seen[location.key] = answer["ETag"]
         return True
 
-    def _etag(self, location: S3StatePath) -> Optional[str]:
+    def _head(self, location: S3StatePath) -> Optional[dict[str, Any]]:
+        """HeadObject of the document, None if there is none."""
         try:
             return self._call(lambda: self._side.client.head_object(Bucket=location.bucket, Key=location.key),
-                              action="HeadObject", location=location)["ETag"]
+                              action="HeadObject", location=location)
         except botocore.exceptions.ClientError as error:
             if error_code(error) in MISSING_OBJECT_CODES:
                 return None
@@ -4502,20 +4507,15 @@ class S3StateObjects:
         self._seen[location.key] = None
 
     def age(self, location: S3StatePath) -> Optional[float]:
-        try:
-            answer = self._call(lambda: self._side.client.head_object(Bucket=location.bucket, Key=location.key),
-                                action="HeadObject", location=location)
-        except botocore.exceptions.ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
-                return None
-            raise self._refused(error, "s3:GetObject") from None
-        return (datetime.datetime.now(datetime.timezone.utc) - answer["LastModified"]).total_seconds()
+        head = self._head(location)
+        return None if head is None else (datetime.datetime.now(datetime.timezone.utc)
+                                          - head["LastModified"]).total_seconds()
 
     def siblings(self, location: S3StatePath) -> list[S3StatePath]:
-        pages = self._side.client.get_paginator("list_objects_v2").paginate(
-            Bucket=location.bucket, Prefix=location.folder + location.stem, Delimiter="/")
+        listing = pages(self._side, "list_objects_v2", Bucket=location.bucket,
+                        Prefix=location.folder + location.stem, Delimiter="/")
         try:
-            keys = [entry["Key"] for page in pages for entry in page.get("Contents", ())]
+            keys = [entry["Key"] for page in listing for entry in page.get("Contents", ())]
         except botocore.exceptions.ClientError as error:
             raise ConfigurationError(str(self._refused(error, "s3:ListBucket"))) from None
         return [S3StatePath(location.bucket, key) for key in sorted(keys)]
@@ -7746,16 +7746,17 @@ def audit(config: RunSettings, source: ConnectedSide, destination: ConnectedSide
     report = AuditReportFile(config.output.report_file)
     source_listing, destination_listing = audited_listings(config, source, destination)
     if inventory is not None:
-        source_listing = listed_in(source_listing, (row.key for row in
-                                                    inventory_rows(inventory, source, config.job.source, None)))
+        report_keys: Iterator[str] = (row.key for row in inventory_rows(inventory, source, config.job.source, None))
         if config.job.shard is not None and config.job.shard.split == "files":
             # Which destination keys are another shard's, only the other shards' files say: this one
-            # compares its own keys, and looks for no destination-only key.
+            # compares its own keys, and looks for no destination-only key. The report is read once:
+            # the merge join walks both listings together, so the two readers of its keys stay close.
             LOG.info("shard %s compares the objects of its data files only: destination keys of no source object "
                      "are not looked for (verify unsharded for those)", config.job.shard)
+            report_keys, for_destination = itertools.tee(report_keys)
             destination_listing = listed_in(destination_listing, (
-                map_destination_key(row.key, config.job.source, config.job.destination)
-                for row in inventory_rows(inventory, source, config.job.source, None)))
+                map_destination_key(key, config.job.source, config.job.destination) for key in for_destination))
+        source_listing = listed_in(source_listing, report_keys)
     joined = merge_join(source_listing, config.job.source.prefix, destination_listing, config.job.destination.prefix)
     try:
         for relative_key, verdict, detail in verdicts(joined, comparer, config):
@@ -7897,12 +7898,10 @@ def mirror_deletions(config: RunSettings, source: ConnectedSide, destination: Co
                      dry_run: bool = False) -> int:
     """--delete: remove what the source no longer has, or (`dry_run`) say what would go; never more
     than --max-delete, counted again here before the first deletion. The exit code."""
-    keys: Iterable[str] = destination_only(config, source, destination)
-    if config.max_delete is not None:
-        within = within_max_delete(config, source, destination)
-        if within is None:
-            return EXIT_USAGE
-        keys = within
+    keys: Optional[Iterable[str]] = (destination_only(config, source, destination) if config.max_delete is None
+                                     else within_max_delete(config, source, destination))
+    if keys is None:
+        return EXIT_USAGE
     deletions = Deletions(destination, dry_run=dry_run)
     for key in keys:
         deletions.add(key)
