@@ -7586,7 +7586,8 @@ class ObjectComparer:
         heads = [side.retries.call(lambda: side.client.head_object(Bucket=side.bucket, Key=listed.key),
                                    what=f"HeadObject of {listed.key} ({side.access.role})") for side, listed in pair]
         theirs, ours = (ObjectAttributes.from_response(head, []) for head in heads)
-        differences = [f"{name} {theirs.headers.get(name)!r} in the source, {ours.headers.get(name)!r} in the destination"
+        differences = [f"{name} {theirs.headers.get(name)!r} in the source, {ours.headers.get(name)!r} in the "
+                       "destination"
                        for name in PRESERVED_HEADERS if theirs.headers.get(name) != ours.headers.get(name)]
         differences += [f"metadata {name!r}: {theirs.metadata.get(name)!r} in the source, "
                         f"{ours.metadata.get(name)!r} in the destination"
@@ -8262,7 +8263,8 @@ def destination_access_of(args: argparse.Namespace) -> SideAccess:
 def refuse_delete_combinations(args: argparse.Namespace) -> None:
     """--delete and --max-delete with what they cannot work with, in one sentence each."""
     if args.max_delete is not None and not args.delete:
-        raise ConfigurationError("--max-delete limits --delete, which is not given: add --delete, or drop --max-delete.")
+        raise ConfigurationError("--max-delete limits --delete, which is not given: add --delete, or drop "
+                                 "--max-delete.")
     if args.max_delete is not None and args.max_delete < 0:
         raise ConfigurationError(f"--max-delete must be 0 or more, not {args.max_delete}.")
     if not args.delete:

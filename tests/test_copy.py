@@ -242,7 +242,8 @@ def test_the_dry_runs_request_estimate_is_what_the_copy_then_sends(job: ToolJob,
                                    if seen.query.get("max-keys") != ["1"])
 
     assert dry.returncode == 0 and copied.returncode == 0, describe(dry)
-    estimate = re.search(r"requests:\s+source \(us-east-1\): (\d+) LIST \(as this dry run listed\), (\d+) GET, (\d+) HEAD, "
+    estimate = re.search(r"requests:\s+source \(us-east-1\): (\d+) LIST \(as this dry run listed\), (\d+) GET, "
+                         r"(\d+) HEAD, "
                          r"and up to (\d+) GetObjectTagging \(one per tagged object\); destination \(us-east-1\): "
                          r"(\d+) PUT", dry.stdout)
     assert estimate, dry.stdout

@@ -14,8 +14,8 @@ report, progress file, destination bucket):
 * Bytes damaged on the way from the source are never completed: the object is retried and
   then reported failed with "integrity mismatch" and both hashes; nothing is left behind.
 
-Sizes: --chunk-size 5MiB and --max-workers 4 (so a 20 MiB memory limit), --multipart-threshold 15MiB; no object above 40 MiB, since moto reads the whole object
-for every ranged GET.
+Sizes: --chunk-size 5MiB and --max-workers 4 (so a 20 MiB memory limit), --multipart-threshold 15MiB;
+no object above 40 MiB, since moto reads the whole object for every ranged GET.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from botocore.client import BaseClient
 from conftest import FAKE_KEYS
 from fault_proxy import FaultProxy
 from s3servers import MotoBuckets, incomplete_uploads, object_snapshot
-from toolcli import CHUNK_SIZE, ToolJob, assert_usage_error, copied_keys, describe, read_progress, write_source_credentials
+from toolcli import (CHUNK_SIZE, ToolJob, assert_usage_error, copied_keys, describe, read_progress,
+                     write_source_credentials)
 
 import s3_bulk_transfer as tool
 
@@ -157,10 +158,6 @@ def assert_copied_exactly(client: BaseClient, buckets: MotoBuckets, keys: list[s
 # ----------------------------------------------------------------------------------------
 
 
-def shard_log(job: ToolJob, shard: int, count: int) -> str:
-    return job.log_file.with_name(f"{job.log_file.stem}.shard-{shard}-of-{count}{job.log_file.suffix}").read_text()
-
-
 def test_shards_of_a_report_each_read_only_their_share_of_its_data_files(job: ToolJob, moto_buckets: MotoBuckets,
                                                                            tool_env: dict[str, str]) -> None:
     client = moto_buckets.client
@@ -188,7 +185,7 @@ def test_shards_of_a_report_each_read_only_their_share_of_its_data_files(job: To
             for seen in proxy.counts.operations("GetObject")[before:]:
                 if seen.key in data_files:
                     read_by[seen.key].append(shard)
-            copied.append(copied_keys(shard_log(job, shard, 2)))
+            copied.append(copied_keys(job.shard_log_text(shard, 2)))
             identical = int(re.search(r"([\d,]+) identical", result.stdout)[1].replace(",", ""))
             assert identical == len(copied[-1]), result.stdout  # its own objects compared, and only those
 
@@ -211,8 +208,8 @@ def test_a_key_list_shared_by_more_shards_than_files_is_split_by_hash(job: ToolJ
         result = job.run(f"s3://{moto_buckets.source}", f"s3://{moto_buckets.dest}", "--from-inventory",
                          str(key_list), "--shard", f"{shard}/2")
         assert result.returncode == 0, describe(result)
-        copied.append(set(copied_keys(shard_log(job, shard, 2))))
-        assert "fewer than the 2 shards" in shard_log(job, shard, 2)
+        copied.append(set(copied_keys(job.shard_log_text(shard, 2))))
+        assert "fewer than the 2 shards" in job.shard_log_text(shard, 2)
 
     assert copied[0] and copied[1] and not copied[0] & copied[1] and copied[0] | copied[1] == set(keys)
 

@@ -54,11 +54,6 @@ def on_its_own_machine(job: ToolJob, tmp_path: Path, name: str) -> ToolJob:
     return ToolJob(workdir=workdir, env=job.env, credentials=job.credentials, dest_endpoint_url=job.dest_endpoint_url)
 
 
-def shard_log(machine: ToolJob, index: int) -> str:
-    log = machine.log_file.with_name(f"{machine.log_file.stem}.shard-{index}-of-{SHARDS}{machine.log_file.suffix}")
-    return log.read_text() if log.exists() else ""
-
-
 def state_writes(proxy: FaultProxy) -> list[Any]:
     return [seen for seen in proxy.counts.operations("PutObject") if seen.bucket == STATE_BUCKET]
 
@@ -77,7 +72,8 @@ def test_shards_keep_their_state_in_a_bucket_and_a_killed_one_resumes_elsewhere(
         shards = [machine.start(accounts.source_uri, accounts.destination_uri, "--shard", f"{index}/{SHARDS}",
                                 "--progress-file", state, *TAGLESS) for index, machine in enumerate(machines)]
         killed = machines[1]
-        killed.wait_for(shards[1], lambda: len(copied_keys(shard_log(killed, 1))) >= 40, "shard 1 had copied 40 objects")
+        killed.wait_for(shards[1], lambda: len(copied_keys(killed.shard_log_text(1, SHARDS))) >= 40,
+                        "shard 1 had copied 40 objects")
         shards[1].kill()
         shards[1].wait()
         # Rescheduled on another machine: nothing of the first run's disk comes with it.
@@ -97,9 +93,10 @@ def test_shards_keep_their_state_in_a_bucket_and_a_killed_one_resumes_elsewhere(
     keys = {accounts.prefix + name for name in names}
     assert set(creates) == keys
     recopied = {key for key, count in creates.items() if count > 1}
-    shard_1 = set(copied_keys(shard_log(killed, 1))) | set(copied_keys(shard_log(again, 1)))
+    shard_1 = set(copied_keys(killed.shard_log_text(1, SHARDS))) | set(copied_keys(again.shard_log_text(1, SHARDS)))
     assert recopied <= shard_1, "a key was sent again by a shard that was not killed"
-    assert sum(len(copied_keys(shard_log(machine, index))) for index, machine in enumerate(machines) if index != 1) \
+    assert sum(len(copied_keys(machine.shard_log_text(index, SHARDS)))
+               for index, machine in enumerate(machines) if index != 1) \
         + len(shard_1) == len(keys)  # between them, the shards copied every key, and none twice
     saved = state_objects(accounts)
     shard_files = [f"transfer_progress.shard-{index}-of-{SHARDS}.json" for index in range(SHARDS)]

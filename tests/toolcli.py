@@ -266,6 +266,11 @@ class ToolJob:
     def log_size(self) -> int:
         return self.log_file.stat().st_size if self.log_file.exists() else 0
 
+    def shard_log_text(self, index: int, count: int) -> str:
+        """The log of shard `index` of `count` (NAME.shard-I-of-N.log beside the log file), "" before it exists."""
+        log = self.log_file.with_name(f"{self.log_file.stem}.shard-{index}-of-{count}{self.log_file.suffix}")
+        return log.read_text() if log.exists() else ""
+
     def log_text(self, since: int = 0) -> str:
         """The log from byte offset ``since`` on (the lines a later run appended)."""
         if not self.log_file.exists():
